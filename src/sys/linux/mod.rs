@@ -3,5 +3,24 @@
 pub mod arch;
 pub mod gadget;
 pub mod inject;
+mod inspect;
 pub mod pidfd;
+pub mod procfs;
+pub mod pty;
 pub mod ptrace;
+pub mod scan;
+mod system;
+mod target;
+mod watchers;
+
+pub use inspect::inspect;
+pub use target::{open as open_target, processes_named, Target};
+
+use crate::model::Snapshot;
+
+/// Every PTY fd on the machine and the system's usage.
+pub fn snapshot() -> anyhow::Result<Snapshot> {
+    let processes = scan::scan()?;
+    let system = system::usage(&processes);
+    Ok(Snapshot { processes, system })
+}

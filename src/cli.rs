@@ -1,0 +1,136 @@
+//! The command line. `--help` is written to teach: what each mode does, what is safe, examples.
+
+use crate::model::Method;
+use clap::Parser;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const ABOUT: &str = "Find and release leaked pseudoterminal (PTY) masters in running processes";
+
+const LONG_ABOUT: &str = "\
+Find and release leaked pseudoterminal (PTY) masters in running processes.
+
+Apps built on node-pty (Electron apps, IDEs, agent daemons) can leak PTY masters until the \
+system runs out (macOS allows 511; Linux 4096 or a container's own max=), and then no terminal, \
+ssh session or sudo can start. ptyreap shows who holds them and releases the idle ones from the \
+outside, without restarting the app.
+
+With no target, ptyreap prints a census: every process holding PTY masters, how many, and how \
+many look orphaned, against the system limit. With --pid, --name or --top it inspects each \
+master fd of those processes (verdict and evidence), shows the plan, and -- unless --dry-run -- \
+asks before releasing the idle ones.";
+
+const EXAMPLES: &str = "\
+Examples:
+  ptyreap                              census: who holds PTY masters
+  sudo ptyreap --top --dry-run         verdicts for the biggest holder; changes nothing
+  sudo ptyreap --pid 1234 --dry-run --min-idle 0 --json
+  sudo ptyreap --pid 1234              release its idle orphaned masters (asks first)
+
+Verdicts: orphaned (released), fresh (idle < --min-idle, kept), tracked (the app's event loop \
+still watches it; kept unless --include-tracked), merged (shares its open file with other fds), \
+live (a process holds the slave, or it is a session's terminal; never released unless stale), \
+stale (live but silent for --include-stale), unknown (not enough evidence; kept).
+
+Exit codes: 0 done or nothing to do, 1 error (nothing released), 2 usage, 3 partial, \
+4 not confirmed (declined, or a prompt was needed and stdin is not a terminal).";
+
+#[derive(Debug, Parser)]
+#[command(name = "ptyreap", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXAMPLES)]
+pub struct Cli {
+    /// Inspect (and reap) this process; repeatable
+    #[arg(long = "pid", value_name = "PID", allow_negative_numbers = true)]
+    pub pids: Vec<i32>,
+
+    /// Every process whose name (comm, or the executable's file name) is NAME; repeatable
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+
+    /// The process holding the most PTY masters
+    #[arg(long, conflicts_with_all = ["pids", "names"])]
+    pub top: bool,
+
+    /// Show the verdicts and the plan; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Do not prompt (scripts). Without it, a reap with stdin not a terminal exits 4
+    #[arg(short = 'y', long, conflicts_with = "dry_run")]
+    pub yes: bool,
+
+    /// How long a master must be idle to be reaped (0 allowed)
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    pub min_idle: Duration,
+
+    /// Only these fds, e.g. 3,7-12 (each still verified)
+    #[arg(long, value_name = "LIST", value_parser = parse_fds)]
+    pub fd: Option<BTreeSet<i32>>,
+
+    /// Also reap live masters whose session has been silent for DUR (hangs it up)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub include_stale: Option<Duration>,
+
+    /// Also reap orphaned masters the app's event loop still watches (merged by default)
+    #[arg(long)]
+    pub include_tracked: bool,
+
+    /// How to release each fd [default: close for orphaned masters, merge for tracked ones]
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub method: Option<Method>,
+
+    /// One JSON document on stdout; messages stay on stderr
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show the evidence behind every verdict
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl Cli {
+    pub fn has_target(&self) -> bool {
+        self.top || !self.pids.is_empty() || !self.names.is_empty()
+    }
+
+    /// Flags that only mean something for a target, for a clear usage error without one.
+    pub fn target_only_flag(&self) -> Option<&'static str> {
+        if self.fd.is_some() {
+            Some("--fd")
+        } else if self.yes {
+            Some("--yes")
+        } else if self.include_stale.is_some() {
+            Some("--include-stale")
+        } else if self.include_tracked {
+            Some("--include-tracked")
+        } else if self.method.is_some() {
+            Some("--method")
+        } else {
+            None
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::duration::parse(text)
+}
+
+fn parse_fds(text: &str) -> Result<BTreeSet<i32>, String> {
+    crate::plan::parse_fd_list(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn top_excludes_pid() {
+        assert!(Cli::try_parse_from(["ptyreap", "--top", "--pid", "3"]).is_err());
+        assert!(Cli::try_parse_from(["ptyreap", "--pid", "3", "--name", "node"]).is_ok());
+    }
+}

@@ -1,0 +1,106 @@
+//! Durations as people type them (`0`, `90s`, `10m`, `2h`, `1d`, `1h30m`) and as they read them
+//! (`2d 3h`, `5m 12s`).
+
+use std::time::Duration;
+
+/// Parses `0`, `90s`, `10m`, `2h`, `1d`, `1w` and sums like `1h30m`. A bare number is seconds.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("'{text}' is not a duration (try 90s, 10m, 2h or 1d)"));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("'{text}' is too large"))?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "w" | "week" | "weeks" => 604_800,
+            "" => return Err(format!("'{text}' needs a unit after {value} (s, m, h or d)")),
+            other => return Err(format!("unknown unit '{other}' in '{text}' (use s, m, h or d)")),
+        };
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("'{text}' is too large"))?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Two most significant units: `42s`, `5m 12s`, `3h 4m`, `2d 3h`.
+pub fn human(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (size, name) in UNITS {
+        if rest >= size {
+            parts.push(format!("{}{}", rest / size, name));
+            rest %= size;
+        } else if !parts.is_empty() {
+            // keep the two units adjacent: "2d 0h" reads better than "2d 5s"
+            parts.push(format!("0{name}"));
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    if parts.len() == 2 && parts[1].starts_with('0') {
+        parts.pop();
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        assert_eq!(parse("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse("2h").unwrap().as_secs(), 7200);
+        assert_eq!(parse("1d").unwrap().as_secs(), 86_400);
+        assert_eq!(parse("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse("1h 30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse("45").unwrap().as_secs(), 45);
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in ["", "m", "10x", "-5m", "1.5h", "10m5", "99999999999999999999d"] {
+            assert!(parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn prints_two_units() {
+        assert_eq!(human(0), "0s");
+        assert_eq!(human(42), "42s");
+        assert_eq!(human(312), "5m 12s");
+        assert_eq!(human(3600), "1h");
+        assert_eq!(human(183_600), "2d 3h");
+        assert_eq!(human(172_805), "2d");
+        assert_eq!(human(11_040), "3h 4m");
+    }
+}

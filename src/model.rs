@@ -1,0 +1,286 @@
+//! The data every other module speaks: what a PTY is, what we learned about a master fd, what we
+//! decided, what happened. No OS types here, so the verdict and plan logic is pure and the Linux
+//! and macOS backends fill the same structures.
+
+use serde::Serialize;
+use std::fmt;
+
+/// A device number, shown as `major:minor` like /proc/PID/mountinfo does. For a PTY it names the
+/// devpts instance (its superblock), which is what tells containers' PTYs apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevId {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl fmt::Display for DevId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl Serialize for DevId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One pseudoterminal: slave indices repeat across devpts instances, so the instance is part of
+/// the identity. (macOS has a single instance; its `devpts` is the /dev filesystem.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PtyId {
+    pub devpts: DevId,
+    pub index: u32,
+}
+
+/// A process and the fd numbers it holds on something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: i32,
+    pub name: String,
+    pub fds: Vec<i32>,
+}
+
+/// A master fd as the machine-wide scan sees it: cheap facts only.
+#[derive(Debug, Clone)]
+pub struct MasterRef {
+    pub fd: i32,
+    /// None when it could not be identified (permission, race).
+    pub pty: Option<PtyId>,
+    /// The session whose controlling terminal the slave is, if any.
+    pub session: Option<i32>,
+}
+
+/// A slave fd as the machine-wide scan sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SlaveRef {
+    pub fd: i32,
+    pub pty: PtyId,
+}
+
+/// One process that holds PTY fds.
+#[derive(Debug, Clone)]
+pub struct ProcessPtys {
+    pub pid: i32,
+    pub name: String,
+    pub masters: Vec<MasterRef>,
+    pub slaves: Vec<SlaveRef>,
+}
+
+/// Every PTY fd on the machine (that we may see), and the system's PTY usage.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub processes: Vec<ProcessPtys>,
+    pub system: SystemUsage,
+}
+
+impl Snapshot {
+    pub fn process(&self, pid: i32) -> Option<&ProcessPtys> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    /// Every process holding the slave of `pty`, with its fds on it.
+    pub fn slave_holders(&self, pty: PtyId) -> Vec<Holder> {
+        self.holders(|p| p.slaves.iter().filter(|s| s.pty == pty).map(|s| s.fd).collect())
+    }
+
+    /// Every process holding the master of `pty`, with its fds on it.
+    pub fn master_holders(&self, pty: PtyId) -> Vec<Holder> {
+        self.holders(|p| {
+            p.masters
+                .iter()
+                .filter(|m| m.pty == Some(pty))
+                .map(|m| m.fd)
+                .collect()
+        })
+    }
+
+    fn holders(&self, fds_of: impl Fn(&ProcessPtys) -> Vec<i32>) -> Vec<Holder> {
+        self.processes
+            .iter()
+            .filter_map(|p| {
+                let fds = fds_of(p);
+                (!fds.is_empty()).then(|| Holder {
+                    pid: p.pid,
+                    name: p.name.clone(),
+                    fds,
+                })
+            })
+            .collect()
+    }
+}
+
+/// PTY usage against the limit, system-wide and per devpts instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemUsage {
+    pub in_use: u64,
+    pub limit: u64,
+    pub limit_source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<DevptsInstance>>,
+}
+
+/// One devpts instance: a private one (a container's, or `mount -o newinstance`) can be exhausted
+/// by its own `max=` while the global count is low.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevptsInstance {
+    pub devpts: DevId,
+    /// Where it is mounted (in the namespace we found it in); None if we saw no mount of it.
+    pub mount: Option<String>,
+    /// PTYs allocated in it (its numbered nodes); None if its mount is out of reach.
+    pub in_use: Option<u64>,
+    /// Its own `max=` mount option; None when unlimited (only the global limit applies).
+    pub max: Option<u64>,
+}
+
+/// One line of the census.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCount {
+    pub pid: i32,
+    pub name: String,
+    pub masters: usize,
+    /// Masters whose slave no other process holds and that are no session's terminal: the ones
+    /// that look leaked (the per-fd verdict adds idleness and event-loop checks).
+    pub orphaned: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Census {
+    pub system: SystemUsage,
+    pub processes: Vec<ProcessCount>,
+}
+
+/// Everything we know about one master fd of a target.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    pub fd: i32,
+    pub pty: Option<PtyId>,
+    pub slave_path: Option<String>,
+    /// Other processes holding the slave.
+    pub slave_holders: Vec<Holder>,
+    /// The target's own fds on the slave (openpty() with neither end closed).
+    pub target_slave_fds: Vec<i32>,
+    /// Other processes holding this master (inherited copies): the PTY is freed only when every
+    /// copy is closed.
+    pub other_master_holders: Vec<Holder>,
+    /// The target's other fds on this master's open file.
+    pub aliases: Vec<i32>,
+    pub session: Option<i32>,
+    pub foreground_pgrp: Option<i32>,
+    /// Bytes the slave side wrote that nobody read yet.
+    pub unread_bytes: Option<u32>,
+    /// Last slave-side I/O, seconds since the epoch.
+    pub last_io: Option<i64>,
+    /// The master polls POLLHUP: its slave was opened and then closed by everyone.
+    pub hung_up: Option<bool>,
+    /// What in the target still watches the fd: "epoll fd 5", "poll() in thread 812".
+    pub watched_by: Vec<String>,
+    /// macOS: the fd is guarded (never touched).
+    pub guarded: bool,
+    /// Why the evidence is incomplete, if it is.
+    pub missing: Option<String>,
+}
+
+impl Evidence {
+    pub fn watched(&self) -> bool {
+        !self.watched_by.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Orphaned,
+    Fresh,
+    Tracked,
+    Merged,
+    Live,
+    Stale,
+    Unknown,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Orphaned => "orphaned",
+            Verdict::Fresh => "fresh",
+            Verdict::Tracked => "tracked",
+            Verdict::Merged => "merged",
+            Verdict::Live => "live",
+            Verdict::Stale => "stale",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// A verdict with the one line that explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub reason: String,
+    pub idle_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Close,
+    Keep,
+}
+
+/// How a reaped fd is released (see DESIGN.md, "Methods").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// close(fd): the number becomes free.
+    Close,
+    /// dup2 one reaped master over the others: numbers stay taken, still hung-up PTY masters.
+    Merge,
+    /// dup2 /dev/null over each: numbers stay taken, no longer terminals.
+    Devnull,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Close => "close",
+            Method::Merge => "merge",
+            Method::Devnull => "devnull",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Closed,
+    Kept,
+    Failed,
+    Changed,
+}
+
+/// One master fd of a target: evidence, verdict, plan and (after a reap) result.
+#[derive(Debug, Clone)]
+pub struct MasterRow {
+    pub evidence: Evidence,
+    pub judgement: Judgement,
+    pub action: Action,
+    /// How it is released when `action` is Close.
+    pub method: Option<Method>,
+    pub result: Option<Outcome>,
+    /// Why it failed or changed, after a reap.
+    pub detail: Option<String>,
+    /// The fd the other `merge` fds are dup2()ed onto (kept).
+    pub merge_keeper: bool,
+}
+
+/// One inspected (and maybe reaped) process.
+#[derive(Debug, Clone)]
+pub struct TargetReport {
+    pub pid: i32,
+    pub name: String,
+    pub masters: Vec<MasterRow>,
+    pub stopped_us: Option<u64>,
+}

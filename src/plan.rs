@@ -1,0 +1,256 @@
+//! Verdicts + the user's choices (`--fd`, `--include-tracked`, `--method`) → what to release, and
+//! how. Pure logic; the reaper only executes what this decided (after re-verifying each fd).
+
+use crate::model::{Action, Evidence, Judgement, MasterRow, Method, Verdict};
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, Default)]
+pub struct Choices {
+    /// `--fd`: when given, only these fds are considered, and a `merged` group is released when
+    /// one of its fds is named.
+    pub fds: Option<BTreeSet<i32>>,
+    pub include_tracked: bool,
+    /// `--method`; None means the default: close for orphaned masters, merge for tracked ones.
+    pub method: Option<Method>,
+}
+
+/// Plans one target's masters. Rows come back in fd order.
+pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<MasterRow> {
+    let named = |ev: &Evidence| match &choices.fds {
+        Some(set) => set.contains(&ev.fd) || ev.aliases.iter().any(|a| set.contains(a)),
+        None => false,
+    };
+    let mut rows: Vec<MasterRow> = judged
+        .into_iter()
+        .map(|(evidence, judgement)| {
+            let method = match judgement.verdict {
+                Verdict::Orphaned | Verdict::Stale => Some(choices.method.unwrap_or(Method::Close)),
+                Verdict::Tracked if choices.include_tracked => {
+                    Some(choices.method.unwrap_or(Method::Merge))
+                }
+                // already merged: `--method merge` is a no-op for them; naming them releases them
+                Verdict::Merged if named(&evidence) && choices.method != Some(Method::Merge) => {
+                    Some(choices.method.unwrap_or(Method::Close))
+                }
+                _ => None,
+            };
+            MasterRow {
+                evidence,
+                judgement,
+                action: if method.is_some() {
+                    Action::Close
+                } else {
+                    Action::Keep
+                },
+                method,
+                result: None,
+                detail: None,
+                merge_keeper: false,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| r.evidence.fd);
+    choose_merge_keeper(&mut rows);
+    rows
+}
+
+/// `merge` dup2()s one master over the others. The keeper is an existing merged group if the
+/// target has one (so repeated runs keep a single PTY), else the lowest fd being merged; it is
+/// kept, and says so.
+fn choose_merge_keeper(rows: &mut [MasterRow]) {
+    let merging = rows.iter().filter(|r| r.method == Some(Method::Merge)).count();
+    if merging == 0 {
+        return;
+    }
+    let existing = rows.iter().position(|r| r.judgement.verdict == Verdict::Merged);
+    if existing.is_some() {
+        return; // the merge target is that group; the reaper dup2()s onto its lowest fd
+    }
+    let Some(keeper) = rows.iter().position(|r| r.method == Some(Method::Merge)) else {
+        return;
+    };
+    let row = &mut rows[keeper];
+    row.merge_keeper = merging > 1;
+    row.action = Action::Keep;
+    row.method = None;
+    row.judgement.reason += if merging == 1 {
+        "; kept: merging needs a second fd"
+    } else {
+        "; kept as the keeper the merged fds now share"
+    };
+}
+
+/// The fd every `merge` row is dup2()ed onto: an existing merged group's lowest fd, else the
+/// keeper chosen above.
+pub fn merge_keeper(rows: &[MasterRow]) -> Option<i32> {
+    if !rows.iter().any(|r| r.method == Some(Method::Merge)) {
+        return None;
+    }
+    rows.iter()
+        .find(|r| r.judgement.verdict == Verdict::Merged)
+        .or_else(|| rows.iter().find(|r| r.merge_keeper))
+        .map(|r| r.evidence.fd)
+}
+
+/// Parses `--fd 3,7-12`.
+pub fn parse_fd_list(text: &str) -> Result<BTreeSet<i32>, String> {
+    let mut set = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("'{part}' is not an fd or a range like 7-12");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: i32 = a.trim().parse().map_err(|_| bad())?;
+                let b: i32 = b.trim().parse().map_err(|_| bad())?;
+                if a < 0 || b < a || b - a > 1_000_000 {
+                    return Err(bad());
+                }
+                set.extend(a..=b);
+            }
+            None => {
+                let fd: i32 = part.parse().map_err(|_| bad())?;
+                if fd < 0 {
+                    return Err(bad());
+                }
+                set.insert(fd);
+            }
+        }
+    }
+    if set.is_empty() {
+        return Err("an empty fd list".into());
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(fd: i32, verdict: Verdict) -> (Evidence, Judgement) {
+        (
+            Evidence {
+                fd,
+                ..Evidence::default()
+            },
+            Judgement {
+                verdict,
+                reason: "r".into(),
+                idle_s: Some(1),
+            },
+        )
+    }
+
+    fn actions(rows: &[MasterRow]) -> Vec<(i32, Action, Option<Method>)> {
+        rows.iter()
+            .map(|r| (r.evidence.fd, r.action, r.method))
+            .collect()
+    }
+
+    #[test]
+    fn only_orphans_are_closed_by_default() {
+        let rows = plan(
+            vec![
+                row(5, Verdict::Live),
+                row(3, Verdict::Orphaned),
+                row(4, Verdict::Tracked),
+                row(6, Verdict::Fresh),
+                row(7, Verdict::Unknown),
+                row(8, Verdict::Merged),
+            ],
+            &Choices::default(),
+        );
+        assert_eq!(
+            actions(&rows),
+            vec![
+                (3, Action::Close, Some(Method::Close)),
+                (4, Action::Keep, None),
+                (5, Action::Keep, None),
+                (6, Action::Keep, None),
+                (7, Action::Keep, None),
+                (8, Action::Keep, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn tracked_ones_are_merged_when_included() {
+        let choices = Choices {
+            include_tracked: true,
+            ..Choices::default()
+        };
+        let rows = plan(
+            vec![
+                row(3, Verdict::Orphaned),
+                row(4, Verdict::Tracked),
+                row(5, Verdict::Tracked),
+            ],
+            &choices,
+        );
+        assert_eq!(
+            actions(&rows),
+            vec![
+                (3, Action::Close, Some(Method::Close)),
+                (4, Action::Keep, None),
+                (5, Action::Close, Some(Method::Merge)),
+            ]
+        );
+        assert!(rows[1].judgement.reason.ends_with("now share"));
+        assert_eq!(merge_keeper(&rows), Some(4));
+    }
+
+    #[test]
+    fn an_existing_merged_group_is_the_keeper() {
+        let choices = Choices {
+            include_tracked: true,
+            method: Some(Method::Merge),
+            ..Choices::default()
+        };
+        let rows = plan(
+            vec![row(9, Verdict::Merged), row(4, Verdict::Tracked), row(3, Verdict::Orphaned)],
+            &choices,
+        );
+        assert_eq!(
+            actions(&rows),
+            vec![
+                (3, Action::Close, Some(Method::Merge)),
+                (4, Action::Close, Some(Method::Merge)),
+                (9, Action::Keep, None),
+            ]
+        );
+        assert_eq!(merge_keeper(&rows), Some(9));
+    }
+
+    #[test]
+    fn an_explicit_method_applies_to_all() {
+        let choices = Choices {
+            include_tracked: true,
+            method: Some(Method::Devnull),
+            ..Choices::default()
+        };
+        let rows = plan(vec![row(3, Verdict::Orphaned), row(4, Verdict::Tracked)], &choices);
+        assert!(rows.iter().all(|r| r.method == Some(Method::Devnull)));
+        assert_eq!(merge_keeper(&rows), None);
+    }
+
+    #[test]
+    fn naming_a_merged_fd_releases_its_group() {
+        let mut a = row(8, Verdict::Merged);
+        a.0.aliases = vec![9];
+        let mut b = row(9, Verdict::Merged);
+        b.0.aliases = vec![8];
+        let choices = Choices {
+            fds: Some([8].into()),
+            ..Choices::default()
+        };
+        let rows = plan(vec![a, b], &choices);
+        assert!(rows.iter().all(|r| r.action == Action::Close));
+    }
+
+    #[test]
+    fn fd_lists() {
+        assert_eq!(parse_fd_list("3,7-9").unwrap(), [3, 7, 8, 9].into());
+        assert_eq!(parse_fd_list(" 4 ").unwrap(), [4].into());
+        for bad in ["", "x", "9-7", "-3", "3,,a", "1-99999999"] {
+            assert!(parse_fd_list(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! JSON for scripts, exactly as documented in README.md ("JSON"). Keys are a stable contract.
+
+use crate::model::{Action, Census, MasterRow, Method, SystemUsage, TargetReport};
+use serde_json::{json, Value};
+
+pub fn census(c: &Census) -> Value {
+    json!({ "system": c.system, "processes": c.processes })
+}
+
+/// The inspect / reap document.
+pub fn inspection(
+    dry_run: bool,
+    method: Option<Method>,
+    min_idle_s: u64,
+    system: &SystemUsage,
+    targets: &[TargetReport],
+) -> Value {
+    json!({
+        "dry_run": dry_run,
+        "method": method.map_or("default", Method::as_str),
+        "min_idle_s": min_idle_s,
+        "system": system,
+        "targets": targets.iter().map(target).collect::<Vec<_>>(),
+    })
+}
+
+fn target(t: &TargetReport) -> Value {
+    json!({
+        "pid": t.pid,
+        "name": t.name,
+        "stopped_us": t.stopped_us,
+        "masters": t.masters.iter().map(master).collect::<Vec<_>>(),
+    })
+}
+
+fn master(r: &MasterRow) -> Value {
+    let ev = &r.evidence;
+    json!({
+        "fd": ev.fd,
+        "pty": ev.pty.map(|p| p.index),
+        "devpts": ev.pty.map(|p| p.devpts.to_string()),
+        "slave": ev.slave_path,
+        "verdict": r.judgement.verdict,
+        "reason": r.judgement.reason,
+        "last_io": ev.last_io,
+        "idle_s": r.judgement.idle_s,
+        "unread_bytes": ev.unread_bytes,
+        "session": ev.session,
+        "foreground_pgrp": ev.foreground_pgrp,
+        "slave_holders": ev.slave_holders,
+        "target_slave_fds": ev.target_slave_fds,
+        "other_master_holders": ev.other_master_holders,
+        "aliases": ev.aliases,
+        "watched": ev.watched(),
+        "watched_by": ev.watched_by,
+        "hung_up": ev.hung_up,
+        "action": r.action,
+        "method": if r.action == Action::Close { r.method } else { None },
+        "result": r.result,
+        "detail": r.detail,
+    })
+}

@@ -1,0 +1,240 @@
+//! Human output: counts first, then one aligned row per fd.
+
+use super::Style;
+use crate::duration::human;
+use crate::model::{Action, Census, MasterRow, Outcome, SystemUsage, TargetReport, Verdict};
+use std::fmt::Write;
+
+/// Columns: text and whether it is right-aligned.
+struct Table {
+    head: Vec<(&'static str, bool)>,
+    rows: Vec<Vec<(String, &'static str)>>,
+}
+
+impl Table {
+    fn new(head: Vec<(&'static str, bool)>) -> Table {
+        Table {
+            head,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Each cell: text and an SGR colour ("" for none).
+    fn push(&mut self, row: Vec<(String, &'static str)>) {
+        self.rows.push(row);
+    }
+
+    fn render(&self, style: &Style, indent: &str) -> String {
+        let mut widths: Vec<usize> = self.head.iter().map(|(h, _)| h.len()).collect();
+        for row in &self.rows {
+            for (w, (cell, _)) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let last = self.head.len() - 1;
+        let pad = |text: &str, i: usize, right: bool| {
+            if i == last && !right {
+                text.to_string()
+            } else if right {
+                format!("{text:>w$}", w = widths[i])
+            } else {
+                format!("{text:<w$}", w = widths[i])
+            }
+        };
+        let mut out = String::new();
+        let header: Vec<String> = self
+            .head
+            .iter()
+            .enumerate()
+            .map(|(i, (h, right))| pad(h, i, *right))
+            .collect();
+        let _ = writeln!(out, "{indent}{}", style.paint(header.join("  ").trim_end(), "1"));
+        for row in &self.rows {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(i, (text, sgr))| style.paint(&pad(text, i, self.head[i].1), sgr))
+                .collect();
+            let _ = writeln!(out, "{indent}{}", cells.join("  ").trim_end());
+        }
+        out
+    }
+}
+
+pub fn system(sys: &SystemUsage) -> String {
+    let mut out = format!("PTYs in use: {} of {} ({})", sys.in_use, sys.limit, sys.limit_source);
+    if let Some(reserve) = sys.reserve {
+        let _ = write!(out, ", {reserve} reserved for the initial devpts instance");
+    }
+    out.push('\n');
+    for inst in sys.instances.iter().flatten() {
+        let at = inst.mount.as_deref().unwrap_or("(not mounted here)");
+        let used = inst.in_use.map_or("? in use".to_string(), |n| format!("{n} in use"));
+        let max = inst.max.map_or(String::new(), |m| format!(", max {m}"));
+        let full = match (inst.in_use, inst.max) {
+            (Some(n), Some(m)) if n >= m => "  FULL: no new PTY can be opened here",
+            _ => "",
+        };
+        let _ = writeln!(out, "  devpts {} at {at}: {used}{max}{full}", inst.devpts);
+    }
+    out
+}
+
+pub fn census(c: &Census, style: &Style) -> String {
+    let mut out = system(&c.system);
+    out.push('\n');
+    if c.processes.is_empty() {
+        out.push_str("No process holds a PTY master.\n");
+        return out;
+    }
+    let mut t = Table::new(vec![("PID", true), ("NAME", false), ("MASTERS", true), ("ORPHANED", true)]);
+    for p in &c.processes {
+        let sgr = if p.orphaned > 0 { "33" } else { "" };
+        t.push(vec![
+            (p.pid.to_string(), ""),
+            (p.name.clone(), ""),
+            (p.masters.to_string(), ""),
+            (p.orphaned.to_string(), sgr),
+        ]);
+    }
+    out.push_str(&t.render(style, ""));
+    let orphaned: usize = c.processes.iter().map(|p| p.orphaned).sum();
+    if orphaned > 0 {
+        let _ = writeln!(
+            out,
+            "\n{orphaned} masters look orphaned. Inspect one: sudo ptyreap --pid PID --dry-run"
+        );
+    }
+    out
+}
+
+fn verdict_color(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Orphaned | Verdict::Stale => "33",
+        Verdict::Live => "32",
+        Verdict::Tracked | Verdict::Merged | Verdict::Fresh => "36",
+        Verdict::Unknown => "31",
+    }
+}
+
+/// Per-verdict counts, in a fixed order: "20 orphaned, 3 tracked, 3 live".
+pub fn verdict_counts(rows: &[MasterRow]) -> String {
+    let order = [
+        Verdict::Orphaned,
+        Verdict::Stale,
+        Verdict::Fresh,
+        Verdict::Tracked,
+        Verdict::Merged,
+        Verdict::Live,
+        Verdict::Unknown,
+    ];
+    order
+        .iter()
+        .filter_map(|&v| {
+            let n = rows.iter().filter(|r| r.judgement.verdict == v).count();
+            (n > 0).then(|| format!("{n} {}", v.as_str()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn target(t: &TargetReport, style: &Style) -> String {
+    let mut out = String::new();
+    let n = t.masters.len();
+    let _ = write!(out, "pid {} ({}): {n} PTY master{}", t.pid, t.name, if n == 1 { "" } else { "s" });
+    if n == 0 {
+        out.push_str(": nothing to do\n");
+        return out;
+    }
+    let _ = writeln!(out, ": {}", verdict_counts(&t.masters));
+    let reaped = t.masters.iter().any(|r| r.result.is_some());
+    let mut head = vec![
+        ("FD", true),
+        ("PTY", false),
+        ("SLAVE", false),
+        ("VERDICT", false),
+        ("IDLE", true),
+        ("ACTION", false),
+    ];
+    if reaped {
+        head.push(("RESULT", false));
+    }
+    head.push(("REASON", false));
+    let mut table = Table::new(head);
+    for r in &t.masters {
+        let ev = &r.evidence;
+        let action = match (r.action, r.method) {
+            (Action::Close, Some(m)) => m.as_str().to_string(),
+            (Action::Close, None) => "close".into(),
+            (Action::Keep, _) => "keep".into(),
+        };
+        let mut row = vec![
+            (ev.fd.to_string(), ""),
+            (ev.pty.map_or("?".into(), |p| p.index.to_string()), ""),
+            (ev.slave_path.clone().unwrap_or_else(|| "?".into()), ""),
+            (r.judgement.verdict.as_str().to_string(), verdict_color(r.judgement.verdict)),
+            (r.judgement.idle_s.map_or("?".into(), human), ""),
+            (action, if r.action == Action::Close { "1" } else { "" }),
+        ];
+        if reaped {
+            let (text, sgr) = match r.result {
+                Some(Outcome::Closed) => ("closed", "32"),
+                Some(Outcome::Kept) | None => ("kept", ""),
+                Some(Outcome::Failed) => ("failed", "31"),
+                Some(Outcome::Changed) => ("changed", "33"),
+            };
+            row.push((text.to_string(), sgr));
+        }
+        let mut reason = r.judgement.reason.clone();
+        if let Some(detail) = &r.detail {
+            let _ = write!(reason, " [{detail}]");
+        }
+        row.push((reason, ""));
+        table.push(row);
+    }
+    out.push_str(&table.render(style, "  "));
+    if style.verbose {
+        for r in &t.masters {
+            out.push_str(&evidence_lines(r));
+        }
+    }
+    out
+}
+
+/// `--verbose`: everything behind a verdict, one fd per paragraph.
+fn evidence_lines(r: &MasterRow) -> String {
+    let ev = &r.evidence;
+    let mut out = format!("\n  fd {}:\n", ev.fd);
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "    {k:<22} {v}");
+    };
+    let holders = |hs: &[crate::model::Holder]| {
+        if hs.is_empty() {
+            "none".to_string()
+        } else {
+            hs.iter()
+                .map(|h| format!("{} ({}) fds {:?}", h.pid, h.name, h.fds))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    };
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    line("pty", opt(ev.pty.map(|p| format!("{} in devpts {}", p.index, p.devpts))));
+    line("slave", opt(ev.slave_path.clone()));
+    line("slave held by", holders(&ev.slave_holders));
+    line("target's slave fds", format!("{:?}", ev.target_slave_fds));
+    line("master also held by", holders(&ev.other_master_holders));
+    line("aliases", format!("{:?}", ev.aliases));
+    line("session", opt(ev.session.map(|s| s.to_string())));
+    line("foreground group", opt(ev.foreground_pgrp.map(|s| s.to_string())));
+    line("unread bytes", opt(ev.unread_bytes.map(|s| s.to_string())));
+    line("last I/O", opt(ev.last_io.map(|t| format!("{t} (unix time)"))));
+    line("hung up (POLLHUP)", opt(ev.hung_up.map(|s| s.to_string())));
+    let watched = if ev.watched_by.is_empty() {
+        "no".to_string()
+    } else {
+        ev.watched_by.join(", ")
+    };
+    line("watched by", watched);
+    out
+}

@@ -1,0 +1,83 @@
+//! Per-fd evidence for one target: the PTY ioctls on pidfd copies, joined with the machine-wide
+//! scan (who holds the slave, who else holds the master) and the event-loop watchers.
+
+use super::pty;
+use super::target::{self, Target};
+use super::watchers;
+use crate::exit_code::UserError;
+use crate::model::{Evidence, Snapshot};
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+
+pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, UserError> {
+    let pid = target.pid;
+    let Some(own) = snapshot.process(pid) else {
+        return Ok(Vec::new());
+    };
+    let master_fds: BTreeSet<i32> = own.masters.iter().map(|m| m.fd).collect();
+    let watched = watchers::watchers(pid, &master_fds, &epoll_fds(pid));
+    let mut out = Vec::with_capacity(own.masters.len());
+    for m in &own.masters {
+        let mut ev = Evidence {
+            fd: m.fd,
+            pty: m.pty,
+            session: m.session,
+            watched_by: watched.get(&m.fd).cloned().unwrap_or_default(),
+            ..Evidence::default()
+        };
+        match target.pidfd.get_fd(m.fd) {
+            Ok(copy) => match pty::slave_node(copy.as_fd(), true) {
+                Ok(node) => {
+                    ev.pty = Some(node.pty);
+                    ev.slave_path = node.path;
+                    ev.last_io = Some(node.last_io);
+                    ev.session = pty::session(copy.as_fd());
+                    ev.foreground_pgrp = pty::foreground_pgrp(copy.as_fd());
+                    ev.unread_bytes = pty::unread_bytes(copy.as_fd());
+                    ev.hung_up = pty::hung_up(copy.as_fd());
+                }
+                Err(e) => ev.missing = Some(format!("fd {} is no longer a PTY master ({e})", m.fd)),
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue, // closed since the scan
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(UserError::failure(format!(
+                    "pid {pid} ({}) exited while being inspected",
+                    target.name
+                )))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(target::not_permitted(pid, &target.name))
+            }
+            Err(e) => ev.missing = Some(format!("cannot copy fd {}: {e}", m.fd)),
+        }
+        if let Some(pty) = ev.pty {
+            let others = |holders: Vec<crate::model::Holder>| {
+                holders.into_iter().filter(|h| h.pid != pid).collect::<Vec<_>>()
+            };
+            ev.slave_holders = others(snapshot.slave_holders(pty));
+            ev.other_master_holders = others(snapshot.master_holders(pty));
+            ev.target_slave_fds = own.slaves.iter().filter(|s| s.pty == pty).map(|s| s.fd).collect();
+            ev.aliases = own
+                .masters
+                .iter()
+                .filter(|o| o.fd != m.fd && o.pty == Some(pty))
+                .map(|o| o.fd)
+                .collect();
+        }
+        out.push(ev);
+    }
+    Ok(out)
+}
+
+/// The target's epoll fds (links `anon_inode:[eventpoll]`).
+fn epoll_fds(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]")
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}

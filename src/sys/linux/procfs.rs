@@ -1,0 +1,230 @@
+//! Parsers for the /proc files we read. Kept free of I/O so they can be unit-tested and fuzzed on
+//! hostile input: a process can put anything (spaces, parentheses, newlines) in its own `comm`.
+
+use crate::model::DevId;
+
+/// The fields of /proc/PID/stat we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub flags: u64,
+    /// Clock ticks after boot: with the pid, it names one process for good.
+    pub start_time: u64,
+}
+
+/// PF_KTHREAD from include/linux/sched.h.
+pub const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl Stat {
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// Parses /proc/PID/stat. `comm` sits in parentheses and may itself contain `)`, so the fields
+/// after it are found from the *last* `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let comm = text[open + 1..close].to_string();
+    let mut rest = text[close + 1..].split_ascii_whitespace();
+    // fields 3.. : state ppid pgrp session tty_nr tpgid flags ... starttime is field 22
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let mut rest = rest.skip(4);
+    let flags = rest.next()?.parse().ok()?;
+    // field 9 was flags; starttime is field 22, 13 fields further
+    let start_time = rest.nth(12)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        state,
+        ppid,
+        flags,
+        start_time,
+    })
+}
+
+/// `TracerPid:` of /proc/PID/status (0: not traced).
+pub fn parse_tracer_pid(status: &str) -> Option<i32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `tty-index:` of a PTY master's /proc/PID/fdinfo/FD (drivers/tty/pty.c, since ~4.14).
+pub fn parse_tty_index(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("tty-index:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The `tfd:` numbers of an epoll fd's fdinfo: the fd numbers its entries were registered under
+/// (fs/eventpoll.c, `ep_show_fdinfo`).
+pub fn parse_epoll_tfds(fdinfo: &str) -> Vec<i32> {
+    fdinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("tfd:"))
+        .filter_map(|rest| rest.split_ascii_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// One line of /proc/PID/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub dev: DevId,
+    pub mount_point: String,
+    pub fstype: String,
+    pub super_options: String,
+}
+
+impl Mount {
+    /// A `name=value` option of the superblock (e.g. devpts' `max=`).
+    pub fn super_option(&self, name: &str) -> Option<&str> {
+        self.super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// Parses /proc/PID/mountinfo (proc(5)): `id parent major:minor root mount-point options
+/// [optional fields...] - fstype source super-options`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines().filter_map(parse_mount_line).collect()
+}
+
+fn parse_mount_line(line: &str) -> Option<Mount> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut f = left.split(' ');
+    let dev = parse_dev(f.nth(2)?)?;
+    let mount_point = unescape_octal(f.nth(1)?);
+    let mut r = right.split(' ');
+    let fstype = r.next()?.to_string();
+    let super_options = r.nth(1).unwrap_or("").to_string();
+    Some(Mount {
+        dev,
+        mount_point,
+        fstype,
+        super_options,
+    })
+}
+
+fn parse_dev(text: &str) -> Option<DevId> {
+    let (a, b) = text.split_once(':')?;
+    Some(DevId {
+        major: a.parse().ok()?,
+        minor: b.parse().ok()?,
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let oct = bytes.get(i + 1..i + 4);
+        if let (b'\\', Some(oct)) = (bytes[i], oct) {
+            if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                let value = oct.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                if let Ok(byte) = u8::try_from(value) {
+                    out.push(byte);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// /proc/PID/task/TID/syscall of a thread blocked in a syscall: its number and six arguments.
+/// `running` (not blocked) and `-1 sp pc` (blocked outside a syscall) give None.
+pub fn parse_syscall(text: &str) -> Option<(i64, [u64; 6])> {
+    let mut f = text.split_ascii_whitespace();
+    let nr: i64 = f.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(f.next()?.strip_prefix("0x")?, 16).ok()?;
+    }
+    Some((nr, args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_a_hostile_comm() {
+        let text = "4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
+        let s = parse_stat(text).unwrap();
+        assert_eq!(s.comm, "a) b) (c");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.flags, 4_194_560);
+        assert_eq!(s.start_time, 987_654);
+        assert!(!s.is_kernel_thread());
+        assert!(parse_stat("12 (x").is_none());
+        assert!(parse_stat("").is_none());
+    }
+
+    #[test]
+    fn kernel_threads_are_flagged() {
+        let text = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0";
+        assert!(parse_stat(text).unwrap().is_kernel_thread());
+    }
+
+    #[test]
+    fn status_tracer() {
+        assert_eq!(parse_tracer_pid("Name:\tx\nTracerPid:\t812\nUid:\t0\n"), Some(812));
+        assert_eq!(parse_tracer_pid("TracerPid:\t0\n"), Some(0));
+        assert_eq!(parse_tracer_pid("Name: x\n"), None);
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let master = "pos:\t0\nflags:\t02\nmnt_id:\t26\nino:\t5\ntty-index:\t12\n";
+        assert_eq!(parse_tty_index(master), Some(12));
+        assert_eq!(parse_tty_index("pos:\t0\n"), None);
+        let ep = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
+                  tfd:        5 events:       19 data:                5  pos:0 ino:5 sdev:6\n\
+                  tfd:       12 events:       19 data:                c  pos:0 ino:5 sdev:6\n";
+        assert_eq!(parse_epoll_tfds(ep), vec![5, 12]);
+    }
+
+    #[test]
+    fn mountinfo_devpts() {
+        let text = "25 30 0:23 / /dev/pts rw,nosuid,noexec,relatime shared:3 - devpts devpts rw,gid=5,mode=620,ptmxmode=000\n\
+                    90 25 0:51 / /tmp/my\\040pts rw,relatime - devpts devpts rw,mode=600,ptmxmode=666,max=16\n\
+                    garbage line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].dev, DevId { major: 0, minor: 23 });
+        assert_eq!(m[0].mount_point, "/dev/pts");
+        assert_eq!(m[0].fstype, "devpts");
+        assert_eq!(m[0].super_option("max"), None);
+        assert_eq!(m[1].mount_point, "/tmp/my pts");
+        assert_eq!(m[1].super_option("max"), Some("16"));
+        assert_eq!(m[1].super_option("ptmxmode"), Some("666"));
+    }
+
+    #[test]
+    fn syscall_lines() {
+        let poll = "7 0x7ffd1000 0x3 0xffffffffffffffff 0x0 0x0 0x0 0x7ffd0ff0 0x7f00aa";
+        assert_eq!(parse_syscall(poll), Some((7, [0x7ffd1000, 3, u64::MAX, 0, 0, 0])));
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(parse_syscall("-1 0x7ffd0ff0 0x7f00aa\n"), None);
+        assert_eq!(parse_syscall("7 0x1"), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! The machine-wide scan: every process's PTY masters and slaves, as fast as /proc allows.
+//!
+//! `lsof /dev/ptmx` stats every fd of every process. We read only what we need: one `getdents64`
+//! per /proc/PID/fd directory and one `readlinkat` per fd relative to that directory (no path walk
+//! from the root each time), `fstatat` only for the few links that look like a PTY slave, and the
+//! PTY ioctls only for masters. The pids are shared out over the cores with an atomic counter.
+//! Our own process is skipped: its transient `pidfd_getfd` copies and O_PATH slave nodes would
+//! otherwise show up as holders.
+
+use super::pidfd::Pidfd;
+use super::pty::{self, PTY_SLAVE_MAJOR};
+use crate::model::{MasterRef, ProcessPtys, PtyId, SlaveRef};
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Every process (but ourselves) that holds a PTY master or slave, sorted by pid.
+pub fn scan() -> io::Result<Vec<ProcessPtys>> {
+    let proc_dir = open_dir(c"/proc", None)?;
+    let pids = list_pids(&proc_dir)?;
+    let own = std::process::id() as i32;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let next = AtomicUsize::new(0);
+    let mut found: Vec<ProcessPtys> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut scratch = Scratch::new();
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&pid) = pids.get(i) else { break };
+                        if pid == own {
+                            continue;
+                        }
+                        if let Some(p) = scan_process(&proc_dir, pid, &mut scratch) {
+                            out.push(p);
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    found.sort_by_key(|p| p.pid);
+    Ok(found)
+}
+
+/// Buffers reused across processes by one worker.
+struct Scratch {
+    dents: Vec<u8>,
+    link: Vec<u8>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            dents: vec![0; 64 * 1024],
+            link: vec![0; libc::PATH_MAX as usize],
+        }
+    }
+}
+
+/// What a link in /proc/PID/fd says about the fd.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// /dev/ptmx, or /dev/pts/ptmx (then the link's own node is on the devpts instance).
+    Master { on_devpts: bool },
+    /// Could be a devpts slave (a path ending in a number): confirm with fstatat.
+    MaybeSlave,
+    Other,
+}
+
+pub fn classify_link(link: &[u8]) -> LinkKind {
+    if link == b"/dev/ptmx" {
+        return LinkKind::Master { on_devpts: false };
+    }
+    if link.ends_with(b"/ptmx") {
+        return LinkKind::Master {
+            on_devpts: link.ends_with(b"pts/ptmx"),
+        };
+    }
+    let last = link.rsplit(|&b| b == b'/').next().unwrap_or(b"");
+    if link.first() == Some(&b'/') && !last.is_empty() && last.iter().all(u8::is_ascii_digit) {
+        return LinkKind::MaybeSlave;
+    }
+    LinkKind::Other
+}
+
+fn scan_process(proc_dir: &OwnedFd, pid: i32, scratch: &mut Scratch) -> Option<ProcessPtys> {
+    let mut path = itoa_path(pid, b"/fd");
+    let fd_dir = open_dir(cstr(&mut path), Some(proc_dir)).ok()?;
+    let mut masters: Vec<(RawFd, bool)> = Vec::new();
+    let mut slaves = Vec::new();
+    for_each_dirent(&fd_dir, &mut scratch.dents, |name| {
+        let Some(fd) = parse_fd(name.to_bytes()) else {
+            return;
+        };
+        let link = &mut scratch.link;
+        // SAFETY: name is NUL-terminated, link is a valid buffer of its length.
+        let n = unsafe {
+            libc::readlinkat(
+                fd_dir.as_raw_fd(),
+                name.as_ptr(),
+                link.as_mut_ptr().cast(),
+                link.len(),
+            )
+        };
+        if n <= 0 {
+            return; // closed meanwhile
+        }
+        match classify_link(&link[..n as usize]) {
+            LinkKind::Master { on_devpts } => masters.push((fd, on_devpts)),
+            LinkKind::MaybeSlave => {
+                if let Some(pty) = stat_slave(&fd_dir, name) {
+                    slaves.push(SlaveRef { fd, pty });
+                }
+            }
+            LinkKind::Other => {}
+        }
+    });
+    if masters.is_empty() && slaves.is_empty() {
+        return None;
+    }
+    let masters = identify_masters(proc_dir, &fd_dir, pid, &masters);
+    Some(ProcessPtys {
+        pid,
+        name: read_comm(proc_dir, pid).unwrap_or_else(|| "?".into()),
+        masters,
+        slaves,
+    })
+}
+
+/// The PTY of each master: exactly, on a pidfd copy; else (not permitted) from fdinfo's
+/// `tty-index` and, for masters opened through a devpts instance's own ptmx node, that node's
+/// device. A master opened through /dev/ptmx on devtmpfs cannot be placed without a copy.
+fn identify_masters(
+    proc_dir: &OwnedFd,
+    fd_dir: &OwnedFd,
+    pid: i32,
+    masters: &[(RawFd, bool)],
+) -> Vec<MasterRef> {
+    let pidfd = Pidfd::open(pid).ok();
+    masters
+        .iter()
+        .map(|&(fd, on_devpts)| {
+            if let Some(copy) = pidfd.as_ref().and_then(|p| p.get_fd(fd).ok()) {
+                if let Ok(node) = pty::slave_node(copy.as_fd(), false) {
+                    return MasterRef {
+                        fd,
+                        pty: Some(node.pty),
+                        session: pty::session(copy.as_fd()),
+                    };
+                }
+            }
+            let index = read_tty_index(proc_dir, pid, fd);
+            let devpts = on_devpts
+                .then(|| fstatat(fd_dir, &fd.to_string()).ok())
+                .flatten()
+                .map(|st| pty::dev_id(st.st_dev));
+            let pty = index
+                .zip(devpts)
+                .map(|(index, devpts)| PtyId { devpts, index });
+            MasterRef {
+                fd,
+                pty,
+                session: None,
+            }
+        })
+        .collect()
+}
+
+fn stat_slave(fd_dir: &OwnedFd, name: &CStr) -> Option<PtyId> {
+    // SAFETY: zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dirfd, NUL-terminated name, valid out pointer; follows the magic link.
+    if unsafe { libc::fstatat(fd_dir.as_raw_fd(), name.as_ptr(), &mut st, 0) } < 0 {
+        return None;
+    }
+    slave_pty(&st)
+}
+
+/// A devpts slave node: a character device with the PTY slave major. Its instance is `st_dev`.
+pub fn slave_pty(st: &libc::stat) -> Option<PtyId> {
+    let is_chr = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+    (is_chr && libc::major(st.st_rdev) == PTY_SLAVE_MAJOR).then(|| PtyId {
+        devpts: pty::dev_id(st.st_dev),
+        index: libc::minor(st.st_rdev),
+    })
+}
+
+fn fstatat(dir: &OwnedFd, name: &str) -> io::Result<libc::stat> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dirfd, NUL-terminated name, valid out pointer.
+    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn read_tty_index(proc_dir: &OwnedFd, pid: i32, fd: RawFd) -> Option<u32> {
+    let text = read_small(proc_dir, &format!("{pid}/fdinfo/{fd}"))?;
+    super::procfs::parse_tty_index(&text)
+}
+
+fn read_comm(proc_dir: &OwnedFd, pid: i32) -> Option<String> {
+    read_small(proc_dir, &format!("{pid}/comm")).map(|s| s.trim_end_matches('\n').to_string())
+}
+
+/// Reads a small /proc file relative to the /proc directory fd.
+fn read_small(proc_dir: &OwnedFd, rel: &str) -> Option<String> {
+    let rel = std::ffi::CString::new(rel).ok()?;
+    // SAFETY: valid dirfd and path; the result is a new fd we own.
+    let fd = unsafe {
+        libc::openat(
+            proc_dir.as_raw_fd(),
+            rel.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fresh fd.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    std::io::read_to_string(file).ok()
+}
+
+pub fn open_dir(path: &CStr, at: Option<&OwnedFd>) -> io::Result<OwnedFd> {
+    let dirfd = at.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: NUL-terminated path; the result is a new fd we own.
+    let fd = unsafe {
+        libc::openat(
+            dirfd,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn list_pids(proc_dir: &OwnedFd) -> io::Result<Vec<i32>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pids = Vec::with_capacity(1024);
+    for_each_dirent(proc_dir, &mut buf, |name| {
+        if let Some(pid) = parse_fd(name.to_bytes()) {
+            pids.push(pid);
+        }
+    });
+    Ok(pids)
+}
+
+/// Calls `f` with each entry name of a directory, via raw getdents64 into a reused buffer.
+pub fn for_each_dirent(dir: &OwnedFd, buf: &mut [u8], mut f: impl FnMut(&CStr)) {
+    // SAFETY: rewinding our own directory fd.
+    unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) };
+    loop {
+        // SAFETY: buf is valid for its length; the kernel writes linux_dirent64 records.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 || off + reclen > n as usize {
+                return;
+            }
+            let name = &buf[off + 19..off + reclen];
+            if let Ok(name) = CStr::from_bytes_until_nul(name) {
+                f(name);
+            }
+            off += reclen;
+        }
+    }
+}
+
+/// A decimal fd or pid name; "." and ".." and anything else give None.
+pub fn parse_fd(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// "PID" + suffix + NUL, without allocating.
+fn itoa_path(pid: i32, suffix: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let digits = pid.to_string();
+    out[..digits.len()].copy_from_slice(digits.as_bytes());
+    out[digits.len()..digits.len() + suffix.len()].copy_from_slice(suffix);
+    out
+}
+
+fn cstr(buf: &mut [u8; 32]) -> &CStr {
+    CStr::from_bytes_until_nul(buf).unwrap_or(c"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_classified() {
+        assert_eq!(classify_link(b"/dev/ptmx"), LinkKind::Master { on_devpts: false });
+        assert_eq!(classify_link(b"/dev/pts/ptmx"), LinkKind::Master { on_devpts: true });
+        assert_eq!(classify_link(b"/dev/pts/12"), LinkKind::MaybeSlave);
+        assert_eq!(classify_link(b"/12"), LinkKind::MaybeSlave);
+        assert_eq!(classify_link(b"socket:[1234]"), LinkKind::Other);
+        assert_eq!(classify_link(b"/dev/null"), LinkKind::Other);
+        assert_eq!(classify_link(b"/tmp/x (deleted)"), LinkKind::Other);
+        assert_eq!(classify_link(b""), LinkKind::Other);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_fd(b"17"), Some(17));
+        assert_eq!(parse_fd(b"."), None);
+        assert_eq!(parse_fd(b"99999999999"), None);
+        assert_eq!(cstr(&mut itoa_path(4242, b"/fd")).to_bytes(), b"4242/fd");
+    }
+
+    #[test]
+    fn finds_our_own_child_holding_a_master() {
+        // A real PTY pair, held by a child so our own pid (skipped) is not the holder.
+        // SAFETY: posix_openpt returns a new fd or -1.
+        let raw = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+        assert!(raw >= 0, "posix_openpt: {}", io::Error::last_os_error());
+        // SAFETY: a fresh fd.
+        let master = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::from(master))
+            .spawn()
+            .unwrap();
+        let found = scan().unwrap();
+        child.kill().ok();
+        child.wait().ok();
+        let me = found.iter().find(|p| p.pid == child.id() as i32).expect("child found");
+        assert_eq!(me.masters.len(), 1);
+        assert_eq!(me.masters[0].fd, 0);
+        assert!(me.masters[0].pty.is_some());
+        assert!(found.iter().all(|p| p.pid != std::process::id() as i32));
+    }
+}

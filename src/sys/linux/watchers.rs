@@ -1,0 +1,245 @@
+//! Does the target's event loop still watch a master? (the `tracked` verdict)
+//!
+//! Two kinds of loop leave traces we can read without stopping anything:
+//! - epoll: every entry of an epoll set shows as a `tfd:` line in the epoll fd's fdinfo. The
+//!   number is the one the fd had when registered; `kcmp(KCMP_EPOLL_TFD)` confirms the entry's
+//!   file is the very file of our master fd (all masters share the /dev/ptmx inode, so `ino:`
+//!   cannot tell them apart).
+//! - poll/ppoll/select/pselect6: nothing persists, but a thread *waiting* in one shows the call
+//!   and its arguments in /proc/PID/task/TID/syscall; the pollfd array or fd_sets are then read
+//!   from the target's memory (process_vm_readv).
+//!
+//! A thread that is busy (not waiting) at this instant is not seen; see README's limits.
+
+use super::procfs;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IoSliceMut;
+
+/// KCMP_EPOLL_TFD from include/uapi/linux/kcmp.h.
+const KCMP_EPOLL_TFD: libc::c_int = 7;
+
+/// struct kcmp_epoll_slot (include/uapi/linux/kcmp.h).
+#[repr(C)]
+struct KcmpEpollSlot {
+    efd: u32,
+    tfd: u32,
+    toff: u32,
+}
+
+/// `epoll_fds`: the target's epoll fds. Returns, for each watched master fd, what watches it.
+pub fn watchers(
+    pid: i32,
+    masters: &BTreeSet<i32>,
+    epoll_fds: &[i32],
+) -> BTreeMap<i32, Vec<String>> {
+    let mut found: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for &epfd in epoll_fds {
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else {
+            continue;
+        };
+        for tfd in procfs::parse_epoll_tfds(&info) {
+            if let Some(fd) = epoll_entry_master(pid, epfd, tfd, masters) {
+                found.entry(fd).or_default().push(format!("epoll fd {epfd}"));
+            }
+        }
+    }
+    for (tid, call, fds) in waiting_poll_sets(pid) {
+        for fd in fds.intersection(masters) {
+            found
+                .entry(*fd)
+                .or_default()
+                .push(format!("{call}() in thread {tid}"));
+        }
+    }
+    for list in found.values_mut() {
+        list.dedup();
+    }
+    found
+}
+
+/// Which master (if any) an epoll entry registered as `tfd` is. Usually the fd of that number;
+/// if it was renumbered (dup2, close and reuse), any master whose file matches.
+fn epoll_entry_master(pid: i32, epfd: i32, tfd: i32, masters: &BTreeSet<i32>) -> Option<i32> {
+    let slot = KcmpEpollSlot {
+        efd: epfd as u32,
+        tfd: tfd as u32,
+        toff: 0,
+    };
+    let same = |fd: i32| -> Option<bool> {
+        // SAFETY: kcmp reads the slot struct from our memory; all other arguments are integers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                pid,
+                pid,
+                KCMP_EPOLL_TFD,
+                fd as libc::c_ulong,
+                &slot as *const KcmpEpollSlot,
+            )
+        };
+        (r >= 0).then_some(r == 0)
+    };
+    if masters.contains(&tfd) {
+        match same(tfd) {
+            Some(true) => return Some(tfd),
+            // kcmp unavailable (no CONFIG_KCMP, or not permitted): trust the number
+            None => return Some(tfd),
+            Some(false) => {}
+        }
+    }
+    masters.iter().copied().find(|&fd| same(fd) == Some(true))
+}
+
+/// (tid, call name, fds) for every thread of `pid` waiting in a poll-family call.
+fn waiting_poll_sets(pid: i32) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for tid in tasks.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
+            continue;
+        };
+        let Some((nr, args)) = procfs::parse_syscall(&text) else {
+            continue;
+        };
+        let Some(call) = PollCall::from_nr(nr) else {
+            continue;
+        };
+        if let Some(fds) = call.read_fds(pid, &args) {
+            out.push((tid, call.name(), fds));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PollCall {
+    Poll,
+    Ppoll,
+    Select,
+    Pselect6,
+}
+
+/// More than any real poll set; bounds what we read from a hostile or corrupt argument.
+const MAX_POLL_FDS: u64 = 1 << 20;
+
+impl PollCall {
+    fn from_nr(nr: i64) -> Option<PollCall> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if nr == libc::SYS_poll {
+                return Some(PollCall::Poll);
+            }
+            if nr == libc::SYS_select {
+                return Some(PollCall::Select);
+            }
+        }
+        if nr == libc::SYS_ppoll {
+            return Some(PollCall::Ppoll);
+        }
+        if nr == libc::SYS_pselect6 {
+            return Some(PollCall::Pselect6);
+        }
+        None
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PollCall::Poll => "poll",
+            PollCall::Ppoll => "ppoll",
+            PollCall::Select => "select",
+            PollCall::Pselect6 => "pselect6",
+        }
+    }
+
+    fn read_fds(self, pid: i32, args: &[u64; 6]) -> Option<BTreeSet<i32>> {
+        match self {
+            // poll(fds, nfds, timeout), ppoll(fds, nfds, tsp, sigmask, size)
+            PollCall::Poll | PollCall::Ppoll => {
+                let n = args[1].min(MAX_POLL_FDS) as usize;
+                let mut raw = vec![0u8; n * std::mem::size_of::<libc::pollfd>()];
+                read_memory(pid, args[0], &mut raw)?;
+                Some(pollfds_from_bytes(&raw))
+            }
+            // select(nfds, readfds, writefds, exceptfds, timeout), pselect6 the same first four
+            PollCall::Select | PollCall::Pselect6 => {
+                let nfds = args[0].min(MAX_POLL_FDS) as usize;
+                let mut fds = BTreeSet::new();
+                for &addr in &args[1..4] {
+                    if addr == 0 {
+                        continue;
+                    }
+                    let mut raw = vec![0u8; nfds.div_ceil(64) * 8];
+                    read_memory(pid, addr, &mut raw)?;
+                    fds.extend(fd_set_from_bytes(&raw, nfds));
+                }
+                Some(fds)
+            }
+        }
+    }
+}
+
+/// The fds of an array of `struct pollfd { int fd; short events, revents; }`; negative fds are
+/// ignored by the kernel, and so by us.
+pub fn pollfds_from_bytes(raw: &[u8]) -> BTreeSet<i32> {
+    raw.chunks_exact(8)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .filter(|&fd| fd >= 0)
+        .collect()
+}
+
+/// The fds set in an fd_set bitmap of `nfds` bits (an array of longs, little bit first).
+pub fn fd_set_from_bytes(raw: &[u8], nfds: usize) -> Vec<i32> {
+    let mut out = Vec::new();
+    for (w, word) in raw.chunks_exact(8).enumerate() {
+        let bits = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+        for b in 0..64 {
+            let fd = w * 64 + b;
+            if fd < nfds && bits & (1 << b) != 0 {
+                out.push(fd as i32);
+            }
+        }
+    }
+    out
+}
+
+fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> Option<()> {
+    if buf.is_empty() {
+        return Some(());
+    }
+    let len = buf.len();
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: addr as usize,
+        len,
+    }];
+    let mut local = [IoSliceMut::new(buf)];
+    let n = nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut local, &remote)
+        .ok()?;
+    (n == len).then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pollfd_arrays() {
+        let mut raw = Vec::new();
+        for (fd, ev) in [(5i32, 1i16), (-1, 1), (12, 4)] {
+            raw.extend_from_slice(&fd.to_ne_bytes());
+            raw.extend_from_slice(&ev.to_ne_bytes());
+            raw.extend_from_slice(&0i16.to_ne_bytes());
+        }
+        assert_eq!(pollfds_from_bytes(&raw), [5, 12].into());
+    }
+
+    #[test]
+    fn fd_sets() {
+        let mut raw = vec![0u8; 16];
+        raw[0] = 0b1000_1000; // fds 3 and 7
+        raw[8] = 0b1; // fd 64
+        assert_eq!(fd_set_from_bytes(&raw, 65), vec![3, 7, 64]);
+        assert_eq!(fd_set_from_bytes(&raw, 64), vec![3, 7]);
+    }
+}

@@ -1,0 +1,29 @@
+//! Placeholder for systems whose backend has not landed yet (macOS: issue "part 3"). Every entry
+//! point says so plainly instead of pretending.
+
+use crate::exit_code::UserError;
+use crate::model::{Evidence, Snapshot};
+
+#[derive(Debug)]
+pub struct Target {
+    pub pid: i32,
+    pub name: String,
+}
+
+const NOT_YET: &str = "ptyreap does not support this operating system yet (Linux only for now)";
+
+pub fn snapshot() -> anyhow::Result<Snapshot> {
+    Err(UserError::failure(NOT_YET).into())
+}
+
+pub fn open_target(_pid: i32) -> Result<Target, UserError> {
+    Err(UserError::failure(NOT_YET))
+}
+
+pub fn processes_named(_name: &str) -> Vec<i32> {
+    Vec::new()
+}
+
+pub fn inspect(_target: &Target, _snapshot: &Snapshot) -> Result<Vec<Evidence>, UserError> {
+    Err(UserError::failure(NOT_YET))
+}

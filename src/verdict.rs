@@ -1,0 +1,286 @@
+//! Evidence → verdict, with the one line that explains it. Pure: the same rules judge Linux and
+//! macOS evidence, and everything here is unit-tested without a kernel.
+//!
+//! Precedence (DESIGN.md): live/stale, then fresh, merged, tracked, orphaned. `--min-idle`
+//! therefore guards everything that is ever reaped, and a watched or shared fd is never called
+//! plainly orphaned.
+
+use crate::duration::human;
+use crate::model::{Evidence, Holder, Judgement, Verdict};
+use std::time::Duration;
+
+/// The user's thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub min_idle: Duration,
+    /// `--include-stale DUR`: live sessions silent this long may be reaped (hung up).
+    pub include_stale: Option<Duration>,
+}
+
+pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
+    let idle_s = ev.last_io.map(|t| now.saturating_sub(t).max(0) as u64);
+    let verdict = |verdict, reason: String| Judgement {
+        verdict,
+        reason,
+        idle_s,
+    };
+    if let Some(why) = &ev.missing {
+        return verdict(Verdict::Unknown, format!("not enough evidence: {why}"));
+    }
+    if ev.guarded {
+        return verdict(Verdict::Unknown, "guarded fd: never touched".into());
+    }
+    let Some(pty) = ev.pty else {
+        return verdict(Verdict::Unknown, "could not identify the PTY".into());
+    };
+    let slave = ev
+        .slave_path
+        .clone()
+        .unwrap_or_else(|| format!("pts {}", pty.index));
+    let idle_text = match idle_s {
+        Some(s) => format!("idle {}", human(s)),
+        None => "last I/O unknown".into(),
+    };
+
+    let live_because = if !ev.slave_holders.is_empty() {
+        Some(format!("{slave} held by {}", holders_text(&ev.slave_holders)))
+    } else {
+        ev.session
+            .map(|sid| format!("{slave} is the controlling terminal of session {sid}"))
+    };
+    if let Some(because) = live_because {
+        if let (Some(stale_after), Some(idle)) = (policy.include_stale, idle_s) {
+            let threshold = stale_after.max(policy.min_idle).as_secs();
+            if idle >= threshold {
+                return verdict(
+                    Verdict::Stale,
+                    format!("{because}, but silent for {} (reaping hangs it up)", human(idle)),
+                );
+            }
+        }
+        return verdict(Verdict::Live, format!("{because}; {idle_text}"));
+    }
+
+    // From here on nobody else holds the slave and no session owns it.
+    let Some(idle) = idle_s else {
+        return verdict(
+            Verdict::Unknown,
+            format!("no process holds {slave}, but its last I/O time is unknown"),
+        );
+    };
+    if idle < policy.min_idle.as_secs() {
+        return verdict(
+            Verdict::Fresh,
+            format!(
+                "no process holds {slave}, but idle only {} (< --min-idle {})",
+                human(idle),
+                human(policy.min_idle.as_secs())
+            ),
+        );
+    }
+    let copies = if ev.other_master_holders.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; master also held by {} (freed only when every copy is closed)",
+            holders_text(&ev.other_master_holders)
+        )
+    };
+    if !ev.aliases.is_empty() {
+        return verdict(
+            Verdict::Merged,
+            format!(
+                "master shared with fds {}: they free the PTY only together{copies}",
+                list(&ev.aliases)
+            ),
+        );
+    }
+    if ev.watched() {
+        return verdict(
+            Verdict::Tracked,
+            format!(
+                "no process holds {slave}, but the app still watches it ({}); {idle_text}{copies}",
+                ev.watched_by.join(", ")
+            ),
+        );
+    }
+    let pair = if ev.target_slave_fds.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; the target holds both ends (slave fds {}), released together",
+            list(&ev.target_slave_fds)
+        )
+    };
+    verdict(
+        Verdict::Orphaned,
+        format!("no process holds {slave}; {idle_text}{pair}{copies}"),
+    )
+}
+
+fn holders_text(holders: &[Holder]) -> String {
+    let mut parts: Vec<String> = holders
+        .iter()
+        .take(3)
+        .map(|h| format!("{} ({})", h.pid, h.name))
+        .collect();
+    if holders.len() > 3 {
+        parts.push(format!("{} more", holders.len() - 3));
+    }
+    parts.join(", ")
+}
+
+fn list(fds: &[i32]) -> String {
+    fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DevId, PtyId};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn orphan(idle: i64) -> Evidence {
+        Evidence {
+            fd: 7,
+            pty: Some(PtyId {
+                devpts: DevId { major: 0, minor: 26 },
+                index: 12,
+            }),
+            slave_path: Some("/dev/pts/12".into()),
+            last_io: Some(NOW - idle),
+            hung_up: Some(true),
+            ..Evidence::default()
+        }
+    }
+
+    fn policy(min_idle: u64) -> Policy {
+        Policy {
+            min_idle: Duration::from_secs(min_idle),
+            include_stale: None,
+        }
+    }
+
+    fn holder(pid: i32) -> Holder {
+        Holder {
+            pid,
+            name: "cat".into(),
+            fds: vec![0, 1, 2],
+        }
+    }
+
+    #[test]
+    fn an_idle_unheld_master_is_orphaned() {
+        let j = judge(&orphan(183_600), &policy(600), NOW);
+        assert_eq!(j.verdict, Verdict::Orphaned);
+        assert_eq!(j.reason, "no process holds /dev/pts/12; idle 2d 3h");
+        assert_eq!(j.idle_s, Some(183_600));
+    }
+
+    #[test]
+    fn a_young_one_is_fresh() {
+        let j = judge(&orphan(30), &policy(600), NOW);
+        assert_eq!(j.verdict, Verdict::Fresh);
+        assert!(j.reason.contains("idle only 30s"), "{}", j.reason);
+        assert_eq!(judge(&orphan(0), &policy(0), NOW).verdict, Verdict::Orphaned);
+    }
+
+    #[test]
+    fn a_held_slave_is_live_whatever_the_idle_time() {
+        let mut ev = orphan(999_999);
+        ev.slave_holders = vec![holder(4242)];
+        let j = judge(&ev, &policy(0), NOW);
+        assert_eq!(j.verdict, Verdict::Live);
+        assert!(j.reason.starts_with("/dev/pts/12 held by 4242 (cat)"), "{}", j.reason);
+    }
+
+    #[test]
+    fn a_session_makes_it_live() {
+        let mut ev = orphan(999_999);
+        ev.session = Some(77);
+        let j = judge(&ev, &policy(0), NOW);
+        assert_eq!(j.verdict, Verdict::Live);
+        assert!(j.reason.contains("session 77"));
+    }
+
+    #[test]
+    fn stale_needs_the_flag_and_the_silence() {
+        let mut ev = orphan(7200);
+        ev.slave_holders = vec![holder(1)];
+        let mut p = policy(600);
+        p.include_stale = Some(Duration::from_secs(3600));
+        assert_eq!(judge(&ev, &p, NOW).verdict, Verdict::Stale);
+        p.include_stale = Some(Duration::from_secs(10_000));
+        assert_eq!(judge(&ev, &p, NOW).verdict, Verdict::Live);
+        // --min-idle guards stale as well
+        p.include_stale = Some(Duration::from_secs(60));
+        p.min_idle = Duration::from_secs(9000);
+        assert_eq!(judge(&ev, &p, NOW).verdict, Verdict::Live);
+    }
+
+    #[test]
+    fn watched_is_tracked_and_fresh_wins_over_it() {
+        let mut ev = orphan(3600);
+        ev.watched_by = vec!["epoll fd 5".into()];
+        let j = judge(&ev, &policy(600), NOW);
+        assert_eq!(j.verdict, Verdict::Tracked);
+        assert!(j.reason.contains("epoll fd 5"));
+        assert_eq!(judge(&ev, &policy(7200), NOW).verdict, Verdict::Fresh);
+    }
+
+    #[test]
+    fn aliases_of_a_hung_up_master_are_merged() {
+        let mut ev = orphan(3600);
+        ev.aliases = vec![9, 10];
+        ev.watched_by = vec!["epoll fd 5".into()];
+        let j = judge(&ev, &policy(0), NOW);
+        assert_eq!(j.verdict, Verdict::Merged);
+        assert!(j.reason.contains("9,10"));
+    }
+
+    #[test]
+    fn a_pair_held_by_the_target_alone_is_orphaned_as_a_pair() {
+        let mut ev = orphan(3600);
+        ev.target_slave_fds = vec![8];
+        ev.hung_up = Some(false);
+        let j = judge(&ev, &policy(0), NOW);
+        assert_eq!(j.verdict, Verdict::Orphaned);
+        assert!(j.reason.contains("both ends (slave fds 8)"), "{}", j.reason);
+    }
+
+    #[test]
+    fn other_master_holders_are_named() {
+        let mut ev = orphan(3600);
+        ev.other_master_holders = vec![Holder {
+            pid: 1300,
+            name: "node-helper".into(),
+            fds: vec![12],
+        }];
+        let j = judge(&ev, &policy(0), NOW);
+        assert_eq!(j.verdict, Verdict::Orphaned);
+        assert!(j.reason.contains("also held by 1300 (node-helper)"), "{}", j.reason);
+    }
+
+    #[test]
+    fn missing_evidence_is_unknown_never_orphaned() {
+        let mut ev = orphan(3600);
+        ev.missing = Some("permission denied".into());
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Unknown);
+        let mut ev = orphan(3600);
+        ev.last_io = None;
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Unknown);
+        let mut ev = orphan(3600);
+        ev.pty = None;
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Unknown);
+        let mut ev = orphan(3600);
+        ev.guarded = true;
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_clock_step_backwards_never_makes_idle_negative() {
+        let j = judge(&orphan(-50), &policy(0), NOW);
+        assert_eq!(j.idle_s, Some(0));
+    }
+}
