@@ -346,7 +346,7 @@ mod tests {
     fn finds_our_own_child_holding_a_master() {
         // A real PTY pair, held by a child so our own pid (skipped) is not the holder.
         // SAFETY: posix_openpt returns a new fd or -1.
-        let raw = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+        let raw = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
         assert!(raw >= 0, "posix_openpt: {}", io::Error::last_os_error());
         // SAFETY: a fresh fd.
         let master = unsafe { OwnedFd::from_raw_fd(raw) };
