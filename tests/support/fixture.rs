@@ -1025,7 +1025,7 @@ mod linux {
 
         // Threads last: every fork above happened while the process had one thread.
         let mut w = Workers::default();
-        for kind in ["read", "sleep", "futex", "epoll", "poll", "select"] {
+        for kind in ["read", "sleep", "futex", "epoll", "poll", "select", "churn"] {
             w.tids.insert(kind.into(), json!([]));
         }
         for i in 0..a.threads {

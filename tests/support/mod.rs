@@ -1,0 +1,300 @@
+//! Helpers shared by the integration tests (`mod support;` in `tests/NAME.rs`): the leaking
+//! fixture process (`ptyreap-fixture`, see `fixture.rs` for its flags and JSON), running the
+//! `ptyreap` binary, and reading a process's PTY masters from /proc. Each test file uses a subset.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// A check takes at most ~6 s (3 s for the live sessions, 3 s for the threads).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+const PTYREAP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `ptyreap-fixture`, killed (children and all) and cleaned up on drop.
+pub struct Fixture {
+    pub pid: i32,
+    /// The ready file's JSON.
+    pub ready: Value,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    /// Starts the fixture with `args` (plus `--ready`) and waits until it is ready; panics with
+    /// its stderr if it exits first or takes more than 20 s.
+    ///
+    /// The fixture exits when the thread that spawned it ends (PR_SET_PDEATHSIG): keep the
+    /// `Fixture` on the test's own thread.
+    pub fn spawn(args: &[&str]) -> Fixture {
+        let dir = temp_dir("fixture");
+        let ready_path = dir.join("ready.json");
+        let stderr =
+            fs::File::create(dir.join("stderr")).expect("creating the fixture's stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ptyreap-fixture"))
+            .args(args)
+            .arg("--ready")
+            .arg(&ready_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning ptyreap-fixture");
+        // From here on Drop kills the fixture and removes the directory, panic or not.
+        let mut f = Fixture {
+            pid: child.id() as i32,
+            ready: Value::Null,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // Written atomically (rename): present means complete.
+            if let Ok(text) = fs::read_to_string(&ready_path) {
+                f.ready = serde_json::from_str(&text).expect("the ready file is not JSON");
+                assert_eq!(f.ready["pid"], f.pid, "the ready file names another pid");
+                return f;
+            }
+            if let Some(status) = f.child.try_wait().expect("waiting for the fixture") {
+                panic!(
+                    "ptyreap-fixture {args:?} exited ({status}) before it was ready: {}",
+                    f.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "ptyreap-fixture {args:?} not ready after {READY_TIMEOUT:?}: {}",
+                    f.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The fixture's stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// The fd numbers under `key` in the ready file (nested arrays flattened: `pairs` gives
+    /// master, slave, master, slave, ...); empty when the key is null or absent.
+    pub fn fds(&self, key: &str) -> Vec<i32> {
+        fn collect(v: &Value, out: &mut Vec<i32>) {
+            match v {
+                Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+                Value::Number(n) => out.push(n.as_i64().expect("an fd number") as i32),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        collect(&self.ready[key], &mut out);
+        out
+    }
+
+    /// Every PTY master fd the fixture reported (all kinds, the masters of `pairs`), sorted.
+    pub fn masters(&self) -> Vec<i32> {
+        let mut all: Vec<i32> = [
+            "orphans",
+            "tracked",
+            "poll_watched",
+            "select_watched",
+            "live",
+            "shared",
+            "new",
+        ]
+        .iter()
+        .flat_map(|k| self.fds(k))
+        .collect();
+        all.extend(self.fds("pairs").iter().step_by(2));
+        all.sort_unstable();
+        all
+    }
+
+    /// Runs the fixture's health check (SIGUSR1) and returns its new report.
+    pub fn check(&self) -> Value {
+        let path = self.dir.join("ready.json.check");
+        let seq = |p: &Path| -> u64 {
+            let text = fs::read_to_string(p).unwrap_or_default();
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or(0)
+        };
+        let before = seq(&path);
+        // SAFETY: signalling our own child.
+        assert_eq!(
+            unsafe { libc::kill(self.pid, libc::SIGUSR1) },
+            0,
+            "the fixture is gone"
+        );
+        let deadline = Instant::now() + CHECK_TIMEOUT;
+        while seq(&path) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no health check after {CHECK_TIMEOUT:?}: {}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        serde_json::from_str(&fs::read_to_string(&path).expect("reading the check"))
+            .expect("the check is not JSON")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // SIGTERM: the fixture kills and reaps its children; SIGKILL if it does not exit.
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new empty directory under the system's temp dir, unique to this process and call.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir =
+        std::env::temp_dir().join(format!("ptyreap-{tag}-{}-{n}-{nanos}", std::process::id()));
+    fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {dir:?}: {e}"));
+    dir
+}
+
+/// The fds of `pid` that are PTY masters (their fdinfo has a `tty-index:` line), sorted.
+pub fn ptmx_fds(pid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut fds: Vec<i32> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let info = fs::read_to_string(e.path()).ok()?;
+            info.lines()
+                .any(|l| l.starts_with("tty-index:"))
+                .then_some(fd)
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// The `tty-index:` of `pid`'s fd, if it is a PTY master.
+pub fn tty_index(pid: i32, fd: i32) -> Option<u32> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("tty-index:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// PTY pairs allocated system-wide (/proc/sys/kernel/pty/nr).
+pub fn pty_nr() -> u64 {
+    let text =
+        fs::read_to_string("/proc/sys/kernel/pty/nr").expect("reading /proc/sys/kernel/pty/nr");
+    text.trim().parse().expect("pty/nr is not a number")
+}
+
+/// True as root. Otherwise the test should return early: this prints that it is skipped, or
+/// panics when `CI` is set (a CI run must not skip silently).
+pub fn require_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("this test needs root and CI is set");
+    }
+    eprintln!("skipped: this test needs root");
+    false
+}
+
+/// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What a `ptyreap` run printed, and how it exited (128 + signal when killed by one).
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// stdout as JSON; panics with both streams when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("ptyreap's stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs the `ptyreap` binary with `args`, stdin from /dev/null, NO_COLOR=1; kills it and panics
+/// after 60 s.
+pub fn ptyreap(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning ptyreap");
+    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + PTYREAP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for ptyreap") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ptyreap {args:?} still running after {PTYREAP_TIMEOUT:?}; stderr: {}",
+                err.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        code: status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        stdout: out.join().expect("reading stdout"),
+        stderr: err.join().expect("reading stderr"),
+    }
+}
