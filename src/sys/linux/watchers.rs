@@ -144,12 +144,11 @@ impl PollCall {
         None
     }
 
+    /// The name people know: glibc's poll() and select() may be ppoll/pselect6 underneath.
     fn name(self) -> &'static str {
         match self {
-            PollCall::Poll => "poll",
-            PollCall::Ppoll => "ppoll",
-            PollCall::Select => "select",
-            PollCall::Pselect6 => "pselect6",
+            PollCall::Poll | PollCall::Ppoll => "poll",
+            PollCall::Select | PollCall::Pselect6 => "select",
         }
     }
 
