@@ -5,7 +5,8 @@
 //! It leaks masters the way node-pty apps do: a child ran on the slave and exited, and the app kept
 //! the master. Every master stays in the fixture until someone else closes it; no child holds a
 //! copy of any master unless a flag below says so (each forked child closes every fd it does not
-//! need first thing, so inheritable masters do not leak into it).
+//! need first thing, so inheritable masters do not leak into it). It closes every inherited fd
+//! above 2 at start, so its fd table holds only what it reports (masters first, from fd 3).
 //!
 //! # Flags (counts, default 0)
 //! - `--orphans N`: N masters whose session is over. A child `setsid()`s, opens the slave (which
@@ -931,7 +932,9 @@ mod linux {
                 lim.rlim_cur = lim.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
-            // With stdin/out/err closed, masters would land on 0-2.
+            // Inherited fds would sit among the masters: start from a clean table. With
+            // stdin/out/err closed, masters would land on 0-2.
+            close_range(3, u32::MAX);
             loop {
                 let fd = libc::open(DEV_NULL.as_ptr(), libc::O_RDWR);
                 if !(0..=2).contains(&fd) {
