@@ -54,7 +54,10 @@ mod tests {
 
     fn pty(instance: u32, index: u32) -> PtyId {
         PtyId {
-            devpts: DevId { major: 0, minor: instance },
+            devpts: DevId {
+                major: 0,
+                minor: instance,
+            },
             index,
         }
     }
@@ -92,13 +95,19 @@ mod tests {
                         },
                         master(6, pty(26, 3)),
                     ],
-                    slaves: vec![SlaveRef { fd: 7, pty: pty(26, 3) }],
+                    slaves: vec![SlaveRef {
+                        fd: 7,
+                        pty: pty(26, 3),
+                    }],
                 },
                 ProcessPtys {
                     pid: 20,
                     name: "bash".into(),
                     masters: vec![],
-                    slaves: vec![SlaveRef { fd: 0, pty: pty(26, 1) }],
+                    slaves: vec![SlaveRef {
+                        fd: 0,
+                        pty: pty(26, 1),
+                    }],
                 },
                 ProcessPtys {
                     pid: 30,
@@ -110,7 +119,14 @@ mod tests {
         };
         let c = census(&snapshot);
         assert_eq!(c.processes.len(), 2);
-        assert_eq!((c.processes[0].pid, c.processes[0].masters, c.processes[0].orphaned), (10, 4, 2));
+        assert_eq!(
+            (
+                c.processes[0].pid,
+                c.processes[0].masters,
+                c.processes[0].orphaned
+            ),
+            (10, 4, 2)
+        );
         assert_eq!((c.processes[1].pid, c.processes[1].orphaned), (30, 1));
     }
 }

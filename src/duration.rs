@@ -15,9 +15,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("'{text}' is not a duration (try 90s, 10m, 2h or 1d)"));
+            return Err(format!(
+                "'{text}' is not a duration (try 90s, 10m, 2h or 1d)"
+            ));
         }
         let value: u64 = rest[..digits]
             .parse()
@@ -32,8 +36,16 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
             "d" | "day" | "days" => 86_400,
             "w" | "week" | "weeks" => 604_800,
-            "" => return Err(format!("'{text}' needs a unit after {value} (s, m, h or d)")),
-            other => return Err(format!("unknown unit '{other}' in '{text}' (use s, m, h or d)")),
+            "" => {
+                return Err(format!(
+                    "'{text}' needs a unit after {value} (s, m, h or d)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit '{other}' in '{text}' (use s, m, h or d)"
+                ))
+            }
         };
         total = value
             .checked_mul(unit)
@@ -88,7 +100,15 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["", "m", "10x", "-5m", "1.5h", "10m5", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "m",
+            "10x",
+            "-5m",
+            "1.5h",
+            "10m5",
+            "99999999999999999999d",
+        ] {
             assert!(parse(bad).is_err(), "{bad} should not parse");
         }
     }

@@ -134,7 +134,11 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
                      (its PTY masters: {})",
                     target.pid,
                     target.name,
-                    if masters.is_empty() { "none".to_string() } else { format!("{masters:?}") }
+                    if masters.is_empty() {
+                        "none".to_string()
+                    } else {
+                        format!("{masters:?}")
+                    }
                 ))
                 .into());
             }
@@ -156,7 +160,12 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     }
     let planned: usize = reports
         .iter()
-        .map(|t| t.masters.iter().filter(|r| r.action == Action::Close).count())
+        .map(|t| {
+            t.masters
+                .iter()
+                .filter(|r| r.action == Action::Close)
+                .count()
+        })
         .sum();
     let print = |reports: &[TargetReport], dry_run: bool| {
         if cli.json {

@@ -81,7 +81,13 @@ impl Snapshot {
 
     /// Every process holding the slave of `pty`, with its fds on it.
     pub fn slave_holders(&self, pty: PtyId) -> Vec<Holder> {
-        self.holders(|p| p.slaves.iter().filter(|s| s.pty == pty).map(|s| s.fd).collect())
+        self.holders(|p| {
+            p.slaves
+                .iter()
+                .filter(|s| s.pty == pty)
+                .map(|s| s.fd)
+                .collect()
+        })
     }
 
     /// Every process holding the master of `pty`, with its fds on it.

@@ -58,11 +58,16 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
 /// target has one (so repeated runs keep a single PTY), else the lowest fd being merged; it is
 /// kept, and says so.
 fn choose_merge_keeper(rows: &mut [MasterRow]) {
-    let merging = rows.iter().filter(|r| r.method == Some(Method::Merge)).count();
+    let merging = rows
+        .iter()
+        .filter(|r| r.method == Some(Method::Merge))
+        .count();
     if merging == 0 {
         return;
     }
-    let existing = rows.iter().position(|r| r.judgement.verdict == Verdict::Merged);
+    let existing = rows
+        .iter()
+        .position(|r| r.judgement.verdict == Verdict::Merged);
     if existing.is_some() {
         return; // the merge target is that group; the reaper dup2()s onto its lowest fd
     }
@@ -205,7 +210,11 @@ mod tests {
             ..Choices::default()
         };
         let rows = plan(
-            vec![row(9, Verdict::Merged), row(4, Verdict::Tracked), row(3, Verdict::Orphaned)],
+            vec![
+                row(9, Verdict::Merged),
+                row(4, Verdict::Tracked),
+                row(3, Verdict::Orphaned),
+            ],
             &choices,
         );
         assert_eq!(
@@ -226,7 +235,10 @@ mod tests {
             method: Some(Method::Devnull),
             ..Choices::default()
         };
-        let rows = plan(vec![row(3, Verdict::Orphaned), row(4, Verdict::Tracked)], &choices);
+        let rows = plan(
+            vec![row(3, Verdict::Orphaned), row(4, Verdict::Tracked)],
+            &choices,
+        );
         assert!(rows.iter().all(|r| r.method == Some(Method::Devnull)));
         assert_eq!(merge_keeper(&rows), None);
     }

@@ -43,7 +43,10 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
     };
 
     let live_because = if !ev.slave_holders.is_empty() {
-        Some(format!("{slave} held by {}", holders_text(&ev.slave_holders)))
+        Some(format!(
+            "{slave} held by {}",
+            holders_text(&ev.slave_holders)
+        ))
     } else {
         ev.session
             .map(|sid| format!("{slave} is the controlling terminal of session {sid}"))
@@ -54,7 +57,10 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
             if idle >= threshold {
                 return verdict(
                     Verdict::Stale,
-                    format!("{because}, but silent for {} (reaping hangs it up)", human(idle)),
+                    format!(
+                        "{because}, but silent for {} (reaping hangs it up)",
+                        human(idle)
+                    ),
                 );
             }
         }
@@ -145,7 +151,10 @@ mod tests {
         Evidence {
             fd: 7,
             pty: Some(PtyId {
-                devpts: DevId { major: 0, minor: 26 },
+                devpts: DevId {
+                    major: 0,
+                    minor: 26,
+                },
                 index: 12,
             }),
             slave_path: Some("/dev/pts/12".into()),
@@ -183,7 +192,10 @@ mod tests {
         let j = judge(&orphan(30), &policy(600), NOW);
         assert_eq!(j.verdict, Verdict::Fresh);
         assert!(j.reason.contains("idle only 30s"), "{}", j.reason);
-        assert_eq!(judge(&orphan(0), &policy(0), NOW).verdict, Verdict::Orphaned);
+        assert_eq!(
+            judge(&orphan(0), &policy(0), NOW).verdict,
+            Verdict::Orphaned
+        );
     }
 
     #[test]
@@ -192,7 +204,11 @@ mod tests {
         ev.slave_holders = vec![holder(4242)];
         let j = judge(&ev, &policy(0), NOW);
         assert_eq!(j.verdict, Verdict::Live);
-        assert!(j.reason.starts_with("/dev/pts/12 held by 4242 (cat)"), "{}", j.reason);
+        assert!(
+            j.reason.starts_with("/dev/pts/12 held by 4242 (cat)"),
+            "{}",
+            j.reason
+        );
     }
 
     #[test]
@@ -259,7 +275,11 @@ mod tests {
         }];
         let j = judge(&ev, &policy(0), NOW);
         assert_eq!(j.verdict, Verdict::Orphaned);
-        assert!(j.reason.contains("also held by 1300 (node-helper)"), "{}", j.reason);
+        assert!(
+            j.reason.contains("also held by 1300 (node-helper)"),
+            "{}",
+            j.reason
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ fn our_own_pid() {
     // the shell execs ptyreap, so $$ is ptyreap's own pid
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("exec {} --pid $$ --dry-run", env!("CARGO_BIN_EXE_ptyreap")))
+        .arg(format!(
+            "exec {} --pid $$ --dry-run",
+            env!("CARGO_BIN_EXE_ptyreap")
+        ))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -103,7 +106,13 @@ fn an_fd_that_is_not_a_pty_master() {
     let master = f.fds("orphans")[0].to_string();
     let out = ptyreap(&["--pid", &pid, "--fd", &master, "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.json()["targets"][0]["masters"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        out.json()["targets"][0]["masters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(ptmx_fds(f.pid), before);
 }
 
@@ -134,7 +143,10 @@ fn usage_errors_exit_2() {
 fn a_name_nobody_has() {
     let out = ptyreap(&["--name", "no-such-process-name-xyz", "--dry-run"]);
     assert_eq!(out.code, 1);
-    assert_one_line(&out.stderr, "no process is named 'no-such-process-name-xyz'");
+    assert_one_line(
+        &out.stderr,
+        "no process is named 'no-such-process-name-xyz'",
+    );
 }
 
 #[test]

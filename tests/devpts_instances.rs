@@ -23,7 +23,10 @@ impl PrivateFixture {
         let dir = support::temp_dir("private-devpts");
         let ready = dir.join("ready.json");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-fixture"));
-        cmd.args(args).arg("--ready").arg(&ready).stdin(Stdio::null());
+        cmd.args(args)
+            .arg("--ready")
+            .arg(&ready)
+            .stdin(Stdio::null());
         // SAFETY: only raw syscalls on static strings between fork and exec (no allocation).
         unsafe {
             cmd.pre_exec(|| {
@@ -58,7 +61,9 @@ impl PrivateFixture {
                 ))
             });
         }
-        let mut child = cmd.spawn().expect("spawning the fixture in a mount namespace");
+        let mut child = cmd
+            .spawn()
+            .expect("spawning the fixture in a mount namespace");
         let ok = support::wait_for(Duration::from_secs(20), || ready.exists());
         if !ok {
             let _ = child.kill();
@@ -93,26 +98,48 @@ fn a_private_devpts_instance_is_told_apart() {
     let host = PrivateFixture::spawn(&["--live", "3"]);
     let inner = PrivateFixture::spawn(&["--orphans", "3"]);
     let host_doc = ptyreap(&["--pid", &host.pid().to_string(), "--dry-run", "--json"]).json();
-    let inner_out = ptyreap(&["--pid", &inner.pid().to_string(), "--dry-run", "--min-idle", "0", "--json"]);
+    let inner_out = ptyreap(&[
+        "--pid",
+        &inner.pid().to_string(),
+        "--dry-run",
+        "--min-idle",
+        "0",
+        "--json",
+    ]);
     assert_eq!(inner_out.code, 0, "{inner_out:?}");
     let inner_doc = inner_out.json();
 
-    let host_rows = host_doc["targets"][0]["masters"].as_array().unwrap().clone();
-    let inner_rows = inner_doc["targets"][0]["masters"].as_array().unwrap().clone();
+    let host_rows = host_doc["targets"][0]["masters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let inner_rows = inner_doc["targets"][0]["masters"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(inner_rows.len(), 3);
     let host_devpts = host_rows[0]["devpts"].as_str().unwrap().to_string();
     let inner_devpts = inner_rows[0]["devpts"].as_str().unwrap().to_string();
     assert_ne!(host_devpts, inner_devpts, "two instances, two devpts ids");
     // the private instance starts at index 0, like the host's
-    let inner_idx: Vec<i64> = inner_rows.iter().map(|r| r["pty"].as_i64().unwrap()).collect();
+    let inner_idx: Vec<i64> = inner_rows
+        .iter()
+        .map(|r| r["pty"].as_i64().unwrap())
+        .collect();
     assert_eq!(inner_idx, vec![0, 1, 2], "{inner_rows:?}");
     for r in &inner_rows {
-        assert_eq!(r["verdict"], "orphaned", "an index shared with a live host PTY: {r}");
+        assert_eq!(
+            r["verdict"], "orphaned",
+            "an index shared with a live host PTY: {r}"
+        );
         assert_eq!(r["devpts"], inner_devpts.as_str());
         assert_eq!(r["slave_holders"].as_array().unwrap().len(), 0, "{r}");
     }
     // the other instance's PTYs, same indices, stay live
-    let host_idx: Vec<i64> = host_rows.iter().map(|r| r["pty"].as_i64().unwrap()).collect();
+    let host_idx: Vec<i64> = host_rows
+        .iter()
+        .map(|r| r["pty"].as_i64().unwrap())
+        .collect();
     assert_eq!(host_idx, vec![0, 1, 2], "{host_rows:?}");
     for r in &host_rows {
         assert_eq!(r["verdict"], "live", "{r}");

@@ -30,8 +30,22 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
         return;
     }
     let f = Fixture::spawn(&[
-        "--orphans", "3", "--tracked", "2", "--poll-watched", "2", "--select-watched", "2",
-        "--live", "2", "--shared", "2", "--pairs", "1", "--new", "2",
+        "--orphans",
+        "3",
+        "--tracked",
+        "2",
+        "--poll-watched",
+        "2",
+        "--select-watched",
+        "2",
+        "--live",
+        "2",
+        "--shared",
+        "2",
+        "--pairs",
+        "1",
+        "--new",
+        "2",
     ]);
     let before = ptmx_fds(f.pid);
     assert_eq!(before, f.masters());
@@ -48,7 +62,10 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
             assert_eq!(r["verdict"], verdict, "{key} fd {fd}: {r}");
             assert_eq!(r["action"], action, "{key} fd {fd}: {r}");
             let text = r["reason"].as_str().unwrap();
-            assert!(text.contains(reason), "{key} fd {fd}: reason '{text}' lacks '{reason}'");
+            assert!(
+                text.contains(reason),
+                "{key} fd {fd}: reason '{text}' lacks '{reason}'"
+            );
         }
     };
     expect("orphans", "orphaned", "close", "no process holds /dev/pts/");
@@ -64,7 +81,10 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
         let r = &rows[&(fd as i64)];
         assert_eq!(r["hung_up"], true);
         assert_eq!(r["session"], Value::Null);
-        assert_eq!(r["unread_bytes"], 5, "the child's 'bye\\n' is still queued: {r}");
+        assert_eq!(
+            r["unread_bytes"], 5,
+            "the child's 'bye\\n' is still queued: {r}"
+        );
         assert_eq!(r["method"], "close");
         assert_eq!(r["result"], Value::Null);
         assert_eq!(r["pty"], f.ready["pty_index"][fd.to_string()], "{r}");
@@ -72,7 +92,11 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
         assert_eq!(r["slave"], slave.as_str());
     }
     for fd in f.fds("new") {
-        assert_eq!(rows[&(fd as i64)]["hung_up"], false, "a never-opened slave is not hung up");
+        assert_eq!(
+            rows[&(fd as i64)]["hung_up"],
+            false,
+            "a never-opened slave is not hung up"
+        );
     }
     for fd in f.fds("tracked") {
         assert_eq!(rows[&(fd as i64)]["watched"], true);
@@ -121,14 +145,26 @@ fn the_default_min_idle_keeps_new_masters_as_fresh() {
         let r = &rows[&(fd as i64)];
         assert_eq!(r["verdict"], "fresh", "{r}");
         assert_eq!(r["action"], "keep");
-        assert!(r["reason"].as_str().unwrap().contains("< --min-idle 10m"), "{r}");
+        assert!(
+            r["reason"].as_str().unwrap().contains("< --min-idle 10m"),
+            "{r}"
+        );
     }
     assert_eq!(rows[&(f.fds("live")[0] as i64)]["verdict"], "live");
 }
 
 #[test]
 fn the_census_counts_holders_and_orphans() {
-    let f = Fixture::spawn(&["--orphans", "4", "--live", "2", "--shared", "1", "--pairs", "1"]);
+    let f = Fixture::spawn(&[
+        "--orphans",
+        "4",
+        "--live",
+        "2",
+        "--shared",
+        "1",
+        "--pairs",
+        "1",
+    ]);
     let out = ptyreap(&["--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
@@ -138,12 +174,21 @@ fn the_census_counts_holders_and_orphans() {
         .find(|p| p["pid"] == f.pid)
         .unwrap_or_else(|| panic!("fixture {} not in the census: {doc}", f.pid));
     assert_eq!(me["masters"], 8);
-    assert_eq!(me["orphaned"], 6, "4 orphans, 1 shared, 1 pair; not the 2 live ones");
+    assert_eq!(
+        me["orphaned"], 6,
+        "4 orphans, 1 shared, 1 pair; not the 2 live ones"
+    );
     let holder = f.ready["shared_holder"].as_i64().unwrap();
-    let h = procs.iter().find(|p| p["pid"] == holder).expect("the holder of the shared copy");
+    let h = procs
+        .iter()
+        .find(|p| p["pid"] == holder)
+        .expect("the holder of the shared copy");
     assert_eq!(h["masters"], 1);
     // sorted by count, most first
-    let counts: Vec<i64> = procs.iter().map(|p| p["masters"].as_i64().unwrap()).collect();
+    let counts: Vec<i64> = procs
+        .iter()
+        .map(|p| p["masters"].as_i64().unwrap())
+        .collect();
     assert!(counts.windows(2).all(|w| w[0] >= w[1]), "{counts:?}");
     let sys = &doc["system"];
     assert!(sys["in_use"].as_u64().unwrap() >= 8);
@@ -175,9 +220,25 @@ fn the_json_schema_is_complete() {
     assert!(t["name"].is_string());
     assert_eq!(t["stopped_us"], Value::Null);
     let keys = [
-        "fd", "pty", "devpts", "slave", "verdict", "reason", "last_io", "idle_s", "unread_bytes",
-        "session", "foreground_pgrp", "slave_holders", "target_slave_fds",
-        "other_master_holders", "aliases", "watched", "action", "method", "result",
+        "fd",
+        "pty",
+        "devpts",
+        "slave",
+        "verdict",
+        "reason",
+        "last_io",
+        "idle_s",
+        "unread_bytes",
+        "session",
+        "foreground_pgrp",
+        "slave_holders",
+        "target_slave_fds",
+        "other_master_holders",
+        "aliases",
+        "watched",
+        "action",
+        "method",
+        "result",
     ];
     for m in t["masters"].as_array().unwrap() {
         for key in keys {
@@ -185,7 +246,9 @@ fn the_json_schema_is_complete() {
         }
         assert!(m["devpts"].as_str().unwrap().contains(':'));
         assert!(m["last_io"].is_i64() && m["idle_s"].is_u64());
-        let verdicts = ["orphaned", "fresh", "tracked", "merged", "live", "stale", "unknown"];
+        let verdicts = [
+            "orphaned", "fresh", "tracked", "merged", "live", "stale", "unknown",
+        ];
         assert!(verdicts.contains(&m["verdict"].as_str().unwrap()));
         assert!(["close", "keep"].contains(&m["action"].as_str().unwrap()));
     }
@@ -199,14 +262,32 @@ fn the_table_reads_at_a_glance() {
     assert_eq!(out.code, 0, "{out:?}");
     let text = &out.stdout;
     assert!(text.starts_with("PTYs in use: "), "{text}");
-    assert!(text.contains(&format!("pid {pid} (ptyreap-fixture): 3 PTY masters: 2 orphaned, 1 live")), "{text}");
-    let header = text.lines().find(|l| l.trim_start().starts_with("FD")).expect("a header");
+    assert!(
+        text.contains(&format!(
+            "pid {pid} (ptyreap-fixture): 3 PTY masters: 2 orphaned, 1 live"
+        )),
+        "{text}"
+    );
+    let header = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("FD"))
+        .expect("a header");
     for col in ["PTY", "SLAVE", "VERDICT", "IDLE", "ACTION", "REASON"] {
         assert!(header.contains(col), "{header}");
     }
-    assert!(!text.contains('\x1b'), "NO_COLOR or no terminal: no escape codes");
-    assert!(out.stderr.contains("Dry run: would release 2 master(s)"), "{}", out.stderr);
+    assert!(
+        !text.contains('\x1b'),
+        "NO_COLOR or no terminal: no escape codes"
+    );
+    assert!(
+        out.stderr.contains("Dry run: would release 2 master(s)"),
+        "{}",
+        out.stderr
+    );
     let census = ptyreap(&[]);
-    assert!(census.stdout.contains("PID") && census.stdout.contains("ORPHANED"), "{census:?}");
+    assert!(
+        census.stdout.contains("PID") && census.stdout.contains("ORPHANED"),
+        "{census:?}"
+    );
     assert!(census.stdout.contains(&pid));
 }

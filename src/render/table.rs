@@ -48,7 +48,11 @@ impl Table {
             .enumerate()
             .map(|(i, (h, right))| pad(h, i, *right))
             .collect();
-        let _ = writeln!(out, "{indent}{}", style.paint(header.join("  ").trim_end(), "1"));
+        let _ = writeln!(
+            out,
+            "{indent}{}",
+            style.paint(header.join("  ").trim_end(), "1")
+        );
         for row in &self.rows {
             let cells: Vec<String> = row
                 .iter()
@@ -62,14 +66,19 @@ impl Table {
 }
 
 pub fn system(sys: &SystemUsage) -> String {
-    let mut out = format!("PTYs in use: {} of {} ({})", sys.in_use, sys.limit, sys.limit_source);
+    let mut out = format!(
+        "PTYs in use: {} of {} ({})",
+        sys.in_use, sys.limit, sys.limit_source
+    );
     if let Some(reserve) = sys.reserve {
         let _ = write!(out, ", {reserve} reserved for the initial devpts instance");
     }
     out.push('\n');
     for inst in sys.instances.iter().flatten() {
         let at = inst.mount.as_deref().unwrap_or("(not mounted here)");
-        let used = inst.in_use.map_or("? in use".to_string(), |n| format!("{n} in use"));
+        let used = inst
+            .in_use
+            .map_or("? in use".to_string(), |n| format!("{n} in use"));
         let max = inst.max.map_or(String::new(), |m| format!(", max {m}"));
         let full = match (inst.in_use, inst.max) {
             (Some(n), Some(m)) if n >= m => "  FULL: no new PTY can be opened here",
@@ -87,7 +96,12 @@ pub fn census(c: &Census, style: &Style) -> String {
         out.push_str("No process holds a PTY master.\n");
         return out;
     }
-    let mut t = Table::new(vec![("PID", true), ("NAME", false), ("MASTERS", true), ("ORPHANED", true)]);
+    let mut t = Table::new(vec![
+        ("PID", true),
+        ("NAME", false),
+        ("MASTERS", true),
+        ("ORPHANED", true),
+    ]);
     for p in &c.processes {
         let sgr = if p.orphaned > 0 { "33" } else { "" };
         t.push(vec![
@@ -141,7 +155,13 @@ pub fn verdict_counts(rows: &[MasterRow]) -> String {
 pub fn target(t: &TargetReport, style: &Style) -> String {
     let mut out = String::new();
     let n = t.masters.len();
-    let _ = write!(out, "pid {} ({}): {n} PTY master{}", t.pid, t.name, if n == 1 { "" } else { "s" });
+    let _ = write!(
+        out,
+        "pid {} ({}): {n} PTY master{}",
+        t.pid,
+        t.name,
+        if n == 1 { "" } else { "s" }
+    );
     if n == 0 {
         out.push_str(": nothing to do\n");
         return out;
@@ -172,7 +192,10 @@ pub fn target(t: &TargetReport, style: &Style) -> String {
             (ev.fd.to_string(), ""),
             (ev.pty.map_or("?".into(), |p| p.index.to_string()), ""),
             (ev.slave_path.clone().unwrap_or_else(|| "?".into()), ""),
-            (r.judgement.verdict.as_str().to_string(), verdict_color(r.judgement.verdict)),
+            (
+                r.judgement.verdict.as_str().to_string(),
+                verdict_color(r.judgement.verdict),
+            ),
             (r.judgement.idle_s.map_or("?".into(), human), ""),
             (action, if r.action == Action::Close { "1" } else { "" }),
         ];
@@ -219,16 +242,27 @@ fn evidence_lines(r: &MasterRow) -> String {
         }
     };
     let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-    line("pty", opt(ev.pty.map(|p| format!("{} in devpts {}", p.index, p.devpts))));
+    line(
+        "pty",
+        opt(ev
+            .pty
+            .map(|p| format!("{} in devpts {}", p.index, p.devpts))),
+    );
     line("slave", opt(ev.slave_path.clone()));
     line("slave held by", holders(&ev.slave_holders));
     line("target's slave fds", format!("{:?}", ev.target_slave_fds));
     line("master also held by", holders(&ev.other_master_holders));
     line("aliases", format!("{:?}", ev.aliases));
     line("session", opt(ev.session.map(|s| s.to_string())));
-    line("foreground group", opt(ev.foreground_pgrp.map(|s| s.to_string())));
+    line(
+        "foreground group",
+        opt(ev.foreground_pgrp.map(|s| s.to_string())),
+    );
     line("unread bytes", opt(ev.unread_bytes.map(|s| s.to_string())));
-    line("last I/O", opt(ev.last_io.map(|t| format!("{t} (unix time)"))));
+    line(
+        "last I/O",
+        opt(ev.last_io.map(|t| format!("{t} (unix time)"))),
+    );
     line("hung up (POLLHUP)", opt(ev.hung_up.map(|s| s.to_string())));
     let watched = if ev.watched_by.is_empty() {
         "no".to_string()

@@ -167,7 +167,8 @@ mod tests {
 
     #[test]
     fn stat_with_a_hostile_comm() {
-        let text = "4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
+        let text =
+            "4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
         let s = parse_stat(text).unwrap();
         assert_eq!(s.comm, "a) b) (c");
         assert_eq!(s.state, 'S');
@@ -187,7 +188,10 @@ mod tests {
 
     #[test]
     fn status_tracer() {
-        assert_eq!(parse_tracer_pid("Name:\tx\nTracerPid:\t812\nUid:\t0\n"), Some(812));
+        assert_eq!(
+            parse_tracer_pid("Name:\tx\nTracerPid:\t812\nUid:\t0\n"),
+            Some(812)
+        );
         assert_eq!(parse_tracer_pid("TracerPid:\t0\n"), Some(0));
         assert_eq!(parse_tracer_pid("Name: x\n"), None);
     }
@@ -210,7 +214,13 @@ mod tests {
                     garbage line\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
-        assert_eq!(m[0].dev, DevId { major: 0, minor: 23 });
+        assert_eq!(
+            m[0].dev,
+            DevId {
+                major: 0,
+                minor: 23
+            }
+        );
         assert_eq!(m[0].mount_point, "/dev/pts");
         assert_eq!(m[0].fstype, "devpts");
         assert_eq!(m[0].super_option("max"), None);
@@ -222,7 +232,10 @@ mod tests {
     #[test]
     fn syscall_lines() {
         let poll = "7 0x7ffd1000 0x3 0xffffffffffffffff 0x0 0x0 0x0 0x7ffd0ff0 0x7f00aa";
-        assert_eq!(parse_syscall(poll), Some((7, [0x7ffd1000, 3, u64::MAX, 0, 0, 0])));
+        assert_eq!(
+            parse_syscall(poll),
+            Some((7, [0x7ffd1000, 3, u64::MAX, 0, 0, 0]))
+        );
         assert_eq!(parse_syscall("running\n"), None);
         assert_eq!(parse_syscall("-1 0x7ffd0ff0 0x7f00aa\n"), None);
         assert_eq!(parse_syscall("7 0x1"), None);

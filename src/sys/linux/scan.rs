@@ -73,7 +73,9 @@ impl Scratch {
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkKind {
     /// /dev/ptmx, or /dev/pts/ptmx (then the link's own node is on the devpts instance).
-    Master { on_devpts: bool },
+    Master {
+        on_devpts: bool,
+    },
     /// Could be a devpts slave (a path ending in a number): confirm with fstatat.
     MaybeSlave,
     Other,
@@ -324,8 +326,14 @@ mod tests {
 
     #[test]
     fn links_are_classified() {
-        assert_eq!(classify_link(b"/dev/ptmx"), LinkKind::Master { on_devpts: false });
-        assert_eq!(classify_link(b"/dev/pts/ptmx"), LinkKind::Master { on_devpts: true });
+        assert_eq!(
+            classify_link(b"/dev/ptmx"),
+            LinkKind::Master { on_devpts: false }
+        );
+        assert_eq!(
+            classify_link(b"/dev/pts/ptmx"),
+            LinkKind::Master { on_devpts: true }
+        );
         assert_eq!(classify_link(b"/dev/pts/12"), LinkKind::MaybeSlave);
         assert_eq!(classify_link(b"/12"), LinkKind::MaybeSlave);
         assert_eq!(classify_link(b"socket:[1234]"), LinkKind::Other);
@@ -358,7 +366,10 @@ mod tests {
         let found = scan().unwrap();
         child.kill().ok();
         child.wait().ok();
-        let me = found.iter().find(|p| p.pid == child.id() as i32).expect("child found");
+        let me = found
+            .iter()
+            .find(|p| p.pid == child.id() as i32)
+            .expect("child found");
         assert_eq!(me.masters.len(), 1);
         assert_eq!(me.masters[0].fd, 0);
         assert!(me.masters[0].pty.is_some());

@@ -26,7 +26,11 @@ pub fn usage(seen: &[ProcessPtys]) -> SystemUsage {
     }
     let mut holders: BTreeMap<DevId, i32> = BTreeMap::new();
     for p in seen {
-        let ptys = p.masters.iter().filter_map(|m| m.pty).chain(p.slaves.iter().map(|s| s.pty));
+        let ptys = p
+            .masters
+            .iter()
+            .filter_map(|m| m.pty)
+            .chain(p.slaves.iter().map(|s| s.pty));
         for pty in ptys {
             holders.entry(pty.devpts).or_insert(p.pid);
         }

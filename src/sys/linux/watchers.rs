@@ -39,7 +39,10 @@ pub fn watchers(
         };
         for tfd in procfs::parse_epoll_tfds(&info) {
             if let Some(fd) = epoll_entry_master(pid, epfd, tfd, masters) {
-                found.entry(fd).or_default().push(format!("epoll fd {epfd}"));
+                found
+                    .entry(fd)
+                    .or_default()
+                    .push(format!("epoll fd {epfd}"));
             }
         }
     }
@@ -96,7 +99,10 @@ fn waiting_poll_sets(pid: i32) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for tid in tasks.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+    for tid in tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
             continue;
         };
