@@ -887,27 +887,30 @@ mod linux {
     /// The syscalls a thread of `kind` blocks in: libc may use either call of a family, and a
     /// sleep interrupted by a stop continues in restart_syscall.
     fn syscalls(kind: &str) -> Vec<libc::c_long> {
-        let mut v = match kind {
-            "read" => vec![libc::SYS_read],
-            "sleep" => vec![
+        let common: &[libc::c_long] = match kind {
+            "read" => &[libc::SYS_read],
+            "sleep" => &[
                 libc::SYS_nanosleep,
                 libc::SYS_clock_nanosleep,
                 libc::SYS_restart_syscall,
             ],
-            "futex" => vec![libc::SYS_futex],
-            "epoll" => vec![libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2],
-            "poll" => vec![libc::SYS_ppoll],
-            "select" => vec![libc::SYS_pselect6],
-            _ => vec![],
+            "futex" => &[libc::SYS_futex],
+            "epoll" => &[libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2],
+            "poll" => &[libc::SYS_ppoll],
+            "select" => &[libc::SYS_pselect6],
+            _ => &[],
         };
+        // The older calls exist on x86_64 only (aarch64 has just the p-variants).
         #[cfg(target_arch = "x86_64")]
-        v.extend(match kind {
-            "epoll" => vec![libc::SYS_epoll_wait],
-            "poll" => vec![libc::SYS_poll],
-            "select" => vec![libc::SYS_select],
-            _ => vec![],
-        });
-        v
+        let legacy: &[libc::c_long] = match kind {
+            "epoll" => &[libc::SYS_epoll_wait],
+            "poll" => &[libc::SYS_poll],
+            "select" => &[libc::SYS_select],
+            _ => &[],
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let legacy: &[libc::c_long] = &[];
+        [common, legacy].concat()
     }
 
     // ---------------------------------------------------------------------------------------
