@@ -6,6 +6,7 @@
 
 mod census;
 mod cli;
+mod confirm;
 mod duration;
 mod exit_code;
 mod model;
@@ -113,6 +114,107 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         ))
         .into());
     }
+    let mut reports = build_reports(cli, &targets, &snapshot)?;
+    let planned = count_planned(&reports);
+    let print = |reports: &[TargetReport], system: &model::SystemUsage, dry_run: bool| {
+        if cli.json {
+            let doc = render::json::inspection(
+                dry_run,
+                cli.method,
+                cli.min_idle.as_secs(),
+                system,
+                reports,
+            );
+            println!("{doc}");
+        } else {
+            print!("{}", render::table::system(system));
+            for t in reports {
+                println!();
+                print!("{}", render::table::target(t, style));
+            }
+        }
+    };
+    if cli.dry_run || planned == 0 {
+        print(&reports, &snapshot.system, cli.dry_run);
+        if !cli.json {
+            eprintln!(
+                "{}",
+                if planned == 0 {
+                    "Nothing to release.".to_string()
+                } else {
+                    format!("Dry run: would release {planned} master(s); nothing was changed.")
+                }
+            );
+        }
+        return Ok(ExitCode::Success);
+    }
+
+    if !cli.yes {
+        // show the plan, then ask
+        if !cli.json {
+            print(&reports, &snapshot.system, true);
+        }
+        if let confirm::Answer::Declined(why) = confirm::confirm(&mut reports, false) {
+            if cli.json {
+                print(&reports, &snapshot.system, true);
+            }
+            return Err(UserError::new(ExitCode::NotConfirmed, why).into());
+        }
+    }
+
+    // The prompt may have taken minutes: look again, and release only what still holds.
+    let fresh_snapshot = sys::snapshot()?;
+    let fresh = build_reports(cli, &targets, &fresh_snapshot)?;
+    for (report, fresh) in reports.iter_mut().zip(fresh) {
+        refresh(report, fresh);
+    }
+    for (report, target) in reports.iter_mut().zip(&targets) {
+        match sys::reap(target, &mut report.masters) {
+            Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
+            Err(err) => {
+                eprintln!("ptyreap: {err}");
+                for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
+                    if row.action == Action::Close {
+                        row.result = Some(model::Outcome::Failed);
+                        row.detail = Some(err.message.clone());
+                    } else {
+                        row.result = Some(model::Outcome::Kept);
+                    }
+                }
+            }
+        }
+    }
+    let after = sys::snapshot()?;
+    let summary = reap_summary(&reports);
+    if cli.json {
+        let mut doc = render::json::inspection(
+            false,
+            cli.method,
+            cli.min_idle.as_secs(),
+            &after.system,
+            &reports,
+        );
+        doc["pty_in_use"] = serde_json::json!({
+            "before": fresh_snapshot.system.in_use,
+            "after": after.system.in_use,
+        });
+        println!("{doc}");
+    } else {
+        print(&reports, &after.system, false);
+        eprintln!(
+            "Released {} of {} planned master(s); PTYs in use: {} -> {}.",
+            summary.released, summary.planned, fresh_snapshot.system.in_use, after.system.in_use
+        );
+    }
+    Ok(summary.exit_code())
+}
+
+/// Inspect, judge and plan every target.
+fn build_reports(
+    cli: &Cli,
+    targets: &[sys::Target],
+    snapshot: &model::Snapshot,
+) -> Result<Vec<TargetReport>> {
     let policy = verdict::Policy {
         min_idle: cli.min_idle,
         include_stale: cli.include_stale,
@@ -124,8 +226,8 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     };
     let now = now();
     let mut reports = Vec::new();
-    for target in &targets {
-        let mut evidence = sys::inspect(target, &snapshot)?;
+    for target in targets {
+        let mut evidence = sys::inspect(target, snapshot)?;
         if let Some(fds) = &cli.fd {
             let masters: Vec<i32> = evidence.iter().map(|e| e.fd).collect();
             if let Some(bad) = fds.iter().find(|fd| !masters.contains(fd)) {
@@ -158,53 +260,76 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             stopped_us: None,
         });
     }
-    let planned: usize = reports
+    Ok(reports)
+}
+
+fn count_planned(reports: &[TargetReport]) -> usize {
+    reports
         .iter()
-        .map(|t| {
-            t.masters
-                .iter()
-                .filter(|r| r.action == Action::Close)
-                .count()
-        })
-        .sum();
-    let print = |reports: &[TargetReport], dry_run: bool| {
-        if cli.json {
-            let doc = render::json::inspection(
-                dry_run,
-                cli.method,
-                cli.min_idle.as_secs(),
-                &snapshot.system,
-                reports,
-            );
-            println!("{doc}");
-        } else {
-            print!("{}", render::table::system(&snapshot.system));
-            for t in reports {
-                println!();
-                print!("{}", render::table::target(t, style));
+        .map(|t| t.masters.iter().filter(|r| r.action == Action::Close).count())
+        .sum()
+}
+
+/// Replaces the confirmed plan's evidence with a fresh look. A row confirmed for release that no
+/// longer qualifies (verdict, PTY or plan changed) is `changed` and left alone; rows the user
+/// chose to keep stay kept.
+fn refresh(report: &mut TargetReport, fresh: TargetReport) {
+    for row in report.masters.iter_mut() {
+        if row.action != Action::Close || row.result.is_some() {
+            continue;
+        }
+        let now = fresh.masters.iter().find(|f| f.evidence.fd == row.evidence.fd);
+        match now {
+            Some(f)
+                if f.action == Action::Close
+                    && f.method == row.method
+                    && f.evidence.pty == row.evidence.pty =>
+            {
+                row.evidence = f.evidence.clone();
+                row.judgement = f.judgement.clone();
+            }
+            Some(f) => {
+                row.result = Some(model::Outcome::Changed);
+                row.detail = Some(format!(
+                    "changed since the plan: now {} ({})",
+                    f.judgement.verdict.as_str(),
+                    f.judgement.reason
+                ));
+            }
+            None => {
+                row.result = Some(model::Outcome::Changed);
+                row.detail = Some("changed since the plan: no longer a PTY master".into());
             }
         }
-    };
-    if cli.dry_run || planned == 0 {
-        print(&reports, cli.dry_run);
-        if !cli.json {
-            eprintln!(
-                "{}",
-                if planned == 0 {
-                    "Nothing to release.".to_string()
-                } else {
-                    format!("Dry run: would release {planned} master(s); nothing was changed.")
-                }
-            );
-        }
-        return Ok(ExitCode::Success);
     }
-    print(&reports, true);
-    Err(UserError::failure(format!(
-        "this build of ptyreap only inspects: {planned} master(s) would be released, but reaping \
-         is not available yet; nothing was changed (use --dry-run to inspect)"
-    ))
-    .into())
+}
+
+struct ReapSummary {
+    planned: usize,
+    released: usize,
+}
+
+fn reap_summary(reports: &[TargetReport]) -> ReapSummary {
+    let rows = || reports.iter().flat_map(|t| &t.masters);
+    ReapSummary {
+        planned: rows().filter(|r| r.action == Action::Close).count(),
+        released: rows()
+            .filter(|r| r.result == Some(model::Outcome::Closed))
+            .count(),
+    }
+}
+
+impl ReapSummary {
+    /// 0 all released, 3 some, 1 none (see exit_code.rs).
+    fn exit_code(&self) -> ExitCode {
+        if self.released == self.planned {
+            ExitCode::Success
+        } else if self.released > 0 {
+            ExitCode::Partial
+        } else {
+            ExitCode::Failure
+        }
+    }
 }
 
 fn now() -> i64 {

@@ -5,89 +5,7 @@
 
 mod support;
 
-use serde_json::Value;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-use support::ptyreap;
-
-/// The fixture, started in a new mount namespace with a private devpts instance on /dev/pts and
-/// /dev/ptmx bound to its ptmx. Killed on drop.
-struct PrivateFixture {
-    child: std::process::Child,
-    ready: Value,
-}
-
-impl PrivateFixture {
-    fn spawn(args: &[&str]) -> PrivateFixture {
-        let dir = support::temp_dir("private-devpts");
-        let ready = dir.join("ready.json");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-fixture"));
-        cmd.args(args)
-            .arg("--ready")
-            .arg(&ready)
-            .stdin(Stdio::null());
-        // SAFETY: only raw syscalls on static strings between fork and exec (no allocation).
-        unsafe {
-            cmd.pre_exec(|| {
-                let check = |r: libc::c_int| {
-                    if r == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                };
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                check(libc::mount(
-                    c"devpts".as_ptr(),
-                    c"/dev/pts".as_ptr(),
-                    c"devpts".as_ptr(),
-                    0,
-                    c"newinstance,ptmxmode=0666,max=8".as_ptr().cast(),
-                ))?;
-                check(libc::mount(
-                    c"/dev/pts/ptmx".as_ptr(),
-                    c"/dev/ptmx".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .expect("spawning the fixture in a mount namespace");
-        let ok = support::wait_for(Duration::from_secs(20), || ready.exists());
-        if !ok {
-            let _ = child.kill();
-            panic!("the private-devpts fixture did not get ready");
-        }
-        let text = std::fs::read_to_string(&ready).unwrap();
-        PrivateFixture {
-            child,
-            ready: serde_json::from_str(&text).unwrap(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for PrivateFixture {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
+use support::{ptyreap, Fixture};
 
 #[test]
 fn a_private_devpts_instance_is_told_apart() {
@@ -95,12 +13,12 @@ fn a_private_devpts_instance_is_told_apart() {
         return;
     }
     // live sessions on indices 0-2 of one private instance, orphans on 0-2 of another
-    let host = PrivateFixture::spawn(&["--live", "3"]);
-    let inner = PrivateFixture::spawn(&["--orphans", "3"]);
-    let host_doc = ptyreap(&["--pid", &host.pid().to_string(), "--dry-run", "--json"]).json();
+    let host = Fixture::spawn_private_devpts(&["--live", "3"], 8);
+    let inner = Fixture::spawn_private_devpts(&["--orphans", "3"], 8);
+    let host_doc = ptyreap(&["--pid", &host.pid.to_string(), "--dry-run", "--json"]).json();
     let inner_out = ptyreap(&[
         "--pid",
-        &inner.pid().to_string(),
+        &inner.pid.to_string(),
         "--dry-run",
         "--min-idle",
         "0",
@@ -157,7 +75,6 @@ fn a_private_devpts_instance_is_told_apart() {
     assert_eq!(inst["in_use"], 3, "{inst}");
     assert_eq!(inst["mount"], "/dev/pts");
     let procs = census["processes"].as_array().unwrap();
-    let me = procs.iter().find(|p| p["pid"] == inner.pid()).unwrap();
+    let me = procs.iter().find(|p| p["pid"] == inner.pid).unwrap();
     assert_eq!(me["orphaned"], 3);
-    let _ = &inner.ready;
 }

@@ -1,14 +1,20 @@
-//! The whole OS surface: `snapshot()` (every PTY fd on the machine and the system's usage),
-//! `open_target(pid)`, `processes_named(name)`, `inspect(target, snapshot)`, and reaping.
+//! The whole OS surface, the same on every system:
+//! - `snapshot()`: every PTY fd on the machine and the system's usage (the census reads it);
+//! - `open_target(pid)`: a pid pinned for inspection, or one plain error;
+//! - `processes_named(name)`: pids by comm or executable name;
+//! - `inspect(target, snapshot)`: the evidence for each of the target's master fds;
+//! - `reap(target, rows)`: stop the target, re-verify each planned fd, release it by its method,
+//!   restore the target, and fill each row's `result`; returns how long the target was stopped.
+//!
 //! Everything above this module is plain data and pure logic; everything below it is one module
 //! per OS.
 
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]
-pub use linux::{inspect, open_target, processes_named, snapshot, Target};
+pub use linux::{inspect, open_target, processes_named, reap, snapshot, Target};
 
 #[cfg(not(target_os = "linux"))]
 mod unsupported;
 #[cfg(not(target_os = "linux"))]
-pub use unsupported::{inspect, open_target, processes_named, snapshot, Target};
+pub use unsupported::{inspect, open_target, processes_named, reap, snapshot, Target};

@@ -27,3 +27,10 @@ pub fn processes_named(_name: &str) -> Vec<i32> {
 pub fn inspect(_target: &Target, _snapshot: &Snapshot) -> Result<Vec<Evidence>, UserError> {
     Err(UserError::failure(NOT_YET))
 }
+
+pub fn reap(
+    _target: &Target,
+    _rows: &mut [crate::model::MasterRow],
+) -> Result<std::time::Duration, UserError> {
+    Err(UserError::failure(NOT_YET))
+}

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::fs;
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,19 +34,36 @@ impl Fixture {
     /// The fixture exits when the thread that spawned it ends (PR_SET_PDEATHSIG): keep the
     /// `Fixture` on the test's own thread.
     pub fn spawn(args: &[&str]) -> Fixture {
+        Fixture::spawn_with(args, |_| {})
+    }
+
+    /// The fixture in a new mount namespace whose /dev/pts is a private devpts instance with
+    /// `max=` PTYs, and /dev/ptmx bound to its ptmx: the way containers get their own PTYs.
+    pub fn spawn_private_devpts(args: &[&str], max: u32) -> Fixture {
+        let options = std::ffi::CString::new(format!("newinstance,ptmxmode=0666,max={max}")).unwrap();
+        Fixture::spawn_with(args, move |cmd| {
+            // SAFETY: only raw syscalls on prepared strings between fork and exec (no allocation).
+            unsafe {
+                cmd.pre_exec(move || private_devpts(&options));
+            }
+        })
+    }
+
+    /// Like `spawn`, after `configure` had its say on the command (e.g. a pre_exec hook).
+    pub fn spawn_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Fixture {
         let dir = temp_dir("fixture");
         let ready_path = dir.join("ready.json");
         let stderr =
             fs::File::create(dir.join("stderr")).expect("creating the fixture's stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ptyreap-fixture"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-fixture"));
+        cmd.args(args)
             .arg("--ready")
             .arg(&ready_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawning ptyreap-fixture");
+            .stderr(stderr);
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawning ptyreap-fixture");
         // From here on Drop kills the fixture and removes the directory, panic or not.
         let mut f = Fixture {
             pid: child.id() as i32,
@@ -161,6 +178,85 @@ impl Drop for Fixture {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// In a child between fork and exec: a new mount namespace with a private devpts instance on
+/// /dev/pts and /dev/ptmx bound to its ptmx.
+fn private_devpts(options: &std::ffi::CStr) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls on NUL-terminated strings.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            c"devpts".as_ptr(),
+            c"/dev/pts".as_ptr(),
+            c"devpts".as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        ))?;
+        check(libc::mount(
+            c"/dev/pts/ptmx".as_ptr(),
+            c"/dev/ptmx".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
+    }
+}
+
+/// Runs the fixture with `args` inside the mount namespace of `pid` (setns) and returns its
+/// exit code once ready (0) or failed: a probe for "can a PTY be opened there?".
+pub fn fixture_in_namespace_of(pid: i32, args: &[&str]) -> i32 {
+    let dir = temp_dir("probe");
+    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt")).expect("opening the mount namespace");
+    let ns_fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-fixture"));
+    cmd.args(args)
+        .arg("--ready")
+        .arg(dir.join("ready.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: one raw syscall between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNS) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().expect("spawning the probe");
+    let ready = dir.join("ready.json");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let code = loop {
+        if ready.exists() {
+            break 0;
+        }
+        if let Some(status) = child.try_wait().expect("waiting for the probe") {
+            break status.code().unwrap_or(128);
+        }
+        assert!(Instant::now() < deadline, "the probe hangs");
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_dir_all(&dir);
+    code
 }
 
 /// A new empty directory under the system's temp dir, unique to this process and call.

@@ -24,3 +24,14 @@ pub fn snapshot() -> anyhow::Result<Snapshot> {
     let system = system::usage(&processes);
     Ok(Snapshot { processes, system })
 }
+
+/// Reaping lands with the injection engine (src/sys/linux/reap.rs, not yet in the module tree).
+pub fn reap(
+    target: &Target,
+    _rows: &mut [crate::model::MasterRow],
+) -> Result<std::time::Duration, crate::exit_code::UserError> {
+    Err(crate::exit_code::UserError::failure(format!(
+        "pid {}: this build of ptyreap only inspects; reaping is not available yet, nothing was changed",
+        target.pid
+    )))
+}

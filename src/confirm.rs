@@ -1,0 +1,95 @@
+//! Asking before releasing anything: reap all / choose / cancel. `--yes` skips the question;
+//! without it, a stdin that is not a terminal means "no" (exit 4) — ptyreap runs in emergency
+//! scripts where no terminal exists, and must never block waiting on /dev/tty there.
+
+use crate::model::{Action, MasterRow, Outcome, TargetReport};
+use dialoguer::{MultiSelect, Select};
+use std::io::IsTerminal;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Go ahead with what is still planned (the rows not chosen were set to keep).
+    Proceed,
+    Declined(String),
+}
+
+pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
+    if yes {
+        return Answer::Proceed;
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Answer::Declined(
+            "releasing needs a confirmation, but there is no terminal to ask on: \
+             add --yes to release without asking, or --dry-run to only look"
+                .into(),
+        );
+    }
+    let planned: Vec<(usize, usize)> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(t, report)| {
+            report
+                .masters
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.action == Action::Close)
+                .map(move |(m, _)| (t, m))
+        })
+        .collect();
+    let n = planned.len();
+    let choice = Select::new()
+        .with_prompt(format!("Release {n} PTY master(s)?"))
+        .items(&[
+            format!("Reap all {n}"),
+            "Choose which…".to_string(),
+            "Cancel".to_string(),
+        ])
+        .default(0)
+        .interact_opt();
+    match choice {
+        Ok(Some(0)) => Answer::Proceed,
+        Ok(Some(1)) => {
+            let labels: Vec<String> = planned
+                .iter()
+                .map(|&(t, m)| label(&reports[t], &reports[t].masters[m]))
+                .collect();
+            let picked = MultiSelect::new()
+                .with_prompt("Space toggles, Enter confirms")
+                .items(&labels)
+                .defaults(&vec![true; n])
+                .interact_opt();
+            match picked {
+                Ok(Some(picked)) if !picked.is_empty() => {
+                    for (i, &(t, m)) in planned.iter().enumerate() {
+                        if !picked.contains(&i) {
+                            keep_by_choice(&mut reports[t].masters[m]);
+                        }
+                    }
+                    Answer::Proceed
+                }
+                Ok(_) => Answer::Declined("nothing chosen: nothing was changed".into()),
+                Err(e) => Answer::Declined(format!("could not ask ({e}): nothing was changed")),
+            }
+        }
+        Ok(_) => Answer::Declined("cancelled: nothing was changed".into()),
+        Err(e) => Answer::Declined(format!("could not ask ({e}): nothing was changed")),
+    }
+}
+
+fn label(t: &TargetReport, r: &MasterRow) -> String {
+    format!(
+        "pid {} fd {} ({}): {}",
+        t.pid,
+        r.evidence.fd,
+        r.judgement.verdict.as_str(),
+        r.judgement.reason
+    )
+}
+
+/// A row the user chose not to release.
+fn keep_by_choice(r: &mut MasterRow) {
+    r.action = Action::Keep;
+    r.method = None;
+    r.result = Some(Outcome::Kept);
+    r.detail = Some("not chosen at the prompt".into());
+}

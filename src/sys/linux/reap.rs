@@ -1,0 +1,355 @@
+//! Reaping on Linux: the safety protocol of DESIGN.md, step by step.
+//!
+//! 1. Signals that would kill us (SIGINT, SIGTERM, SIGHUP, ...) are deferred until the target is
+//!    restored: dying inside the window could leave its registers changed.
+//! 2. Every thread is stopped (ptrace seize + interrupt), pinned by the pidfd and start time.
+//! 3. Every planned fd is re-verified *inside* the stop: still the same PTY master (index and
+//!    devpts instance), still no session, and a slave that was closed by everyone has not been
+//!    opened again (POLLHUP would have cleared). A pair's slave fds must still be that PTY's slave.
+//!    Anything else is `changed` and left alone. Our pidfd copies are closed before any close runs.
+//! 4. The releases run as system calls on one stopped thread: `close_range` over runs of
+//!    consecutive verified fds (one call instead of hundreds), `dup3` for merge and devnull.
+//! 5. Registers and the interrupted system call are restored, every thread resumed and detached
+//!    (the guard does this on every path), and the result is checked from outside.
+
+use super::arch::nr;
+use super::pidfd::Pidfd;
+use super::ptrace::{AttachError, SignalDeferral, StoppedProcess};
+use super::pty;
+use super::target::Target;
+use crate::exit_code::UserError;
+use crate::model::{Action, MasterRow, Method, Outcome, PtyId};
+use crate::plan;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+/// How long a thread may take to reach a ptrace stop before we back out.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// AT_FDCWD, O_RDWR | O_CLOEXEC for the /dev/null opened in the target.
+const AT_FDCWD: u64 = -100i64 as u64;
+
+pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
+    let planned: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
+        .collect();
+    if planned.is_empty() {
+        finish_kept(rows);
+        return Ok(Duration::ZERO);
+    }
+    let keeper = plan::merge_keeper(rows);
+    let _deferred = SignalDeferral::new();
+    let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
+        .map_err(|e| attach_error(target, e))?;
+
+    // 3. re-verify inside the stop
+    let mut go: Vec<usize> = Vec::new();
+    for &i in &planned {
+        match verify(&target.pidfd, &rows[i]) {
+            Ok(()) => go.push(i),
+            Err(why) => {
+                rows[i].result = Some(Outcome::Changed);
+                rows[i].detail = Some(why);
+            }
+        }
+    }
+    let keeper_ok = match keeper {
+        Some(fd) => verify_keeper(&target.pidfd, fd, rows),
+        None => Ok(()),
+    };
+    if let Err(why) = &keeper_ok {
+        for &i in &go {
+            if rows[i].method == Some(Method::Merge) {
+                rows[i].result = Some(Outcome::Changed);
+                rows[i].detail = Some(why.clone());
+            }
+        }
+        go.retain(|&i| rows[i].method != Some(Method::Merge));
+    }
+
+    // 4. release
+    let run = match stopped.injector() {
+        Ok(mut inj) => release(&mut inj, rows, &go, keeper, &target.pidfd),
+        Err(e) => Err(format!("cannot run a system call in the target: {e}")),
+    };
+    if let Err(why) = run {
+        for &i in &go {
+            if rows[i].result.is_none() {
+                rows[i].result = Some(Outcome::Failed);
+                rows[i].detail = Some(why.clone());
+            }
+        }
+    }
+
+    // 5. restore, resume, detach
+    let stopped_for = stopped
+        .resume()
+        .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
+    verify_after(&target.pidfd, rows);
+    finish_kept(rows);
+    Ok(stopped_for)
+}
+
+/// Rows that were never planned are `kept`.
+fn finish_kept(rows: &mut [MasterRow]) {
+    for r in rows.iter_mut().filter(|r| r.result.is_none()) {
+        r.result = Some(Outcome::Kept);
+    }
+}
+
+/// Still the same PTY master, still no live slave (see the module doc).
+fn verify(pidfd: &Pidfd, row: &MasterRow) -> Result<(), String> {
+    let ev = &row.evidence;
+    let fd = ev.fd;
+    let expected = ev.pty.ok_or_else(|| format!("fd {fd}: PTY unknown"))?;
+    let copy = pidfd
+        .get_fd(fd)
+        .map_err(|e| format!("fd {fd} is gone ({e})"))?;
+    let node = pty::slave_node(copy.as_fd(), false)
+        .map_err(|_| format!("fd {fd} is no longer a PTY master"))?;
+    if node.pty != expected {
+        return Err(format!("fd {fd} is now PTY {} of devpts {}", node.pty.index, node.pty.devpts));
+    }
+    if let Some(sid) = pty::session(copy.as_fd()) {
+        return Err(format!("its slave is now the terminal of session {sid}"));
+    }
+    if ev.hung_up == Some(true) && pty::hung_up(copy.as_fd()) == Some(false) {
+        return Err("its slave was opened again".into());
+    }
+    if row.judgement.verdict == crate::model::Verdict::Stale
+        && node.last_io > ev.last_io.unwrap_or(i64::MAX)
+    {
+        return Err("the session spoke again".into());
+    }
+    for &sfd in &ev.target_slave_fds {
+        let slave = pidfd
+            .get_fd(sfd)
+            .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
+        let st = pty::fstat(std::os::fd::AsRawFd::as_raw_fd(&slave))
+            .map_err(|e| format!("slave fd {sfd}: {e}"))?;
+        if super::scan::slave_pty(&st) != Some(expected) {
+            return Err(format!("slave fd {sfd} is no longer this PTY's slave"));
+        }
+    }
+    Ok(())
+}
+
+/// The merge keeper must still be a PTY master (its own PTY stays allocated).
+fn verify_keeper(pidfd: &Pidfd, fd: i32, rows: &[MasterRow]) -> Result<(), String> {
+    let expected: Option<PtyId> = rows
+        .iter()
+        .find(|r| r.evidence.fd == fd)
+        .and_then(|r| r.evidence.pty);
+    let copy = pidfd
+        .get_fd(fd)
+        .map_err(|e| format!("merge keeper fd {fd} is gone ({e})"))?;
+    let node = pty::slave_node(copy.as_fd(), false)
+        .map_err(|_| format!("merge keeper fd {fd} is no longer a PTY master"))?;
+    if Some(node.pty) != expected {
+        return Err(format!("merge keeper fd {fd} changed"));
+    }
+    Ok(())
+}
+
+/// The fds a row releases: the master and, for a pair, the target's slave fds.
+fn fds_of(row: &MasterRow) -> impl Iterator<Item = i32> + '_ {
+    std::iter::once(row.evidence.fd).chain(row.evidence.target_slave_fds.iter().copied())
+}
+
+fn release(
+    inj: &mut super::inject::Injector<'_>,
+    rows: &mut [MasterRow],
+    go: &[usize],
+    keeper: Option<i32>,
+    pidfd: &Pidfd,
+) -> Result<(), String> {
+    // close: runs of consecutive fds, one close_range each
+    let closing: Vec<usize> = go
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].method.unwrap_or(Method::Close) == Method::Close)
+        .collect();
+    let mut fds: Vec<i32> = closing.iter().flat_map(|&i| fds_of(&rows[i])).collect();
+    fds.sort_unstable();
+    fds.dedup();
+    let mut failed: Vec<(i32, String)> = Vec::new();
+    for (first, last) in runs(&fds) {
+        let r = if first == last {
+            syscall(inj, nr::CLOSE, [first as u64, 0, 0, 0, 0, 0])?
+        } else {
+            let r = syscall(inj, nr::CLOSE_RANGE, [first as u64, last as u64, 0, 0, 0, 0])?;
+            if r == -(libc::ENOSYS as i64) {
+                // kernels before 5.9: one close each
+                for fd in first..=last {
+                    let r = syscall(inj, nr::CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
+                    if r < 0 {
+                        failed.push((fd, errno_text(r)));
+                    }
+                }
+                continue;
+            }
+            r
+        };
+        if r < 0 {
+            for fd in first..=last {
+                failed.push((fd, errno_text(r)));
+            }
+        }
+    }
+    for &i in &closing {
+        let errs: Vec<String> = fds_of(&rows[i])
+            .filter_map(|fd| failed.iter().find(|(f, _)| *f == fd).map(|(f, e)| format!("close({f}): {e}")))
+            .collect();
+        set_result(&mut rows[i], errs);
+    }
+
+    // merge: dup3(keeper, fd)
+    let merging: Vec<usize> = go
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].method == Some(Method::Merge))
+        .collect();
+    if !merging.is_empty() {
+        let keeper = keeper.ok_or("merge without a keeper")?;
+        for &i in &merging {
+            let errs = dup_over(inj, keeper, &rows[i])?;
+            set_result(&mut rows[i], errs);
+        }
+    }
+
+    // devnull: dup3(a /dev/null of the target, fd)
+    let nulling: Vec<usize> = go
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].method == Some(Method::Devnull))
+        .collect();
+    if !nulling.is_empty() {
+        let (null_fd, opened) = match existing_devnull(pidfd) {
+            Some(fd) => (fd, false),
+            None => (open_devnull(inj)?, true),
+        };
+        for &i in &nulling {
+            let errs = dup_over(inj, null_fd, &rows[i])?;
+            set_result(&mut rows[i], errs);
+        }
+        if opened {
+            syscall(inj, nr::CLOSE, [null_fd as u64, 0, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
+fn dup_over(
+    inj: &mut super::inject::Injector<'_>,
+    source: i32,
+    row: &MasterRow,
+) -> Result<Vec<String>, String> {
+    let mut errs = Vec::new();
+    for fd in fds_of(row).filter(|&fd| fd != source) {
+        let r = syscall(inj, nr::DUP3, [source as u64, fd as u64, 0, 0, 0, 0])?;
+        if r != fd as i64 {
+            errs.push(format!("dup3({source}, {fd}): {}", errno_text(r)));
+        }
+    }
+    Ok(errs)
+}
+
+fn set_result(row: &mut MasterRow, errs: Vec<String>) {
+    if errs.is_empty() {
+        row.result = Some(Outcome::Closed);
+    } else {
+        row.result = Some(Outcome::Failed);
+        row.detail = Some(errs.join("; "));
+    }
+}
+
+/// A /dev/null the target already has open read-write (fdinfo flags), if any.
+fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
+    let pid = pidfd.pid();
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut fds: Vec<i32> = dir
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "/dev/null"))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds.into_iter().find(|fd| {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
+    })
+}
+
+/// Opens /dev/null in the target: the path goes in scratch memory below its stack pointer, which
+/// is restored right after the call.
+fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
+    const PATH: &[u8] = b"/dev/null\0";
+    let addr = inj.stack_scratch();
+    let mut saved = vec![0u8; PATH.len()];
+    inj.read_memory(addr, &mut saved)
+        .map_err(|e| format!("reading the target's stack: {e}"))?;
+    inj.write_memory(addr, PATH)
+        .map_err(|e| format!("writing the target's stack: {e}"))?;
+    let flags = (libc::O_RDWR | libc::O_CLOEXEC) as u64;
+    let r = syscall(inj, nr::OPENAT, [AT_FDCWD, addr, flags, 0, 0, 0]);
+    let restored = inj.write_memory(addr, &saved);
+    let r = r?;
+    restored.map_err(|e| format!("restoring the target's stack: {e}"))?;
+    if r < 0 {
+        return Err(format!("opening /dev/null in the target: {}", errno_text(r)));
+    }
+    Ok(r as i32)
+}
+
+fn syscall(inj: &mut super::inject::Injector<'_>, nr: i64, args: [u64; 6]) -> Result<i64, String> {
+    inj.syscall(nr, args).map_err(|e| e.to_string())
+}
+
+fn errno_text(r: i64) -> String {
+    std::io::Error::from_raw_os_error((-r) as i32).to_string()
+}
+
+/// Consecutive runs of sorted, distinct fds: [3,4,5,9] → (3,5), (9,9).
+pub fn runs(fds: &[i32]) -> Vec<(i32, i32)> {
+    let mut out: Vec<(i32, i32)> = Vec::new();
+    for &fd in fds {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == fd => *last = fd,
+            _ => out.push((fd, fd)),
+        }
+    }
+    out
+}
+
+/// From outside, after detaching: a master reported released must not still be that PTY.
+fn verify_after(pidfd: &Pidfd, rows: &mut [MasterRow]) {
+    for r in rows.iter_mut().filter(|r| r.result == Some(Outcome::Closed)) {
+        let Ok(copy) = pidfd.get_fd(r.evidence.fd) else {
+            continue; // gone: closed
+        };
+        if let Ok(node) = pty::slave_node(copy.as_fd(), false) {
+            if Some(node.pty) == r.evidence.pty {
+                r.result = Some(Outcome::Failed);
+                r.detail = Some("still open after the reap".into());
+            }
+        }
+    }
+}
+
+fn attach_error(target: &Target, e: AttachError) -> UserError {
+    UserError::failure(format!("pid {} ({}): {e}; nothing was changed", target.pid, target.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn consecutive_runs() {
+        assert_eq!(runs(&[3, 4, 5, 9, 11, 12]), vec![(3, 5), (9, 9), (11, 12)]);
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[7]), vec![(7, 7)]);
+    }
+}

@@ -1,0 +1,47 @@
+//! The reported scenario, end to end: a leaking process has used every PTY of its (private,
+//! max=8) devpts instance, so no new terminal can open there; `ptyreap --yes`, run with no
+//! controlling terminal and stdin from /dev/null (as in an emergency script), frees them; a new
+//! PTY opens; the target is alive.
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use support::{fixture_in_namespace_of, ptmx_fds, Fixture};
+
+#[test]
+fn an_exhausted_instance_is_recovered_without_a_terminal() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn_private_devpts(&["--orphans", "12", "--allow-partial", "--threads", "4"], 8);
+    assert_eq!(f.ready["partial"], true, "the fixture should have run out of PTYs");
+    assert_eq!(f.fds("orphans").len(), 8);
+    assert_ne!(
+        fixture_in_namespace_of(f.pid, &["--new", "1"]),
+        0,
+        "a new PTY still opens: the instance is not exhausted"
+    );
+
+    // no controlling terminal (setsid), stdin /dev/null, no prompt possible
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
+    cmd.args(["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes"])
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1");
+    // SAFETY: setsid between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max 8"), "the table shows the instance's own limit: {text}");
+
+    assert!(ptmx_fds(f.pid).is_empty(), "orphans left: {:?}", ptmx_fds(f.pid));
+    assert_eq!(fixture_in_namespace_of(f.pid, &["--new", "1"]), 0, "a new PTY opens again");
+    let c = f.check();
+    assert_eq!(c["errors"], serde_json::json!([]), "{c}");
+}

@@ -1,0 +1,237 @@
+//! Part 2 on a real kernel: reaping by ptrace close-injection. Real targets, real ptrace; the
+//! target must keep working exactly as before (live sessions echo, blocked calls complete
+//! correctly, sleeps last their full time) and only verified orphaned masters may go.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use support::{ptmx_fds, ptyreap, Fixture};
+
+fn set(v: Vec<i32>) -> BTreeSet<i32> {
+    v.into_iter().collect()
+}
+
+fn results(doc: &Value) -> Vec<(i64, String)> {
+    doc["targets"][0]["masters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["fd"].as_i64().unwrap(), m["result"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn closed(doc: &Value, target: usize) -> BTreeSet<i32> {
+    doc["targets"][target]["masters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["result"] == "closed")
+        .map(|m| m["fd"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+fn thread_states_ok(pid: i32) {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("");
+        assert!(
+            !state.contains("t (tracing stop)") && !state.contains("T (stopped)"),
+            "thread {:?} left {state}",
+            entry.file_name()
+        );
+        let tracer = status.lines().find(|l| l.starts_with("TracerPid:")).unwrap_or("");
+        assert!(tracer.ends_with("\t0"), "thread {:?} still traced: {tracer}", entry.file_name());
+    }
+}
+
+#[test]
+fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&[
+        "--orphans", "12", "--tracked", "2", "--live", "2", "--new", "2", "--pairs", "1",
+        "--threads", "8",
+    ]);
+    let before = support::pty_nr();
+    let baseline = f.check();
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["dry_run"], false);
+    assert!(doc["targets"][0]["stopped_us"].as_u64().is_some(), "{doc}");
+
+    let pair = f.fds("pairs");
+    let mut want_gone = set(f.fds("orphans"));
+    want_gone.extend(f.fds("new"));
+    want_gone.insert(pair[0]);
+    assert_eq!(closed(&doc, 0), want_gone, "reported closed");
+    let left = set(ptmx_fds(f.pid));
+    let mut want_left = set(f.fds("tracked"));
+    want_left.extend(f.fds("live"));
+    assert_eq!(left, want_left, "masters left in the target");
+    assert!(!std::path::Path::new(&format!("/proc/{}/fd/{}", f.pid, pair[1])).exists(), "the pair's slave fd went too");
+    for (fd, result) in results(&doc) {
+        let want = if want_gone.contains(&(fd as i32)) { "closed" } else { "kept" };
+        assert_eq!(result, want, "fd {fd}");
+    }
+    let after = support::pty_nr();
+    assert!(before - after >= want_gone.len() as u64, "pty/nr {before} -> {after}");
+    assert_eq!(doc["pty_in_use"]["before"].as_u64().unwrap() - doc["pty_in_use"]["after"].as_u64().unwrap() >= 15, true, "{}", doc["pty_in_use"]);
+
+    thread_states_ok(f.pid);
+    // the target runs on: sessions echo, blocked calls complete exactly as without us
+    std::thread::sleep(std::time::Duration::from_secs(4)); // let a full sleep span the stop
+    let c = f.check();
+    assert!(c["live_ok"].as_array().unwrap().iter().all(|v| v == true), "{c}");
+    assert_eq!(c["reader_got"], serde_json::json!(64 * c["readers"].as_i64().unwrap()), "{c}");
+    assert_eq!(c["futex_ok"], true, "{c}");
+    assert_eq!(c["futex_spurious"], baseline["futex_spurious"], "a futex wait returned without a wake: {c}");
+    assert_eq!(c["sleeps_full"], true, "a sleep came back early or with a restart code: {c}");
+    assert!(c["sleepers_done"].as_i64() > baseline["sleepers_done"].as_i64(), "{c}");
+    assert_eq!(c["epoll_got"], serde_json::json!(64 * c["epoll_waiters"].as_i64().unwrap()), "{c}");
+    // documented exception: any ptrace stop makes a blocked epoll_wait return EINTR
+    assert!(
+        c["epoll_eintr"].as_i64().unwrap() > baseline["epoll_eintr"].as_i64().unwrap(),
+        "epoll_wait saw no EINTR across the stop: {c}"
+    );
+    assert_eq!(c["errors"], serde_json::json!([]), "{c}");
+}
+
+#[test]
+fn without_a_terminal_or_yes_it_asks_nobody_and_closes_nothing() {
+    let f = Fixture::spawn(&["--orphans", "3"]);
+    let before = ptmx_fds(f.pid);
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.stderr.contains("no terminal to ask on"), "{}", out.stderr);
+    assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+    assert_eq!(ptmx_fds(f.pid), before);
+    // with --json the plan is printed as in a dry run
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--json"]);
+    assert_eq!(out.code, 4);
+    assert_eq!(out.json()["targets"][0]["masters"].as_array().unwrap().len(), 3);
+    assert_eq!(ptmx_fds(f.pid), before);
+}
+
+#[test]
+fn merge_keeps_every_number_a_hung_up_master() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--tracked", "4", "--live", "1"]);
+    let tracked = f.fds("tracked");
+    let before = support::pty_nr();
+    let out = ptyreap(&[
+        "--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--include-tracked", "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let rows = doc["targets"][0]["masters"].as_array().unwrap();
+    let keeper = rows.iter().find(|m| m["fd"] == tracked[0]).unwrap();
+    assert_eq!(keeper["action"], "keep", "{keeper}");
+    assert_eq!(keeper["result"], "kept");
+    assert!(keeper["reason"].as_str().unwrap().contains("keeper"));
+    for fd in &tracked[1..] {
+        let r = rows.iter().find(|m| m["fd"] == *fd).unwrap();
+        assert_eq!((r["method"].as_str(), r["result"].as_str()), (Some("merge"), Some("closed")), "{r}");
+        // still a PTY master: the keeper's
+        assert_eq!(support::tty_index(f.pid, *fd), support::tty_index(f.pid, tracked[0]));
+    }
+    assert!(before - support::pty_nr() >= 3, "three PTYs freed");
+    // a second look calls the group merged, and a second run is a no-op
+    let again = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--dry-run", "--json"]).json();
+    for fd in &tracked {
+        let r = again["targets"][0]["masters"].as_array().unwrap().iter().find(|m| m["fd"] == *fd).unwrap().clone();
+        assert_eq!(r["verdict"], "merged", "{r}");
+        assert_eq!(r["action"], "keep");
+    }
+    assert!(f.check()["live_ok"].as_array().unwrap().iter().all(|v| v == true));
+}
+
+#[test]
+fn devnull_keeps_the_numbers_taken_by_dev_null() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--orphans", "3", "--tracked", "2"]);
+    let out = ptyreap(&[
+        "--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--method", "devnull",
+        "--include-tracked", "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for fd in f.fds("orphans").into_iter().chain(f.fds("tracked")) {
+        let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", f.pid)).unwrap();
+        assert_eq!(link.to_str(), Some("/dev/null"), "fd {fd}");
+    }
+    assert!(ptmx_fds(f.pid).is_empty());
+    // the /dev/null it had to open in the target is closed again
+    let nulls = std::fs::read_dir(format!("/proc/{}/fd", f.pid))
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_str() == Some("/dev/null")))
+        .count();
+    assert_eq!(nulls, 5 + 1, "five released fds and the fixture's stdin");
+}
+
+#[test]
+fn every_holder_of_a_shared_master_is_reaped_when_named() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--shared", "3"]);
+    let holder = f.ready["shared_holder"].as_i64().unwrap() as i32;
+    let before = support::pty_nr();
+    // the target alone: its fds go, but the PTYs stay (the holder still has copies)
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--fd", &f.fds("shared")[0].to_string(), "--min-idle", "0", "--yes", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r = &out.json()["targets"][0]["masters"][0];
+    assert!(r["reason"].as_str().unwrap().contains("also held by"), "{r}");
+    assert_eq!(support::pty_nr(), before, "a copy elsewhere keeps the PTY");
+    // both holders: every copy goes and the PTYs are freed
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--pid", &holder.to_string(), "--min-idle", "0", "--yes", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(ptmx_fds(f.pid).is_empty() && ptmx_fds(holder).is_empty());
+    assert!(before - support::pty_nr() >= 3, "{before} -> {}", support::pty_nr());
+}
+
+#[test]
+fn a_target_churning_fds_loses_only_verified_masters() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--orphans", "40", "--live", "1", "--churn"]);
+    let orphans = set(f.fds("orphans"));
+    for _ in 0..5 {
+        let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--json"]);
+        assert!(matches!(out.code, 0 | 3), "{out:?}");
+        let doc = out.json();
+        for fd in closed(&doc, 0) {
+            // the churn thread's masters are fresh (never idle): only orphans may be closed
+            assert!(orphans.contains(&fd), "closed fd {fd}, not an orphan: {doc}");
+        }
+    }
+    let c = f.check();
+    assert_eq!(c["churn_ebadf"], 0, "something closed an fd under the churn thread: {c}");
+    assert_eq!(c["errors"], serde_json::json!([]), "{c}");
+    assert!(c["live_ok"].as_array().unwrap().iter().all(|v| v == true));
+    assert!(set(ptmx_fds(f.pid)).is_disjoint(&orphans));
+}
+
+#[test]
+fn a_target_traced_by_another_debugger_is_refused_by_name() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--orphans", "2"]);
+    let before = ptmx_fds(f.pid);
+    let pid = nix::unistd::Pid::from_raw(f.pid);
+    nix::sys::ptrace::seize(pid, nix::sys::ptrace::Options::empty()).expect("seize");
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes"]);
+    let _ = nix::sys::ptrace::detach(pid, None);
+    assert_eq!(out.code, 1, "{out:?}");
+    let me = std::process::id().to_string();
+    assert!(out.stderr.contains("already traced") && out.stderr.contains(&me), "{}", out.stderr);
+    assert_eq!(ptmx_fds(f.pid), before);
+}
