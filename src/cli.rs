@@ -1,8 +1,9 @@
 //! The command line. `--help` is written to teach: what each mode does, what is safe, examples.
 
 use crate::model::Method;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const ABOUT: &str = "Find and release leaked pseudoterminal (PTY) masters in running processes";
@@ -26,6 +27,8 @@ Examples:
   sudo ptyreap --top --dry-run         verdicts for the biggest holder; changes nothing
   sudo ptyreap --pid 1234 --dry-run --min-idle 0 --json
   sudo ptyreap --pid 1234              release its idle orphaned masters (asks first)
+  sudo ptyreap watch --warn 100 --reap 200      the watchdog (see `ptyreap watch --help`)
+  sudo ptyreap report --pid 1234 --output r.json  a snapshot for a bug report
 
 Verdicts: orphaned (released), fresh (idle < --min-idle, kept), tracked (the app's event loop \
 still watches it; kept unless --include-tracked), merged (shares its open file with other fds), \
@@ -36,8 +39,18 @@ Exit codes: 0 done or nothing to do, 1 error (nothing released), 2 usage, 3 part
 4 not confirmed (declined, or a prompt was needed and stdin is not a terminal).";
 
 #[derive(Debug, Parser)]
-#[command(name = "ptyreap", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXAMPLES)]
+#[command(
+    name = "ptyreap",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Inspect (and reap) this process; repeatable
     #[arg(long = "pid", value_name = "PID", allow_negative_numbers = true)]
     pub pids: Vec<i32>,
@@ -85,6 +98,88 @@ pub struct Cli {
     /// Show the evidence behind every verdict
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Periodic census: log processes holding many PTY masters, optionally reap their orphans
+    #[command(long_about = WATCH_ABOUT)]
+    Watch(WatchArgs),
+    /// Write a JSON snapshot of one process's PTY masters, for a bug report to its maintainers
+    Report(ReportArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: ptyreap man | man -l -
+    Man,
+}
+
+const WATCH_ABOUT: &str = "\
+Periodic census: every --interval, log one line per process holding more than --warn PTY \
+masters (and send a desktop notification where one is possible, at most once per process per \
+hour); with --reap N, also reap the orphaned masters of every process holding more than N, with \
+the same safety protocol and verdict rules as the one-shot command (live, stale, fresh and \
+tracked masters are never reaped by the watchdog).
+
+Logs go to stderr, one greppable line per event (`ptyreap-watch: <time> <event> key=value ...`); \
+with --json, one JSON object per event and line on stdout. It keeps running when a target \
+exits, refuses attachment, or a pass fails; it needs no terminal; SIGTERM or SIGINT stop it \
+cleanly after the current step (never with a target stopped).";
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Watch only this process; repeatable (default: every process)
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<i32>,
+
+    /// Watch only processes with this name; repeatable
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+
+    /// Log (and notify) when a process holds more than N PTY masters
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub warn: usize,
+
+    /// Reap the orphaned masters of any process holding more than N
+    #[arg(long, value_name = "N")]
+    pub reap: Option<usize>,
+
+    /// Time between passes
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// One pass, then exit (cron, tests)
+    #[arg(long)]
+    pub once: bool,
+
+    /// How long a master must be idle to be reaped
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    pub min_idle: Duration,
+
+    /// How to release each fd
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub method: Option<Method>,
+
+    /// One JSON object per event and line, on stdout
+    #[arg(long)]
+    pub json: bool,
+
+    /// Never send desktop notifications (log only)
+    #[arg(long)]
+    pub no_notify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The process to describe
+    #[arg(long, value_name = "PID", required = true)]
+    pub pid: i32,
+
+    /// Write to FILE (created 0600; never overwritten; symlinks not followed) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 impl Cli {

@@ -10,6 +10,10 @@ mod confirm;
 mod duration;
 mod exit_code;
 mod model;
+mod notify;
+mod pipeline;
+mod report;
+mod watch;
 mod plan;
 mod render;
 mod sys;
@@ -38,6 +42,21 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Some(cli::Command::Watch(args)) => return watch::run(args),
+        Some(cli::Command::Report(args)) => return report::run(args),
+        Some(cli::Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "ptyreap", &mut std::io::stdout());
+            return Ok(ExitCode::Success);
+        }
+        Some(cli::Command::Man) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::Success);
+        }
+        None => {}
+    }
     let style = Style::detect(cli.verbose);
     if !cli.has_target() {
         if let Some(flag) = cli.target_only_flag() {
@@ -96,7 +115,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     for &pid in &cli.pids {
         targets.push(sys::open_target(pid)?);
     }
-    let snapshot = sys::snapshot()?;
+    let snapshot = sys::snapshot_for(&cli.pids)?;
     let pids = select_targets(cli, &snapshot)?;
     if pids.is_empty() {
         eprintln!("ptyreap: no process holds a PTY master: nothing to do");
@@ -163,7 +182,8 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     }
 
     // The prompt may have taken minutes: look again, and release only what still holds.
-    let fresh_snapshot = sys::snapshot()?;
+    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+    let fresh_snapshot = sys::snapshot_for(&pids)?;
     let fresh = build_reports(cli, &targets, &fresh_snapshot)?;
     for (report, fresh) in reports.iter_mut().zip(fresh) {
         refresh(report, fresh);
@@ -184,7 +204,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             }
         }
     }
-    let after = sys::snapshot()?;
+    let after = sys::snapshot_for(&pids)?;
     let summary = reap_summary(&reports);
     if cli.json {
         let mut doc = render::json::inspection(
@@ -214,7 +234,7 @@ fn build_reports(
     cli: &Cli,
     targets: &[sys::Target],
     snapshot: &model::Snapshot,
-) -> Result<Vec<TargetReport>> {
+) -> Result<Vec<TargetReport>, UserError> {
     let policy = verdict::Policy {
         min_idle: cli.min_idle,
         include_stale: cli.include_stale,
@@ -224,43 +244,10 @@ fn build_reports(
         include_tracked: cli.include_tracked,
         method: cli.method,
     };
-    let now = now();
-    let mut reports = Vec::new();
-    for target in targets {
-        let mut evidence = sys::inspect(target, snapshot)?;
-        if let Some(fds) = &cli.fd {
-            let masters: Vec<i32> = evidence.iter().map(|e| e.fd).collect();
-            if let Some(bad) = fds.iter().find(|fd| !masters.contains(fd)) {
-                return Err(UserError::failure(format!(
-                    "fd {bad} of pid {} ({}) is not a PTY master: nothing was changed \
-                     (its PTY masters: {})",
-                    target.pid,
-                    target.name,
-                    if masters.is_empty() {
-                        "none".to_string()
-                    } else {
-                        format!("{masters:?}")
-                    }
-                ))
-                .into());
-            }
-            evidence.retain(|e| fds.contains(&e.fd));
-        }
-        let judged = evidence
-            .into_iter()
-            .map(|ev| {
-                let j = verdict::judge(&ev, &policy, now);
-                (ev, j)
-            })
-            .collect();
-        reports.push(TargetReport {
-            pid: target.pid,
-            name: target.name.clone(),
-            masters: plan::plan(judged, &choices),
-            stopped_us: None,
-        });
-    }
-    Ok(reports)
+    targets
+        .iter()
+        .map(|t| pipeline::judge_target(t, snapshot, &policy, &choices))
+        .collect()
 }
 
 fn count_planned(reports: &[TargetReport]) -> usize {
@@ -330,10 +317,4 @@ impl ReapSummary {
             ExitCode::Failure
         }
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -290,3 +290,15 @@ pub struct TargetReport {
     pub masters: Vec<MasterRow>,
     pub stopped_us: Option<u64>,
 }
+
+/// What a bug report says about a process besides its PTYs.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessInfo {
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    /// Unix time the process started.
+    pub started_at: Option<i64>,
+    /// The app's version, when it can be read without running anything (e.g. an Electron app's
+    /// package.json, a macOS bundle's Info.plist).
+    pub version: Option<String>,
+}

@@ -12,9 +12,30 @@
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]
-pub use linux::{inspect, open_target, processes_named, reap, snapshot, Target};
+pub use linux::{
+    inspect, open_target, process_info, processes_named, reap, snapshot, snapshot_for,
+    start_time, Target,
+};
 
 #[cfg(not(target_os = "linux"))]
 mod unsupported;
 #[cfg(not(target_os = "linux"))]
 pub use unsupported::{inspect, open_target, processes_named, reap, snapshot, Target};
+
+/// A snapshot that also lists the PTY namespaces `pids` live in (only Linux has several).
+#[cfg(not(target_os = "linux"))]
+pub fn snapshot_for(_pids: &[i32]) -> anyhow::Result<crate::model::Snapshot> {
+    snapshot()
+}
+
+/// Where the backend has no richer source: the pid's name only, via the census.
+#[cfg(not(target_os = "linux"))]
+pub fn process_info(_pid: i32) -> crate::model::ProcessInfo {
+    crate::model::ProcessInfo::default()
+}
+
+/// The process's start time in the backend's own unit (identity with the pid); None if unknown.
+#[cfg(not(target_os = "linux"))]
+pub fn start_time(_pid: i32) -> Option<u64> {
+    None
+}

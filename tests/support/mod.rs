@@ -394,3 +394,14 @@ pub fn ptyreap(args: &[&str]) -> Output {
         stderr: err.join().expect("reading stderr"),
     }
 }
+
+/// PTYs allocated in the devpts instance mounted at /dev/pts in `pid`'s mount namespace (its
+/// numbered nodes exist until both ends are closed). With `Fixture::spawn_private_devpts` this
+/// counts the fixture's PTYs alone, whatever other tests do meanwhile.
+pub fn ptys_in_use_seen_by(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/root/dev/pts"))
+        .expect("reading the fixture's /dev/pts")
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .count()
+}

@@ -2,36 +2,35 @@
 
 pub mod arch;
 pub mod gadget;
+mod info;
 pub mod inject;
 mod inspect;
 pub mod pidfd;
 pub mod procfs;
 pub mod ptrace;
+mod reap;
 pub mod pty;
 pub mod scan;
 mod system;
 mod target;
 mod watchers;
 
+pub use info::{process_info, start_time};
 pub use inspect::inspect;
+pub use reap::reap;
 pub use target::{open as open_target, processes_named, Target};
 
 use crate::model::Snapshot;
 
 /// Every PTY fd on the machine and the system's usage.
 pub fn snapshot() -> anyhow::Result<Snapshot> {
+    snapshot_for(&[])
+}
+
+/// A snapshot whose system usage also lists the devpts instances mounted where `pids` live.
+pub fn snapshot_for(pids: &[i32]) -> anyhow::Result<Snapshot> {
     let processes = scan::scan()?;
-    let system = system::usage(&processes);
+    let system = system::usage(&processes, pids);
     Ok(Snapshot { processes, system })
 }
 
-/// Reaping lands with the injection engine (src/sys/linux/reap.rs, not yet in the module tree).
-pub fn reap(
-    target: &Target,
-    _rows: &mut [crate::model::MasterRow],
-) -> Result<std::time::Duration, crate::exit_code::UserError> {
-    Err(crate::exit_code::UserError::failure(format!(
-        "pid {}: this build of ptyreap only inspects; reaping is not available yet, nothing was changed",
-        target.pid
-    )))
-}

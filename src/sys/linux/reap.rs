@@ -14,7 +14,7 @@
 
 use super::arch::nr;
 use super::pidfd::Pidfd;
-use super::ptrace::{AttachError, SignalDeferral, StoppedProcess};
+use super::ptrace::{in_tracer_thread, AttachError, SignalDeferral, StoppedProcess};
 use super::pty;
 use super::target::Target;
 use crate::exit_code::UserError;
@@ -26,9 +26,6 @@ use std::time::Duration;
 /// How long a thread may take to reach a ptrace stop before we back out.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// AT_FDCWD, O_RDWR | O_CLOEXEC for the /dev/null opened in the target.
-const AT_FDCWD: u64 = -100i64 as u64;
-
 pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
     let planned: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
@@ -37,14 +34,25 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         finish_kept(rows);
         return Ok(Duration::ZERO);
     }
+    // Deferred from here until the target is restored; the tracer thread inherits the mask, and
+    // should anything go wrong there, its exit makes the kernel let go of every tracee.
+    let _deferred = SignalDeferral::new()
+        .map_err(|e| UserError::failure(format!("cannot defer signals: {e}; nothing was changed")))?;
+    in_tracer_thread(|| reap_stopped(target, rows, &planned))
+}
+
+fn reap_stopped(
+    target: &Target,
+    rows: &mut [MasterRow],
+    planned: &[usize],
+) -> Result<Duration, UserError> {
     let keeper = plan::merge_keeper(rows);
-    let _deferred = SignalDeferral::new();
     let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
         .map_err(|e| attach_error(target, e))?;
 
     // 3. re-verify inside the stop
     let mut go: Vec<usize> = Vec::new();
-    for &i in &planned {
+    for &i in planned {
         match verify(&target.pidfd, &rows[i]) {
             Ok(()) => go.push(i),
             Err(why) => {
@@ -69,7 +77,13 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
 
     // 4. release
     let run = match stopped.injector() {
-        Ok(mut inj) => release(&mut inj, rows, &go, keeper, &target.pidfd),
+        Ok(mut inj) => {
+            let released = release(&mut inj, rows, &go, keeper, &target.pidfd);
+            let restored = inj
+                .finish()
+                .map_err(|e| format!("restoring the injecting thread: {e}"));
+            released.and(restored)
+        }
         Err(e) => Err(format!("cannot run a system call in the target: {e}")),
     };
     if let Err(why) = run {
@@ -282,21 +296,11 @@ fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
     })
 }
 
-/// Opens /dev/null in the target: the path goes in scratch memory below its stack pointer, which
-/// is restored right after the call.
+/// Opens /dev/null in the target (the path goes in scratch memory, restored by the injector).
 fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
-    const PATH: &[u8] = b"/dev/null\0";
-    let addr = inj.stack_scratch();
-    let mut saved = vec![0u8; PATH.len()];
-    inj.read_memory(addr, &mut saved)
-        .map_err(|e| format!("reading the target's stack: {e}"))?;
-    inj.write_memory(addr, PATH)
-        .map_err(|e| format!("writing the target's stack: {e}"))?;
-    let flags = (libc::O_RDWR | libc::O_CLOEXEC) as u64;
-    let r = syscall(inj, nr::OPENAT, [AT_FDCWD, addr, flags, 0, 0, 0]);
-    let restored = inj.write_memory(addr, &saved);
-    let r = r?;
-    restored.map_err(|e| format!("restoring the target's stack: {e}"))?;
+    let r = inj
+        .open("/dev/null", libc::O_RDWR | libc::O_CLOEXEC, 0)
+        .map_err(|e| e.to_string())?;
     if r < 0 {
         return Err(format!("opening /dev/null in the target: {}", errno_text(r)));
     }

@@ -266,10 +266,9 @@ fn list_pids(proc_dir: &OwnedFd) -> io::Result<Vec<i32>> {
     Ok(pids)
 }
 
-/// Calls `f` with each entry name of a directory, via raw getdents64 into a reused buffer.
+/// Calls `f` with each entry name of a freshly opened directory, via raw getdents64 into a
+/// reused buffer.
 pub fn for_each_dirent(dir: &OwnedFd, buf: &mut [u8], mut f: impl FnMut(&CStr)) {
-    // SAFETY: rewinding our own directory fd.
-    unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) };
     loop {
         // SAFETY: buf is valid for its length; the kernel writes linux_dirent64 records.
         let n = unsafe {

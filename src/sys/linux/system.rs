@@ -13,8 +13,10 @@ fn read_u64(path: &str) -> Option<u64> {
 }
 
 /// `seen`: the processes of a scan; instances they use but that are not mounted in our namespace
-/// are looked up in a holder's own mountinfo and counted through its /proc/PID/root.
-pub fn usage(seen: &[ProcessPtys]) -> SystemUsage {
+/// are looked up in a holder's own mountinfo and counted through its /proc/PID/root. `also`:
+/// processes whose own devpts mounts are listed even when nobody holds a PTY there (a target in
+/// a container whose PTYs were all just released).
+pub fn usage(seen: &[ProcessPtys], also: &[i32]) -> SystemUsage {
     let mut instances: BTreeMap<DevId, DevptsInstance> = BTreeMap::new();
     let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for m in devpts_mounts(&own) {
@@ -33,6 +35,14 @@ pub fn usage(seen: &[ProcessPtys]) -> SystemUsage {
             .chain(p.slaves.iter().map(|s| s.pty));
         for pty in ptys {
             holders.entry(pty.devpts).or_insert(p.pid);
+        }
+    }
+    for &pid in also {
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        for m in devpts_mounts(&theirs) {
+            instances
+                .entry(m.dev)
+                .or_insert_with(|| instance(&m, &format!("/proc/{pid}/root{}", m.mount_point)));
         }
     }
     for (dev, pid) in holders {

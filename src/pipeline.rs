@@ -1,0 +1,63 @@
+//! One target through the pure middle of the flow: evidence (from the OS) → verdicts → plan.
+//! Shared by the one-shot command, the watchdog and the report.
+
+use crate::exit_code::UserError;
+use crate::model::{Snapshot, TargetReport};
+use crate::{plan, sys, verdict};
+use std::collections::BTreeSet;
+
+/// Inspect, judge and plan one target. `only` (`--fd`) keeps just those fds, and every one of
+/// them must be a PTY master of the target.
+pub fn judge_target(
+    target: &sys::Target,
+    snapshot: &Snapshot,
+    policy: &verdict::Policy,
+    choices: &plan::Choices,
+) -> Result<TargetReport, UserError> {
+    let mut evidence = sys::inspect(target, snapshot)?;
+    if let Some(fds) = &choices.fds {
+        let masters: Vec<i32> = evidence.iter().map(|e| e.fd).collect();
+        if let Some(bad) = fds.iter().find(|fd| !masters.contains(fd)) {
+            return Err(not_a_master(target, *bad, &masters));
+        }
+        evidence.retain(|e| fds.contains(&e.fd));
+    }
+    let now = now();
+    let judged = evidence
+        .into_iter()
+        .map(|ev| {
+            let j = verdict::judge(&ev, policy, now);
+            (ev, j)
+        })
+        .collect();
+    Ok(TargetReport {
+        pid: target.pid,
+        name: target.name.clone(),
+        masters: plan::plan(judged, choices),
+        stopped_us: None,
+    })
+}
+
+fn not_a_master(target: &sys::Target, fd: i32, masters: &[i32]) -> UserError {
+    let list = if masters.is_empty() {
+        "none".to_string()
+    } else {
+        masters
+            .iter()
+            .map(i32::to_string)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    UserError::failure(format!(
+        "fd {fd} of pid {} ({}) is not a PTY master: nothing was changed (its PTY masters: {list})",
+        target.pid, target.name
+    ))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,137 @@
+//! `ptyreap report --pid N [--output FILE]`: the snapshot an upstream maintainer wants in a bug
+//! report about a PTY leak — the process, its executable and version if known, uptime, every PTY
+//! master with verdict and evidence, the system's usage, OS and kernel versions — as one JSON
+//! document. Written safely: a new file only (never overwritten), mode 0600, and a symlink
+//! planted at the path is refused rather than followed (this runs as root).
+
+use crate::cli::ReportArgs;
+use crate::duration::rfc3339;
+use crate::exit_code::{ExitCode, UserError};
+use crate::model::Verdict;
+use crate::pipeline::now;
+use crate::{census, plan, render, sys, verdict};
+use serde_json::json;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The idle threshold the report's verdicts use (the one-shot command's default).
+const MIN_IDLE: Duration = Duration::from_secs(600);
+
+pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let target = sys::open_target(args.pid)?;
+    let snapshot = sys::snapshot()?;
+    let policy = verdict::Policy {
+        min_idle: MIN_IDLE,
+        include_stale: None,
+    };
+    let report = crate::pipeline::judge_target(&target, &snapshot, &policy, &plan::Choices::default())?;
+    let info = sys::process_info(args.pid);
+    let generated = now();
+    let counts: serde_json::Map<String, serde_json::Value> = [
+        Verdict::Orphaned,
+        Verdict::Fresh,
+        Verdict::Tracked,
+        Verdict::Merged,
+        Verdict::Live,
+        Verdict::Stale,
+        Verdict::Unknown,
+    ]
+    .iter()
+    .map(|&v| {
+        let n = report.masters.iter().filter(|r| r.judgement.verdict == v).count();
+        (v.as_str().to_string(), json!(n))
+    })
+    .collect();
+    let census = census::census(&snapshot);
+    let mut inspection = render::json::inspection(true, None, MIN_IDLE.as_secs(), &snapshot.system, &[report]);
+    let doc = json!({
+        "report_version": 1,
+        "generated_at": rfc3339(generated),
+        "ptyreap_version": env!("CARGO_PKG_VERSION"),
+        "process": {
+            "pid": target.pid,
+            "name": target.name,
+            "exe": info.exe,
+            "cmdline": info.cmdline,
+            "version": info.version,
+            "started_at": info.started_at.map(rfc3339),
+            "uptime_s": info.started_at.map(|s| (generated - s).max(0)),
+        },
+        "summary": {
+            "masters": inspection["targets"][0]["masters"].as_array().map_or(0, Vec::len),
+            "verdicts": counts,
+        },
+        "masters": inspection["targets"][0]["masters"].take(),
+        "min_idle_s": MIN_IDLE.as_secs(),
+        "system": snapshot.system,
+        "top_holders": census.processes.iter().take(10).collect::<Vec<_>>(),
+        "os": os_info(),
+    });
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    match &args.output {
+        None => print!("{text}"),
+        Some(path) => {
+            write_new_file(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
+            eprintln!("ptyreap: report written to {}", path.display());
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+/// Creates `path` (mode 0600) and writes `data`. Fails if anything exists there, including a
+/// symlink (O_CREAT|O_EXCL never follows one), and never follows a symlink as the last component.
+pub fn write_new_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // the umask can only clear bits; make the mode exact anyway
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> UserError {
+    let p = path.display();
+    UserError::failure(match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            format!("{p} already exists: ptyreap never overwrites a file; choose a new name")
+        }
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            format!("{p} is a symbolic link: refusing to follow it; choose another path")
+        }
+        _ => format!("cannot write the report to {p}: {e}"),
+    })
+}
+
+fn os_info() -> serde_json::Value {
+    // SAFETY: zeroed utsname is a valid out-buffer for uname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return serde_json::Value::Null;
+    }
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let pretty = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        });
+    json!({
+        "sysname": field(&u.sysname),
+        "release": field(&u.release),
+        "version": field(&u.version),
+        "machine": field(&u.machine),
+        "distribution": pretty,
+    })
+}

@@ -1,0 +1,50 @@
+//! Facts about a process for the bug report: executable, command line, start time, version.
+
+use super::target::read_stat;
+use crate::model::ProcessInfo;
+use std::path::Path;
+
+pub fn start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).ok().map(|s| s.start_time)
+}
+
+pub fn process_info(pid: i32) -> ProcessInfo {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let version = exe.as_deref().and_then(|e| app_version(Path::new(e)));
+    ProcessInfo {
+        exe,
+        cmdline,
+        started_at: started_at(pid),
+        version,
+    }
+}
+
+/// Start time: boot time (`btime` of /proc/stat) + field 22 of /proc/PID/stat in clock ticks.
+fn started_at(pid: i32) -> Option<i64> {
+    let ticks = start_time(pid)?;
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: i64 = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| btime + (ticks / hz as u64) as i64)
+}
+
+/// Electron and node apps ship a package.json beside the executable (`resources/app/`).
+fn app_version(exe: &Path) -> Option<String> {
+    let dir = exe.parent()?;
+    ["resources/app/package.json", "package.json"]
+        .iter()
+        .find_map(|rel| std::fs::read_to_string(dir.join(rel)).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+}

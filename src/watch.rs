@@ -1,0 +1,319 @@
+//! `ptyreap watch`: the watchdog. What a field report on the leak asked of the leaking app —
+//! alert past a threshold, close old idle PTYs past a higher one — done from the outside.
+//!
+//! Each pass takes a census, logs every process over `--warn` (and notifies, at most once per
+//! process per hour), and with `--reap N` reaps the *orphaned* masters of every process over N
+//! through the same pipeline and safety protocol as the one-shot command. Nothing a pass meets
+//! (a target that exits, refuses attachment, a failed scan) stops the watchdog. SIGTERM, SIGINT
+//! and SIGHUP set a flag that is checked between steps; while a target is stopped they are
+//! deferred (blocked) by the reaper, so the watchdog never exits with a target stopped.
+
+use crate::cli::WatchArgs;
+use crate::duration::rfc3339;
+use crate::exit_code::ExitCode;
+use crate::model::{Action, Outcome, ProcessCount};
+use crate::pipeline::now;
+use crate::{census, notify, plan, sys, verdict};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_stop_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = request_stop as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Seconds between two notifications about the same process.
+const NOTIFY_EVERY_S: i64 = 3600;
+
+pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    install_stop_handlers();
+    let log = Log { json: args.json };
+    let mut state = State::load();
+    log.event(
+        "start",
+        &[
+            ("warn", json!(args.warn)),
+            ("reap", json!(args.reap)),
+            ("interval_s", json!(args.interval.as_secs())),
+            ("min_idle_s", json!(args.min_idle.as_secs())),
+        ],
+    );
+    let mut failed_pass = false;
+    loop {
+        if let Err(e) = pass(args, &log, &mut state) {
+            failed_pass = true;
+            log.event("pass_failed", &[("error", json!(format!("{e:#}")))]);
+        }
+        if args.once || STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        let deadline = Instant::now() + args.interval;
+        while Instant::now() < deadline && !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100).min(args.interval));
+        }
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    log.event("stop", &[]);
+    Ok(if args.once && failed_pass {
+        ExitCode::Failure
+    } else {
+        ExitCode::Success
+    })
+}
+
+fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
+    let snapshot = sys::snapshot()?;
+    let c = census::census(&snapshot);
+    let wanted: Option<BTreeSet<i32>> = if args.pids.is_empty() && args.names.is_empty() {
+        None
+    } else {
+        let mut set: BTreeSet<i32> = args.pids.iter().copied().collect();
+        for name in &args.names {
+            set.extend(sys::processes_named(name));
+        }
+        Some(set)
+    };
+    let watched: Vec<&ProcessCount> = c
+        .processes
+        .iter()
+        .filter(|p| wanted.as_ref().is_none_or(|w| w.contains(&p.pid)))
+        .collect();
+    log.event(
+        "pass",
+        &[
+            ("in_use", json!(c.system.in_use)),
+            ("limit", json!(c.system.limit)),
+            ("holders", json!(watched.len())),
+            ("masters", json!(watched.iter().map(|p| p.masters).sum::<usize>())),
+        ],
+    );
+    for p in &watched {
+        if STOP.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if p.masters > args.warn {
+            log.event(
+                "over_warn",
+                &[
+                    ("pid", json!(p.pid)),
+                    ("name", json!(p.name)),
+                    ("masters", json!(p.masters)),
+                    ("orphaned", json!(p.orphaned)),
+                    ("warn", json!(args.warn)),
+                ],
+            );
+            if !args.no_notify && state.notify_due(p.pid) {
+                let body = format!(
+                    "{} (pid {}) holds {} PTY masters, {} look orphaned. Inspect: sudo ptyreap --pid {} --dry-run",
+                    p.name, p.pid, p.masters, p.orphaned, p.pid
+                );
+                match notify::send("PTY leak", &body) {
+                    Ok(()) => log.event("notified", &[("pid", json!(p.pid))]),
+                    Err(why) => log.event("notify_skipped", &[("pid", json!(p.pid)), ("why", json!(why))]),
+                }
+                state.notified(p.pid);
+            }
+        }
+        if let Some(limit) = args.reap {
+            if p.masters > limit {
+                reap_one(args, log, p, &snapshot);
+            }
+        }
+    }
+    state.forget_gone();
+    state.save();
+    Ok(())
+}
+
+/// Reaps the orphaned masters of one process; logs every action and every refusal.
+fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::model::Snapshot) {
+    let who = [("pid", json!(p.pid)), ("name", json!(p.name))];
+    let target = match sys::open_target(p.pid) {
+        Ok(t) => t,
+        Err(e) => return log.event("reap_skipped", &[who[0].clone(), who[1].clone(), ("why", json!(e.message))]),
+    };
+    let policy = verdict::Policy {
+        min_idle: args.min_idle,
+        include_stale: None,
+    };
+    let choices = plan::Choices {
+        fds: None,
+        include_tracked: false,
+        method: args.method,
+    };
+    let mut report = match crate::pipeline::judge_target(&target, snapshot, &policy, &choices) {
+        Ok(r) => r,
+        Err(e) => return log.event("reap_skipped", &[who[0].clone(), who[1].clone(), ("why", json!(e.message))]),
+    };
+    // the watchdog releases orphaned masters only, whatever else the plan would allow
+    for row in report.masters.iter_mut() {
+        if row.action == Action::Close && row.judgement.verdict != crate::model::Verdict::Orphaned {
+            row.action = Action::Keep;
+            row.method = None;
+        }
+    }
+    let planned = report.masters.iter().filter(|r| r.action == Action::Close).count();
+    if planned == 0 {
+        return log.event("nothing_to_reap", &[who[0].clone(), who[1].clone(), ("masters", json!(p.masters))]);
+    }
+    match sys::reap(&target, &mut report.masters) {
+        Ok(stopped) => {
+            for row in report.masters.iter().filter(|r| r.action == Action::Close) {
+                let result = match row.result {
+                    Some(Outcome::Closed) => "closed",
+                    Some(Outcome::Failed) => "failed",
+                    Some(Outcome::Changed) => "changed",
+                    _ => "kept",
+                };
+                let mut fields = vec![
+                    who[0].clone(),
+                    who[1].clone(),
+                    ("fd", json!(row.evidence.fd)),
+                    ("method", json!(row.method.map(|m| m.as_str()))),
+                    ("result", json!(result)),
+                ];
+                if let Some(d) = &row.detail {
+                    fields.push(("detail", json!(d)));
+                }
+                log.event("reaped", &fields);
+            }
+            let closed = report
+                .masters
+                .iter()
+                .filter(|r| r.result == Some(Outcome::Closed))
+                .count();
+            log.event(
+                "reap_done",
+                &[
+                    who[0].clone(),
+                    who[1].clone(),
+                    ("closed", json!(closed)),
+                    ("planned", json!(planned)),
+                    ("stopped_us", json!(stopped.as_micros() as u64)),
+                ],
+            );
+        }
+        Err(e) => log.event("reap_failed", &[who[0].clone(), who[1].clone(), ("why", json!(e.message))]),
+    }
+}
+
+/// Events: one greppable line on stderr (`ptyreap-watch: <time> <event> key=value ...`), or one
+/// JSON object per line on stdout.
+struct Log {
+    json: bool,
+}
+
+impl Log {
+    fn event(&self, event: &str, fields: &[(&str, Value)]) {
+        let time = rfc3339(now());
+        if self.json {
+            let mut obj = Map::new();
+            obj.insert("time".into(), json!(time));
+            obj.insert("event".into(), json!(event));
+            for (k, v) in fields {
+                obj.insert((*k).into(), v.clone());
+            }
+            println!("{}", Value::Object(obj));
+        } else {
+            let mut line = format!("ptyreap-watch: {time} {event}");
+            for (k, v) in fields {
+                let text = match v {
+                    Value::String(s) => format!("{s:?}"),
+                    other => other.to_string(),
+                };
+                line.push_str(&format!(" {k}={text}"));
+            }
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// What must outlive a pass: when we last notified about each process (by pid and start time, so
+/// a reused pid is a new process). Kept in `/var/lib/ptyreap/` as root, `$XDG_STATE_HOME/ptyreap/`
+/// otherwise (`PTYREAP_STATE_DIR` overrides both).
+struct State {
+    path: Option<PathBuf>,
+    last_notified: BTreeMap<String, i64>,
+}
+
+impl State {
+    fn dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("PTYREAP_STATE_DIR") {
+            return Some(dir.into());
+        }
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return Some("/var/lib/ptyreap".into());
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+        Some(base.join("ptyreap"))
+    }
+
+    fn load() -> State {
+        let path = State::dir().map(|d| d.join("watch-state.json"));
+        let last_notified = path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| serde_json::from_value(v["last_notified"].clone()).ok())
+            .unwrap_or_default();
+        State {
+            path,
+            last_notified,
+        }
+    }
+
+    fn key(pid: i32) -> String {
+        format!("{pid}:{}", sys::start_time(pid).unwrap_or(0))
+    }
+
+    fn notify_due(&self, pid: i32) -> bool {
+        self.last_notified
+            .get(&State::key(pid))
+            .is_none_or(|&t| now() - t >= NOTIFY_EVERY_S)
+    }
+
+    fn notified(&mut self, pid: i32) {
+        self.last_notified.insert(State::key(pid), now());
+    }
+
+    fn forget_gone(&mut self) {
+        self.last_notified.retain(|key, _| {
+            let pid: i32 = key.split(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            State::key(pid) == *key
+        });
+    }
+
+    /// Written to a new file and renamed over the old one; a failure only costs a notification.
+    fn save(&self) {
+        let Some(path) = &self.path else { return };
+        let Some(dir) = path.parent() else { return };
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = dir.join(format!(".watch-state.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let body = json!({ "last_notified": self.last_notified }).to_string();
+        if crate::report::write_new_file(&tmp, body.as_bytes()).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
