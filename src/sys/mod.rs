@@ -17,9 +17,15 @@ pub use linux::{
     start_time, Target,
 };
 
-#[cfg(not(target_os = "linux"))]
+// The macOS backend; its layouts and pure logic also build (and are tested) everywhere.
+#[cfg(any(target_os = "macos", test))]
+pub mod macos;
+#[cfg(target_os = "macos")]
+pub use macos::{inspect, open_target, processes_named, reap, snapshot, Target};
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 mod unsupported;
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub use unsupported::{inspect, open_target, processes_named, reap, snapshot, Target};
 
 /// A snapshot that also lists the PTY namespaces `pids` live in (only Linux has several).

@@ -712,3 +712,944 @@ fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
         None => Ok(pass),
     }
 }
+
+/// Real processes, real ptrace. The targets are this test binary run again with
+/// `PTYREAP_INJECT_ROLE` set (see `inject_target_role`), so they run in the aarch64 VM too.
+#[cfg(test)]
+mod tests {
+    use super::super::arch::{self, Regs};
+    use super::super::pidfd::Pidfd;
+    use super::super::ptrace::{self, in_tracer_thread, AttachError, StoppedProcess};
+    use super::{errno_of, InjectError};
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::time::{Duration, Instant};
+
+    const ROLE: &str = "PTYREAP_INJECT_ROLE";
+    const ENTRY: &str = "sys::linux::inject::tests::inject_target_role";
+    /// Only a guard against hangs, never an assertion about speed.
+    const PATIENCE: Duration = Duration::from_secs(120);
+    const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+    const SLEEP_MS: u64 = 3000;
+
+    /// The entry point of the target processes; a no-op in a normal test run.
+    #[test]
+    fn inject_target_role() {
+        if let Ok(role) = std::env::var(ROLE) {
+            target::run(&role);
+            std::process::exit(0);
+        }
+    }
+
+    struct Target {
+        child: Child,
+        pid: i32,
+        stdin: Option<ChildStdin>,
+        lines: Receiver<String>,
+        seen: Vec<String>,
+    }
+
+    impl Target {
+        fn spawn(role: &str) -> Target {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([ENTRY, "--exact", "--nocapture", "--test-threads=1", "-q"])
+                .env(ROLE, role)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (tx, rx) = channel();
+            let err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Some(l) = line.strip_prefix("@@ ") {
+                        if tx.send(l.to_string()).is_err() {
+                            break;
+                        }
+                    } else if !line.trim().is_empty() {
+                        eprintln!("target: {line}");
+                    }
+                }
+            });
+            let pid = child.id() as i32;
+            let stdin = child.stdin.take();
+            Target { child, pid, stdin, lines: rx, seen: Vec::new() }
+        }
+
+        /// The next report starting with `prefix` (others are kept for `seen`).
+        fn expect(&mut self, prefix: &str) -> String {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(left) {
+                    Ok(l) => {
+                        self.seen.push(l.clone());
+                        if l.starts_with(prefix) {
+                            return l;
+                        }
+                    }
+                    Err(_) => panic!("no '{prefix}' from the target; it said {:?}", self.seen),
+                }
+            }
+        }
+
+        fn send(&mut self, cmd: &str) {
+            let w = self.stdin.as_mut().unwrap();
+            writeln!(w, "{cmd}").unwrap();
+            w.flush().unwrap();
+        }
+
+        fn pidfd(&self) -> (Pidfd, u64) {
+            (Pidfd::open(self.pid).unwrap(), ptrace::start_time(self.pid).unwrap())
+        }
+
+        fn stop(&self) -> StoppedProcess {
+            let (fd, st) = self.pidfd();
+            StoppedProcess::stop(&fd, st, STOP_TIMEOUT).unwrap()
+        }
+    }
+
+    impl Drop for Target {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `key=value` fields of a report line.
+    fn fields(line: &str) -> HashMap<String, String> {
+        line.split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    }
+
+    fn nums(v: &str) -> Vec<i32> {
+        v.split(',').map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn read_proc(path: String) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// (tid, name, state letter) of every thread.
+    fn threads(pid: i32) -> Vec<(i32, String, char)> {
+        let mut v: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect())
+            .unwrap_or_else(|_| Vec::new())
+            .into_iter()
+            .map(|tid| {
+                let stat = read_proc(format!("/proc/{pid}/task/{tid}/stat"));
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].trim_start().chars().next())
+                    .unwrap_or('?');
+                let name = read_proc(format!("/proc/{pid}/task/{tid}/comm")).trim().to_string();
+                (tid, name, state)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn tid_of(pid: i32, name: &str) -> i32 {
+        threads(pid).into_iter().find(|t| t.1 == name).unwrap().0
+    }
+
+    /// Wait until the threads named are asleep (in their blocking calls).
+    fn wait_asleep(pid: i32, names: &[&str]) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let t = threads(pid);
+            let asleep = |n: &&str| t.iter().any(|(_, name, st)| name == n && *st == 'S');
+            if names.iter().all(asleep) {
+                // Asleep in the kernel, not just preempted: the syscall file says which call.
+                let in_call = t.iter().filter(|x| names.contains(&x.1.as_str())).all(|x| {
+                    let sc = read_proc(format!("/proc/{pid}/task/{}/syscall", x.0));
+                    !sc.is_empty() && !sc.starts_with("running") && !sc.starts_with("-1")
+                });
+                if in_call {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "threads never fell asleep: {t:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn tracer_pid(pid: i32, tid: i32) -> i32 {
+        read_proc(format!("/proc/{pid}/task/{tid}/status"))
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .map_or(-1, |v| v.trim().parse().unwrap())
+    }
+
+    fn status_mask(pid: i32, key: &str) -> u64 {
+        read_proc(format!("/proc/{pid}/status"))
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| u64::from_str_radix(v.trim_start_matches(':').trim(), 16).unwrap())
+            .unwrap()
+    }
+
+    /// Every thread let go and running on: none traced, none in a tracing stop.
+    fn assert_untouched(pid: i32) {
+        for (tid, name, st) in threads(pid) {
+            assert_eq!(tracer_pid(pid, tid), 0, "thread {tid} ({name}) still traced");
+            assert_ne!(st, 't', "thread {tid} ({name}) still stopped");
+        }
+    }
+
+    fn tty_index(pid: i32, fd: i32) -> Option<u32> {
+        read_proc(format!("/proc/{pid}/fdinfo/{fd}"))
+            .lines()
+            .find_map(|l| l.strip_prefix("tty-index:"))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
+    fn fd_path(pid: i32, fd: i32) -> Option<String> {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    fn snapshot(p: &StoppedProcess) -> Vec<(i32, Regs, u64)> {
+        p.tids()
+            .iter()
+            .map(|&t| (t, arch::get_regs(t).unwrap(), ptrace::get_sigmask(t).unwrap()))
+            .collect()
+    }
+
+    const WORKERS: [&str; 6] = ["t-read", "t-sleep", "t-futex", "t-futex-to", "t-epoll", "t-spin"];
+
+    /// The main scenario: a target with threads blocked in read, nanosleep, futex (with and
+    /// without a time-out) and epoll_wait, one spinning in user code, plus plain fds. One stop:
+    /// a call injected on *each* thread, single closes, close_range, dup3, openat; a signal sent
+    /// meanwhile. Then, from outside and from inside, everything is as it should be.
+    #[test]
+    fn inject_blocked_threads_resume_exactly() {
+        let mut t = Target::spawn("blocked");
+        let ready = fields(&t.expect("ready"));
+        let null = nums(&ready["null"]);
+        let run = nums(&ready["run"]);
+        let pty = nums(&ready["pty"]);
+        let pid = t.pid;
+        let mut names = WORKERS[..5].to_vec();
+        names.push("main");
+        wait_asleep(pid, &names);
+        let keep: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .map(|fd| (fd, fd_path(pid, fd).unwrap_or_default()))
+            .collect();
+
+        let mut p = t.stop();
+        // SAFETY: plain kill(2) of our child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+        let all: Vec<i32> = threads(pid).iter().map(|x| x.0).collect();
+        assert_eq!(p.tids(), &all[..], "every thread held");
+        for (tid, name, st) in threads(pid) {
+            assert_eq!(st, 't', "thread {tid} ({name}) not in a tracing stop");
+        }
+        let before = snapshot(&p);
+
+        // One call on each thread, by name; the read-blocked main thread gets the real work.
+        for name in WORKERS {
+            let tid = tid_of(pid, name);
+            let mut inj = p.injector_on(tid).unwrap();
+            assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64, "{name}");
+            inj.finish().unwrap();
+        }
+        let mut inj = p.injector_on(pid).unwrap();
+        assert!(inj.single_stop());
+        assert_eq!(inj.close(null[0]).unwrap(), 0);
+        assert_eq!(errno_of(inj.close(null[0]).unwrap()), Some(libc::EBADF));
+        assert_eq!(inj.close_range(run[0] as u32, run[1] as u32, 0).unwrap(), 0);
+        assert_eq!(inj.dup3(pty[0], pty[1], 0).unwrap(), pty[1] as i64);
+        assert_eq!(errno_of(inj.dup3(pty[2], pty[2], 0).unwrap()), Some(libc::EINVAL));
+        let opened = inj.open("/dev/null", libc::O_RDWR, 0).unwrap();
+        assert!(opened >= 0, "openat: {opened}");
+        let opened = opened as i32;
+        // Scratch memory is put back: read it now, compare after finish.
+        let top = inj.stack_scratch();
+        assert!(top != 0);
+        inj.finish().unwrap();
+
+        let after = snapshot(&p);
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(b.0, a.0);
+            assert_eq!(b.1, a.1, "registers of thread {} changed", b.0);
+            assert_eq!(b.2, a.2, "signal mask of thread {} changed", b.0);
+        }
+        let stopped = p.resume().unwrap();
+        eprintln!("inject: blocked-threads scenario stopped {stopped:?}");
+        assert_untouched(pid);
+
+        // From outside: exactly the intended fds changed.
+        let closed: Vec<i32> = [null[0]].into_iter().chain(run[0]..=run[1]).collect();
+        for (fd, path) in keep {
+            if closed.contains(&fd) {
+                assert_eq!(fd_path(pid, fd), None, "fd {fd} still open");
+            } else if fd == pty[1] {
+                assert_eq!(tty_index(pid, fd), tty_index(pid, pty[0]), "dup3 over fd {fd}");
+            } else {
+                assert_eq!(fd_path(pid, fd), Some(path), "fd {fd} changed");
+            }
+        }
+        assert_eq!(fd_path(pid, opened).as_deref(), Some("/dev/null"));
+
+        // From inside: every blocked call went on as if nothing had happened.
+        t.send("data hello");
+        let r = fields(&t.expect("read"));
+        assert_eq!((r["n"].as_str(), r["data"].as_str()), ("5", "hello"));
+        let s = fields(&t.expect("slept"));
+        assert_eq!(s["ret"], "0", "nanosleep: {s:?}");
+        assert!(s["ms"].parse::<u64>().unwrap() >= SLEEP_MS, "nanosleep cut short: {s:?}");
+        t.send("status");
+        let st = fields(&t.expect("status"));
+        assert_eq!(st["usr1"], "1", "the signal sent during the stop was delivered once");
+        assert_eq!(st["futex_early"], "0", "futex waiters woke without being woken");
+        t.send("wake");
+        for _ in 0..2 {
+            let f = fields(&t.expect("futex"));
+            assert_eq!((f["early"].as_str(), f["woken"].as_str()), ("0", "1"), "{f:?}");
+        }
+        t.send("event");
+        let e = fields(&t.expect("epoll"));
+        // Documented: any ptrace stop makes a blocked epoll_wait return EINTR (signal(7)).
+        assert!(e["eintr"].parse::<u32>().unwrap() >= 1, "{e:?}");
+        assert_eq!(e["events"], "1");
+        t.send("status");
+        let st = fields(&t.expect("status"));
+        assert_eq!(st["spin_ok"], "1", "the spinning thread's registers were disturbed");
+    }
+
+    /// Registers of threads blocked in restartable calls are identical in a second stop: the
+    /// kernel's restart went exactly as without us.
+    #[test]
+    fn inject_registers_identical_across_stops() {
+        let t = Target::spawn("blocked");
+        let pid = t.pid;
+        let mut t = t;
+        t.expect("ready");
+        wait_asleep(pid, &["t-read", "t-futex", "main"]);
+        let watched = [tid_of(pid, "t-read"), tid_of(pid, "t-futex"), pid];
+        let regs = |p: &StoppedProcess| -> Vec<Regs> {
+            watched.iter().map(|&w| {
+                assert!(p.tids().contains(&w));
+                arch::get_regs(w).unwrap()
+            }).collect()
+        };
+        let mut p = t.stop();
+        let first = regs(&p);
+        {
+            let mut inj = p.injector_on(pid).unwrap();
+            assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64);
+        }
+        p.resume().unwrap();
+        wait_asleep(pid, &["t-read", "t-futex", "main"]);
+        let p = t.stop();
+        assert_eq!(regs(&p), first);
+        drop(p);
+        assert_untouched(pid);
+    }
+
+    /// Many PTY masters closed in one stop, one call each, then with close_range: prints the
+    /// cost (asserts only the result).
+    #[test]
+    fn inject_many_closes_timing() {
+        let mut t = Target::spawn("many");
+        let r = fields(&t.expect("ready"));
+        let (a, b) = (nums(&r["a"]), nums(&r["b"]));
+        let pid = t.pid;
+        wait_asleep(pid, &["main"]);
+        let before = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+
+        let t0 = Instant::now();
+        let mut p = t.stop();
+        let attach = t0.elapsed();
+        let mut inj = p.injector().unwrap();
+        let t1 = Instant::now();
+        for fd in a[0]..=a[1] {
+            assert_eq!(inj.close(fd).unwrap(), 0);
+        }
+        let singles = t1.elapsed();
+        inj.finish().unwrap();
+        let stopped_singles = p.resume().unwrap();
+
+        let mut p = t.stop();
+        let mut inj = p.injector().unwrap();
+        let t2 = Instant::now();
+        assert_eq!(inj.close_range(b[0] as u32, b[1] as u32, 0).unwrap(), 0);
+        let ranged = t2.elapsed();
+        inj.finish().unwrap();
+        let stopped_range = p.resume().unwrap();
+
+        let n = (a[1] - a[0] + 1) as u32;
+        let m = (b[1] - b[0] + 1) as u32;
+        let after = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        assert_eq!(before - after, (n + m) as usize);
+        eprintln!(
+            "inject timing: attach {attach:?}; {n} single closes {singles:?} ({:?} each), \
+             target stopped {stopped_singles:?}; close_range of {m} {ranged:?}, target stopped \
+             {stopped_range:?}",
+            singles / n
+        );
+        assert_untouched(pid);
+    }
+
+    /// Threads that create threads all the time: every stop holds every thread, and the target
+    /// runs on.
+    #[test]
+    fn inject_threads_created_while_attaching() {
+        let mut t = Target::spawn("spawner");
+        t.expect("ready");
+        let pid = t.pid;
+        for _ in 0..20 {
+            let mut p = t.stop();
+            let held = p.tids().to_vec();
+            for (tid, name, st) in threads(pid) {
+                // A thread exiting at that moment is a zombie until reaped, never running.
+                assert!(
+                    (held.contains(&tid) && st == 't') || st == 'Z' || st == 'X',
+                    "thread {tid} ({name}, {st}) not held: {held:?}"
+                );
+            }
+            let mut inj = p.injector().unwrap();
+            assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64);
+            drop(inj);
+            p.resume().unwrap();
+        }
+        assert_untouched(pid);
+        t.send("status");
+        let n1: u64 = fields(&t.expect("status"))["spawned"].parse().unwrap();
+        loop {
+            t.send("status");
+            let n2: u64 = fields(&t.expect("status"))["spawned"].parse().unwrap();
+            if n2 > n1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A start time that does not match: nothing is touched.
+    #[test]
+    fn inject_pid_reuse_refused() {
+        let mut t = Target::spawn("blocked");
+        t.expect("ready");
+        let (fd, st) = t.pidfd();
+        match StoppedProcess::stop(&fd, st + 1, STOP_TIMEOUT) {
+            Err(AttachError::PidReused { found, .. }) => assert_eq!(found, st),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("stopped a process with another start time"),
+        }
+        assert_untouched(t.pid);
+        let me = Pidfd::open(std::process::id() as i32).unwrap();
+        let own = StoppedProcess::stop(&me, 0, STOP_TIMEOUT);
+        assert!(matches!(own, Err(AttachError::OwnProcess { .. })));
+    }
+
+    /// A panic in the middle of an injection (registers changed, mask blocked, scratch written):
+    /// unwinding restores and detaches everything, and the target behaves.
+    #[test]
+    fn inject_drop_guard_on_panic() {
+        let mut t = Target::spawn("blocked");
+        let ready = fields(&t.expect("ready"));
+        let null = nums(&ready["null"]);
+        let pid = t.pid;
+        wait_asleep(pid, &["t-read", "t-sleep", "main"]);
+        let p = t.stop();
+        let before = snapshot(&p);
+        drop(p);
+        let mut p = t.stop();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut inj = p.injector_on(pid).unwrap();
+            inj.push_scratch(b"/dev/null\0").unwrap();
+            assert_eq!(inj.close(null[1]).unwrap(), 0);
+            panic!("injected failure");
+        }));
+        assert!(r.is_err());
+        let after = snapshot(&p);
+        assert_eq!(before.len(), after.len());
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!((b.0, b.1, b.2), (a.0, a.1, a.2), "thread {} not restored", b.0);
+        }
+        drop(p);
+        assert_untouched(pid);
+        assert_eq!(fd_path(pid, null[1]), None);
+        t.send("data x");
+        assert_eq!(fields(&t.expect("read"))["data"], "x");
+        assert_eq!(fields(&t.expect("slept"))["ret"], "0");
+    }
+
+    /// The target is killed while we hold it: a clear error, no hang, no panic.
+    #[test]
+    fn inject_target_killed_midway() {
+        let mut t = Target::spawn("blocked");
+        t.expect("ready");
+        let pid = t.pid;
+        let mut p = t.stop();
+        let mut inj = p.injector().unwrap();
+        assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64);
+        // SAFETY: plain kill(2) of our child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut r = Ok(0);
+        for _ in 0..1000 {
+            r = inj.syscall(arch::nr::GETPID, [0; 6]);
+            if r.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(r, Err(InjectError::Exited)), "{r:?}");
+        drop(inj);
+        let _ = p.resume();
+        let (_, _) = (t.child.kill(), t.child.wait());
+    }
+
+    /// A thread that cannot stop (a vfork parent waits killably, which PTRACE_INTERRUPT does not
+    /// wake): a time-out, everything let go, the target runs on once the child is done.
+    #[test]
+    fn inject_timeout_backs_out() {
+        let mut t = Target::spawn("vfork");
+        t.expect("vforking");
+        let pid = t.pid;
+        wait_asleep(pid, &["t-sleep"]);
+        // The vfork parent is in D state (killable).
+        let deadline = Instant::now() + PATIENCE;
+        while !threads(pid).iter().any(|x| x.0 == pid && x.2 == 'D') {
+            assert!(Instant::now() < deadline, "{:?}", threads(pid));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (fd, st) = t.pidfd();
+        let r = in_tracer_thread(|| {
+            StoppedProcess::stop(&fd, st, Duration::from_millis(300)).map(drop)
+        });
+        match r {
+            Err(AttachError::Timeout { tid, .. }) => assert_eq!(tid, pid),
+            other => panic!("{other:?}"),
+        }
+        t.expect("vfork done");
+        assert_untouched(pid);
+        t.send("status");
+        t.expect("status");
+    }
+
+    /// A single thread in ppoll / epoll_pwait with a temporary signal mask: its real mask must
+    /// come back afterwards (PTRACE_SETSIGMASK would have lost it).
+    #[test]
+    fn inject_keeps_temporary_signal_masks() {
+        for call in ["ppoll", "epoll"] {
+            let mut t = Target::spawn(&format!("tempmask:{call}"));
+            let ready = fields(&t.expect("ready"));
+            let pid = t.pid;
+            wait_asleep(pid, &["main"]);
+            let mut p = t.stop();
+            let mut inj = p.injector().unwrap();
+            assert_eq!(inj.close(nums(&ready["null"])[0]).unwrap(), 0, "{call}");
+            drop(inj);
+            p.resume().unwrap();
+            t.send("mask");
+            let m = fields(&t.expect("mask"));
+            assert_eq!(m["now"], ready["mask"], "{call}: the thread's signal mask changed");
+        }
+    }
+
+    /// SIGTRAP ignored: each call takes syscall stops instead of a step, and the disposition
+    /// stays. SIGTRAP handled: single steps, the handler neither reset nor run.
+    #[test]
+    fn inject_sigtrap_dispositions_kept() {
+        for how in ["ignore", "handler"] {
+            let mut t = Target::spawn(&format!("sigtrap:{how}"));
+            let ready = fields(&t.expect("ready"));
+            let pid = t.pid;
+            wait_asleep(pid, &["main"]);
+            let trap = 1u64 << (libc::SIGTRAP - 1);
+            let key = if how == "ignore" { "SigIgn" } else { "SigCgt" };
+            assert_ne!(status_mask(pid, key) & trap, 0);
+            let mut p = t.stop();
+            let mut inj = p.injector().unwrap();
+            assert_eq!(inj.single_stop(), how == "handler");
+            assert_eq!(inj.close(nums(&ready["null"])[0]).unwrap(), 0);
+            assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64);
+            drop(inj);
+            p.resume().unwrap();
+            assert_ne!(status_mask(pid, key) & trap, 0, "{how}: SIGTRAP disposition changed");
+            t.send("status");
+            assert_eq!(fields(&t.expect("status"))["traps"], "0", "{how}");
+        }
+    }
+
+    /// The target processes. Each reports on stderr with lines starting "@@ ".
+    mod target {
+        use super::*;
+        use std::os::fd::AsRawFd;
+
+        static USR1: AtomicU32 = AtomicU32::new(0);
+        static TRAPS: AtomicU32 = AtomicU32::new(0);
+        static WORD: AtomicU32 = AtomicU32::new(0);
+        static FUTEX_EARLY: AtomicU32 = AtomicU32::new(0);
+        static SPIN_OK: AtomicU32 = AtomicU32::new(1);
+        static SPAWNED: AtomicU32 = AtomicU32::new(0);
+
+        fn report(s: String) {
+            eprintln!("@@ {s}");
+        }
+
+        fn errno() -> i32 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        }
+
+        extern "C" fn on_usr1(_: libc::c_int) {
+            USR1.fetch_add(1, Ordering::SeqCst);
+        }
+
+        extern "C" fn on_trap(_: libc::c_int) {
+            TRAPS.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn handle(sig: i32, f: extern "C" fn(libc::c_int)) {
+            // SAFETY: a valid sigaction with an async-signal-safe handler.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = f as usize;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+
+        fn block(sigs: &[i32]) {
+            // SAFETY: plain sigset manipulation on this thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for &s in sigs {
+                    libc::sigaddset(&mut set, s);
+                }
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+        }
+
+        fn current_mask() -> u64 {
+            // SAFETY: query only.
+            unsafe {
+                let mut cur: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+                (1..64).filter(|&s| libc::sigismember(&cur, s) == 1).map(|s| 1u64 << (s - 1)).sum()
+            }
+        }
+
+        fn open_null() -> i32 {
+            // SAFETY: plain open(2).
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) }
+        }
+
+        fn worker(name: &str, f: impl FnOnce() + Send + 'static) {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || {
+                    block(&[libc::SIGUSR1]);
+                    f()
+                })
+                .unwrap();
+        }
+
+        fn futex_wait(timeout: Option<libc::timespec>) {
+            let mut early = 0;
+            while WORD.load(Ordering::SeqCst) == 0 {
+                let ts = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+                // SAFETY: FUTEX_WAIT on a live word.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_futex,
+                        WORD.as_ptr(),
+                        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                        0,
+                        ts,
+                    )
+                };
+                if WORD.load(Ordering::SeqCst) == 0 {
+                    early += 1;
+                    FUTEX_EARLY.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            report(format!("futex early={early} woken=1"));
+        }
+
+        /// Busy in user code: callee-saved registers must survive being stopped.
+        fn spin() {
+            loop {
+                let mut acc = 0u64;
+                for i in 0..1_000_000u64 {
+                    acc = std::hint::black_box(acc.wrapping_mul(31).wrapping_add(i));
+                }
+                let mut check = 0u64;
+                for i in 0..1_000_000u64 {
+                    check = check.wrapping_mul(31).wrapping_add(i);
+                }
+                if acc != check {
+                    SPIN_OK.store(0, Ordering::SeqCst);
+                }
+            }
+        }
+
+        fn commands(mut on: impl FnMut(&str, &str)) {
+            let stdin = std::io::stdin();
+            let mut line = String::new();
+            while stdin.lock().read_line(&mut line).unwrap_or(0) > 0 {
+                let l = line.trim_end().to_string();
+                let (cmd, arg) = l.split_once(' ').unwrap_or((&l, ""));
+                on(cmd, arg);
+                line.clear();
+            }
+        }
+
+        pub fn run(role: &str) {
+            let (kind, arg) = role.split_once(':').unwrap_or((role, ""));
+            match kind {
+                "blocked" => blocked(),
+                "many" => many(),
+                "spawner" => spawner(),
+                "vfork" => vfork(),
+                "tempmask" => tempmask(arg),
+                "sigtrap" => sigtrap(arg),
+                other => panic!("unknown role {other}"),
+            }
+        }
+
+        fn blocked() {
+            handle(libc::SIGUSR1, on_usr1);
+            let null: Vec<i32> = (0..2).map(|_| open_null()).collect();
+            let run: Vec<i32> = (0..3).map(|_| open_null()).collect();
+            assert!(run[2] == run[0] + 2, "not consecutive: {run:?}");
+            // SAFETY: posix_openpt returns a new fd or -1.
+            let pty: Vec<i32> = (0..3)
+                .map(|_| unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) })
+                .collect();
+            let mut pipe = [0i32; 2];
+            // SAFETY: pipe(2) into a 2-int array.
+            assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+            // SAFETY: plain syscalls creating fds.
+            let (ep, ev) = unsafe { (libc::epoll_create1(0), libc::eventfd(0, 0)) };
+            let mut e = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+            // SAFETY: registering a live eventfd.
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ev, &mut e) };
+
+            let rd = pipe[0];
+            worker("t-read", move || {
+                let mut buf = [0u8; 64];
+                // SAFETY: reading into our buffer.
+                let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
+                let data = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+                report(format!("read n={n} data={data} errno={}", errno()));
+            });
+            worker("t-sleep", || {
+                let ts = libc::timespec { tv_sec: (SLEEP_MS / 1000) as _, tv_nsec: 0 };
+                let t0 = Instant::now();
+                // SAFETY: nanosleep with valid pointers.
+                let r = unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+                let e = errno();
+                report(format!("slept ret={r} errno={e} ms={}", t0.elapsed().as_millis()));
+            });
+            worker("t-futex", || futex_wait(None));
+            worker("t-futex-to", || futex_wait(Some(libc::timespec { tv_sec: 600, tv_nsec: 0 })));
+            worker("t-epoll", move || {
+                let (mut eintr, mut events) = (0, 0);
+                let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
+                loop {
+                    // SAFETY: one output slot.
+                    let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 1, -1) };
+                    if n < 0 && errno() == libc::EINTR {
+                        eintr += 1;
+                        continue;
+                    }
+                    if n > 0 {
+                        events += n;
+                        break;
+                    }
+                }
+                report(format!("epoll eintr={eintr} events={events}"));
+            });
+            worker("t-spin", spin);
+            let list = |v: &[i32]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+            report(format!(
+                "ready null={} run={},{} pty={}",
+                list(&null),
+                run[0],
+                run[2],
+                list(&pty)
+            ));
+            let w = pipe[1];
+            commands(|cmd, arg| match cmd {
+                "data" => {
+                    // SAFETY: writing our bytes to our pipe.
+                    unsafe { libc::write(w, arg.as_ptr().cast(), arg.len()) };
+                }
+                "status" => report(format!(
+                    "status usr1={} futex_early={} spin_ok={}",
+                    USR1.load(Ordering::SeqCst),
+                    FUTEX_EARLY.load(Ordering::SeqCst),
+                    SPIN_OK.load(Ordering::SeqCst)
+                )),
+                "wake" => {
+                    WORD.store(1, Ordering::SeqCst);
+                    // SAFETY: FUTEX_WAKE on a live word.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_futex,
+                            WORD.as_ptr(),
+                            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                            i32::MAX,
+                        )
+                    };
+                }
+                "event" => {
+                    let one = 1u64;
+                    // SAFETY: 8 bytes to an eventfd.
+                    unsafe { libc::write(ev, (&one as *const u64).cast(), 8) };
+                }
+                _ => {}
+            });
+        }
+
+        /// 2 x 490 PTY masters in two runs of consecutive fds, 8 idle threads.
+        fn many() {
+            // SAFETY: raising our own soft fd limit to the hard one.
+            unsafe {
+                let mut l: libc::rlimit = std::mem::zeroed();
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                l.rlim_cur = l.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            }
+            let open = || {
+                let v: Vec<i32> = (0..490)
+                    // SAFETY: posix_openpt returns a new fd or -1.
+                    .map(|_| unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) })
+                    .collect();
+                assert!(v.iter().all(|&f| f >= 0) && v[489] == v[0] + 489, "{v:?}");
+                (v[0], v[489])
+            };
+            let (a, b) = (open(), open());
+            for i in 0..8 {
+                worker(&format!("t-idle{i}"), || futex_wait(None));
+            }
+            report(format!("ready a={},{} b={},{}", a.0, a.1, b.0, b.1));
+            commands(|_, _| {});
+        }
+
+        fn spawner() {
+            for i in 0..4 {
+                worker(&format!("t-spawner{i}"), || loop {
+                    std::thread::spawn(|| {
+                        SPAWNED.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .join()
+                    .unwrap();
+                });
+            }
+            report("ready".into());
+            commands(|cmd, _| {
+                if cmd == "status" {
+                    report(format!("status spawned={}", SPAWNED.load(Ordering::SeqCst)));
+                }
+            });
+        }
+
+        extern "C" fn vfork_child(_: *mut libc::c_void) -> libc::c_int {
+            // SAFETY: sleeping then leaving without touching the parent's state.
+            unsafe {
+                libc::usleep(1_500_000);
+                libc::_exit(0)
+            }
+        }
+
+        fn vfork() {
+            worker("t-sleep", || loop {
+                std::thread::sleep(Duration::from_secs(100));
+            });
+            report("vforking".into());
+            let mut stack = vec![0u8; 64 * 1024];
+            // SAFETY: the child runs on its own stack and only sleeps and _exits; CLONE_VFORK
+            // holds this thread until then.
+            let r = unsafe {
+                let top = stack.as_mut_ptr().add(stack.len()).cast();
+                libc::clone(
+                    vfork_child,
+                    top,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    std::ptr::null_mut(),
+                )
+            };
+            assert!(r > 0);
+            // SAFETY: reaping our child.
+            unsafe { libc::waitpid(r, std::ptr::null_mut(), 0) };
+            report("vfork done".into());
+            commands(|cmd, _| {
+                if cmd == "status" {
+                    report("status ok=1".into());
+                }
+            });
+        }
+
+        /// One thread, its real mask blocking SIGUSR2, waiting on stdin in ppoll or
+        /// epoll_pwait with a temporary mask that blocks nothing.
+        fn tempmask(call: &str) {
+            block(&[libc::SIGUSR2]);
+            let null = open_null();
+            let mask = current_mask();
+            report(format!("ready null={null} mask={mask:x}"));
+            // SAFETY: an empty sigset.
+            let empty: libc::sigset_t = unsafe {
+                let mut s = std::mem::zeroed();
+                libc::sigemptyset(&mut s);
+                s
+            };
+            let fd0 = std::io::stdin().as_raw_fd();
+            loop {
+                let r = if call == "ppoll" {
+                    let mut pfd = libc::pollfd { fd: fd0, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one pollfd, no time-out, a valid mask.
+                    unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &empty) }
+                } else {
+                    // SAFETY: as in `blocked`.
+                    let ep = unsafe { libc::epoll_create1(0) };
+                    let mut e = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+                    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
+                    // SAFETY: registering stdin; one output slot; a valid mask.
+                    let n = unsafe {
+                        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd0, &mut e);
+                        libc::epoll_pwait(ep, out.as_mut_ptr(), 1, -1, &empty)
+                    };
+                    // SAFETY: closing our epoll fd.
+                    unsafe { libc::close(ep) };
+                    n
+                };
+                if r > 0 {
+                    break;
+                }
+            }
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).unwrap();
+            report(format!("mask now={:x}", current_mask()));
+        }
+
+        fn sigtrap(how: &str) {
+            if how == "ignore" {
+                // SAFETY: ignoring a signal.
+                unsafe { libc::signal(libc::SIGTRAP, libc::SIG_IGN) };
+            } else {
+                handle(libc::SIGTRAP, on_trap);
+            }
+            let null = open_null();
+            report(format!("ready null={null}"));
+            commands(|cmd, _| {
+                if cmd == "status" {
+                    report(format!("status traps={}", TRAPS.load(Ordering::SeqCst)));
+                }
+            });
+        }
+    }
+}

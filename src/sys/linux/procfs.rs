@@ -49,14 +49,6 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// `TracerPid:` of /proc/PID/status (0: not traced).
-pub fn parse_tracer_pid(status: &str) -> Option<i32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// `tty-index:` of a PTY master's /proc/PID/fdinfo/FD (drivers/tty/pty.c, since ~4.14).
 pub fn parse_tty_index(fdinfo: &str) -> Option<u32> {
     fdinfo
@@ -184,16 +176,6 @@ mod tests {
     fn kernel_threads_are_flagged() {
         let text = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0";
         assert!(parse_stat(text).unwrap().is_kernel_thread());
-    }
-
-    #[test]
-    fn status_tracer() {
-        assert_eq!(
-            parse_tracer_pid("Name:\tx\nTracerPid:\t812\nUid:\t0\n"),
-            Some(812)
-        );
-        assert_eq!(parse_tracer_pid("TracerPid:\t0\n"), Some(0));
-        assert_eq!(parse_tracer_pid("Name: x\n"), None);
     }
 
     #[test]

@@ -26,7 +26,6 @@ pub fn dev_id(dev: libc::dev_t) -> DevId {
 #[derive(Debug, Clone)]
 pub struct SlaveNode {
     pub pty: PtyId,
-    pub rdev: libc::dev_t,
     /// max(atime, mtime, ctime): the last slave-side I/O, or the node's creation for one never
     /// used (the kernel updates atime/mtime at most every 8 s; ctime changes only with owner or
     /// mode, which happens at setup — so taking the max errs on the side of "recent").
@@ -67,7 +66,6 @@ pub fn slave_node(master: BorrowedFd<'_>, want_path: bool) -> io::Result<SlaveNo
             devpts: dev_id(st.st_dev),
             index,
         },
-        rdev: st.st_rdev,
         last_io: st.st_atime.max(st.st_mtime).max(st.st_ctime),
         path,
     })

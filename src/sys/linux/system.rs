@@ -40,9 +40,10 @@ pub fn usage(seen: &[ProcessPtys], also: &[i32]) -> SystemUsage {
     for &pid in also {
         let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
         for m in devpts_mounts(&theirs) {
-            instances
-                .entry(m.dev)
-                .or_insert_with(|| instance(&m, &format!("/proc/{pid}/root{}", m.mount_point)));
+            let inst = instance(&m, &format!("/proc/{pid}/root{}", m.mount_point));
+            if inst.in_use.is_some() && !instances.contains_key(&m.dev) {
+                instances.insert(m.dev, inst);
+            }
         }
     }
     for (dev, pid) in holders {

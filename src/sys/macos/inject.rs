@@ -1,0 +1,370 @@
+//! Running one libsystem call (close, dup2) inside the target, without writing its code or its
+//! data: a thread of ours is created in the target (`thread_create`), given a stack of its own
+//! (`mach_vm_allocate`), a pc at the function, the arguments in registers and a return address
+//! at an unmapped sentinel, and an exception port of ours. When the function returns, the
+//! `ret` faults at the sentinel: we receive that exception, read the return register, and
+//! terminate the thread before anything else can handle the fault. A fault anywhere else means
+//! the call failed (libc's error path writes errno into thread-local storage, which a bare
+//! thread lacks). The app's own threads stay suspended by the caller meanwhile; ours is the only
+//! one that runs.
+//!
+//! Safety of the addresses: the dyld shared cache is mapped at one slide per boot, so libsystem's
+//! functions sit at the same address in every process that maps the same cache; the caller checks
+//! that (`mach::shared_cache`), and `Injector::new` checks that the function's first bytes in the
+//! target are ours and executable there.
+
+use super::arch;
+use super::ffi;
+use super::logic::{self, kern_name};
+use super::mach::{self, Port, ReceivePort, RemoteThread};
+use mach2::kern_return::KERN_SUCCESS;
+use mach2::message::{mach_msg, mach_msg_destroy, mach_msg_header_t, MACH_RCV_MSG, MACH_RCV_TIMEOUT};
+use mach2::port::MACH_PORT_NULL;
+use std::ffi::CStr;
+use std::time::Duration;
+
+/// Where our calls return to: inside __PAGEZERO (the first 4 GiB of every 64-bit Mac process,
+/// mapped with no access), canonical on x86_64, 4-byte aligned on arm64. Checked per target.
+const SENTINEL: u64 = 0x5eed_0000;
+const STACK_SIZE: u64 = 64 * 1024;
+
+#[cfg(target_arch = "aarch64")]
+const FLAVOR: i32 = ffi::ARM_THREAD_STATE64;
+#[cfg(target_arch = "aarch64")]
+const COUNT: u32 = ffi::ARM_THREAD_STATE64_COUNT;
+#[cfg(target_arch = "aarch64")]
+type State = ffi::ArmThreadState64;
+#[cfg(target_arch = "x86_64")]
+const FLAVOR: i32 = ffi::X86_THREAD_STATE64;
+#[cfg(target_arch = "x86_64")]
+const COUNT: u32 = ffi::X86_THREAD_STATE64_COUNT;
+#[cfg(target_arch = "x86_64")]
+type State = ffi::X86ThreadState64;
+
+/// How a call went wrong.
+#[derive(Debug)]
+pub enum CallError {
+    /// The target refuses our thread state (arm64e, hardened process): nothing ran.
+    Refused(String),
+    /// No exception within the time-out: the thread was terminated.
+    TimedOut,
+    /// The call faulted somewhere other than the sentinel: it took libc's error path.
+    Faulted { pc: u64, exception: i32 },
+    /// A Mach call of ours failed.
+    Mach(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Refused(why) => f.write_str(why),
+            CallError::TimedOut => f.write_str("the call did not return in time (thread terminated)"),
+            CallError::Faulted { pc, exception } => write!(
+                f,
+                "the call failed inside the target (exception {exception} at {pc:#x}: libc's \
+                 error path — the fd was probably no longer valid)"
+            ),
+            CallError::Mach(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A libsystem function of ours, by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Function {
+    pub name: &'static str,
+    pub addr: u64,
+}
+
+impl Function {
+    /// Looks the function up in our process, and checks it lives in a system library (hence in
+    /// the shared cache).
+    pub fn ours(names: &[&'static CStr]) -> Result<Function, String> {
+        for name in names {
+            // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches every loaded image.
+            let addr = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            if addr.is_null() {
+                continue;
+            }
+            // SAFETY: zeroed Dl_info is a valid out-buffer.
+            let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+            // SAFETY: an address from dlsym and a valid out-pointer.
+            let found = unsafe { libc::dladdr(addr, &mut info) } != 0 && !info.dli_fname.is_null();
+            // SAFETY: dladdr's file name is a NUL-terminated string owned by dyld.
+            let image = found
+                .then(|| unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !image.starts_with("/usr/lib/system/") {
+                return Err(format!(
+                    "{} resolves to {image:?}, not a system library in the shared cache",
+                    name.to_string_lossy()
+                ));
+            }
+            return Ok(Function {
+                name: name.to_str().unwrap_or("?"),
+                addr: addr as u64,
+            });
+        }
+        Err(format!("cannot find {:?} in libsystem", names))
+    }
+}
+
+/// Runs calls in one target. Owns our exception port and the stack it allocated there.
+pub struct Injector<'t> {
+    task: &'t Port,
+    pid: i32,
+    name: String,
+    exc: ReceivePort,
+    stack: u64,
+    timeout: Duration,
+}
+
+impl<'t> Injector<'t> {
+    /// Checks the sentinel and the functions in the target, and allocates the stack.
+    pub fn new(
+        task: &'t Port,
+        (pid, name): (i32, &str),
+        functions: &[Function],
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        if mach::protection_at(task, SENTINEL)
+            .is_some_and(|prot| prot & mach2::vm_prot::VM_PROT_EXECUTE != 0)
+        {
+            return Err(format!(
+                "the target has executable memory at {SENTINEL:#x} (a small __PAGEZERO): ptyreap \
+                 has no safe return address in it"
+            ));
+        }
+        for f in functions {
+            let prot = mach::protection_at(task, f.addr);
+            if prot.is_none_or(|p| p & mach2::vm_prot::VM_PROT_EXECUTE == 0) {
+                return Err(format!(
+                    "{} ({:#x}) is not executable code in the target",
+                    f.name, f.addr
+                ));
+            }
+            let mut theirs = [0u8; 16];
+            mach::read_memory(task, f.addr, &mut theirs).map_err(|kr| {
+                format!("cannot read {} in the target: {}", f.name, kern_name(kr))
+            })?;
+            // SAFETY: our own function's first 16 bytes (code pages are readable on macOS).
+            let ours = unsafe { std::slice::from_raw_parts(f.addr as *const u8, 16) };
+            if ours != theirs {
+                return Err(format!(
+                    "{} differs between ptyreap and the target: their libsystem is not ours",
+                    f.name
+                ));
+            }
+        }
+        let exc = ReceivePort::new()
+            .map_err(|kr| format!("cannot allocate an exception port: {}", kern_name(kr)))?;
+        let mut stack: u64 = 0;
+        // SAFETY: out-pointer; memory in the target, zero-filled, freed in Drop.
+        let kr = unsafe {
+            mach2::vm::mach_vm_allocate(
+                task.name(),
+                &mut stack,
+                STACK_SIZE,
+                mach2::vm_statistics::VM_FLAGS_ANYWHERE,
+            )
+        };
+        if kr != KERN_SUCCESS {
+            return Err(format!(
+                "cannot allocate a stack in the target: {}",
+                kern_name(kr)
+            ));
+        }
+        Ok(Injector {
+            task,
+            pid,
+            name: name.to_string(),
+            exc,
+            stack,
+            timeout,
+        })
+    }
+
+    /// Calls `f(args…)` on a new thread of ours in the target; its integer return value.
+    pub fn call(&self, f: Function, args: &[u64]) -> Result<u64, CallError> {
+        let mut thread = RemoteThread::create(self.task)
+            .map_err(|kr| CallError::Mach(format!("thread_create: {}", kern_name(kr))))?;
+        let initial = get_state(&thread)
+            .map_err(|kr| CallError::Mach(format!("thread_get_state: {}", kern_name(kr))))?;
+        let top = self.stack + STACK_SIZE;
+        let state = self.prepare(&initial, f.addr, args, top)?;
+        // SAFETY: our thread; a send right of ours (copied by the call).
+        let kr = unsafe {
+            mach2::thread_act::thread_set_exception_ports(
+                thread.name(),
+                ffi::EXC_MASK_OURS,
+                self.exc.name(),
+                (ffi::EXCEPTION_STATE | ffi::MACH_EXCEPTION_CODES) as _,
+                FLAVOR,
+            )
+        };
+        if kr != KERN_SUCCESS {
+            return Err(CallError::Mach(format!(
+                "thread_set_exception_ports: {}",
+                kern_name(kr)
+            )));
+        }
+        let mut state = state;
+        // SAFETY: `state` is COUNT words of this flavor.
+        let kr = unsafe {
+            mach2::thread_act::thread_set_state(
+                thread.name(),
+                FLAVOR,
+                (&mut state as *mut State).cast(),
+                COUNT,
+            )
+        };
+        if kr != KERN_SUCCESS {
+            return Err(CallError::Refused(logic::thread_state_refusal(
+                kr, self.pid, &self.name,
+            )));
+        }
+        // SAFETY: our thread, created suspended.
+        let kr = unsafe { mach2::thread_act::thread_resume(thread.name()) };
+        if kr != KERN_SUCCESS {
+            return Err(CallError::Mach(format!("thread_resume: {}", kern_name(kr))));
+        }
+        let mut buf = AlignedBuf([0u8; ffi::EXC_MSG_BUFFER]);
+        let header = buf.0.as_mut_ptr().cast::<mach_msg_header_t>();
+        let timeout_ms = self.timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
+        // SAFETY: `buf` holds EXC_MSG_BUFFER bytes; we receive on our own port.
+        let mr = unsafe {
+            mach_msg(
+                header,
+                MACH_RCV_MSG | MACH_RCV_TIMEOUT,
+                0,
+                ffi::EXC_MSG_BUFFER as u32,
+                self.exc.name(),
+                timeout_ms,
+                MACH_PORT_NULL,
+            )
+        };
+        if mr != KERN_SUCCESS {
+            thread.terminate();
+            self.drain();
+            return Err(if mr == mach2::message::MACH_RCV_TIMED_OUT {
+                CallError::TimedOut
+            } else {
+                CallError::Mach(format!("mach_msg receive: {mr:#x}"))
+            });
+        }
+        let notice = ffi::parse_exception(&buf.0);
+        let last = get_state(&thread);
+        // Terminate before releasing the message: destroying its reply right first would let
+        // the kernel pass the fault on to the app's own handlers.
+        thread.terminate();
+        // SAFETY: a message we received into `buf`.
+        unsafe { mach_msg_destroy(header) };
+        let last =
+            last.map_err(|kr| CallError::Mach(format!("thread_get_state: {}", kern_name(kr))))?;
+        let exception = notice.map(|n| n.exception).unwrap_or(-1);
+        match returned(&last) {
+            Some(value) if exception == ffi::EXC_BAD_ACCESS => Ok(value),
+            _ => Err(CallError::Faulted {
+                pc: pc_of(&last),
+                exception,
+            }),
+        }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn prepare(&self, initial: &State, func: u64, args: &[u64], top: u64) -> Result<State, CallError> {
+        Ok(arch::arm64::call_state(initial, func, args, top, SENTINEL))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn prepare(&self, initial: &State, func: u64, args: &[u64], top: u64) -> Result<State, CallError> {
+        let (state, word) = arch::x86_64::call_state(initial, func, args, top, SENTINEL);
+        let bytes = word.value.to_ne_bytes();
+        // SAFETY: writes 8 bytes of ours into the stack we allocated in the target.
+        let kr = unsafe {
+            mach2::vm::mach_vm_write(
+                self.task.name(),
+                word.addr,
+                bytes.as_ptr() as usize,
+                bytes.len() as u32,
+            )
+        };
+        if kr != KERN_SUCCESS {
+            return Err(CallError::Mach(format!(
+                "cannot write the return address on our stack: {}",
+                kern_name(kr)
+            )));
+        }
+        Ok(state)
+    }
+
+    /// Discards any exception that arrived after a time-out, so the next call reads its own.
+    fn drain(&self) {
+        let mut buf = AlignedBuf([0u8; ffi::EXC_MSG_BUFFER]);
+        let header = buf.0.as_mut_ptr().cast::<mach_msg_header_t>();
+        loop {
+            // SAFETY: as in `call`, with a zero time-out.
+            let mr = unsafe {
+                mach_msg(
+                    header,
+                    MACH_RCV_MSG | MACH_RCV_TIMEOUT,
+                    0,
+                    ffi::EXC_MSG_BUFFER as u32,
+                    self.exc.name(),
+                    0,
+                    MACH_PORT_NULL,
+                )
+            };
+            if mr != KERN_SUCCESS {
+                return;
+            }
+            // SAFETY: a message we received.
+            unsafe { mach_msg_destroy(header) };
+        }
+    }
+}
+
+impl Drop for Injector<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the stack we allocated in the target; no thread of ours runs on it any more.
+        unsafe { mach2::vm::mach_vm_deallocate(self.task.name(), self.stack, STACK_SIZE) };
+    }
+}
+
+#[repr(C, align(8))]
+struct AlignedBuf([u8; ffi::EXC_MSG_BUFFER]);
+
+fn get_state(thread: &RemoteThread) -> Result<State, i32> {
+    let mut state = State::default();
+    let mut count = COUNT;
+    // SAFETY: `state` holds COUNT words of this flavor.
+    let kr = unsafe {
+        mach2::thread_act::thread_get_state(
+            thread.name(),
+            FLAVOR,
+            (&mut state as *mut State).cast(),
+            &mut count,
+        )
+    };
+    if kr != KERN_SUCCESS {
+        return Err(kr);
+    }
+    Ok(state)
+}
+
+#[cfg(target_arch = "aarch64")]
+fn returned(state: &State) -> Option<u64> {
+    arch::arm64::returned(state, SENTINEL)
+}
+#[cfg(target_arch = "aarch64")]
+fn pc_of(state: &State) -> u64 {
+    state.pc
+}
+#[cfg(target_arch = "x86_64")]
+fn returned(state: &State) -> Option<u64> {
+    arch::x86_64::returned(state, SENTINEL)
+}
+#[cfg(target_arch = "x86_64")]
+fn pc_of(state: &State) -> u64 {
+    state.rip
+}

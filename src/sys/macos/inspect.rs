@@ -1,0 +1,200 @@
+//! Per-fd evidence for one target on macOS, from libproc alone (no task port, so it works for
+//! same-user targets without root): a fresh look at each master fd (still the same PTY? guarded?
+//! shared?), the slave node's times for the last I/O, the machine-wide scan for the other
+//! holders, and the target's kqueues for whether its event loop still watches the fd.
+//!
+//! What macOS cannot tell from outside: the unread bytes and POLLHUP (both need the fd itself),
+//! so `unread_bytes` and `hung_up` stay unknown.
+
+use super::ffi;
+use super::libproc;
+use super::logic;
+use super::scan::Devfs;
+use super::target::{self, Target};
+use crate::exit_code::UserError;
+use crate::model::{Evidence, Holder, Snapshot};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+
+pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, UserError> {
+    let pid = target.pid;
+    let Some(own) = snapshot.process(pid) else {
+        return Ok(Vec::new());
+    };
+    let devfs = Devfs::read();
+    let master_fds: BTreeSet<i32> = own.masters.iter().map(|m| m.fd).collect();
+    let watch = watchers(pid, &master_fds);
+    let mut out = Vec::with_capacity(own.masters.len());
+    for m in &own.masters {
+        let mut ev = Evidence {
+            fd: m.fd,
+            pty: m.pty,
+            session: m.session,
+            watched_by: watch.by_fd.get(&m.fd).cloned().unwrap_or_default(),
+            ..Evidence::default()
+        };
+        let mut shared = false;
+        match libproc::vnode_path_info(pid, m.fd) {
+            Ok(v) => {
+                let st = v.pvip.vip_vi.vi_stat;
+                let kind = logic::classify_vnode(
+                    &v.path(),
+                    st.vst_mode,
+                    st.vst_rdev,
+                    devfs.slave_major,
+                );
+                match kind {
+                    logic::VnodeKind::Master { index } if Some(devfs.pty(index)) == m.pty => {}
+                    _ => {
+                        ev.missing = Some(format!(
+                            "fd {} is no longer the PTY master the scan saw",
+                            m.fd
+                        ))
+                    }
+                }
+                ev.guarded = v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0;
+                shared = v.pfi.fi_status & ffi::PROC_FP_SHARED != 0;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue, // closed since the scan
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(UserError::failure(format!(
+                    "pid {pid} ({}) exited while being inspected",
+                    target.name
+                )))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(target::not_permitted(pid, &target.name))
+            }
+            Err(e) => ev.missing = Some(format!("cannot read fd {}: {e}", m.fd)),
+        }
+        if let Some(pty) = ev.pty {
+            let path = logic::slave_path(pty.index);
+            match slave_last_io(&path, devfs.slave_rdev(pty.index)) {
+                Some(t) => ev.last_io = Some(t),
+                None if ev.missing.is_none() => {
+                    ev.missing = Some(format!("cannot stat {path}, the master's slave node"))
+                }
+                None => {}
+            }
+            ev.slave_path = Some(path);
+            if ev.session.is_some() {
+                ev.foreground_pgrp = foreground_pgrp(ev.session, devfs.slave_rdev(pty.index));
+            }
+            let others = |holders: Vec<Holder>| {
+                holders
+                    .into_iter()
+                    .filter(|h| h.pid != pid)
+                    .collect::<Vec<_>>()
+            };
+            ev.slave_holders = others(snapshot.slave_holders(pty));
+            ev.other_master_holders = others(snapshot.master_holders(pty));
+            ev.target_slave_fds = own
+                .slaves
+                .iter()
+                .filter(|s| s.pty == pty)
+                .map(|s| s.fd)
+                .collect();
+            ev.aliases = own
+                .masters
+                .iter()
+                .filter(|o| o.fd != m.fd && o.pty == Some(pty))
+                .map(|o| o.fd)
+                .collect();
+            // The kernel says another fd shares this open file, but we saw none: its holder is
+            // out of our sight (another user's process without root, a descriptor in flight).
+            if shared && ev.aliases.is_empty() && ev.other_master_holders.is_empty() {
+                ev.other_master_holders.push(Holder {
+                    pid: -1,
+                    name: if target::is_root() {
+                        "unseen holder (the open file is shared)".into()
+                    } else {
+                        "unseen holder (the open file is shared; run as root to see it)".into()
+                    },
+                    fds: Vec::new(),
+                });
+            }
+        }
+        // Whether the app still watches it matters only when nothing else keeps it alive.
+        let deciding = ev.slave_holders.is_empty() && ev.session.is_none();
+        if deciding && ev.watched_by.is_empty() && ev.missing.is_none() {
+            if let Some(why) = &watch.unreadable {
+                ev.missing = Some(why.clone());
+            }
+        }
+        out.push(ev);
+    }
+    Ok(out)
+}
+
+/// The slave node's last I/O: max(atime, mtime, ctime) — tty reads and writes update atime and
+/// mtime (what `w` shows as idle time); a node never used keeps the time it was created at.
+/// `rdev`: the node must be that device (a node of another PTY must not answer for it).
+pub fn slave_last_io(path: &str, rdev: Option<u32>) -> Option<i64> {
+    let m = std::fs::metadata(path).ok()?;
+    if rdev.is_some_and(|r| r != m.rdev() as u32) {
+        return None;
+    }
+    Some(m.atime().max(m.mtime()).max(m.ctime()))
+}
+
+/// The foreground process group of the terminal, from the session leader's view.
+fn foreground_pgrp(session: Option<i32>, rdev: Option<u32>) -> Option<i32> {
+    let info = libproc::bsd_info(session?).ok()?;
+    (Some(info.e_tdev) == rdev && info.e_tpgid > 0).then_some(info.e_tpgid as i32)
+}
+
+/// Who in the target watches which master.
+pub struct Watchers {
+    pub by_fd: BTreeMap<i32, Vec<String>>,
+    /// Why some kqueue could not be read (then an unwatched-looking fd is not proof).
+    pub unreadable: Option<String>,
+}
+
+/// Every knote in the target's kqueues (and its libdispatch workqueue kqueue) on one of `fds`.
+/// Workloop kqueues (dynamic, no fd) are not listed: libdispatch keeps fd sources on the
+/// workqueue kqueue.
+pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
+    let mut w = Watchers {
+        by_fd: BTreeMap::new(),
+        unreadable: None,
+    };
+    let kqueues: Vec<i32> = libproc::list_fds(pid)
+        .map(|l| {
+            l.into_iter()
+                .filter(|f| f.proc_fdtype == ffi::PROX_FDTYPE_KQUEUE)
+                .map(|f| f.proc_fd)
+                .collect()
+        })
+        .unwrap_or_default();
+    for kq in kqueues.into_iter().chain([-1]) {
+        let label = if kq < 0 {
+            "the libdispatch kqueue".to_string()
+        } else {
+            format!("kqueue fd {kq}")
+        };
+        match libproc::kqueue_knotes(pid, kq) {
+            Ok(knotes) => {
+                for &fd in fds {
+                    if knotes.iter().any(|kn| logic::knote_watches(kn, fd)) {
+                        w.by_fd.entry(fd).or_default().push(label.clone());
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {} // closed meanwhile
+            Err(e) => {
+                w.unreadable.get_or_insert_with(|| {
+                    format!(
+                        "cannot read {label} of the target ({e}), so whether its event loop \
+                         still watches this master is unknown{}",
+                        if target::is_root() {
+                            ""
+                        } else {
+                            "; run as root"
+                        }
+                    )
+                });
+            }
+        }
+    }
+    w
+}

@@ -1,0 +1,240 @@
+//! Safe wrappers over the libproc calls the backend uses. Each returns an `io::Error` with the
+//! errno libproc left (ESRCH: gone; EPERM: another user's process and we are not root; EBADF:
+//! the fd was closed meanwhile).
+
+use super::ffi;
+use std::ffi::c_void;
+use std::io;
+use std::mem::size_of;
+
+fn last_error() -> io::Error {
+    let e = io::Error::last_os_error();
+    // libproc returns 0 on failure; errno is then set, but 0 bytes with errno 0 can happen
+    if e.raw_os_error() == Some(0) {
+        io::Error::from_raw_os_error(libc::ESRCH)
+    } else {
+        e
+    }
+}
+
+fn clear_errno() {
+    // SAFETY: __error returns this thread's errno location.
+    unsafe { *libc::__error() = 0 };
+}
+
+/// Every pid on the machine.
+pub fn all_pids() -> io::Result<Vec<i32>> {
+    // SAFETY: a null buffer asks for the count.
+    let n = unsafe { libc::proc_listallpids(std::ptr::null_mut(), 0) };
+    if n <= 0 {
+        return Err(last_error());
+    }
+    // room for processes started meanwhile
+    let mut pids = vec![0i32; n as usize + 64];
+    let bytes = (pids.len() * size_of::<i32>()) as i32;
+    // SAFETY: the buffer holds `bytes` bytes.
+    let n = unsafe { libc::proc_listallpids(pids.as_mut_ptr().cast(), bytes) };
+    if n <= 0 {
+        return Err(last_error());
+    }
+    pids.truncate(n as usize);
+    pids.retain(|&p| p > 0);
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// PROC_PIDTBSDINFO: name, status, start time, controlling terminal, flags.
+pub fn bsd_info(pid: i32) -> io::Result<ffi::ProcBsdInfo> {
+    let mut info = ffi::ProcBsdInfo::default();
+    let size = size_of::<ffi::ProcBsdInfo>() as i32;
+    // SAFETY: `info` is a valid buffer of `size` bytes.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            ffi::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut ffi::ProcBsdInfo).cast(),
+            size,
+        )
+    };
+    if n != size {
+        return Err(last_error());
+    }
+    Ok(info)
+}
+
+/// PROC_PIDARCHINFO (private flavor): cpu type and subtype of the process's executable.
+pub fn arch_info(pid: i32) -> io::Result<ffi::ProcArchInfo> {
+    let mut info = ffi::ProcArchInfo::default();
+    let size = size_of::<ffi::ProcArchInfo>() as i32;
+    // SAFETY: `info` is a valid buffer of `size` bytes.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            ffi::PROC_PIDARCHINFO,
+            0,
+            (&mut info as *mut ffi::ProcArchInfo).cast(),
+            size,
+        )
+    };
+    if n != size {
+        return Err(last_error());
+    }
+    Ok(info)
+}
+
+/// Every fd of the process with its type.
+pub fn list_fds(pid: i32) -> io::Result<Vec<ffi::ProcFdInfo>> {
+    let entry = size_of::<ffi::ProcFdInfo>();
+    // SAFETY: a null buffer asks for the size needed.
+    let need = unsafe { libc::proc_pidinfo(pid, ffi::PROC_PIDLISTFDS, 0, std::ptr::null_mut(), 0) };
+    if need <= 0 {
+        return Err(last_error());
+    }
+    let mut fds = vec![ffi::ProcFdInfo::default(); need as usize / entry + 32];
+    let bytes = (fds.len() * entry) as i32;
+    // SAFETY: the buffer holds `bytes` bytes.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            ffi::PROC_PIDLISTFDS,
+            0,
+            fds.as_mut_ptr().cast(),
+            bytes,
+        )
+    };
+    if n <= 0 {
+        return Err(last_error());
+    }
+    fds.truncate(n as usize / entry);
+    Ok(fds)
+}
+
+/// PROC_PIDFDVNODEPATHINFO for one fd: its file status flags, the vnode's stat and path.
+pub fn vnode_path_info(pid: i32, fd: i32) -> io::Result<ffi::VnodeFdInfoWithPath> {
+    let mut info = ffi::VnodeFdInfoWithPath::default();
+    let size = size_of::<ffi::VnodeFdInfoWithPath>() as i32;
+    // SAFETY: `info` is a valid buffer of `size` bytes.
+    let n = unsafe {
+        libc::proc_pidfdinfo(
+            pid,
+            fd,
+            ffi::PROC_PIDFDVNODEPATHINFO,
+            (&mut info as *mut ffi::VnodeFdInfoWithPath).cast::<c_void>(),
+            size,
+        )
+    };
+    if n != size {
+        return Err(last_error());
+    }
+    Ok(info)
+}
+
+/// The knotes of kqueue `kq` of the process (`kq` = -1: its workqueue kqueue, where libdispatch
+/// sources live).
+pub fn kqueue_knotes(pid: i32, kq: i32) -> io::Result<Vec<ffi::KeventExtinfo>> {
+    let entry = size_of::<ffi::KeventExtinfo>();
+    let mut cap = 64usize;
+    loop {
+        let mut buf = vec![ffi::KeventExtinfo::default(); cap];
+        // a knote count of 0 and a failure both return 0: tell them apart by errno
+        clear_errno();
+        // SAFETY: the buffer holds `cap` records; the call returns how many knotes there are
+        // (possibly more than fit).
+        let n = unsafe {
+            libc::proc_pidfdinfo(
+                pid,
+                kq,
+                ffi::PROC_PIDFDKQUEUE_EXTINFO,
+                buf.as_mut_ptr().cast::<c_void>(),
+                (cap * entry) as i32,
+            )
+        };
+        if n < 0 {
+            return Err(last_error());
+        }
+        if n == 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(0) | None => Ok(Vec::new()),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        if n <= cap || cap >= ffi::PROC_PIDFDKQUEUE_KNOTES_MAX {
+            buf.truncate(n.min(cap));
+            return Ok(buf);
+        }
+        cap = n.next_power_of_two().min(ffi::PROC_PIDFDKQUEUE_KNOTES_MAX);
+    }
+}
+
+/// The path of the process's executable.
+pub fn exe_path(pid: i32) -> Option<String> {
+    let mut buf = vec![0u8; 4 * ffi::MAXPATHLEN];
+    // SAFETY: the buffer holds its length.
+    let n = unsafe { libc::proc_pidpath(pid, buf.as_mut_ptr().cast(), buf.len() as u32) };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+extern "C" {
+    /// bsd/sys/codesign.h (not in libc): code-signing operations on a process.
+    fn csops(pid: i32, ops: u32, useraddr: *mut c_void, usersize: usize) -> i32;
+}
+
+/// The process's code-signing status flags (CS_*).
+pub fn codesign_flags(pid: i32) -> Option<u32> {
+    let mut flags = 0u32;
+    // SAFETY: CS_OPS_STATUS writes one u32.
+    let r = unsafe {
+        csops(
+            pid,
+            ffi::CS_OPS_STATUS,
+            (&mut flags as *mut u32).cast(),
+            size_of::<u32>(),
+        )
+    };
+    (r == 0).then_some(flags)
+}
+
+/// Whether ptyreap itself runs translated by Rosetta (`sysctl.proc_translated`).
+pub fn self_translated() -> bool {
+    let mut value: i32 = 0;
+    let mut len = size_of::<i32>();
+    // SAFETY: the name is NUL-terminated; the value is one int.
+    let r = unsafe {
+        libc::sysctlbyname(
+            c"sysctl.proc_translated".as_ptr(),
+            (&mut value as *mut i32).cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    r == 0 && value == 1
+}
+
+/// An integer sysctl by name.
+pub fn sysctl_int(name: &std::ffi::CStr) -> Option<i64> {
+    let mut value = [0u8; 8];
+    let mut len = value.len();
+    // SAFETY: the buffer holds 8 bytes; the kernel writes `len` of them.
+    let r = unsafe {
+        libc::sysctlbyname(
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    match (r, len) {
+        (0, 4) => Some(i32::from_ne_bytes([value[0], value[1], value[2], value[3]]) as i64),
+        (0, 8) => Some(i64::from_ne_bytes(value)),
+        _ => None,
+    }
+}

@@ -1,0 +1,343 @@
+//! Mach ports with owners: every right we receive (task port, thread ports, our exception port)
+//! lives in a guard that deallocates it on drop, and the app's suspended threads live in a guard
+//! that resumes them on drop — so no path out of the reaper, error or panic, leaves a port leaked
+//! or a thread of the app suspended.
+
+use super::ffi;
+use super::logic::SharedCache;
+use mach2::kern_return::{kern_return_t, KERN_SUCCESS};
+use mach2::mach_types::{task_t, thread_act_t};
+use mach2::message::mach_msg_type_number_t;
+use mach2::port::{mach_port_t, MACH_PORT_NULL};
+use mach2::traps::mach_task_self;
+use std::time::{Duration, Instant};
+
+extern "C" {
+    // osfmk/mach/task.defs and thread_act.defs; mach2 0.4 lacks them.
+    pub fn thread_create(parent_task: task_t, child_act: *mut thread_act_t) -> kern_return_t;
+    pub fn thread_terminate(target_act: thread_act_t) -> kern_return_t;
+    // osfmk/mach/mach_traps.h
+    pub fn pid_for_task(task: mach_port_t, pid: *mut i32) -> kern_return_t;
+}
+
+/// A send right (task or thread port) we own.
+#[derive(Debug)]
+pub struct Port(pub mach_port_t);
+
+impl Port {
+    pub fn name(&self) -> mach_port_t {
+        self.0
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        if self.0 != MACH_PORT_NULL {
+            // SAFETY: we own this right in our own space.
+            unsafe { mach2::mach_port::mach_port_deallocate(mach_task_self(), self.0) };
+        }
+    }
+}
+
+/// A port we receive on, with one send right of ours for handing out.
+#[derive(Debug)]
+pub struct ReceivePort(mach_port_t);
+
+impl ReceivePort {
+    pub fn new() -> Result<ReceivePort, kern_return_t> {
+        let mut name: mach_port_t = MACH_PORT_NULL;
+        // SAFETY: out-pointer to a port name in our space.
+        let kr = unsafe {
+            mach2::mach_port::mach_port_allocate(
+                mach_task_self(),
+                mach2::port::MACH_PORT_RIGHT_RECEIVE,
+                &mut name,
+            )
+        };
+        if kr != KERN_SUCCESS {
+            return Err(kr);
+        }
+        let port = ReceivePort(name);
+        // SAFETY: we hold the receive right of `name`.
+        let kr = unsafe {
+            mach2::mach_port::mach_port_insert_right(
+                mach_task_self(),
+                name,
+                name,
+                mach2::message::MACH_MSG_TYPE_MAKE_SEND,
+            )
+        };
+        if kr != KERN_SUCCESS {
+            return Err(kr); // drop releases the receive right
+        }
+        Ok(port)
+    }
+
+    pub fn name(&self) -> mach_port_t {
+        self.0
+    }
+}
+
+impl Drop for ReceivePort {
+    fn drop(&mut self) {
+        // SAFETY: our own send and receive rights; a send right may already be gone if insert
+        // failed, then the first call fails harmlessly.
+        unsafe {
+            mach2::mach_port::mach_port_deallocate(mach_task_self(), self.0);
+            mach2::mach_port::mach_port_mod_refs(
+                mach_task_self(),
+                self.0,
+                mach2::port::MACH_PORT_RIGHT_RECEIVE,
+                -1,
+            );
+        }
+    }
+}
+
+/// The target's task port, or the kern_return_t macOS refused it with.
+pub fn task_for_pid(pid: i32) -> Result<Port, kern_return_t> {
+    let mut task: mach_port_t = MACH_PORT_NULL;
+    // SAFETY: out-pointer to a port name.
+    let kr = unsafe { mach2::traps::task_for_pid(mach_task_self(), pid, &mut task) };
+    if kr != KERN_SUCCESS {
+        return Err(kr);
+    }
+    Ok(Port(task))
+}
+
+/// The pid a task port stands for (it must still be our target: pids are reused).
+pub fn pid_of(task: &Port) -> Option<i32> {
+    let mut pid = 0;
+    // SAFETY: out-pointer to an int.
+    let kr = unsafe { pid_for_task(task.name(), &mut pid) };
+    (kr == KERN_SUCCESS).then_some(pid)
+}
+
+/// Every thread of the task, as ports we own.
+pub fn threads(task: &Port) -> Result<Vec<Port>, kern_return_t> {
+    let mut list: *mut thread_act_t = std::ptr::null_mut();
+    let mut count: mach_msg_type_number_t = 0;
+    // SAFETY: out-pointers; the kernel maps the array into our space.
+    let kr = unsafe { mach2::task::task_threads(task.name(), &mut list, &mut count) };
+    if kr != KERN_SUCCESS {
+        return Err(kr);
+    }
+    // SAFETY: the kernel gave us `count` thread names at `list`.
+    let ports = unsafe { std::slice::from_raw_parts(list, count as usize) }
+        .iter()
+        .map(|&t| Port(t))
+        .collect();
+    // SAFETY: the array was allocated in our space by the call above.
+    unsafe {
+        mach2::vm::mach_vm_deallocate(
+            mach_task_self(),
+            list as u64,
+            (count as usize * std::mem::size_of::<thread_act_t>()) as u64,
+        )
+    };
+    Ok(ports)
+}
+
+/// Reads `buf.len()` bytes of the task's memory at `addr`.
+pub fn read_memory(task: &Port, addr: u64, buf: &mut [u8]) -> Result<(), kern_return_t> {
+    read_memory_of(task.name(), addr, buf)
+}
+
+fn read_memory_of(task: mach_port_t, addr: u64, buf: &mut [u8]) -> Result<(), kern_return_t> {
+    let mut got: u64 = 0;
+    // SAFETY: `buf` is ours and holds its length.
+    let kr = unsafe {
+        mach2::vm::mach_vm_read_overwrite(
+            task,
+            addr,
+            buf.len() as u64,
+            buf.as_mut_ptr() as u64,
+            &mut got,
+        )
+    };
+    match kr {
+        KERN_SUCCESS if got == buf.len() as u64 => Ok(()),
+        KERN_SUCCESS => Err(mach2::kern_return::KERN_INVALID_ADDRESS),
+        kr => Err(kr),
+    }
+}
+
+/// The shared cache a task maps, from its `dyld_all_image_infos` (TASK_DYLD_INFO). `task` may be
+/// our own (`mach_task_self()`), to compare.
+pub fn shared_cache(task: mach_port_t) -> Option<SharedCache> {
+    let mut info = ffi::TaskDyldInfo::default();
+    let mut count = ffi::TASK_DYLD_INFO_COUNT;
+    // SAFETY: `info` holds TASK_DYLD_INFO_COUNT words.
+    let kr = unsafe {
+        mach2::task::task_info(
+            task,
+            ffi::TASK_DYLD_INFO,
+            (&mut info as *mut ffi::TaskDyldInfo).cast(),
+            &mut count,
+        )
+    };
+    if kr != KERN_SUCCESS || { info.all_image_info_format } != ffi::TASK_DYLD_ALL_IMAGE_INFO_64 {
+        return None;
+    }
+    let mut raw = [0u8; std::mem::size_of::<ffi::DyldAllImageInfosHead>()];
+    read_memory_of(task, info.all_image_info_addr, &mut raw).ok()?;
+    // SAFETY: `raw` holds exactly one head; read_unaligned copes with its alignment.
+    let head: ffi::DyldAllImageInfosHead = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+    SharedCache::from_head(&head)
+}
+
+/// The protection of the region holding `addr`, or None when no region holds it.
+pub fn protection_at(task: &Port, addr: u64) -> Option<i32> {
+    use mach2::vm_region::{vm_region_basic_info_64, VM_REGION_BASIC_INFO_64};
+    let mut address = addr;
+    let mut size: u64 = 0;
+    // SAFETY: zeroed plain-data out-buffer.
+    let mut info: vm_region_basic_info_64 = unsafe { std::mem::zeroed() };
+    let mut count = vm_region_basic_info_64::count();
+    let mut object: mach_port_t = MACH_PORT_NULL;
+    // SAFETY: valid out-pointers for this flavor.
+    let kr = unsafe {
+        mach2::vm::mach_vm_region(
+            task.name(),
+            &mut address,
+            &mut size,
+            VM_REGION_BASIC_INFO_64,
+            (&mut info as *mut vm_region_basic_info_64).cast(),
+            &mut count,
+            &mut object,
+        )
+    };
+    if object != MACH_PORT_NULL {
+        drop(Port(object));
+    }
+    // mach_vm_region returns the first region at or above `addr`
+    (kr == KERN_SUCCESS && address <= addr && addr < address + size).then_some(info.protection)
+}
+
+/// The app's threads, each suspended once by us (`thread_suspend`, not `task_suspend`: a
+/// suspended task would hold the thread we create in it too). Drop resumes them.
+pub struct Suspension {
+    threads: Vec<Port>,
+    started: Option<Instant>,
+    resumed: bool,
+}
+
+impl Suspension {
+    /// Suspends every thread of the task, re-listing until no new thread appears (a running
+    /// thread may create one between the listing and its suspension). Gives up after `limit`.
+    pub fn all(task: &Port, limit: Duration) -> Result<Suspension, String> {
+        let deadline = Instant::now() + limit;
+        let mut held = Suspension {
+            threads: Vec::new(),
+            started: None,
+            resumed: false,
+        };
+        loop {
+            let listed = threads(task).map_err(|kr| {
+                format!(
+                    "cannot list the target's threads: {}",
+                    super::logic::kern_name(kr)
+                )
+            })?;
+            let mut new = 0;
+            for t in listed {
+                if held.threads.iter().any(|h| h.name() == t.name()) {
+                    continue; // same name: the same thread (drop releases the extra reference)
+                }
+                // SAFETY: a thread port we own.
+                let kr = unsafe { mach2::thread_act::thread_suspend(t.name()) };
+                match kr {
+                    KERN_SUCCESS => {
+                        held.started.get_or_insert_with(Instant::now);
+                        held.threads.push(t);
+                        new += 1;
+                    }
+                    // exited meanwhile
+                    mach2::kern_return::KERN_TERMINATED
+                    | mach2::kern_return::KERN_INVALID_ARGUMENT => {}
+                    kr => {
+                        return Err(format!(
+                            "cannot suspend a thread of the target: {}",
+                            super::logic::kern_name(kr)
+                        ))
+                    }
+                }
+            }
+            if new == 0 {
+                return Ok(held);
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    "the target keeps creating threads: could not suspend them all in time".into(),
+                );
+            }
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Resumes every thread; returns how long the first one was suspended.
+    pub fn resume(mut self) -> Duration {
+        self.resume_all();
+        self.started.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    fn resume_all(&mut self) {
+        if self.resumed {
+            return;
+        }
+        self.resumed = true;
+        for t in &self.threads {
+            // SAFETY: a thread we suspended once; a thread that exited meanwhile just errs.
+            unsafe { mach2::thread_act::thread_resume(t.name()) };
+        }
+    }
+}
+
+impl Drop for Suspension {
+    fn drop(&mut self) {
+        self.resume_all();
+    }
+}
+
+/// A thread of ours in the target: terminated (and its port released) on drop, whatever
+/// happened to it.
+pub struct RemoteThread {
+    port: Port,
+    terminated: bool,
+}
+
+impl RemoteThread {
+    pub fn create(task: &Port) -> Result<RemoteThread, kern_return_t> {
+        let mut th: thread_act_t = MACH_PORT_NULL;
+        // SAFETY: out-pointer; the new thread starts suspended.
+        let kr = unsafe { thread_create(task.name(), &mut th) };
+        if kr != KERN_SUCCESS {
+            return Err(kr);
+        }
+        Ok(RemoteThread {
+            port: Port(th),
+            terminated: false,
+        })
+    }
+
+    pub fn name(&self) -> thread_act_t {
+        self.port.name()
+    }
+
+    pub fn terminate(&mut self) {
+        if !self.terminated {
+            self.terminated = true;
+            // SAFETY: our own thread in the target.
+            unsafe { thread_terminate(self.port.name()) };
+        }
+    }
+}
+
+impl Drop for RemoteThread {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}

@@ -1,0 +1,50 @@
+//! macOS backend: libproc for the census and the evidence, the Mach task APIs for reaping.
+//!
+//! Why these APIs: macOS has no /proc and no pidfd_getfd, so nothing outside a process can hold
+//! a copy of its fds. libproc (`proc_pidinfo`, `proc_pidfdinfo`) describes every fd of every
+//! process of the same user (all of them as root) without a task port: vnode path and rdev tell a
+//! master (`/dev/ptmx`, minor = PTY index) and a slave (`/dev/ttysNNN`), and the knotes of the
+//! target's kqueues tell whether its event loop still watches a master. Releasing an fd needs the
+//! target itself to call close() or dup2(): with its task port we suspend its threads, create a
+//! thread of ours in it that starts at libsystem's function and returns into an unmapped
+//! sentinel, catch that fault on an exception port of ours, read the result and terminate the
+//! thread. No memory of the app's is written and no code is injected (the hardened runtime would
+//! forbid it anyway).
+//!
+//! macOS refuses task ports for hardened-runtime apps while System Integrity Protection is on,
+//! even to root: that case is reported plainly (`logic::task_port_refusal`) with what the user
+//! can do, and the census and dry runs keep working.
+//!
+//! Layout: `ffi` (kernel structures, fixed-width), `logic` (pure decisions and messages) and
+//! `arch` (thread states) build on every OS so their tests run on Linux; the rest is macOS only.
+
+// On other systems only the tests use the layouts and pure logic.
+#![cfg_attr(not(target_os = "macos"), allow(dead_code))]
+
+pub mod arch;
+pub mod ffi;
+pub mod logic;
+
+#[cfg(target_os = "macos")]
+mod inject;
+#[cfg(target_os = "macos")]
+mod inspect;
+#[cfg(target_os = "macos")]
+mod libproc;
+#[cfg(target_os = "macos")]
+mod mach;
+#[cfg(target_os = "macos")]
+mod reap;
+#[cfg(target_os = "macos")]
+mod scan;
+#[cfg(target_os = "macos")]
+mod target;
+
+#[cfg(target_os = "macos")]
+pub use inspect::inspect;
+#[cfg(target_os = "macos")]
+pub use reap::reap;
+#[cfg(target_os = "macos")]
+pub use scan::snapshot;
+#[cfg(target_os = "macos")]
+pub use target::{open as open_target, processes_named, Target};

@@ -1,0 +1,441 @@
+//! Reaping on macOS: DESIGN.md's safety protocol with the Mach task APIs.
+//!
+//! 1. Signals that would kill us are blocked until the end: dying inside the window would leave
+//!    the app's threads suspended.
+//! 2. The task port (`task_for_pid`; refusals explained by `logic::task_port_refusal`), checked to
+//!    still be our pid with the same start time. The target must be plain arm64/x86_64 like us
+//!    (not arm64e, not Rosetta), map the same dyld shared cache at the same slide, and hold
+//!    libsystem's close/dup2 at our addresses with our bytes.
+//! 3. Every thread of the app is suspended with `thread_suspend` (re-listing until no new one
+//!    appears); `task_suspend` would also hold the thread we create.
+//! 4. Inside the suspension every planned fd is re-verified with libproc: still the same PTY
+//!    master, not guarded; a stale one still silent; a pair's slave fds still that PTY's slave;
+//!    the merge keeper and the /dev/null source still what they were. Anything else: `changed`.
+//! 5. Each release is one call on a fresh thread of ours (`inject.rs`), with a time-out; a
+//!    time-out stops the remaining calls.
+//! 6. The app's threads are resumed (the guard does it on every path), every port released, and
+//!    each result checked again from outside.
+//!
+//! A thread that was inside a system call when suspended finishes it in the kernel and is held
+//! on its way back to user space: the app runs none of its own code while we work.
+
+use super::ffi;
+use super::inject::{CallError, Function, Injector};
+use super::inspect::slave_last_io;
+use super::libproc;
+use super::logic::{self, Arch, RefusalContext, TargetCode};
+use super::mach::{self, Suspension};
+use super::scan::Devfs;
+use super::target::{self, Target};
+use crate::exit_code::UserError;
+use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
+use crate::plan;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+/// How long one call may take before we give up on it (a close returns in microseconds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long suspending every thread may take.
+const SUSPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
+    let planned: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
+        .collect();
+    if planned.is_empty() {
+        finish_kept(rows);
+        return Ok(Duration::ZERO);
+    }
+    let _blocked = SignalBlock::new();
+    let nothing = |why: String| {
+        UserError::failure(format!(
+            "pid {} ({}): {why}; nothing was changed",
+            target.pid, target.name
+        ))
+    };
+
+    // 2. the task port, and whether a call can run in this target at all
+    let task = match mach::task_for_pid(target.pid) {
+        Ok(task) => task,
+        Err(_) if !target.still_alive() => return Err(target::no_such(target.pid)),
+        Err(kr) => {
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "ptyreap".into());
+            let flags = libproc::codesign_flags(target.pid).unwrap_or(0);
+            let ctx = RefusalContext {
+                pid: target.pid,
+                name: &target.name,
+                exe: &exe,
+                platform_binary: flags & ffi::CS_PLATFORM_BINARY != 0,
+            };
+            let why = logic::task_port_refusal(kr, target::is_root(), &ctx)
+                .unwrap_or_else(|| logic::kern_name(kr));
+            return Err(UserError::failure(why));
+        }
+    };
+    if mach::pid_of(&task) != Some(target.pid) || !target.still_alive() {
+        return Err(target::no_such(target.pid));
+    }
+    let info = libproc::bsd_info(target.pid).map_err(|_| target::no_such(target.pid))?;
+    if info.pbi_status == 4 {
+        // SSTOP: the task is suspended as a whole, so a thread of ours would never run
+        return Err(nothing(
+            "it is stopped (SIGSTOP or a debugger): continue it first (kill -CONT)".into(),
+        ));
+    }
+    let arch = libproc::arch_info(target.pid)
+        .map_err(|e| nothing(format!("cannot read its architecture: {e}")))?;
+    let code = TargetCode {
+        cputype: arch.p_cputype,
+        cpusubtype: arch.p_cpusubtype,
+        rosetta: info.pbi_flags & ffi::PROC_FLAG_ROSETTA != 0,
+        self_translated: libproc::self_translated(),
+    };
+    if let Some(why) = logic::arch_refusal(Arch::ours(), &code, target.pid, &target.name) {
+        return Err(UserError::failure(why));
+    }
+    // SAFETY: reads our own task port's name (not a right we must release).
+    let ours = mach::shared_cache(unsafe { mach2::traps::mach_task_self() });
+    let theirs = mach::shared_cache(task.name());
+    if let Some(why) = logic::shared_cache_mismatch(ours, theirs, target.pid, &target.name) {
+        return Err(UserError::failure(why));
+    }
+    let close = Function::ours(&[c"close$NOCANCEL", c"close"]).map_err(nothing)?;
+    let dup2 = Function::ours(&[c"dup2"]).map_err(nothing)?;
+
+    // the sources of dup2: the merge keeper and a /dev/null the target already has open
+    let keeper = plan::merge_keeper(rows);
+    let devnull_rdev = std::fs::metadata("/dev/null")
+        .map(|m| m.rdev() as u32)
+        .ok();
+    let wants_devnull = planned
+        .iter()
+        .any(|&i| rows[i].method == Some(Method::Devnull));
+    let devnull = if wants_devnull {
+        find_devnull(target.pid, devnull_rdev)
+    } else {
+        None
+    };
+    if wants_devnull && devnull.is_none() {
+        for &i in &planned {
+            if rows[i].method == Some(Method::Devnull) {
+                rows[i].result = Some(Outcome::Failed);
+                rows[i].detail = Some(
+                    "the target has no /dev/null open to dup2 from, and ptyreap writes no \
+                     memory in it to open one: use --method close or merge"
+                        .into(),
+                );
+            }
+        }
+    }
+    let planned: Vec<usize> = planned
+        .into_iter()
+        .filter(|&i| rows[i].result.is_none())
+        .collect();
+    if planned.is_empty() {
+        finish_kept(rows);
+        return Ok(Duration::ZERO);
+    }
+
+    let injector = Injector::new(
+        &task,
+        (target.pid, &target.name),
+        &[close, dup2],
+        CALL_TIMEOUT,
+    )
+    .map_err(nothing)?;
+    let devfs = Devfs::read();
+
+    // 3. suspend the app's threads
+    let suspension = Suspension::all(&task, SUSPEND_TIMEOUT).map_err(nothing)?;
+    if !target.still_alive() {
+        drop(suspension);
+        return Err(target::no_such(target.pid));
+    }
+
+    // 4. re-verify inside the suspension
+    let mut go: Vec<usize> = Vec::new();
+    for &i in &planned {
+        match verify(target.pid, &rows[i], &devfs) {
+            Ok(()) => go.push(i),
+            Err(why) => {
+                rows[i].result = Some(Outcome::Changed);
+                rows[i].detail = Some(why);
+            }
+        }
+    }
+    if let Some(fd) = keeper {
+        if let Err(why) = verify_keeper(target.pid, fd, rows, &devfs) {
+            for &i in &go {
+                if rows[i].method == Some(Method::Merge) {
+                    rows[i].result = Some(Outcome::Changed);
+                    rows[i].detail = Some(why.clone());
+                }
+            }
+            go.retain(|&i| rows[i].method != Some(Method::Merge));
+        }
+    }
+    if let Some(fd) = devnull {
+        if !is_devnull(target.pid, fd, devnull_rdev) {
+            for &i in &go {
+                if rows[i].method == Some(Method::Devnull) {
+                    rows[i].result = Some(Outcome::Changed);
+                    rows[i].detail = Some(format!("fd {fd} of the target is no longer /dev/null"));
+                }
+            }
+            go.retain(|&i| rows[i].method != Some(Method::Devnull));
+        }
+    }
+
+    // 5. release, one call per fd (and per slave fd of a pair)
+    let mut stop_all: Option<String> = None;
+    for &i in &go {
+        if let Some(why) = &stop_all {
+            rows[i].result = Some(Outcome::Failed);
+            rows[i].detail = Some(format!("not attempted: {why}"));
+            continue;
+        }
+        let row = &rows[i];
+        let method = row.method.unwrap_or(Method::Close);
+        let fds: Vec<i32> = std::iter::once(row.evidence.fd)
+            .chain(row.evidence.target_slave_fds.iter().copied())
+            .collect();
+        let mut failure: Option<String> = None;
+        for fd in fds {
+            let result = match method {
+                Method::Close => injector.call(close, &[fd as u64]),
+                Method::Merge => match keeper {
+                    Some(k) => injector.call(dup2, &[k as u64, fd as u64]),
+                    None => Err(CallError::Mach("no keeper to merge onto".into())),
+                },
+                Method::Devnull => match devnull {
+                    Some(n) => injector.call(dup2, &[n as u64, fd as u64]),
+                    None => Err(CallError::Mach("no /dev/null source".into())),
+                },
+            };
+            // close returns 0, dup2 the new fd (the int in the low 32 bits of the register)
+            let expected = if method == Method::Close { 0 } else { fd };
+            match result {
+                Ok(v) if v as i32 == expected => {}
+                Ok(v) => {
+                    failure = Some(format!(
+                        "{}({fd}) returned {}",
+                        fn_name(method),
+                        v as i32
+                    ));
+                    break;
+                }
+                Err(e @ (CallError::TimedOut | CallError::Refused(_) | CallError::Mach(_))) => {
+                    let why = format!("{}({fd}): {e}", fn_name(method));
+                    stop_all = Some(why.clone());
+                    failure = Some(why);
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!("{}({fd}): {e}", fn_name(method)));
+                    break;
+                }
+            }
+        }
+        let row = &mut rows[i];
+        match failure {
+            None => row.result = Some(Outcome::Closed),
+            Some(why) => {
+                row.result = Some(Outcome::Failed);
+                row.detail = Some(why);
+            }
+        }
+    }
+
+    // 6. resume, release, check from outside
+    let stopped_for = suspension.resume();
+    drop(injector);
+    drop(task);
+    verify_after(target.pid, rows, keeper, devnull_rdev, &devfs);
+    finish_kept(rows);
+    Ok(stopped_for)
+}
+
+fn unsafe_task_self() -> mach2::port::mach_port_t {
+    // SAFETY: reads the process's own task port name.
+    unsafe { mach2::traps::mach_task_self() }
+}
+
+fn fn_name(method: Method) -> &'static str {
+    match method {
+        Method::Close => "close",
+        Method::Merge | Method::Devnull => "dup2",
+    }
+}
+
+/// Rows that were never planned are `kept`.
+fn finish_kept(rows: &mut [MasterRow]) {
+    for r in rows.iter_mut().filter(|r| r.result.is_none()) {
+        r.result = Some(Outcome::Kept);
+    }
+}
+
+/// What fd `fd` of `pid` is now: the PTY master index, unguarded.
+fn master_index(pid: i32, fd: i32, devfs: &Devfs) -> Result<u32, String> {
+    let v = libproc::vnode_path_info(pid, fd).map_err(|e| format!("fd {fd} is gone ({e})"))?;
+    if v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0 {
+        return Err(format!("fd {fd} is now guarded"));
+    }
+    let st = v.pvip.vip_vi.vi_stat;
+    match logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
+        logic::VnodeKind::Master { index } => Ok(index),
+        _ => Err(format!("fd {fd} is no longer a PTY master")),
+    }
+}
+
+/// Still the same PTY master, not guarded; a stale one still silent; a pair's slave fds still
+/// that PTY's slave.
+fn verify(pid: i32, row: &MasterRow, devfs: &Devfs) -> Result<(), String> {
+    let ev = &row.evidence;
+    let fd = ev.fd;
+    let expected = ev.pty.ok_or_else(|| format!("fd {fd}: PTY unknown"))?;
+    let index = master_index(pid, fd, devfs)?;
+    if index != expected.index {
+        return Err(format!("fd {fd} is now PTY {index}"));
+    }
+    if row.judgement.verdict == Verdict::Stale {
+        let now = slave_last_io(&logic::slave_path(index), devfs.slave_rdev(index));
+        if now.is_some_and(|t| Some(t) > ev.last_io) {
+            return Err("its session is no longer silent".into());
+        }
+    }
+    for &sfd in &ev.target_slave_fds {
+        let v = libproc::vnode_path_info(pid, sfd)
+            .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
+        let st = v.pvip.vip_vi.vi_stat;
+        let kind = logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
+        if kind != (logic::VnodeKind::Slave { index }) || v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0
+        {
+            return Err(format!("fd {sfd} is no longer this PTY's slave"));
+        }
+    }
+    Ok(())
+}
+
+/// The keeper must still be one of the target's masters, and one being kept.
+fn verify_keeper(pid: i32, keeper: i32, rows: &[MasterRow], devfs: &Devfs) -> Result<(), String> {
+    let row = rows
+        .iter()
+        .find(|r| r.evidence.fd == keeper)
+        .ok_or_else(|| format!("the merge keeper fd {keeper} is not among the target's masters"))?;
+    let index = master_index(pid, keeper, devfs)
+        .map_err(|why| format!("the merge keeper: {why}"))?;
+    if row.evidence.pty.map(|p| p.index) != Some(index) {
+        return Err(format!("the merge keeper fd {keeper} is now PTY {index}"));
+    }
+    Ok(())
+}
+
+/// A /dev/null fd the target already has open (unguarded), to dup2 from.
+fn find_devnull(pid: i32, rdev: Option<u32>) -> Option<i32> {
+    libproc::list_fds(pid)
+        .ok()?
+        .into_iter()
+        .filter(|f| f.proc_fdtype == ffi::PROX_FDTYPE_VNODE)
+        .map(|f| f.proc_fd)
+        .find(|&fd| is_devnull(pid, fd, rdev))
+}
+
+fn is_devnull(pid: i32, fd: i32, rdev: Option<u32>) -> bool {
+    let Some(rdev) = rdev else { return false };
+    libproc::vnode_path_info(pid, fd).is_ok_and(|v| {
+        let st = v.pvip.vip_vi.vi_stat;
+        v.path() == "/dev/null"
+            && st.vst_rdev == rdev
+            && v.pfi.fi_status & ffi::PROC_FP_GUARDED == 0
+    })
+}
+
+/// From outside, after resuming: a closed fd must be gone (or no longer that PTY: the app may
+/// already have reused the number), a merged one now the keeper's PTY, a devnull one /dev/null.
+fn verify_after(
+    pid: i32,
+    rows: &mut [MasterRow],
+    keeper: Option<i32>,
+    devnull_rdev: Option<u32>,
+    devfs: &Devfs,
+) {
+    let keeper_pty = keeper.and_then(|k| {
+        rows.iter()
+            .find(|r| r.evidence.fd == k)
+            .and_then(|r| r.evidence.pty)
+    });
+    for r in rows.iter_mut().filter(|r| r.result == Some(Outcome::Closed)) {
+        let fd = r.evidence.fd;
+        let now = libproc::vnode_path_info(pid, fd).ok();
+        let now_index = now.as_ref().and_then(|v| {
+            let st = v.pvip.vip_vi.vi_stat;
+            match logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
+                logic::VnodeKind::Master { index } => Some(index),
+                _ => None,
+            }
+        });
+        let still_ours = now_index.is_some() && now_index == r.evidence.pty.map(|p| p.index);
+        let ok = match r.method.unwrap_or(Method::Close) {
+            Method::Close => !still_ours,
+            Method::Merge => now_index.is_some() && now_index == keeper_pty.map(|p| p.index),
+            Method::Devnull => now.as_ref().is_some_and(|v| {
+                let st = v.pvip.vip_vi.vi_stat;
+                Some(st.vst_rdev) == devnull_rdev
+            }),
+        };
+        if !ok {
+            r.result = Some(Outcome::Failed);
+            r.detail = Some(if still_ours {
+                "still open after the reap".into()
+            } else {
+                "not what the call should have left after the reap".into()
+            });
+        }
+    }
+}
+
+/// Blocks every catchable signal that would end ptyreap until dropped (then restores the mask).
+struct SignalBlock {
+    old: libc::sigset_t,
+}
+
+impl SignalBlock {
+    fn new() -> SignalBlock {
+        // SAFETY: plain sigset manipulation on zeroed sets, then pthread_sigmask on our thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGHUP,
+                libc::SIGQUIT,
+                libc::SIGPIPE,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+                libc::SIGALRM,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+                libc::SIGXCPU,
+                libc::SIGXFSZ,
+                libc::SIGVTALRM,
+                libc::SIGPROF,
+            ] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SignalBlock { old }
+        }
+    }
+}
+
+impl Drop for SignalBlock {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}

@@ -1,0 +1,112 @@
+//! Turning a pid into a target we may inspect. macOS has no pidfd: a target is pinned by its pid
+//! and start time (PROC_PIDTBSDINFO), re-checked before anything is changed in it.
+
+use super::ffi;
+use super::libproc;
+use crate::exit_code::UserError;
+
+#[derive(Debug)]
+pub struct Target {
+    pub pid: i32,
+    pub name: String,
+    /// Start time (seconds, microseconds): with the pid, the process's identity.
+    pub start: (u64, u64),
+    pub uid: u32,
+}
+
+impl Target {
+    /// Whether `pid` is still this process (not exited, not reused).
+    pub fn still_alive(&self) -> bool {
+        libproc::bsd_info(self.pid).is_ok_and(|i| {
+            (i.pbi_start_tvsec, i.pbi_start_tvusec) == self.start && i.pbi_status != ffi::SZOMB
+        })
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn no_such(pid: i32) -> UserError {
+    UserError::failure(format!(
+        "no process with pid {pid}: it may have exited; run `ptyreap` to list PTY holders"
+    ))
+}
+
+pub fn not_permitted(pid: i32, name: &str) -> UserError {
+    let hint = if is_root() {
+        "even as root: a sandbox or security policy denies it"
+    } else {
+        "it belongs to another user: run it as root (sudo ptyreap ...)"
+    };
+    UserError::failure(format!(
+        "not permitted to inspect pid {pid} ({name}): {hint}"
+    ))
+}
+
+pub fn open(pid: i32) -> Result<Target, UserError> {
+    if pid <= 0 {
+        return Err(UserError::failure(format!(
+            "{pid} is not a process id: give a positive pid (see `ptyreap` for the holders)"
+        )));
+    }
+    if pid == std::process::id() as i32 {
+        return Err(UserError::failure(format!(
+            "pid {pid} is ptyreap itself: give the pid of the process that leaks PTYs"
+        )));
+    }
+    let info = match libproc::bsd_info(pid) {
+        Ok(info) => info,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let name = libproc::exe_path(pid)
+                .map(|p| super::scan::file_name(&p))
+                .unwrap_or_else(|| "?".into());
+            return Err(not_permitted(pid, &name));
+        }
+        Err(_) => return Err(no_such(pid)),
+    };
+    let name = info.name();
+    if info.pbi_status == ffi::SZOMB {
+        return Err(UserError::failure(format!(
+            "pid {pid} ({name}) is a zombie: its fds are already closed, so it holds no PTY; \
+             its parent ({}) must reap it",
+            info.pbi_ppid
+        )));
+    }
+    if let Err(e) = libproc::list_fds(pid) {
+        return Err(match e.raw_os_error() {
+            Some(libc::ESRCH) => no_such(pid),
+            _ => not_permitted(pid, &name),
+        });
+    }
+    Ok(Target {
+        pid,
+        name,
+        start: (info.pbi_start_tvsec, info.pbi_start_tvusec),
+        uid: info.pbi_uid,
+    })
+}
+
+/// Every process (but ourselves) whose name (comm or registered name), or whose executable's
+/// file name, is `name`.
+pub fn processes_named(name: &str) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let Ok(pids) = libproc::all_pids() else {
+        return Vec::new();
+    };
+    pids.into_iter()
+        .filter(|&pid| pid != own)
+        .filter(|&pid| {
+            let by_info = libproc::bsd_info(pid).is_ok_and(|i| {
+                i.name() == name || {
+                    let comm = i.pbi_comm;
+                    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+                    &comm[..end] == name.as_bytes()
+                }
+            });
+            by_info
+                || libproc::exe_path(pid).is_some_and(|p| super::scan::file_name(&p) == name)
+        })
+        .collect()
+}
