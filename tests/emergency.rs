@@ -1,0 +1,55 @@
+//! scripts/emergency-recover: run with no terminal in an exhausted (private, max=8) devpts
+//! instance, it ends with a PTY openable again, says what it did, and exits 0; run when PTYs stay
+//! exhausted (nothing it may reap), it exits 1.
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use support::{fixture_in_namespace_of, Fixture};
+
+fn emergency(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emergency-recover"));
+    cmd.args(args)
+        .args(["--ptyreap", env!("CARGO_BIN_EXE_ptyreap")])
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1");
+    // SAFETY: setsid between fork and exec: no controlling terminal at all.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.output().expect("running emergency-recover")
+}
+
+#[test]
+fn recovers_an_exhausted_instance_without_a_terminal() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn_private_devpts(&["--orphans", "12", "--allow-partial"], 8);
+    assert_eq!(f.ready["partial"], true);
+    assert_ne!(fixture_in_namespace_of(f.pid, &["--new", "1"]), 0, "not exhausted");
+    let out = emergency(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("== before") && text.contains("FULL"), "{text}");
+    assert!(text.contains(&format!("reaping the orphaned masters of pid {}", f.pid)), "{text}");
+    assert!(text.contains("PTYs are available again"), "{text}");
+    assert_eq!(fixture_in_namespace_of(f.pid, &["--new", "1"]), 0, "a PTY opens again");
+}
+
+#[test]
+fn says_so_when_ptys_stay_exhausted() {
+    if !support::require_root() {
+        return;
+    }
+    // live sessions fill the instance: nothing may be reaped
+    let f = Fixture::spawn_private_devpts(&["--live", "4"], 4);
+    let out = emergency(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still exhausted"));
+    assert_eq!(support::ptmx_fds(f.pid).len(), 4);
+}

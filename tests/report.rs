@@ -1,0 +1,113 @@
+//! `ptyreap report`: the bug-report snapshot, validated against its documented schema, and
+//! written safely (0600, never overwriting, never following a planted symlink).
+
+mod support;
+
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use support::{ptyreap, Fixture};
+
+/// The schema documented in README.md ("Bug reports"): key → JSON type.
+fn assert_schema(doc: &Value) {
+    let types = [
+        ("report_version", "number"),
+        ("generated_at", "string"),
+        ("ptyreap_version", "string"),
+        ("process", "object"),
+        ("summary", "object"),
+        ("masters", "array"),
+        ("min_idle_s", "number"),
+        ("system", "object"),
+        ("top_holders", "array"),
+        ("os", "object"),
+    ];
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    for (key, want) in types {
+        assert_eq!(kind(&doc[key]), want, "{key}: {doc}");
+    }
+    let p = &doc["process"];
+    for key in ["pid", "name", "exe", "cmdline", "version", "started_at", "uptime_s"] {
+        assert!(p.get(key).is_some(), "process.{key} missing");
+    }
+    assert!(p["cmdline"].is_array() && p["uptime_s"].is_i64() && p["started_at"].is_string());
+    for key in ["sysname", "release", "version", "machine"] {
+        assert!(doc["os"][key].is_string(), "os.{key}");
+    }
+    for key in ["orphaned", "fresh", "tracked", "merged", "live", "stale", "unknown"] {
+        assert!(doc["summary"]["verdicts"][key].is_u64(), "summary.verdicts.{key}");
+    }
+    for m in doc["masters"].as_array().unwrap() {
+        for key in ["fd", "pty", "devpts", "slave", "verdict", "reason", "last_io", "idle_s", "slave_holders", "watched"] {
+            assert!(m.get(key).is_some(), "masters[].{key}");
+        }
+    }
+}
+
+#[test]
+fn report_is_complete_and_written_0600() {
+    let f = Fixture::spawn(&["--orphans", "2", "--live", "1"]);
+    let dir = support::temp_dir("report");
+    let path = dir.join("report.json");
+    let p = path.to_str().unwrap();
+    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", p]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_schema(&doc);
+    assert_eq!(doc["process"]["pid"], f.pid);
+    assert!(doc["process"]["exe"].as_str().unwrap().ends_with("ptyreap-fixture"));
+    assert_eq!(doc["summary"]["masters"], 3);
+    assert_eq!(doc["summary"]["verdicts"]["live"], 1);
+    assert_eq!(doc["summary"]["verdicts"]["fresh"], 2, "brand-new orphans are fresh at the default 10m");
+    // to stdout as well
+    let out = ptyreap(&["report", "--pid", &f.pid.to_string()]);
+    assert_eq!(out.code, 0);
+    assert_schema(&out.json());
+}
+
+#[test]
+fn report_never_overwrites() {
+    let f = Fixture::spawn(&["--orphans", "1"]);
+    let dir = support::temp_dir("report");
+    let path = dir.join("existing.json");
+    std::fs::write(&path, "precious").unwrap();
+    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", path.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+}
+
+#[test]
+fn report_does_not_follow_a_planted_symlink() {
+    let f = Fixture::spawn(&["--orphans", "1"]);
+    let dir = support::temp_dir("report");
+    let victim = dir.join("victim");
+    let link = dir.join("report.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", link.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(!victim.exists(), "the symlink was followed");
+    // a symlink to an existing file: untouched too
+    std::fs::write(&victim, "precious").unwrap();
+    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", link.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[test]
+fn report_of_a_missing_pid_is_one_line() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let out = ptyreap(&["report", "--pid", &gone.to_string()]);
+    assert_eq!(out.code, 1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
