@@ -9,6 +9,10 @@
 //! `osfmk/mach/arm/_structs.h`, `osfmk/mach/i386/_structs.h`, `osfmk/mach/message.h`,
 //! `osfmk/mach/mach_exc.defs` and `osfmk/kdp/kdp_dyld.h` (the 64-bit `dyld_all_image_infos`).
 
+// A transcription of headers: each build uses the items of its own architecture, and some are
+// declared for the layout tests and the documentation only.
+#![allow(dead_code)]
+
 // ---- bsd/sys/proc_info.h ------------------------------------------------------------------------
 
 /// `proc_listpids` type: every process.

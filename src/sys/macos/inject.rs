@@ -18,7 +18,9 @@ use super::ffi;
 use super::logic::{self, kern_name};
 use super::mach::{self, Port, ReceivePort, RemoteThread};
 use mach2::kern_return::KERN_SUCCESS;
-use mach2::message::{mach_msg, mach_msg_destroy, mach_msg_header_t, MACH_RCV_MSG, MACH_RCV_TIMEOUT};
+use mach2::message::{
+    mach_msg, mach_msg_destroy, mach_msg_header_t, MACH_RCV_MSG, MACH_RCV_TIMEOUT,
+};
 use mach2::port::MACH_PORT_NULL;
 use std::ffi::CStr;
 use std::time::Duration;
@@ -58,7 +60,9 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Refused(why) => f.write_str(why),
-            CallError::TimedOut => f.write_str("the call did not return in time (thread terminated)"),
+            CallError::TimedOut => {
+                f.write_str("the call did not return in time (thread terminated)")
+            }
             CallError::Faulted { pc, exception } => write!(
                 f,
                 "the call failed inside the target (exception {exception} at {pc:#x}: libc's \
@@ -92,7 +96,11 @@ impl Function {
             let found = unsafe { libc::dladdr(addr, &mut info) } != 0 && !info.dli_fname.is_null();
             // SAFETY: dladdr's file name is a NUL-terminated string owned by dyld.
             let image = found
-                .then(|| unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned())
+                .then(|| {
+                    unsafe { CStr::from_ptr(info.dli_fname) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .unwrap_or_default();
             if !image.starts_with("/usr/lib/system/") {
                 return Err(format!(
@@ -144,9 +152,8 @@ impl<'t> Injector<'t> {
                 ));
             }
             let mut theirs = [0u8; 16];
-            mach::read_memory(task, f.addr, &mut theirs).map_err(|kr| {
-                format!("cannot read {} in the target: {}", f.name, kern_name(kr))
-            })?;
+            mach::read_memory(task, f.addr, &mut theirs)
+                .map_err(|kr| format!("cannot read {} in the target: {}", f.name, kern_name(kr)))?;
             // SAFETY: our own function's first 16 bytes (code pages are readable on macOS).
             let ours = unsafe { std::slice::from_raw_parts(f.addr as *const u8, 16) };
             if ours != theirs {
@@ -261,7 +268,10 @@ impl<'t> Injector<'t> {
         unsafe { mach_msg_destroy(header) };
         let last =
             last.map_err(|kr| CallError::Mach(format!("thread_get_state: {}", kern_name(kr))))?;
-        let exception = notice.map(|n| n.exception).unwrap_or(-1);
+        let exception = notice
+            .filter(|n| n.msgh_id == ffi::MACH_EXCEPTION_RAISE_STATE_ID)
+            .map(|n| n.exception)
+            .unwrap_or(-1);
         match returned(&last) {
             Some(value) if exception == ffi::EXC_BAD_ACCESS => Ok(value),
             _ => Err(CallError::Faulted {
@@ -272,12 +282,24 @@ impl<'t> Injector<'t> {
     }
 
     #[cfg(target_arch = "aarch64")]
-    fn prepare(&self, initial: &State, func: u64, args: &[u64], top: u64) -> Result<State, CallError> {
+    fn prepare(
+        &self,
+        initial: &State,
+        func: u64,
+        args: &[u64],
+        top: u64,
+    ) -> Result<State, CallError> {
         Ok(arch::arm64::call_state(initial, func, args, top, SENTINEL))
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn prepare(&self, initial: &State, func: u64, args: &[u64], top: u64) -> Result<State, CallError> {
+    fn prepare(
+        &self,
+        initial: &State,
+        func: u64,
+        args: &[u64],
+        top: u64,
+    ) -> Result<State, CallError> {
         let (state, word) = arch::x86_64::call_state(initial, func, args, top, SENTINEL);
         let bytes = word.value.to_ne_bytes();
         // SAFETY: writes 8 bytes of ours into the stack we allocated in the target.

@@ -37,12 +37,8 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         match libproc::vnode_path_info(pid, m.fd) {
             Ok(v) => {
                 let st = v.pvip.vip_vi.vi_stat;
-                let kind = logic::classify_vnode(
-                    &v.path(),
-                    st.vst_mode,
-                    st.vst_rdev,
-                    devfs.slave_major,
-                );
+                let kind =
+                    logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
                 match kind {
                     logic::VnodeKind::Master { index } if Some(devfs.pty(index)) == m.pty => {}
                     _ => {

@@ -94,15 +94,8 @@ pub fn list_fds(pid: i32) -> io::Result<Vec<ffi::ProcFdInfo>> {
     let mut fds = vec![ffi::ProcFdInfo::default(); need as usize / entry + 32];
     let bytes = (fds.len() * entry) as i32;
     // SAFETY: the buffer holds `bytes` bytes.
-    let n = unsafe {
-        libc::proc_pidinfo(
-            pid,
-            ffi::PROC_PIDLISTFDS,
-            0,
-            fds.as_mut_ptr().cast(),
-            bytes,
-        )
-    };
+    let n =
+        unsafe { libc::proc_pidinfo(pid, ffi::PROC_PIDLISTFDS, 0, fds.as_mut_ptr().cast(), bytes) };
     if n <= 0 {
         return Err(last_error());
     }

@@ -274,10 +274,6 @@ impl Suspension {
         }
     }
 
-    pub fn count(&self) -> usize {
-        self.threads.len()
-    }
-
     /// Resumes every thread; returns how long the first one was suspended.
     pub fn resume(mut self) -> Duration {
         self.resume_all();

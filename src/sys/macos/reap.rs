@@ -106,9 +106,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
 
     // the sources of dup2: the merge keeper and a /dev/null the target already has open
     let keeper = plan::merge_keeper(rows);
-    let devnull_rdev = std::fs::metadata("/dev/null")
-        .map(|m| m.rdev() as u32)
-        .ok();
+    let devnull_rdev = std::fs::metadata("/dev/null").map(|m| m.rdev() as u32).ok();
     let wants_devnull = planned
         .iter()
         .any(|&i| rows[i].method == Some(Method::Devnull));
@@ -219,11 +217,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             match result {
                 Ok(v) if v as i32 == expected => {}
                 Ok(v) => {
-                    failure = Some(format!(
-                        "{}({fd}) returned {}",
-                        fn_name(method),
-                        v as i32
-                    ));
+                    failure = Some(format!("{}({fd}) returned {}", fn_name(method), v as i32));
                     break;
                 }
                 Err(e @ (CallError::TimedOut | CallError::Refused(_) | CallError::Mach(_))) => {
@@ -255,11 +249,6 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     verify_after(target.pid, rows, keeper, devnull_rdev, &devfs);
     finish_kept(rows);
     Ok(stopped_for)
-}
-
-fn unsafe_task_self() -> mach2::port::mach_port_t {
-    // SAFETY: reads the process's own task port name.
-    unsafe { mach2::traps::mach_task_self() }
 }
 
 fn fn_name(method: Method) -> &'static str {
@@ -310,7 +299,8 @@ fn verify(pid: i32, row: &MasterRow, devfs: &Devfs) -> Result<(), String> {
             .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
         let st = v.pvip.vip_vi.vi_stat;
         let kind = logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
-        if kind != (logic::VnodeKind::Slave { index }) || v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0
+        if kind != (logic::VnodeKind::Slave { index })
+            || v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0
         {
             return Err(format!("fd {sfd} is no longer this PTY's slave"));
         }
@@ -324,8 +314,8 @@ fn verify_keeper(pid: i32, keeper: i32, rows: &[MasterRow], devfs: &Devfs) -> Re
         .iter()
         .find(|r| r.evidence.fd == keeper)
         .ok_or_else(|| format!("the merge keeper fd {keeper} is not among the target's masters"))?;
-    let index = master_index(pid, keeper, devfs)
-        .map_err(|why| format!("the merge keeper: {why}"))?;
+    let index =
+        master_index(pid, keeper, devfs).map_err(|why| format!("the merge keeper: {why}"))?;
     if row.evidence.pty.map(|p| p.index) != Some(index) {
         return Err(format!("the merge keeper fd {keeper} is now PTY {index}"));
     }
@@ -366,7 +356,10 @@ fn verify_after(
             .find(|r| r.evidence.fd == k)
             .and_then(|r| r.evidence.pty)
     });
-    for r in rows.iter_mut().filter(|r| r.result == Some(Outcome::Closed)) {
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.result == Some(Outcome::Closed))
+    {
         let fd = r.evidence.fd;
         let now = libproc::vnode_path_info(pid, fd).ok();
         let now_index = now.as_ref().and_then(|v| {

@@ -190,7 +190,10 @@ fn scan_process(pid: i32, info: Option<&ffi::ProcBsdInfo>, devfs: &Devfs) -> Opt
     let fds = libproc::list_fds(pid).ok()?;
     let mut masters = Vec::new();
     let mut slaves = Vec::new();
-    for fd in fds.iter().filter(|f| f.proc_fdtype == ffi::PROX_FDTYPE_VNODE) {
+    for fd in fds
+        .iter()
+        .filter(|f| f.proc_fdtype == ffi::PROX_FDTYPE_VNODE)
+    {
         let Ok(v) = libproc::vnode_path_info(pid, fd.proc_fd) else {
             continue; // closed meanwhile
         };

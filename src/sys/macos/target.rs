@@ -11,7 +11,6 @@ pub struct Target {
     pub name: String,
     /// Start time (seconds, microseconds): with the pid, the process's identity.
     pub start: (u64, u64),
-    pub uid: u32,
 }
 
 impl Target {
@@ -84,7 +83,6 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
         pid,
         name,
         start: (info.pbi_start_tvsec, info.pbi_start_tvusec),
-        uid: info.pbi_uid,
     })
 }
 
@@ -105,8 +103,7 @@ pub fn processes_named(name: &str) -> Vec<i32> {
                     &comm[..end] == name.as_bytes()
                 }
             });
-            by_info
-                || libproc::exe_path(pid).is_some_and(|p| super::scan::file_name(&p) == name)
+            by_info || libproc::exe_path(pid).is_some_and(|p| super::scan::file_name(&p) == name)
         })
         .collect()
 }
