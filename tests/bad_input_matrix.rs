@@ -1,0 +1,132 @@
+//! The bad-input matrix: flags, pids, fds, durations, output paths, environment and "no terminal",
+//! each with its exit code and message — and after all of them, nothing was closed.
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use support::{ptmx_fds, Fixture};
+
+struct Case {
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+    code: i32,
+    /// in stderr (or stdout, for the few cases that succeed)
+    says: &'static str,
+    /// run as this uid (not-permitted cases)
+    uid: Option<u32>,
+}
+
+fn case(args: &[&str], code: i32, says: &'static str) -> Case {
+    Case {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        code,
+        says,
+        uid: None,
+    }
+}
+
+#[test]
+fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
+    let f = Fixture::spawn(&["--orphans", "3", "--live", "1"]);
+    let other = Fixture::spawn(&["--orphans", "1"]);
+    let masters_before = (ptmx_fds(f.pid), ptmx_fds(other.pid));
+    let pid = f.pid.to_string();
+    let gone = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let id = c.id();
+        c.wait().unwrap();
+        id.to_string()
+    };
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let zpid = zombie.id().to_string();
+    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    }));
+    let dir = support::temp_dir("matrix");
+    let existing = dir.join("existing.json");
+    std::fs::write(&existing, "x").unwrap();
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink(dir.join("victim"), &link).unwrap();
+    let (existing, link) = (existing.to_str().unwrap().to_string(), link.to_str().unwrap().to_string());
+    let other_pid = other.pid.to_string();
+    let master = f.fds("orphans")[0].to_string();
+
+    let mut cases = vec![
+        // pids
+        case(&["--pid", &gone, "--dry-run"], 1, "no process with pid"),
+        case(&["--pid", "0", "--dry-run"], 1, "is not a process id"),
+        case(&["--pid", "-5", "--dry-run"], 1, "is not a process id"),
+        case(&["--pid", "abc"], 2, "invalid value"),
+        case(&["--pid", "99999999999"], 2, "invalid value"),
+        case(&["--pid", &zpid, "--dry-run"], 1, "is a zombie"),
+        case(&["--name", "no-such-process-xyz", "--dry-run"], 1, "no process is named"),
+        case(&["--pid", &pid, "--pid", &other_pid, "--fd", &master, "--dry-run"], 1, "give a single --pid"),
+        // fds
+        case(&["--pid", &pid, "--fd", "0", "--dry-run"], 1, "is not a PTY master"),
+        case(&["--pid", &pid, "--fd", "999", "--min-idle", "0", "--yes"], 1, "is not a PTY master"),
+        case(&["--pid", &pid, "--fd", "9-3"], 2, "is not an fd or a range"),
+        case(&["--pid", &pid, "--fd", "x"], 2, "is not an fd or a range"),
+        case(&["--pid", &pid, "--fd", ""], 2, "empty fd list"),
+        // durations and values
+        case(&["--pid", &pid, "--min-idle", "10x"], 2, "unknown unit"),
+        case(&["--pid", &pid, "--min-idle=-1m"], 2, "not a duration"),
+        case(&["--pid", &pid, "--include-stale", "banana"], 2, "not a duration"),
+        case(&["--pid", &pid, "--method", "shred"], 2, "invalid value"),
+        case(&["watch", "--interval", "5x", "--once"], 2, "unknown unit"),
+        case(&["watch", "--warn", "-1", "--once"], 2, "unexpected argument"),
+        // flag combinations
+        case(&["--top", "--pid", &pid], 2, "cannot be used with"),
+        case(&["--fd", "3"], 2, "--fd needs a target"),
+        case(&["--yes"], 2, "--yes needs a target"),
+        case(&["--include-tracked"], 2, "--include-tracked needs a target"),
+        case(&["--pid", &pid, "--dry-run", "--yes"], 2, "cannot be used with"),
+        case(&["no-such-subcommand"], 2, "unrecognized subcommand"),
+        case(&["completions", "tcsh"], 2, "invalid value"),
+        // output paths
+        case(&["report", "--pid", &pid, "--output", &existing], 1, "already exists"),
+        case(&["report", "--pid", &pid, "--output", &link], 1, "already exists"),
+        case(&["report", "--pid", &pid, "--output", "/nonexistent-dir/r.json"], 1, "cannot write the report"),
+        case(&["report"], 2, "--pid <PID>"),
+        // no terminal for the prompt
+        case(&["--pid", &pid, "--min-idle", "0"], 4, "no terminal to ask on"),
+    ];
+    // environment: NO_COLOR and a census on a non-terminal succeed without escape codes
+    cases.push(Case {
+        env: vec![("NO_COLOR", "1")],
+        ..case(&["--pid", &pid, "--dry-run"], 0, "3 fresh, 1 live")
+    });
+    // a pid we may not inspect (as nobody)
+    if unsafe { libc::geteuid() } == 0 {
+        cases.push(Case {
+            uid: Some(65534),
+            ..case(&["--pid", &pid, "--dry-run"], 1, "not permitted to inspect")
+        });
+    }
+    assert!(cases.len() >= 25, "{} cases", cases.len());
+
+    for c in &cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
+        cmd.args(&c.args).stdin(Stdio::null()).env_remove("NO_COLOR");
+        for (k, v) in &c.env {
+            cmd.env(k, v);
+        }
+        if let Some(uid) = c.uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(c.code), "{:?}: {stderr}", c.args);
+        let text = if c.code == 0 { format!("{stdout}{stderr}") } else { stderr.to_string() };
+        assert!(text.contains(c.says), "{:?}: '{}' not in: {text}", c.args, c.says);
+        assert!(!stdout.contains('\x1b') && !stderr.contains('\x1b'), "{:?}: escape codes", c.args);
+        if c.code == 1 && !c.args.contains(&"--min-idle".to_string()) {
+            assert_eq!(stderr.lines().count(), 1, "{:?}: one line: {stderr}", c.args);
+        }
+    }
+    zombie.wait().unwrap();
+    assert_eq!((ptmx_fds(f.pid), ptmx_fds(other.pid)), masters_before, "something was closed");
+    assert!(!dir.join("victim").exists());
+    assert_eq!(std::fs::read_to_string(dir.join("existing.json")).unwrap(), "x");
+}
