@@ -94,14 +94,14 @@ impl Function {
             let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
             // SAFETY: an address from dlsym and a valid out-pointer.
             let found = unsafe { libc::dladdr(addr, &mut info) } != 0 && !info.dli_fname.is_null();
-            // SAFETY: dladdr's file name is a NUL-terminated string owned by dyld.
-            let image = found
-                .then(|| {
-                    unsafe { CStr::from_ptr(info.dli_fname) }
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .unwrap_or_default();
+            let image = if found {
+                // SAFETY: dladdr's file name is a NUL-terminated string owned by dyld.
+                unsafe { CStr::from_ptr(info.dli_fname) }
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                String::new()
+            };
             if !image.starts_with("/usr/lib/system/") {
                 return Err(format!(
                     "{} resolves to {image:?}, not a system library in the shared cache",

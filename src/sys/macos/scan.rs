@@ -131,10 +131,10 @@ pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
                             if info.e_tdev != ffi::NODEV {
                                 // SAFETY: getsid has no memory arguments.
                                 let sid = unsafe { libc::getsid(pid) };
-                                if sid > 0 {
-                                    let fg = (info.e_tpgid > 0).then_some(info.e_tpgid as i32);
-                                    ctty.entry(info.e_tdev).or_insert((sid, fg));
-                                }
+                                // the session exists either way; its id is only for showing
+                                let sid = if sid > 0 { sid } else { info.pbi_pgid as i32 };
+                                let fg = (info.e_tpgid > 0).then_some(info.e_tpgid as i32);
+                                ctty.entry(info.e_tdev).or_insert((sid, fg));
                             }
                         }
                         if let Some(f) = scan_process(pid, info.as_ref(), devfs) {
