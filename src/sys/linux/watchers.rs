@@ -119,7 +119,9 @@ fn waiting_poll_sets(pid: i32) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
     out
 }
 
+/// poll and select exist as system calls on x86_64 only; aarch64 has just ppoll and pselect6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum PollCall {
     Poll,
     Ppoll,
