@@ -101,6 +101,33 @@ impl Snapshot {
         })
     }
 
+    /// Fills in what the machine-wide scan knows about `ev`'s PTY from `pid`'s point of view:
+    /// the other holders of its slave and of its master, the target's own slave fds (a pair) and
+    /// its other fds on the same master (aliases). Both backends use this, so the verdict sees
+    /// the same evidence on every OS.
+    pub fn join(&self, pid: i32, ev: &mut Evidence) {
+        let Some(pty) = ev.pty else { return };
+        let others = |holders: Vec<Holder>| -> Vec<Holder> {
+            holders.into_iter().filter(|h| h.pid != pid).collect()
+        };
+        ev.slave_holders = others(self.slave_holders(pty));
+        ev.other_master_holders = others(self.master_holders(pty));
+        if let Some(own) = self.process(pid) {
+            ev.target_slave_fds = own
+                .slaves
+                .iter()
+                .filter(|s| s.pty == pty)
+                .map(|s| s.fd)
+                .collect();
+            ev.aliases = own
+                .masters
+                .iter()
+                .filter(|o| o.fd != ev.fd && o.pty == Some(pty))
+                .map(|o| o.fd)
+                .collect();
+        }
+    }
+
     fn holders(&self, fds_of: impl Fn(&ProcessPtys) -> Vec<i32>) -> Vec<Holder> {
         self.processes
             .iter()

@@ -50,28 +50,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             }
             Err(e) => ev.missing = Some(format!("cannot copy fd {}: {e}", m.fd)),
         }
-        if let Some(pty) = ev.pty {
-            let others = |holders: Vec<crate::model::Holder>| {
-                holders
-                    .into_iter()
-                    .filter(|h| h.pid != pid)
-                    .collect::<Vec<_>>()
-            };
-            ev.slave_holders = others(snapshot.slave_holders(pty));
-            ev.other_master_holders = others(snapshot.master_holders(pty));
-            ev.target_slave_fds = own
-                .slaves
-                .iter()
-                .filter(|s| s.pty == pty)
-                .map(|s| s.fd)
-                .collect();
-            ev.aliases = own
-                .masters
-                .iter()
-                .filter(|o| o.fd != m.fd && o.pty == Some(pty))
-                .map(|o| o.fd)
-                .collect();
-        }
+        snapshot.join(pid, &mut ev);
         out.push(ev);
     }
     Ok(out)
