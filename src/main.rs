@@ -12,12 +12,12 @@ mod exit_code;
 mod model;
 mod notify;
 mod pipeline;
-mod report;
-mod watch;
 mod plan;
 mod render;
+mod report;
 mod sys;
 mod verdict;
+mod watch;
 
 use anyhow::Result;
 use clap::Parser;
@@ -253,7 +253,12 @@ fn build_reports(
 fn count_planned(reports: &[TargetReport]) -> usize {
     reports
         .iter()
-        .map(|t| t.masters.iter().filter(|r| r.action == Action::Close).count())
+        .map(|t| {
+            t.masters
+                .iter()
+                .filter(|r| r.action == Action::Close)
+                .count()
+        })
         .sum()
 }
 
@@ -265,7 +270,10 @@ fn refresh(report: &mut TargetReport, fresh: TargetReport) {
         if row.action != Action::Close || row.result.is_some() {
             continue;
         }
-        let now = fresh.masters.iter().find(|f| f.evidence.fd == row.evidence.fd);
+        let now = fresh
+            .masters
+            .iter()
+            .find(|f| f.evidence.fd == row.evidence.fd);
         match now {
             Some(f)
                 if f.action == Action::Close

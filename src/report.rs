@@ -26,7 +26,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         min_idle: MIN_IDLE,
         include_stale: None,
     };
-    let report = crate::pipeline::judge_target(&target, &snapshot, &policy, &plan::Choices::default())?;
+    let report =
+        crate::pipeline::judge_target(&target, &snapshot, &policy, &plan::Choices::default())?;
     let info = sys::process_info(args.pid);
     let generated = now();
     let counts: serde_json::Map<String, serde_json::Value> = [
@@ -40,12 +41,17 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     ]
     .iter()
     .map(|&v| {
-        let n = report.masters.iter().filter(|r| r.judgement.verdict == v).count();
+        let n = report
+            .masters
+            .iter()
+            .filter(|r| r.judgement.verdict == v)
+            .count();
         (v.as_str().to_string(), json!(n))
     })
     .collect();
     let census = census::census(&snapshot);
-    let mut inspection = render::json::inspection(true, None, MIN_IDLE.as_secs(), &snapshot.system, &[report]);
+    let mut inspection =
+        render::json::inspection(true, None, MIN_IDLE.as_secs(), &snapshot.system, &[report]);
     let doc = json!({
         "report_version": 1,
         "generated_at": rfc3339(generated),
@@ -117,7 +123,11 @@ fn os_info() -> serde_json::Value {
         return serde_json::Value::Null;
     }
     let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     let pretty = std::fs::read_to_string("/etc/os-release")

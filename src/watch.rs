@@ -102,7 +102,10 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
             ("in_use", json!(c.system.in_use)),
             ("limit", json!(c.system.limit)),
             ("holders", json!(watched.len())),
-            ("masters", json!(watched.iter().map(|p| p.masters).sum::<usize>())),
+            (
+                "masters",
+                json!(watched.iter().map(|p| p.masters).sum::<usize>()),
+            ),
         ],
     );
     for p in &watched {
@@ -127,7 +130,10 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
                 );
                 match notify::send("PTY leak", &body) {
                     Ok(()) => log.event("notified", &[("pid", json!(p.pid))]),
-                    Err(why) => log.event("notify_skipped", &[("pid", json!(p.pid)), ("why", json!(why))]),
+                    Err(why) => log.event(
+                        "notify_skipped",
+                        &[("pid", json!(p.pid)), ("why", json!(why))],
+                    ),
                 }
                 state.notified(p.pid);
             }
@@ -148,7 +154,12 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
     let who = [("pid", json!(p.pid)), ("name", json!(p.name))];
     let target = match sys::open_target(p.pid) {
         Ok(t) => t,
-        Err(e) => return log.event("reap_skipped", &[who[0].clone(), who[1].clone(), ("why", json!(e.message))]),
+        Err(e) => {
+            return log.event(
+                "reap_skipped",
+                &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
+            )
+        }
     };
     let policy = verdict::Policy {
         min_idle: args.min_idle,
@@ -161,7 +172,12 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
     };
     let mut report = match crate::pipeline::judge_target(&target, snapshot, &policy, &choices) {
         Ok(r) => r,
-        Err(e) => return log.event("reap_skipped", &[who[0].clone(), who[1].clone(), ("why", json!(e.message))]),
+        Err(e) => {
+            return log.event(
+                "reap_skipped",
+                &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
+            )
+        }
     };
     // the watchdog releases orphaned masters only, whatever else the plan would allow
     for row in report.masters.iter_mut() {
@@ -170,9 +186,20 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
             row.method = None;
         }
     }
-    let planned = report.masters.iter().filter(|r| r.action == Action::Close).count();
+    let planned = report
+        .masters
+        .iter()
+        .filter(|r| r.action == Action::Close)
+        .count();
     if planned == 0 {
-        return log.event("nothing_to_reap", &[who[0].clone(), who[1].clone(), ("masters", json!(p.masters))]);
+        return log.event(
+            "nothing_to_reap",
+            &[
+                who[0].clone(),
+                who[1].clone(),
+                ("masters", json!(p.masters)),
+            ],
+        );
     }
     match sys::reap(&target, &mut report.masters) {
         Ok(stopped) => {
@@ -211,7 +238,10 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
                 ],
             );
         }
-        Err(e) => log.event("reap_failed", &[who[0].clone(), who[1].clone(), ("why", json!(e.message))]),
+        Err(e) => log.event(
+            "reap_failed",
+            &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
+        ),
     }
 }
 
@@ -299,7 +329,11 @@ impl State {
 
     fn forget_gone(&mut self) {
         self.last_notified.retain(|key, _| {
-            let pid: i32 = key.split(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let pid: i32 = key
+                .split(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
             State::key(pid) == *key
         });
     }

@@ -49,7 +49,10 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
     std::fs::write(&existing, "x").unwrap();
     let link = dir.join("link.json");
     std::os::unix::fs::symlink(dir.join("victim"), &link).unwrap();
-    let (existing, link) = (existing.to_str().unwrap().to_string(), link.to_str().unwrap().to_string());
+    let (existing, link) = (
+        existing.to_str().unwrap().to_string(),
+        link.to_str().unwrap().to_string(),
+    );
     let other_pid = other.pid.to_string();
     let master = f.fds("orphans")[0].to_string();
 
@@ -61,36 +64,102 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         case(&["--pid", "abc"], 2, "invalid value"),
         case(&["--pid", "99999999999"], 2, "invalid value"),
         case(&["--pid", &zpid, "--dry-run"], 1, "is a zombie"),
-        case(&["--name", "no-such-process-xyz", "--dry-run"], 1, "no process is named"),
-        case(&["--pid", &pid, "--pid", &other_pid, "--fd", &master, "--dry-run"], 1, "give a single --pid"),
+        case(
+            &["--name", "no-such-process-xyz", "--dry-run"],
+            1,
+            "no process is named",
+        ),
+        case(
+            &[
+                "--pid",
+                &pid,
+                "--pid",
+                &other_pid,
+                "--fd",
+                &master,
+                "--dry-run",
+            ],
+            1,
+            "give a single --pid",
+        ),
         // fds
-        case(&["--pid", &pid, "--fd", "0", "--dry-run"], 1, "is not a PTY master"),
-        case(&["--pid", &pid, "--fd", "999", "--min-idle", "0", "--yes"], 1, "is not a PTY master"),
-        case(&["--pid", &pid, "--fd", "9-3"], 2, "is not an fd or a range"),
+        case(
+            &["--pid", &pid, "--fd", "0", "--dry-run"],
+            1,
+            "is not a PTY master",
+        ),
+        case(
+            &["--pid", &pid, "--fd", "999", "--min-idle", "0", "--yes"],
+            1,
+            "is not a PTY master",
+        ),
+        case(
+            &["--pid", &pid, "--fd", "9-3"],
+            2,
+            "is not an fd or a range",
+        ),
         case(&["--pid", &pid, "--fd", "x"], 2, "is not an fd or a range"),
         case(&["--pid", &pid, "--fd", ""], 2, "empty fd list"),
         // durations and values
         case(&["--pid", &pid, "--min-idle", "10x"], 2, "unknown unit"),
         case(&["--pid", &pid, "--min-idle=-1m"], 2, "not a duration"),
-        case(&["--pid", &pid, "--include-stale", "banana"], 2, "not a duration"),
+        case(
+            &["--pid", &pid, "--include-stale", "banana"],
+            2,
+            "not a duration",
+        ),
         case(&["--pid", &pid, "--method", "shred"], 2, "invalid value"),
         case(&["watch", "--interval", "5x", "--once"], 2, "unknown unit"),
-        case(&["watch", "--warn", "-1", "--once"], 2, "unexpected argument"),
+        case(
+            &["watch", "--warn", "-1", "--once"],
+            2,
+            "unexpected argument",
+        ),
         // flag combinations
         case(&["--top", "--pid", &pid], 2, "cannot be used with"),
         case(&["--fd", "3"], 2, "--fd needs a target"),
         case(&["--yes"], 2, "--yes needs a target"),
-        case(&["--include-tracked"], 2, "--include-tracked needs a target"),
-        case(&["--pid", &pid, "--dry-run", "--yes"], 2, "cannot be used with"),
+        case(
+            &["--include-tracked"],
+            2,
+            "--include-tracked needs a target",
+        ),
+        case(
+            &["--pid", &pid, "--dry-run", "--yes"],
+            2,
+            "cannot be used with",
+        ),
         case(&["no-such-subcommand"], 2, "unrecognized subcommand"),
         case(&["completions", "tcsh"], 2, "invalid value"),
         // output paths
-        case(&["report", "--pid", &pid, "--output", &existing], 1, "already exists"),
-        case(&["report", "--pid", &pid, "--output", &link], 1, "already exists"),
-        case(&["report", "--pid", &pid, "--output", "/nonexistent-dir/r.json"], 1, "cannot write the report"),
+        case(
+            &["report", "--pid", &pid, "--output", &existing],
+            1,
+            "already exists",
+        ),
+        case(
+            &["report", "--pid", &pid, "--output", &link],
+            1,
+            "already exists",
+        ),
+        case(
+            &[
+                "report",
+                "--pid",
+                &pid,
+                "--output",
+                "/nonexistent-dir/r.json",
+            ],
+            1,
+            "cannot write the report",
+        ),
         case(&["report"], 2, "--pid <PID>"),
         // no terminal for the prompt
-        case(&["--pid", &pid, "--min-idle", "0"], 4, "no terminal to ask on"),
+        case(
+            &["--pid", &pid, "--min-idle", "0"],
+            4,
+            "no terminal to ask on",
+        ),
     ];
     // environment: NO_COLOR and a census on a non-terminal succeed without escape codes
     cases.push(Case {
@@ -108,7 +177,9 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
 
     for c in &cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
-        cmd.args(&c.args).stdin(Stdio::null()).env_remove("NO_COLOR");
+        cmd.args(&c.args)
+            .stdin(Stdio::null())
+            .env_remove("NO_COLOR");
         for (k, v) in &c.env {
             cmd.env(k, v);
         }
@@ -116,17 +187,45 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
             cmd.uid(uid).gid(uid);
         }
         let out = cmd.output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
         assert_eq!(out.status.code(), Some(c.code), "{:?}: {stderr}", c.args);
-        let text = if c.code == 0 { format!("{stdout}{stderr}") } else { stderr.to_string() };
-        assert!(text.contains(c.says), "{:?}: '{}' not in: {text}", c.args, c.says);
-        assert!(!stdout.contains('\x1b') && !stderr.contains('\x1b'), "{:?}: escape codes", c.args);
+        let text = if c.code == 0 {
+            format!("{stdout}{stderr}")
+        } else {
+            stderr.to_string()
+        };
+        assert!(
+            text.contains(c.says),
+            "{:?}: '{}' not in: {text}",
+            c.args,
+            c.says
+        );
+        assert!(
+            !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+            "{:?}: escape codes",
+            c.args
+        );
         if c.code == 1 && !c.args.contains(&"--min-idle".to_string()) {
-            assert_eq!(stderr.lines().count(), 1, "{:?}: one line: {stderr}", c.args);
+            assert_eq!(
+                stderr.lines().count(),
+                1,
+                "{:?}: one line: {stderr}",
+                c.args
+            );
         }
     }
     zombie.wait().unwrap();
-    assert_eq!((ptmx_fds(f.pid), ptmx_fds(other.pid)), masters_before, "something was closed");
+    assert_eq!(
+        (ptmx_fds(f.pid), ptmx_fds(other.pid)),
+        masters_before,
+        "something was closed"
+    );
     assert!(!dir.join("victim").exists());
-    assert_eq!(std::fs::read_to_string(dir.join("existing.json")).unwrap(), "x");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("existing.json")).unwrap(),
+        "x"
+    );
 }

@@ -23,7 +23,13 @@ impl OnTerminal {
         let (mut m, mut s) = (0, 0);
         // SAFETY: openpty writes two fds; no name, termios or winsize requested.
         let r = unsafe {
-            libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
         };
         assert_eq!(r, 0, "openpty");
         // SAFETY: fresh fds from openpty.
@@ -56,16 +62,26 @@ impl OnTerminal {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        OnTerminal { child, master: std::fs::File::from(master), screen }
+        OnTerminal {
+            child,
+            master: std::fs::File::from(master),
+            screen,
+        }
     }
 
     fn wait_for_text(&self, text: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.screen.lock().unwrap().contains(text) {
-            assert!(Instant::now() < deadline, "no '{text}' on screen: {}", self.screen.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "no '{text}' on screen: {}",
+                self.screen.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -134,5 +150,9 @@ fn choose_reaps_only_the_chosen() {
     t.wait_for_text("Space toggles");
     t.type_keys(" \r"); // untick the first, confirm
     assert_eq!(t.exit_code(), 0);
-    assert_eq!(ptmx_fds(f.pid), vec![orphans[0]], "only the unticked one is left");
+    assert_eq!(
+        ptmx_fds(f.pid),
+        vec![orphans[0]],
+        "only the unticked one is left"
+    );
 }

@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use support::{fixture_in_namespace_of, Fixture};
 
 fn emergency(args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emergency-recover"));
+    let mut cmd = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/emergency-recover"
+    ));
     cmd.args(args)
         .args(["--ptyreap", env!("CARGO_BIN_EXE_ptyreap")])
         .stdin(Stdio::null())
@@ -31,14 +34,33 @@ fn recovers_an_exhausted_instance_without_a_terminal() {
     }
     let f = Fixture::spawn_private_devpts(&["--orphans", "12", "--allow-partial"], 8);
     assert_eq!(f.ready["partial"], true);
-    assert_ne!(fixture_in_namespace_of(f.pid, &["--new", "1"]), 0, "not exhausted");
+    assert_ne!(
+        fixture_in_namespace_of(f.pid, &["--new", "1"]),
+        0,
+        "not exhausted"
+    );
     let out = emergency(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("== before") && text.contains("FULL"), "{text}");
-    assert!(text.contains(&format!("reaping the orphaned masters of pid {}", f.pid)), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("== before") && text.contains("FULL"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("reaping the orphaned masters of pid {}", f.pid)),
+        "{text}"
+    );
     assert!(text.contains("PTYs are available again"), "{text}");
-    assert_eq!(fixture_in_namespace_of(f.pid, &["--new", "1"]), 0, "a PTY opens again");
+    assert_eq!(
+        fixture_in_namespace_of(f.pid, &["--new", "1"]),
+        0,
+        "a PTY opens again"
+    );
 }
 
 #[test]

@@ -14,8 +14,12 @@ fn an_exhausted_instance_is_recovered_without_a_terminal() {
     if !support::require_root() {
         return;
     }
-    let f = Fixture::spawn_private_devpts(&["--orphans", "12", "--allow-partial", "--threads", "4"], 8);
-    assert_eq!(f.ready["partial"], true, "the fixture should have run out of PTYs");
+    let f =
+        Fixture::spawn_private_devpts(&["--orphans", "12", "--allow-partial", "--threads", "4"], 8);
+    assert_eq!(
+        f.ready["partial"], true,
+        "the fixture should have run out of PTYs"
+    );
     assert_eq!(f.fds("orphans").len(), 8);
     assert_ne!(
         fixture_in_namespace_of(f.pid, &["--new", "1"]),
@@ -38,10 +42,21 @@ fn an_exhausted_instance_is_recovered_without_a_terminal() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("max 8"), "the table shows the instance's own limit: {text}");
+    assert!(
+        text.contains("max 8"),
+        "the table shows the instance's own limit: {text}"
+    );
 
-    assert!(ptmx_fds(f.pid).is_empty(), "orphans left: {:?}", ptmx_fds(f.pid));
-    assert_eq!(fixture_in_namespace_of(f.pid, &["--new", "1"]), 0, "a new PTY opens again");
+    assert!(
+        ptmx_fds(f.pid).is_empty(),
+        "orphans left: {:?}",
+        ptmx_fds(f.pid)
+    );
+    assert_eq!(
+        fixture_in_namespace_of(f.pid, &["--new", "1"]),
+        0,
+        "a new PTY opens again"
+    );
     let c = f.check();
     assert_eq!(c["errors"], serde_json::json!([]), "{c}");
 }

@@ -17,7 +17,10 @@ fn tool(name: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "{name} is missing and CI is set");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing and CI is set"
+        );
         eprintln!("skipped: {name} is not installed");
     }
     found
@@ -28,16 +31,31 @@ fn the_systemd_unit_verifies() {
     if !tool("systemd-analyze") {
         return;
     }
-    let unit = std::fs::read_to_string(format!("{ROOT}/platform/linux/ptyreap-watch.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(format!("{ROOT}/platform/linux/ptyreap-watch.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/ptyreap watch "));
-    assert!(unit.contains("CAP_SYS_PTRACE"), "hardening must still allow ptrace");
+    assert!(
+        unit.contains("CAP_SYS_PTRACE"),
+        "hardening must still allow ptrace"
+    );
     // verify against the binary we built (the unit names the installed path)
     let dir = support::temp_dir("unit");
     let copy = dir.join("ptyreap-watch.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/ptyreap", env!("CARGO_BIN_EXE_ptyreap"))).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/ptyreap", env!("CARGO_BIN_EXE_ptyreap")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !err.contains("ptyreap-watch.service:"), "{err}");
+    assert!(
+        out.status.success() && !err.contains("ptyreap-watch.service:"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -46,13 +64,22 @@ fn the_launchd_plist_is_well_formed() {
         return;
     }
     let path = format!("{ROOT}/platform/macos/com.ptyreap.watch.plist");
-    let out = Command::new("xmllint").args(["--noout", &path]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("xmllint")
+        .args(["--noout", &path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     for key in ["Label", "ProgramArguments", "RunAtLoad", "KeepAlive"] {
         assert!(text.contains(&format!("<key>{key}</key>")), "{key}");
     }
-    assert!(text.contains("<string>/usr/local/bin/ptyreap</string>\n        <string>watch</string>"));
+    assert!(
+        text.contains("<string>/usr/local/bin/ptyreap</string>\n        <string>watch</string>")
+    );
 }
 
 #[test]
@@ -61,7 +88,12 @@ fn install_watchdog_is_idempotent() {
     let script = format!("{ROOT}/scripts/install-watchdog");
     let run = |args: &[&str]| {
         let out = Command::new(&script)
-            .args(["--root", root.to_str().unwrap(), "--binary", env!("CARGO_BIN_EXE_ptyreap")])
+            .args([
+                "--root",
+                root.to_str().unwrap(),
+                "--binary",
+                env!("CARGO_BIN_EXE_ptyreap"),
+            ])
             .args(args)
             .output()
             .unwrap();
@@ -74,11 +106,17 @@ fn install_watchdog_is_idempotent() {
     let bin = root.join("usr/local/bin/ptyreap");
     assert!(unit.exists() && bin.exists());
     let second = run(&[]);
-    assert!(second.contains("nothing changed") && !second.contains("installed"), "{second}");
+    assert!(
+        second.contains("nothing changed") && !second.contains("installed"),
+        "{second}"
+    );
     let gone = run(&["--uninstall"]);
     assert!(gone.contains("removed"), "{gone}");
     assert!(!unit.exists() && !bin.exists());
-    assert!(run(&["--uninstall"]).contains("absent"), "uninstalling twice is fine");
+    assert!(
+        run(&["--uninstall"]).contains("absent"),
+        "uninstalling twice is fine"
+    );
     assert!(Path::new(&root).exists());
 }
 
@@ -87,12 +125,22 @@ fn completions_and_man_page() {
     for shell in ["bash", "zsh", "fish"] {
         let out = support::ptyreap(&["completions", shell]);
         assert_eq!(out.code, 0, "{shell}");
-        assert!(out.stdout.contains("ptyreap") && out.stdout.contains("min-idle"), "{shell}");
+        assert!(
+            out.stdout.contains("ptyreap") && out.stdout.contains("min-idle"),
+            "{shell}"
+        );
     }
     let man = support::ptyreap(&["man"]);
     assert_eq!(man.code, 0);
-    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH"), "{}", &man.stdout[..200]);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH"),
+        "{}",
+        &man.stdout[..200]
+    );
     assert!(man.stdout.contains("dry\\-run"));
     let version = support::ptyreap(&["--version"]);
-    assert_eq!(version.stdout.trim(), format!("ptyreap {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.stdout.trim(),
+        format!("ptyreap {}", env!("CARGO_PKG_VERSION"))
+    );
 }

@@ -17,7 +17,12 @@ fn results(doc: &Value) -> Vec<(i64, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["fd"].as_i64().unwrap(), m["result"].as_str().unwrap_or("").to_string()))
+        .map(|m| {
+            (
+                m["fd"].as_i64().unwrap(),
+                m["result"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
@@ -32,16 +37,29 @@ fn closed(doc: &Value, target: usize) -> BTreeSet<i32> {
 }
 
 fn thread_states_ok(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("");
+        let state = status
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("");
         assert!(
             !state.contains("t (tracing stop)") && !state.contains("T (stopped)"),
             "thread {:?} left {state}",
             entry.file_name()
         );
-        let tracer = status.lines().find(|l| l.starts_with("TracerPid:")).unwrap_or("");
-        assert!(tracer.ends_with("\t0"), "thread {:?} still traced: {tracer}", entry.file_name());
+        let tracer = status
+            .lines()
+            .find(|l| l.starts_with("TracerPid:"))
+            .unwrap_or("");
+        assert!(
+            tracer.ends_with("\t0"),
+            "thread {:?} still traced: {tracer}",
+            entry.file_name()
+        );
     }
 }
 
@@ -52,14 +70,31 @@ fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
     }
     let f = Fixture::spawn_private_devpts(
         &[
-            "--orphans", "12", "--tracked", "2", "--live", "2", "--new", "2", "--pairs", "1",
-            "--threads", "8",
+            "--orphans",
+            "12",
+            "--tracked",
+            "2",
+            "--live",
+            "2",
+            "--new",
+            "2",
+            "--pairs",
+            "1",
+            "--threads",
+            "8",
         ],
         64,
     );
     let before = support::ptys_in_use_seen_by(f.pid);
     let baseline = f.check();
-    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--json"]);
+    let out = ptyreap(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
     assert_eq!(doc["dry_run"], false);
@@ -74,26 +109,60 @@ fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
     let mut want_left = set(f.fds("tracked"));
     want_left.extend(f.fds("live"));
     assert_eq!(left, want_left, "masters left in the target");
-    assert!(!std::path::Path::new(&format!("/proc/{}/fd/{}", f.pid, pair[1])).exists(), "the pair's slave fd went too");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}/fd/{}", f.pid, pair[1])).exists(),
+        "the pair's slave fd went too"
+    );
     for (fd, result) in results(&doc) {
-        let want = if want_gone.contains(&(fd as i32)) { "closed" } else { "kept" };
+        let want = if want_gone.contains(&(fd as i32)) {
+            "closed"
+        } else {
+            "kept"
+        };
         assert_eq!(result, want, "fd {fd}");
     }
     let after = support::ptys_in_use_seen_by(f.pid);
-    assert_eq!(before - after, want_gone.len(), "PTYs in the instance {before} -> {after}");
-    assert!(doc["pty_in_use"]["before"].is_u64() && doc["pty_in_use"]["after"].is_u64(), "{doc}");
+    assert_eq!(
+        before - after,
+        want_gone.len(),
+        "PTYs in the instance {before} -> {after}"
+    );
+    assert!(
+        doc["pty_in_use"]["before"].is_u64() && doc["pty_in_use"]["after"].is_u64(),
+        "{doc}"
+    );
 
     thread_states_ok(f.pid);
     // the target runs on: sessions echo, blocked calls complete exactly as without us
     std::thread::sleep(std::time::Duration::from_secs(4)); // let a full sleep span the stop
     let c = f.check();
-    assert!(c["live_ok"].as_array().unwrap().iter().all(|v| v == true), "{c}");
-    assert_eq!(c["reader_got"], serde_json::json!(64 * c["readers"].as_i64().unwrap()), "{c}");
+    assert!(
+        c["live_ok"].as_array().unwrap().iter().all(|v| v == true),
+        "{c}"
+    );
+    assert_eq!(
+        c["reader_got"],
+        serde_json::json!(64 * c["readers"].as_i64().unwrap()),
+        "{c}"
+    );
     assert_eq!(c["futex_ok"], true, "{c}");
-    assert_eq!(c["futex_spurious"], baseline["futex_spurious"], "a futex wait returned without a wake: {c}");
-    assert_eq!(c["sleeps_full"], true, "a sleep came back early or with a restart code: {c}");
-    assert!(c["sleepers_done"].as_i64() > baseline["sleepers_done"].as_i64(), "{c}");
-    assert_eq!(c["epoll_got"], serde_json::json!(64 * c["epoll_waiters"].as_i64().unwrap()), "{c}");
+    assert_eq!(
+        c["futex_spurious"], baseline["futex_spurious"],
+        "a futex wait returned without a wake: {c}"
+    );
+    assert_eq!(
+        c["sleeps_full"], true,
+        "a sleep came back early or with a restart code: {c}"
+    );
+    assert!(
+        c["sleepers_done"].as_i64() > baseline["sleepers_done"].as_i64(),
+        "{c}"
+    );
+    assert_eq!(
+        c["epoll_got"],
+        serde_json::json!(64 * c["epoll_waiters"].as_i64().unwrap()),
+        "{c}"
+    );
     // documented exception: any ptrace stop makes a blocked epoll_wait return EINTR
     assert!(
         c["epoll_eintr"].as_i64().unwrap() > baseline["epoll_eintr"].as_i64().unwrap(),
@@ -108,13 +177,23 @@ fn without_a_terminal_or_yes_it_asks_nobody_and_closes_nothing() {
     let before = ptmx_fds(f.pid);
     let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
     assert_eq!(out.code, 4, "{out:?}");
-    assert!(out.stderr.contains("no terminal to ask on"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no terminal to ask on"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("--yes"), "{}", out.stderr);
     assert_eq!(ptmx_fds(f.pid), before);
     // with --json the plan is printed as in a dry run
     let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--json"]);
     assert_eq!(out.code, 4);
-    assert_eq!(out.json()["targets"][0]["masters"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        out.json()["targets"][0]["masters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(ptmx_fds(f.pid), before);
 }
 
@@ -127,7 +206,13 @@ fn merge_keeps_every_number_a_hung_up_master() {
     let tracked = f.fds("tracked");
     let before = support::ptys_in_use_seen_by(f.pid);
     let out = ptyreap(&[
-        "--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--include-tracked", "--json",
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--include-tracked",
+        "--json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
@@ -138,19 +223,48 @@ fn merge_keeps_every_number_a_hung_up_master() {
     assert!(keeper["reason"].as_str().unwrap().contains("keeper"));
     for fd in &tracked[1..] {
         let r = rows.iter().find(|m| m["fd"] == *fd).unwrap();
-        assert_eq!((r["method"].as_str(), r["result"].as_str()), (Some("merge"), Some("closed")), "{r}");
+        assert_eq!(
+            (r["method"].as_str(), r["result"].as_str()),
+            (Some("merge"), Some("closed")),
+            "{r}"
+        );
         // still a PTY master: the keeper's
-        assert_eq!(support::tty_index(f.pid, *fd), support::tty_index(f.pid, tracked[0]));
+        assert_eq!(
+            support::tty_index(f.pid, *fd),
+            support::tty_index(f.pid, tracked[0])
+        );
     }
-    assert_eq!(before - support::ptys_in_use_seen_by(f.pid), 3, "three PTYs freed");
+    assert_eq!(
+        before - support::ptys_in_use_seen_by(f.pid),
+        3,
+        "three PTYs freed"
+    );
     // a second look calls the group merged, and a second run is a no-op
-    let again = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--dry-run", "--json"]).json();
+    let again = ptyreap(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--dry-run",
+        "--json",
+    ])
+    .json();
     for fd in &tracked {
-        let r = again["targets"][0]["masters"].as_array().unwrap().iter().find(|m| m["fd"] == *fd).unwrap().clone();
+        let r = again["targets"][0]["masters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["fd"] == *fd)
+            .unwrap()
+            .clone();
         assert_eq!(r["verdict"], "merged", "{r}");
         assert_eq!(r["action"], "keep");
     }
-    assert!(f.check()["live_ok"].as_array().unwrap().iter().all(|v| v == true));
+    assert!(f.check()["live_ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v == true));
 }
 
 #[test]
@@ -168,8 +282,15 @@ fn devnull_keeps_the_numbers_taken_by_dev_null() {
     };
     let nulls_before = nulls();
     let out = ptyreap(&[
-        "--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--method", "devnull",
-        "--include-tracked", "--json",
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--method",
+        "devnull",
+        "--include-tracked",
+        "--json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     for fd in f.fds("orphans").into_iter().chain(f.fds("tracked")) {
@@ -190,16 +311,45 @@ fn every_holder_of_a_shared_master_is_reaped_when_named() {
     let holder = f.ready["shared_holder"].as_i64().unwrap() as i32;
     let before = support::ptys_in_use_seen_by(f.pid);
     // the target alone: its fds go, but the PTYs stay (the holder still has copies)
-    let out = ptyreap(&["--pid", &f.pid.to_string(), "--fd", &f.fds("shared")[0].to_string(), "--min-idle", "0", "--yes", "--json"]);
+    let out = ptyreap(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--fd",
+        &f.fds("shared")[0].to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let r = &out.json()["targets"][0]["masters"][0];
-    assert!(r["reason"].as_str().unwrap().contains("also held by"), "{r}");
-    assert_eq!(support::ptys_in_use_seen_by(f.pid), before, "a copy elsewhere keeps the PTY");
+    assert!(
+        r["reason"].as_str().unwrap().contains("also held by"),
+        "{r}"
+    );
+    assert_eq!(
+        support::ptys_in_use_seen_by(f.pid),
+        before,
+        "a copy elsewhere keeps the PTY"
+    );
     // both holders: every copy goes and the PTYs are freed
-    let out = ptyreap(&["--pid", &f.pid.to_string(), "--pid", &holder.to_string(), "--min-idle", "0", "--yes", "--json"]);
+    let out = ptyreap(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--pid",
+        &holder.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(ptmx_fds(f.pid).is_empty() && ptmx_fds(holder).is_empty());
-    assert_eq!(support::ptys_in_use_seen_by(f.pid), 0, "every PTY freed (was {before})");
+    assert_eq!(
+        support::ptys_in_use_seen_by(f.pid),
+        0,
+        "every PTY freed (was {before})"
+    );
 }
 
 #[test]
@@ -210,16 +360,29 @@ fn a_target_churning_fds_loses_only_verified_masters() {
     let f = Fixture::spawn(&["--orphans", "40", "--live", "1", "--churn"]);
     let orphans = set(f.fds("orphans"));
     for _ in 0..5 {
-        let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes", "--json"]);
+        let out = ptyreap(&[
+            "--pid",
+            &f.pid.to_string(),
+            "--min-idle",
+            "0",
+            "--yes",
+            "--json",
+        ]);
         assert!(matches!(out.code, 0 | 3), "{out:?}");
         let doc = out.json();
         for fd in closed(&doc, 0) {
             // the churn thread's masters are fresh (never idle): only orphans may be closed
-            assert!(orphans.contains(&fd), "closed fd {fd}, not an orphan: {doc}");
+            assert!(
+                orphans.contains(&fd),
+                "closed fd {fd}, not an orphan: {doc}"
+            );
         }
     }
     let c = f.check();
-    assert_eq!(c["churn_ebadf"], 0, "something closed an fd under the churn thread: {c}");
+    assert_eq!(
+        c["churn_ebadf"], 0,
+        "something closed an fd under the churn thread: {c}"
+    );
     assert_eq!(c["errors"], serde_json::json!([]), "{c}");
     assert!(c["live_ok"].as_array().unwrap().iter().all(|v| v == true));
     assert!(set(ptmx_fds(f.pid)).is_disjoint(&orphans));
@@ -239,6 +402,10 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
     assert_eq!(out.code, 1, "{out:?}");
     // SAFETY: gettid has no preconditions; the tracer is this thread
     let me = unsafe { libc::gettid() }.to_string();
-    assert!(out.stderr.contains("already being traced by process") && out.stderr.contains(&me), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already being traced by process") && out.stderr.contains(&me),
+        "{}",
+        out.stderr
+    );
     assert_eq!(ptmx_fds(f.pid), before);
 }

@@ -33,18 +33,42 @@ fn assert_schema(doc: &Value) {
         assert_eq!(kind(&doc[key]), want, "{key}: {doc}");
     }
     let p = &doc["process"];
-    for key in ["pid", "name", "exe", "cmdline", "version", "started_at", "uptime_s"] {
+    for key in [
+        "pid",
+        "name",
+        "exe",
+        "cmdline",
+        "version",
+        "started_at",
+        "uptime_s",
+    ] {
         assert!(p.get(key).is_some(), "process.{key} missing");
     }
     assert!(p["cmdline"].is_array() && p["uptime_s"].is_i64() && p["started_at"].is_string());
     for key in ["sysname", "release", "version", "machine"] {
         assert!(doc["os"][key].is_string(), "os.{key}");
     }
-    for key in ["orphaned", "fresh", "tracked", "merged", "live", "stale", "unknown"] {
-        assert!(doc["summary"]["verdicts"][key].is_u64(), "summary.verdicts.{key}");
+    for key in [
+        "orphaned", "fresh", "tracked", "merged", "live", "stale", "unknown",
+    ] {
+        assert!(
+            doc["summary"]["verdicts"][key].is_u64(),
+            "summary.verdicts.{key}"
+        );
     }
     for m in doc["masters"].as_array().unwrap() {
-        for key in ["fd", "pty", "devpts", "slave", "verdict", "reason", "last_io", "idle_s", "slave_holders", "watched"] {
+        for key in [
+            "fd",
+            "pty",
+            "devpts",
+            "slave",
+            "verdict",
+            "reason",
+            "last_io",
+            "idle_s",
+            "slave_holders",
+            "watched",
+        ] {
             assert!(m.get(key).is_some(), "masters[].{key}");
         }
     }
@@ -63,10 +87,16 @@ fn report_is_complete_and_written_0600() {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_schema(&doc);
     assert_eq!(doc["process"]["pid"], f.pid);
-    assert!(doc["process"]["exe"].as_str().unwrap().ends_with("ptyreap-fixture"));
+    assert!(doc["process"]["exe"]
+        .as_str()
+        .unwrap()
+        .ends_with("ptyreap-fixture"));
     assert_eq!(doc["summary"]["masters"], 3);
     assert_eq!(doc["summary"]["verdicts"]["live"], 1);
-    assert_eq!(doc["summary"]["verdicts"]["fresh"], 2, "brand-new orphans are fresh at the default 10m");
+    assert_eq!(
+        doc["summary"]["verdicts"]["fresh"], 2,
+        "brand-new orphans are fresh at the default 10m"
+    );
     // to stdout as well
     let out = ptyreap(&["report", "--pid", &f.pid.to_string()]);
     assert_eq!(out.code, 0);
@@ -79,7 +109,13 @@ fn report_never_overwrites() {
     let dir = support::temp_dir("report");
     let path = dir.join("existing.json");
     std::fs::write(&path, "precious").unwrap();
-    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", path.to_str().unwrap()]);
+    let out = ptyreap(&[
+        "report",
+        "--pid",
+        &f.pid.to_string(),
+        "--output",
+        path.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
@@ -92,12 +128,24 @@ fn report_does_not_follow_a_planted_symlink() {
     let victim = dir.join("victim");
     let link = dir.join("report.json");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", link.to_str().unwrap()]);
+    let out = ptyreap(&[
+        "report",
+        "--pid",
+        &f.pid.to_string(),
+        "--output",
+        link.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(!victim.exists(), "the symlink was followed");
     // a symlink to an existing file: untouched too
     std::fs::write(&victim, "precious").unwrap();
-    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", link.to_str().unwrap()]);
+    let out = ptyreap(&[
+        "report",
+        "--pid",
+        &f.pid.to_string(),
+        "--output",
+        link.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 1);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }

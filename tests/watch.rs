@@ -22,7 +22,10 @@ fn watch(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 fn events(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}"))
+        })
         .collect()
 }
 
@@ -31,9 +34,15 @@ fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
 }
 
 fn assert_not_stopped(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        assert!(!status.contains("(tracing stop)") && !status.contains("T (stopped)"), "{status}");
+        assert!(
+            !status.contains("(tracing stop)") && !status.contains("T (stopped)"),
+            "{status}"
+        );
         assert!(status.contains("TracerPid:\t0\n"), "still traced: {status}");
     }
 }
@@ -47,7 +56,18 @@ fn once_warns_and_reaps_only_orphans() {
     let f = Fixture::spawn(&["--orphans", "6", "--tracked", "1", "--live", "2"]);
     let pid = f.pid.to_string();
     let out = watch(
-        &["--once", "--pid", &pid, "--warn", "2", "--reap", "4", "--min-idle", "0", "--json"],
+        &[
+            "--once",
+            "--pid",
+            &pid,
+            "--warn",
+            "2",
+            "--reap",
+            "4",
+            "--min-idle",
+            "0",
+            "--json",
+        ],
         &[("PTYREAP_STATE_DIR", state.to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -58,13 +78,19 @@ fn once_warns_and_reaps_only_orphans() {
     assert_eq!(warned[0]["masters"], 9);
     let reaped = of(&ev, "reaped");
     assert_eq!(reaped.len(), 6, "{ev:?}");
-    assert!(reaped.iter().all(|e| e["result"] == "closed" && e["method"] == "close"));
+    assert!(reaped
+        .iter()
+        .all(|e| e["result"] == "closed" && e["method"] == "close"));
     let mut left = f.fds("tracked");
     left.extend(f.fds("live"));
     left.sort_unstable();
     assert_eq!(ptmx_fds(f.pid), left, "live and tracked masters stay");
     assert!(of(&ev, "reap_done")[0]["stopped_us"].is_u64());
-    assert!(f.check()["live_ok"].as_array().unwrap().iter().all(|v| v == true));
+    assert!(f.check()["live_ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v == true));
 }
 
 #[test]
@@ -79,9 +105,18 @@ fn human_log_lines_are_greppable() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty(), "logs go to stderr");
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.lines().all(|l| l.starts_with("ptyreap-watch: ")), "{log}");
-    let line = log.lines().find(|l| l.contains(" over_warn ")).expect("an over_warn line");
-    assert!(line.contains(&format!("pid={pid} ")) && line.contains("masters=3"), "{line}");
+    assert!(
+        log.lines().all(|l| l.starts_with("ptyreap-watch: ")),
+        "{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains(" over_warn "))
+        .expect("an over_warn line");
+    assert!(
+        line.contains(&format!("pid={pid} ")) && line.contains("masters=3"),
+        "{line}"
+    );
     assert_eq!(ptmx_fds(f.pid).len(), 3, "no --reap: nothing released");
 }
 
@@ -97,8 +132,19 @@ fn a_refused_target_does_not_stop_the_pass() {
     nix::sys::ptrace::seize(tpid, nix::sys::ptrace::Options::empty()).expect("seize");
     let out = watch(
         &[
-            "--once", "--pid", &traced.pid.to_string(), "--pid", &other.pid.to_string(),
-            "--warn", "1", "--reap", "1", "--min-idle", "0", "--json", "--no-notify",
+            "--once",
+            "--pid",
+            &traced.pid.to_string(),
+            "--pid",
+            &other.pid.to_string(),
+            "--warn",
+            "1",
+            "--reap",
+            "1",
+            "--min-idle",
+            "0",
+            "--json",
+            "--no-notify",
         ],
         &[("PTYREAP_STATE_DIR", state.to_str().unwrap())],
     );
@@ -107,9 +153,15 @@ fn a_refused_target_does_not_stop_the_pass() {
     let ev = events(&out.stdout);
     let failed = of(&ev, "reap_failed");
     assert_eq!(failed.len(), 1, "{ev:?}");
-    assert!(failed[0]["why"].as_str().unwrap().contains("already being traced"));
+    assert!(failed[0]["why"]
+        .as_str()
+        .unwrap()
+        .contains("already being traced"));
     assert_eq!(ptmx_fds(traced.pid).len(), 3);
-    assert!(ptmx_fds(other.pid).is_empty(), "the other target was still reaped");
+    assert!(
+        ptmx_fds(other.pid).is_empty(),
+        "the other target was still reaped"
+    );
 }
 
 fn spawn_watch(args: &[&str], state: &std::path::Path) -> Child {
@@ -129,7 +181,16 @@ fn it_keeps_going_when_the_target_exits_and_stops_on_sigterm() {
     let state = support::temp_dir("watch-state");
     let f = Fixture::spawn(&["--orphans", "2"]);
     let mut w = spawn_watch(
-        &["--pid", &f.pid.to_string(), "--interval", "1s", "--warn", "1", "--json", "--no-notify"],
+        &[
+            "--pid",
+            &f.pid.to_string(),
+            "--interval",
+            "1s",
+            "--warn",
+            "1",
+            "--json",
+            "--no-notify",
+        ],
         &state,
     );
     let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
@@ -166,8 +227,18 @@ fn sigterm_during_passes_never_leaves_a_target_stopped() {
         let f = Fixture::spawn(&["--orphans", "200", "--live", "1", "--threads", "4"]);
         let mut w = spawn_watch(
             &[
-                "--pid", &f.pid.to_string(), "--interval", "0", "--warn", "0", "--reap", "0",
-                "--min-idle", "0", "--json", "--no-notify",
+                "--pid",
+                &f.pid.to_string(),
+                "--interval",
+                "0",
+                "--warn",
+                "0",
+                "--reap",
+                "0",
+                "--min-idle",
+                "0",
+                "--json",
+                "--no-notify",
             ],
             &state,
         );
@@ -178,11 +249,21 @@ fn sigterm_during_passes_never_leaves_a_target_stopped() {
         let ev = events(&out.stdout);
         // killed outright only before it could install its handler (and so before any pass)
         let early_kill = out.status.code().is_none() && ev.is_empty();
-        assert!(out.status.code() == Some(0) || early_kill, "delay {delay_ms} ms: {:?}", out.status);
-        assert!(ev.is_empty() || ev.last().unwrap()["event"] == "stop", "delay {delay_ms}: {ev:?}");
+        assert!(
+            out.status.code() == Some(0) || early_kill,
+            "delay {delay_ms} ms: {:?}",
+            out.status
+        );
+        assert!(
+            ev.is_empty() || ev.last().unwrap()["event"] == "stop",
+            "delay {delay_ms}: {ev:?}"
+        );
         assert_not_stopped(f.pid);
         let c = f.check();
-        assert!(c["live_ok"].as_array().unwrap().iter().all(|v| v == true), "{c}");
+        assert!(
+            c["live_ok"].as_array().unwrap().iter().all(|v| v == true),
+            "{c}"
+        );
         assert_eq!(c["errors"], serde_json::json!([]), "{c}");
     }
 }
@@ -192,10 +273,21 @@ fn notifications_at_most_once_per_process_per_hour() {
     let dir = support::temp_dir("notify");
     let log = dir.join("notified");
     let fake = dir.join("notify-send");
-    std::fs::write(&fake, format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display())).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&fake).unwrap().permissions(), 0o755);
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&fake).unwrap().permissions(),
+        0o755,
+    );
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let state = dir.join("state");
     let f = Fixture::spawn(&["--orphans", "2"]);
     let env = [
@@ -209,6 +301,10 @@ fn notifications_at_most_once_per_process_per_hour() {
         assert_eq!(out.status.code(), Some(0), "{out:?}");
     }
     let sent = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(sent.lines().count(), 1, "three passes, one notification: {sent}");
+    assert_eq!(
+        sent.lines().count(),
+        1,
+        "three passes, one notification: {sent}"
+    );
     assert!(sent.contains(&format!("pid {pid}")), "{sent}");
 }

@@ -13,8 +13,8 @@
 pub mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{
-    inspect, open_target, process_info, processes_named, reap, snapshot, snapshot_for,
-    start_time, Target,
+    inspect, open_target, process_info, processes_named, reap, snapshot, snapshot_for, start_time,
+    Target,
 };
 
 // The macOS backend; its layouts and pure logic also build (and are tested) everywhere.

@@ -40,7 +40,8 @@ impl Fixture {
     /// The fixture in a new mount namespace whose /dev/pts is a private devpts instance with
     /// `max=` PTYs, and /dev/ptmx bound to its ptmx: the way containers get their own PTYs.
     pub fn spawn_private_devpts(args: &[&str], max: u32) -> Fixture {
-        let options = std::ffi::CString::new(format!("newinstance,ptmxmode=0666,max={max}")).unwrap();
+        let options =
+            std::ffi::CString::new(format!("newinstance,ptmxmode=0666,max={max}")).unwrap();
         Fixture::spawn_with(args, move |cmd| {
             // SAFETY: only raw syscalls on prepared strings between fork and exec (no allocation).
             unsafe {
@@ -402,6 +403,10 @@ pub fn ptys_in_use_seen_by(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/root/dev/pts"))
         .expect("reading the fixture's /dev/pts")
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .count()
 }

@@ -33,7 +33,12 @@ pub fn process_info(pid: i32) -> ProcessInfo {
 fn started_at(pid: i32) -> Option<i64> {
     let ticks = start_time(pid)?;
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let btime: i64 = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    let btime: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| btime + (ticks / hz as u64) as i64)

@@ -8,8 +8,8 @@ mod inspect;
 pub mod pidfd;
 pub mod procfs;
 pub mod ptrace;
-mod reap;
 pub mod pty;
+mod reap;
 pub mod scan;
 mod system;
 mod target;
@@ -33,4 +33,3 @@ pub fn snapshot_for(pids: &[i32]) -> anyhow::Result<Snapshot> {
     let system = system::usage(&processes, pids);
     Ok(Snapshot { processes, system })
 }
-

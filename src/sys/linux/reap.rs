@@ -36,8 +36,9 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     }
     // Deferred from here until the target is restored; the tracer thread inherits the mask, and
     // should anything go wrong there, its exit makes the kernel let go of every tracee.
-    let _deferred = SignalDeferral::new()
-        .map_err(|e| UserError::failure(format!("cannot defer signals: {e}; nothing was changed")))?;
+    let _deferred = SignalDeferral::new().map_err(|e| {
+        UserError::failure(format!("cannot defer signals: {e}; nothing was changed"))
+    })?;
     in_tracer_thread(|| reap_stopped(target, rows, &planned))
 }
 
@@ -122,7 +123,10 @@ fn verify(pidfd: &Pidfd, row: &MasterRow) -> Result<(), String> {
     let node = pty::slave_node(copy.as_fd(), false)
         .map_err(|_| format!("fd {fd} is no longer a PTY master"))?;
     if node.pty != expected {
-        return Err(format!("fd {fd} is now PTY {} of devpts {}", node.pty.index, node.pty.devpts));
+        return Err(format!(
+            "fd {fd} is now PTY {} of devpts {}",
+            node.pty.index, node.pty.devpts
+        ));
     }
     if let Some(sid) = pty::session(copy.as_fd()) {
         return Err(format!("its slave is now the terminal of session {sid}"));
@@ -191,7 +195,11 @@ fn release(
         let r = if first == last {
             syscall(inj, nr::CLOSE, [first as u64, 0, 0, 0, 0, 0])?
         } else {
-            let r = syscall(inj, nr::CLOSE_RANGE, [first as u64, last as u64, 0, 0, 0, 0])?;
+            let r = syscall(
+                inj,
+                nr::CLOSE_RANGE,
+                [first as u64, last as u64, 0, 0, 0, 0],
+            )?;
             if r == -(libc::ENOSYS as i64) {
                 // kernels before 5.9: one close each
                 for fd in first..=last {
@@ -212,7 +220,12 @@ fn release(
     }
     for &i in &closing {
         let errs: Vec<String> = fds_of(&rows[i])
-            .filter_map(|fd| failed.iter().find(|(f, _)| *f == fd).map(|(f, e)| format!("close({f}): {e}")))
+            .filter_map(|fd| {
+                failed
+                    .iter()
+                    .find(|(f, _)| *f == fd)
+                    .map(|(f, e)| format!("close({f}): {e}"))
+            })
             .collect();
         set_result(&mut rows[i], errs);
     }
@@ -302,7 +315,10 @@ fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
         .open("/dev/null", libc::O_RDWR | libc::O_CLOEXEC, 0)
         .map_err(|e| e.to_string())?;
     if r < 0 {
-        return Err(format!("opening /dev/null in the target: {}", errno_text(r)));
+        return Err(format!(
+            "opening /dev/null in the target: {}",
+            errno_text(r)
+        ));
     }
     Ok(r as i32)
 }
@@ -329,7 +345,10 @@ pub fn runs(fds: &[i32]) -> Vec<(i32, i32)> {
 
 /// From outside, after detaching: a master reported released must not still be that PTY.
 fn verify_after(pidfd: &Pidfd, rows: &mut [MasterRow]) {
-    for r in rows.iter_mut().filter(|r| r.result == Some(Outcome::Closed)) {
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.result == Some(Outcome::Closed))
+    {
         let Ok(copy) = pidfd.get_fd(r.evidence.fd) else {
             continue; // gone: closed
         };
@@ -343,7 +362,10 @@ fn verify_after(pidfd: &Pidfd, rows: &mut [MasterRow]) {
 }
 
 fn attach_error(target: &Target, e: AttachError) -> UserError {
-    UserError::failure(format!("pid {} ({}): {e}; nothing was changed", target.pid, target.name))
+    UserError::failure(format!(
+        "pid {} ({}): {e}; nothing was changed",
+        target.pid, target.name
+    ))
 }
 
 #[cfg(test)]
