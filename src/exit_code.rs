@@ -12,6 +12,22 @@ pub enum ExitCode {
     Partial = 3,
     /// Not confirmed: declined at the prompt, or a prompt was needed and stdin is no terminal.
     NotConfirmed = 4,
+    /// Stopped by SIGHUP / SIGINT / SIGTERM (128 + the signal), after restoring the target and
+    /// printing what was done.
+    Hangup = 129,
+    Interrupted = 130,
+    Terminated = 143,
+}
+
+impl ExitCode {
+    /// The exit code for a stop request.
+    pub fn for_signal(sig: i32) -> ExitCode {
+        match sig {
+            libc::SIGHUP => ExitCode::Hangup,
+            libc::SIGINT => ExitCode::Interrupted,
+            _ => ExitCode::Terminated,
+        }
+    }
 }
 
 impl From<ExitCode> for std::process::ExitCode {

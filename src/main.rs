@@ -9,6 +9,7 @@ mod cli;
 mod confirm;
 mod duration;
 mod exit_code;
+mod interrupt;
 mod model;
 mod notify;
 mod pipeline;
@@ -188,7 +189,17 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     for (report, fresh) in reports.iter_mut().zip(fresh) {
         refresh(report, fresh);
     }
+    interrupt::catch();
     for (report, target) in reports.iter_mut().zip(&targets) {
+        if let Some(sig) = interrupt::received() {
+            for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
+                row.result = Some(model::Outcome::Kept);
+                if row.action == Action::Close {
+                    row.detail = Some(format!("not attempted: {} arrived", interrupt::name(sig)));
+                }
+            }
+            continue;
+        }
         match sys::reap(target, &mut report.masters) {
             Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
             Err(err) => {
@@ -225,6 +236,13 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             "Released {} of {} planned master(s); PTYs in use: {} -> {}.",
             summary.released, summary.planned, fresh_snapshot.system.in_use, after.system.in_use
         );
+    }
+    if let Some(sig) = interrupt::received() {
+        eprintln!(
+            "ptyreap: stopped by {}: every target was restored; the results above say what was released",
+            interrupt::name(sig)
+        );
+        return Ok(ExitCode::for_signal(sig));
     }
     Ok(summary.exit_code())
 }

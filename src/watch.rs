@@ -17,32 +17,17 @@ use crate::{census, notify, plan, sys, verdict};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_stop_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = request_stop as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+fn stop_requested() -> bool {
+    crate::interrupt::received().is_some()
 }
 
 /// Seconds between two notifications about the same process.
 const NOTIFY_EVERY_S: i64 = 3600;
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
-    install_stop_handlers();
+    crate::interrupt::catch();
     let log = Log { json: args.json };
     let mut state = State::load();
     log.event(
@@ -60,14 +45,14 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
             failed_pass = true;
             log.event("pass_failed", &[("error", json!(format!("{e:#}")))]);
         }
-        if args.once || STOP.load(Ordering::SeqCst) {
+        if args.once || stop_requested() {
             break;
         }
         let deadline = Instant::now() + args.interval;
-        while Instant::now() < deadline && !STOP.load(Ordering::SeqCst) {
+        while Instant::now() < deadline && !stop_requested() {
             std::thread::sleep(Duration::from_millis(100).min(args.interval));
         }
-        if STOP.load(Ordering::SeqCst) {
+        if stop_requested() {
             break;
         }
     }
@@ -109,7 +94,7 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
         ],
     );
     for p in &watched {
-        if STOP.load(Ordering::SeqCst) {
+        if stop_requested() {
             return Ok(());
         }
         if p.masters > args.warn {

@@ -225,7 +225,7 @@ fn sigterm_during_passes_never_leaves_a_target_stopped() {
     let state = support::temp_dir("watch-state");
     for delay_ms in [0u64, 1, 2, 3, 5, 8, 13, 21] {
         let f = Fixture::spawn(&["--orphans", "200", "--live", "1", "--threads", "4"]);
-        let mut w = spawn_watch(
+        let w = spawn_watch(
             &[
                 "--pid",
                 &f.pid.to_string(),
