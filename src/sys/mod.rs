@@ -21,7 +21,9 @@ pub use linux::{
 #[cfg(any(target_os = "macos", test))]
 pub mod macos;
 #[cfg(target_os = "macos")]
-pub use macos::{inspect, open_target, processes_named, reap, snapshot, Target};
+pub use macos::{
+    inspect, open_target, process_info, processes_named, reap, snapshot, start_time, Target,
+};
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 mod unsupported;
@@ -35,13 +37,13 @@ pub fn snapshot_for(_pids: &[i32]) -> anyhow::Result<crate::model::Snapshot> {
 }
 
 /// Where the backend has no richer source: the pid's name only, via the census.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn process_info(_pid: i32) -> crate::model::ProcessInfo {
     crate::model::ProcessInfo::default()
 }
 
 /// The process's start time in the backend's own unit (identity with the pid); None if unknown.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn start_time(_pid: i32) -> Option<u64> {
     None
 }

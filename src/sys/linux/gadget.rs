@@ -59,7 +59,9 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 }
 
 pub fn read_maps(pid: i32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse_maps(&std::fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
 }
 
 const AT_SYSINFO_EHDR: u64 = 33;
@@ -103,7 +105,9 @@ pub fn scan_elf(image: &[u8], insn: &[u8], align: u64) -> Result<Vec<u64>, gobli
         ranges = elf
             .program_headers
             .iter()
-            .filter(|p| p.p_type == program_header::PT_LOAD && p.p_flags & program_header::PF_X != 0)
+            .filter(|p| {
+                p.p_type == program_header::PT_LOAD && p.p_flags & program_header::PF_X != 0
+            })
             .map(|p| (p.p_offset, p.p_filesz))
             .collect();
     }
@@ -130,12 +134,15 @@ pub fn find_in_vdso(pid: i32, mem: &File, insn: &[u8], align: u64) -> io::Result
     let size = (h.e_shoff + u64::from(h.e_shnum) * u64::from(h.e_shentsize))
         .max(h.e_phoff + u64::from(h.e_phnum) * u64::from(h.e_phentsize));
     if size > 1 << 20 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "implausible vDSO size"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "implausible vDSO size",
+        ));
     }
     let mut image = vec![0u8; size as usize];
     mem.read_exact_at(&mut image, base)?;
-    let found = scan_elf(&image, insn, align)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let found =
+        scan_elf(&image, insn, align).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(found.into_iter().map(|off| base + off).collect())
 }
 
@@ -146,8 +153,13 @@ pub fn find_in_text(maps: &[Mapping], mem: &File, insn: &[u8], align: u64) -> Op
         let name = m.path.rsplit('/').next().unwrap_or("");
         name.starts_with("libc.so") || name.starts_with("libc-")
     };
-    let exec = maps.iter().filter(|m| m.executable && !m.path.starts_with('['));
-    let ordered = exec.clone().filter(is_libc).chain(exec.filter(|m| !is_libc(m)));
+    let exec = maps
+        .iter()
+        .filter(|m| m.executable && !m.path.starts_with('['));
+    let ordered = exec
+        .clone()
+        .filter(is_libc)
+        .chain(exec.filter(|m| !is_libc(m)));
     const CHUNK: u64 = 64 * 1024;
     for m in ordered {
         let mut at = m.start;
@@ -181,7 +193,10 @@ mod tests {
                     7f00-8f00 ---p 00000000 00:00 0 \n";
         let m = parse_maps(text);
         assert_eq!(m.len(), 3);
-        assert_eq!((m[0].start, m[0].end, m[0].executable), (0x7ffd1000, 0x7ffd3000, true));
+        assert_eq!(
+            (m[0].start, m[0].end, m[0].executable),
+            (0x7ffd1000, 0x7ffd3000, true)
+        );
         assert_eq!(m[0].path, "[vdso]");
         assert!(m[1].writable && !m[1].executable);
         assert_eq!(m[1].path, "/usr/bin/a b");
@@ -191,7 +206,10 @@ mod tests {
     #[test]
     fn scans_aligned() {
         let bytes = [0u8, 0x0f, 0x05, 0, 0x0f, 0x05];
-        assert_eq!(scan(&bytes, &[0x0f, 0x05], 1).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(
+            scan(&bytes, &[0x0f, 0x05], 1).collect::<Vec<_>>(),
+            vec![1, 4]
+        );
         assert_eq!(scan(&bytes, &[0x0f, 0x05], 2).collect::<Vec<_>>(), vec![4]);
         assert_eq!(scan(&bytes[..2], &[0x0f, 0x05], 1).count(), 0);
     }

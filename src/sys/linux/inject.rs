@@ -60,13 +60,24 @@ pub enum InjectError {
     /// No syscall instruction found anywhere in the target's executable memory.
     NoSyscallInstruction,
     /// A seccomp filter refused the call (SIGSYS).
-    Seccomp { nr: i64 },
+    Seccomp {
+        nr: i64,
+    },
     /// Our instruction faulted (suppressed).
-    Fault { signal: i32, addr: u64 },
+    Fault {
+        signal: i32,
+        addr: u64,
+    },
     /// No room for scratch data on the thread's stack.
     NoScratch,
-    Ptrace { what: &'static str, source: io::Error },
-    Memory { addr: u64, source: io::Error },
+    Ptrace {
+        what: &'static str,
+        source: io::Error,
+    },
+    Memory {
+        addr: u64,
+        source: io::Error,
+    },
     Unexpected(String),
     /// `syscall` after the injector was finished.
     Finished,
@@ -86,7 +97,10 @@ impl fmt::Display for InjectError {
                 write!(f, "a seccomp filter in the process refused syscall {nr}")
             }
             InjectError::Fault { signal, addr } => {
-                write!(f, "the injected instruction at {addr:#x} faulted (signal {signal})")
+                write!(
+                    f,
+                    "the injected instruction at {addr:#x} faulted (signal {signal})"
+                )
             }
             InjectError::NoScratch => write!(f, "no room on the thread's stack for scratch data"),
             InjectError::Ptrace { what, source } => write!(f, "ptrace {what}: {source}"),
@@ -201,7 +215,9 @@ impl<'a> Injector<'a> {
         only: Option<i32>,
     ) -> Result<Injector<'a>, InjectError> {
         if p.injection.is_some() {
-            return Err(InjectError::Unexpected("an injection is already under way".into()));
+            return Err(InjectError::Unexpected(
+                "an injection is already under way".into(),
+            ));
         }
         let pid = p.pid();
         let mem = OpenOptions::new()
@@ -210,9 +226,8 @@ impl<'a> Injector<'a> {
             .open(format!("/proc/{pid}/mem"))
             .map_err(|source| InjectError::Memory { addr: 0, source })?;
         let idx = choose_thread(p, &mem, only)?;
-        let sigtrap_ignored = ignored_signals(pid).map_err(|_| InjectError::Exited)?
-            & bit(libc::SIGTRAP)
-            != 0;
+        let sigtrap_ignored =
+            ignored_signals(pid).map_err(|_| InjectError::Exited)? & bit(libc::SIGTRAP) != 0;
         p.injection = Some(Session {
             idx,
             tid: p.threads[idx].tid,
@@ -221,7 +236,11 @@ impl<'a> Injector<'a> {
             orig_mask: None,
             may_mask: true,
             insn: 0,
-            mode: if sigtrap_ignored { Mode::SyscallStops } else { Mode::Step },
+            mode: if sigtrap_ignored {
+                Mode::SyscallStops
+            } else {
+                Mode::Step
+            },
             dirty: false,
             in_get_signal: true,
             stale_trap: false,
@@ -264,7 +283,10 @@ impl<'a> Injector<'a> {
 
     /// Whether each call takes a single stop (false: two, for targets that ignore SIGTRAP).
     pub fn single_stop(&self) -> bool {
-        self.p.injection.as_ref().is_some_and(|s| s.mode == Mode::Step)
+        self.p
+            .injection
+            .as_ref()
+            .is_some_and(|s| s.mode == Mode::Step)
     }
 
     /// Run one syscall in the target; the raw kernel result (-errno on error). Only calls that
@@ -287,12 +309,18 @@ impl<'a> Injector<'a> {
 
     /// close_range(first, last, flags): every fd from `first` to `last` inclusive.
     pub fn close_range(&mut self, first: u32, last: u32, flags: u32) -> Result<i64, InjectError> {
-        self.syscall(arch::nr::CLOSE_RANGE, [first.into(), last.into(), flags.into(), 0, 0, 0])
+        self.syscall(
+            arch::nr::CLOSE_RANGE,
+            [first.into(), last.into(), flags.into(), 0, 0, 0],
+        )
     }
 
     /// dup3(old, new, flags). Note: EINVAL when `old == new` (dup2 would succeed).
     pub fn dup3(&mut self, old: i32, new: i32, flags: i32) -> Result<i64, InjectError> {
-        self.syscall(arch::nr::DUP3, [old as u64, new as u64, flags as u64, 0, 0, 0])
+        self.syscall(
+            arch::nr::DUP3,
+            [old as u64, new as u64, flags as u64, 0, 0, 0],
+        )
     }
 
     /// openat(AT_FDCWD, path, flags, mode), the path placed in scratch memory (restored later).
@@ -304,24 +332,35 @@ impl<'a> Injector<'a> {
         bytes.push(0);
         let addr = self.push_scratch(&bytes)?;
         let at_fdcwd = libc::AT_FDCWD as i64 as u64;
-        self.syscall(arch::nr::OPENAT, [at_fdcwd, addr, flags as u64, mode.into(), 0, 0])
+        self.syscall(
+            arch::nr::OPENAT,
+            [at_fdcwd, addr, flags as u64, mode.into(), 0, 0],
+        )
     }
 
     pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), InjectError> {
         let s = self.p.injection.as_ref().ok_or(InjectError::Finished)?;
-        s.mem.read_exact_at(buf, addr).map_err(|source| InjectError::Memory { addr, source })
+        s.mem
+            .read_exact_at(buf, addr)
+            .map_err(|source| InjectError::Memory { addr, source })
     }
 
     /// Write target memory. The caller restores it; [`Injector::push_scratch`] does that itself.
     pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), InjectError> {
         let s = self.session()?;
-        s.mem.write_all_at(data, addr).map_err(|source| InjectError::Memory { addr, source })
+        s.mem
+            .write_all_at(data, addr)
+            .map_err(|source| InjectError::Memory { addr, source })
     }
 
     /// The top of the scratch area: an address on the injecting thread's stack, far below its
     /// stack pointer, that nothing uses while the thread is stopped. Data goes *below* it.
     pub fn stack_scratch(&self) -> u64 {
-        self.p.injection.as_ref().and_then(|s| s.base).map_or(0, |b| scratch_top_for(b.sp()))
+        self.p
+            .injection
+            .as_ref()
+            .and_then(|s| s.base)
+            .map_or(0, |b| scratch_top_for(b.sp()))
     }
 
     /// Copy `data` into scratch memory in the target and return its address; the bytes it
@@ -346,9 +385,13 @@ impl<'a> Injector<'a> {
         }
         let addr = top - used;
         let mut old = vec![0u8; data.len()];
-        s.mem.read_exact_at(&mut old, addr).map_err(|source| InjectError::Memory { addr, source })?;
+        s.mem
+            .read_exact_at(&mut old, addr)
+            .map_err(|source| InjectError::Memory { addr, source })?;
         s.saved_mem.push((addr, old));
-        s.mem.write_all_at(data, addr).map_err(|source| InjectError::Memory { addr, source })?;
+        s.mem
+            .write_all_at(data, addr)
+            .map_err(|source| InjectError::Memory { addr, source })?;
         s.scratch_used = used;
         Ok(addr)
     }
@@ -381,7 +424,11 @@ fn scratch_top_for(sp: u64) -> u64 {
 fn scratch_area(maps: &[gadget::Mapping], sp: u64) -> Option<u64> {
     let stack = maps.iter().find(|m| m.contains(sp - 1) && m.writable)?;
     let want = scratch_top_for(sp);
-    let top = if want - SCRATCH_SIZE >= stack.start { want } else { stack.start + SCRATCH_SIZE };
+    let top = if want - SCRATCH_SIZE >= stack.start {
+        want
+    } else {
+        stack.start + SCRATCH_SIZE
+    };
     // Keep clear of the red zone and whatever a signal frame would need.
     (top + 1024 <= sp - arch::RED_ZONE).then_some(top)
 }
@@ -392,7 +439,11 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
     let mut best: Option<(u32, usize)> = None;
     let mut compat = false;
     for (i, t) in p.threads.iter().enumerate() {
-        if t.state != (ThreadState::Stopped { event: true, pass: 0 })
+        if t.state
+            != (ThreadState::Stopped {
+                event: true,
+                pass: 0,
+            })
             || only.is_some_and(|o| o != t.tid)
         {
             continue;
@@ -598,7 +649,10 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                         return Err(InjectError::Seccomp { nr });
                     }
                     if SYNCHRONOUS & bit(sig) != 0 && info.si_code > 0 && now.pc() == s.insn {
-                        return Err(InjectError::Fault { signal: sig, addr: s.insn });
+                        return Err(InjectError::Fault {
+                            signal: sig,
+                            addr: s.insn,
+                        });
                     }
                     // Someone else's signal: deliver it with the thread's own state in place.
                     if executed && s.mode == Mode::Step {
@@ -634,9 +688,15 @@ pub(crate) fn restore(p: &mut StoppedProcess) -> Result<(), InjectError> {
     let t = &mut p.threads[s.idx];
     t.state = match &result {
         Err(InjectError::Exited) => ThreadState::Gone,
-        Ok(pass) => ThreadState::Stopped { event: *pass == 0, pass: *pass },
+        Ok(pass) => ThreadState::Stopped {
+            event: *pass == 0,
+            pass: *pass,
+        },
         // Best effort done; detach it as it is.
-        Err(_) => ThreadState::Stopped { event: false, pass: 0 },
+        Err(_) => ThreadState::Stopped {
+            event: false,
+            pass: 0,
+        },
     };
     p.refresh_tids();
     result.map(drop)
@@ -777,7 +837,13 @@ mod tests {
             });
             let pid = child.id() as i32;
             let stdin = child.stdin.take();
-            Target { child, pid, stdin, lines: rx, seen: Vec::new() }
+            Target {
+                child,
+                pid,
+                stdin,
+                lines: rx,
+                seen: Vec::new(),
+            }
         }
 
         /// The next report starting with `prefix` (others are kept for `seen`).
@@ -804,7 +870,10 @@ mod tests {
         }
 
         fn pidfd(&self) -> (Pidfd, u64) {
-            (Pidfd::open(self.pid).unwrap(), ptrace::start_time(self.pid).unwrap())
+            (
+                Pidfd::open(self.pid).unwrap(),
+                ptrace::start_time(self.pid).unwrap(),
+            )
         }
 
         fn stop(&self) -> StoppedProcess {
@@ -823,7 +892,10 @@ mod tests {
     /// `key=value` fields of a report line.
     fn fields(line: &str) -> HashMap<String, String> {
         line.split_whitespace()
-            .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|w| {
+                w.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect()
     }
 
@@ -838,7 +910,10 @@ mod tests {
     /// (tid, name, state letter) of every thread.
     fn threads(pid: i32) -> Vec<(i32, String, char)> {
         let mut v: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                    .collect()
+            })
             .unwrap_or_else(|_| Vec::new())
             .into_iter()
             .map(|tid| {
@@ -847,7 +922,9 @@ mod tests {
                     .rfind(')')
                     .and_then(|i| stat[i + 1..].trim_start().chars().next())
                     .unwrap_or('?');
-                let name = read_proc(format!("/proc/{pid}/task/{tid}/comm")).trim().to_string();
+                let name = read_proc(format!("/proc/{pid}/task/{tid}/comm"))
+                    .trim()
+                    .to_string();
                 (tid, name, state)
             })
             .collect();
@@ -875,7 +952,10 @@ mod tests {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "threads never fell asleep: {t:?}");
+            assert!(
+                Instant::now() < deadline,
+                "threads never fell asleep: {t:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -898,7 +978,11 @@ mod tests {
     /// Every thread let go and running on: none traced, none in a tracing stop.
     fn assert_untouched(pid: i32) {
         for (tid, name, st) in threads(pid) {
-            assert_eq!(tracer_pid(pid, tid), 0, "thread {tid} ({name}) still traced");
+            assert_eq!(
+                tracer_pid(pid, tid),
+                0,
+                "thread {tid} ({name}) still traced"
+            );
             assert_ne!(st, 't', "thread {tid} ({name}) still stopped");
         }
     }
@@ -919,11 +1003,24 @@ mod tests {
     fn snapshot(p: &StoppedProcess) -> Vec<(i32, Regs, u64)> {
         p.tids()
             .iter()
-            .map(|&t| (t, arch::get_regs(t).unwrap(), ptrace::get_sigmask(t).unwrap()))
+            .map(|&t| {
+                (
+                    t,
+                    arch::get_regs(t).unwrap(),
+                    ptrace::get_sigmask(t).unwrap(),
+                )
+            })
             .collect()
     }
 
-    const WORKERS: [&str; 6] = ["t-read", "t-sleep", "t-futex", "t-futex-to", "t-epoll", "t-spin"];
+    const WORKERS: [&str; 6] = [
+        "t-read",
+        "t-sleep",
+        "t-futex",
+        "t-futex-to",
+        "t-epoll",
+        "t-spin",
+    ];
 
     /// The main scenario: a target with threads blocked in read, nanosleep, futex (with and
     /// without a time-out) and epoll_wait, one spinning in user code, plus plain fds. One stop:
@@ -960,16 +1057,23 @@ mod tests {
         for name in WORKERS {
             let tid = tid_of(pid, name);
             let mut inj = p.injector_on(tid).unwrap();
-            assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64, "{name}");
+            assert_eq!(
+                inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(),
+                pid as i64,
+                "{name}"
+            );
             inj.finish().unwrap();
         }
-        let mut inj = p.injector_on(pid).unwrap();
+        let mut inj = p.injector_on(tid_of(pid, "main")).unwrap();
         assert!(inj.single_stop());
         assert_eq!(inj.close(null[0]).unwrap(), 0);
         assert_eq!(errno_of(inj.close(null[0]).unwrap()), Some(libc::EBADF));
         assert_eq!(inj.close_range(run[0] as u32, run[1] as u32, 0).unwrap(), 0);
         assert_eq!(inj.dup3(pty[0], pty[1], 0).unwrap(), pty[1] as i64);
-        assert_eq!(errno_of(inj.dup3(pty[2], pty[2], 0).unwrap()), Some(libc::EINVAL));
+        assert_eq!(
+            errno_of(inj.dup3(pty[2], pty[2], 0).unwrap()),
+            Some(libc::EINVAL)
+        );
         let opened = inj.open("/dev/null", libc::O_RDWR, 0).unwrap();
         assert!(opened >= 0, "openat: {opened}");
         let opened = opened as i32;
@@ -994,7 +1098,11 @@ mod tests {
             if closed.contains(&fd) {
                 assert_eq!(fd_path(pid, fd), None, "fd {fd} still open");
             } else if fd == pty[1] {
-                assert_eq!(tty_index(pid, fd), tty_index(pid, pty[0]), "dup3 over fd {fd}");
+                assert_eq!(
+                    tty_index(pid, fd),
+                    tty_index(pid, pty[0]),
+                    "dup3 over fd {fd}"
+                );
             } else {
                 assert_eq!(fd_path(pid, fd), Some(path), "fd {fd} changed");
             }
@@ -1007,15 +1115,28 @@ mod tests {
         assert_eq!((r["n"].as_str(), r["data"].as_str()), ("5", "hello"));
         let s = fields(&t.expect("slept"));
         assert_eq!(s["ret"], "0", "nanosleep: {s:?}");
-        assert!(s["ms"].parse::<u64>().unwrap() >= SLEEP_MS, "nanosleep cut short: {s:?}");
+        assert!(
+            s["ms"].parse::<u64>().unwrap() >= SLEEP_MS,
+            "nanosleep cut short: {s:?}"
+        );
         t.send("status");
         let st = fields(&t.expect("status"));
-        assert_eq!(st["usr1"], "1", "the signal sent during the stop was delivered once");
-        assert_eq!(st["futex_early"], "0", "futex waiters woke without being woken");
+        assert_eq!(
+            st["usr1"], "1",
+            "the signal sent during the stop was delivered once"
+        );
+        assert_eq!(
+            st["futex_early"], "0",
+            "futex waiters woke without being woken"
+        );
         t.send("wake");
         for _ in 0..2 {
             let f = fields(&t.expect("futex"));
-            assert_eq!((f["early"].as_str(), f["woken"].as_str()), ("0", "1"), "{f:?}");
+            assert_eq!(
+                (f["early"].as_str(), f["woken"].as_str()),
+                ("0", "1"),
+                "{f:?}"
+            );
         }
         t.send("event");
         let e = fields(&t.expect("epoll"));
@@ -1024,7 +1145,10 @@ mod tests {
         assert_eq!(e["events"], "1");
         t.send("status");
         let st = fields(&t.expect("status"));
-        assert_eq!(st["spin_ok"], "1", "the spinning thread's registers were disturbed");
+        assert_eq!(
+            st["spin_ok"], "1",
+            "the spinning thread's registers were disturbed"
+        );
     }
 
     /// Registers of threads blocked in restartable calls are identical in a second stop: the
@@ -1036,17 +1160,21 @@ mod tests {
         let mut t = t;
         t.expect("ready");
         wait_asleep(pid, &["t-read", "t-futex", "main"]);
-        let watched = [tid_of(pid, "t-read"), tid_of(pid, "t-futex"), pid];
+        let main = tid_of(pid, "main");
+        let watched = [tid_of(pid, "t-read"), tid_of(pid, "t-futex"), main, pid];
         let regs = |p: &StoppedProcess| -> Vec<Regs> {
-            watched.iter().map(|&w| {
-                assert!(p.tids().contains(&w));
-                arch::get_regs(w).unwrap()
-            }).collect()
+            watched
+                .iter()
+                .map(|&w| {
+                    assert!(p.tids().contains(&w));
+                    arch::get_regs(w).unwrap()
+                })
+                .collect()
         };
         let mut p = t.stop();
         let first = regs(&p);
         {
-            let mut inj = p.injector_on(pid).unwrap();
+            let mut inj = p.injector_on(main).unwrap();
             assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64);
         }
         p.resume().unwrap();
@@ -1066,7 +1194,9 @@ mod tests {
         let (a, b) = (nums(&r["a"]), nums(&r["b"]));
         let pid = t.pid;
         wait_asleep(pid, &["main"]);
-        let before = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let before = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
 
         let t0 = Instant::now();
         let mut p = t.stop();
@@ -1090,7 +1220,9 @@ mod tests {
 
         let n = (a[1] - a[0] + 1) as u32;
         let m = (b[1] - b[0] + 1) as u32;
-        let after = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let after = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
         assert_eq!(before - after, (n + m) as usize);
         eprintln!(
             "inject timing: attach {attach:?}; {n} single closes {singles:?} ({:?} each), \
@@ -1167,7 +1299,7 @@ mod tests {
         drop(p);
         let mut p = t.stop();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut inj = p.injector_on(pid).unwrap();
+            let mut inj = p.injector_on(tid_of(pid, "main")).unwrap();
             inj.push_scratch(b"/dev/null\0").unwrap();
             assert_eq!(inj.close(null[1]).unwrap(), 0);
             panic!("injected failure");
@@ -1176,7 +1308,12 @@ mod tests {
         let after = snapshot(&p);
         assert_eq!(before.len(), after.len());
         for (b, a) in before.iter().zip(&after) {
-            assert_eq!((b.0, b.1, b.2), (a.0, a.1, a.2), "thread {} not restored", b.0);
+            assert_eq!(
+                (b.0, b.1, b.2),
+                (a.0, a.1, a.2),
+                "thread {} not restored",
+                b.0
+            );
         }
         drop(p);
         assert_untouched(pid);
@@ -1220,7 +1357,8 @@ mod tests {
         wait_asleep(pid, &["t-sleep"]);
         // The vfork parent is in D state (killable).
         let deadline = Instant::now() + PATIENCE;
-        while !threads(pid).iter().any(|x| x.0 == pid && x.2 == 'D') {
+        let main = tid_of(pid, "main");
+        while !threads(pid).iter().any(|x| x.0 == main && x.2 == 'D') {
             assert!(Instant::now() < deadline, "{:?}", threads(pid));
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -1229,7 +1367,7 @@ mod tests {
             StoppedProcess::stop(&fd, st, Duration::from_millis(300)).map(drop)
         });
         match r {
-            Err(AttachError::Timeout { tid, .. }) => assert_eq!(tid, pid),
+            Err(AttachError::Timeout { tid, .. }) => assert_eq!(tid, main),
             other => panic!("{other:?}"),
         }
         t.expect("vfork done");
@@ -1254,7 +1392,10 @@ mod tests {
             p.resume().unwrap();
             t.send("mask");
             let m = fields(&t.expect("mask"));
-            assert_eq!(m["now"], ready["mask"], "{call}: the thread's signal mask changed");
+            assert_eq!(
+                m["now"], ready["mask"],
+                "{call}: the thread's signal mask changed"
+            );
         }
     }
 
@@ -1277,7 +1418,11 @@ mod tests {
             assert_eq!(inj.syscall(arch::nr::GETPID, [0; 6]).unwrap(), pid as i64);
             drop(inj);
             p.resume().unwrap();
-            assert_ne!(status_mask(pid, key) & trap, 0, "{how}: SIGTRAP disposition changed");
+            assert_ne!(
+                status_mask(pid, key) & trap,
+                0,
+                "{how}: SIGTRAP disposition changed"
+            );
             t.send("status");
             assert_eq!(fields(&t.expect("status"))["traps"], "0", "{how}");
         }
@@ -1338,7 +1483,10 @@ mod tests {
             unsafe {
                 let mut cur: libc::sigset_t = std::mem::zeroed();
                 libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
-                (1..64).filter(|&s| libc::sigismember(&cur, s) == 1).map(|s| 1u64 << (s - 1)).sum()
+                (1..64)
+                    .filter(|&s| libc::sigismember(&cur, s) == 1)
+                    .map(|s| 1u64 << (s - 1))
+                    .sum()
             }
         }
 
@@ -1408,6 +1556,9 @@ mod tests {
         }
 
         pub fn run(role: &str) {
+            // libtest runs this on a thread named after the test: call it "main".
+            // SAFETY: PR_SET_NAME with a NUL-terminated string.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"main".as_ptr()) };
             let (kind, arg) = role.split_once(':').unwrap_or((role, ""));
             match kind {
                 "blocked" => blocked(),
@@ -1434,7 +1585,10 @@ mod tests {
             assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
             // SAFETY: plain syscalls creating fds.
             let (ep, ev) = unsafe { (libc::epoll_create1(0), libc::eventfd(0, 0)) };
-            let mut e = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+            let mut e = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 1,
+            };
             // SAFETY: registering a live eventfd.
             unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ev, &mut e) };
 
@@ -1447,15 +1601,26 @@ mod tests {
                 report(format!("read n={n} data={data} errno={}", errno()));
             });
             worker("t-sleep", || {
-                let ts = libc::timespec { tv_sec: (SLEEP_MS / 1000) as _, tv_nsec: 0 };
+                let ts = libc::timespec {
+                    tv_sec: (SLEEP_MS / 1000) as _,
+                    tv_nsec: 0,
+                };
                 let t0 = Instant::now();
                 // SAFETY: nanosleep with valid pointers.
                 let r = unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
                 let e = errno();
-                report(format!("slept ret={r} errno={e} ms={}", t0.elapsed().as_millis()));
+                report(format!(
+                    "slept ret={r} errno={e} ms={}",
+                    t0.elapsed().as_millis()
+                ));
             });
             worker("t-futex", || futex_wait(None));
-            worker("t-futex-to", || futex_wait(Some(libc::timespec { tv_sec: 600, tv_nsec: 0 })));
+            worker("t-futex-to", || {
+                futex_wait(Some(libc::timespec {
+                    tv_sec: 600,
+                    tv_nsec: 0,
+                }))
+            });
             worker("t-epoll", move || {
                 let (mut eintr, mut events) = (0, 0);
                 let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
@@ -1474,7 +1639,12 @@ mod tests {
                 report(format!("epoll eintr={eintr} events={events}"));
             });
             worker("t-spin", spin);
-            let list = |v: &[i32]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+            let list = |v: &[i32]| {
+                v.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             report(format!(
                 "ready null={} run={},{} pty={}",
                 list(&null),
@@ -1610,13 +1780,20 @@ mod tests {
             let fd0 = std::io::stdin().as_raw_fd();
             loop {
                 let r = if call == "ppoll" {
-                    let mut pfd = libc::pollfd { fd: fd0, events: libc::POLLIN, revents: 0 };
+                    let mut pfd = libc::pollfd {
+                        fd: fd0,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     // SAFETY: one pollfd, no time-out, a valid mask.
                     unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), &empty) }
                 } else {
                     // SAFETY: as in `blocked`.
                     let ep = unsafe { libc::epoll_create1(0) };
-                    let mut e = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+                    let mut e = libc::epoll_event {
+                        events: libc::EPOLLIN as u32,
+                        u64: 0,
+                    };
                     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
                     // SAFETY: registering stdin; one output slot; a valid mask.
                     let n = unsafe {

@@ -51,7 +51,13 @@ fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<l
 }
 
 pub(crate) fn seize(tid: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC).map(drop)
+    ptrace(
+        libc::PTRACE_SEIZE,
+        tid,
+        0,
+        PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC,
+    )
+    .map(drop)
 }
 
 pub(crate) fn interrupt(tid: i32) -> io::Result<()> {
@@ -86,18 +92,34 @@ pub(crate) fn resume(tid: i32, how: Resume, sig: i32) -> io::Result<()> {
 
 pub(crate) fn get_sigmask(tid: i32) -> io::Result<u64> {
     let mut mask: u64 = 0;
-    ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as usize)?;
+    ptrace(
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        8,
+        &mut mask as *mut u64 as usize,
+    )?;
     Ok(mask)
 }
 
 pub(crate) fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as usize).map(drop)
+    ptrace(
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &mask as *const u64 as usize,
+    )
+    .map(drop)
 }
 
 pub(crate) fn get_siginfo(tid: i32) -> io::Result<libc::siginfo_t> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    ptrace(libc::PTRACE_GETSIGINFO, tid, 0, &mut info as *mut libc::siginfo_t as usize)?;
+    ptrace(
+        libc::PTRACE_GETSIGINFO,
+        tid,
+        0,
+        &mut info as *mut libc::siginfo_t as usize,
+    )?;
     Ok(info)
 }
 
@@ -180,20 +202,49 @@ pub(crate) fn wait_stop_until(tid: i32, deadline: Instant) -> io::Result<Option<
 /// Why a process could not be stopped. Each has one plain message (Display).
 #[derive(Debug)]
 pub enum AttachError {
-    NoSuchProcess { pid: i32 },
+    NoSuchProcess {
+        pid: i32,
+    },
     /// The process exited (before or while we attached).
-    Exited { pid: i32 },
+    Exited {
+        pid: i32,
+    },
     /// The process called execve while we attached.
-    Exec { pid: i32 },
+    Exec {
+        pid: i32,
+    },
     /// The pid now names another process than the one inspected.
-    PidReused { pid: i32, expected: u64, found: u64 },
+    PidReused {
+        pid: i32,
+        expected: u64,
+        found: u64,
+    },
     /// ptyreap's own process.
-    OwnProcess { pid: i32 },
-    AlreadyTraced { pid: i32, tracer_pid: i32, tracer_name: String },
-    NotPermitted { pid: i32, yama_scope: Option<u32>, is_root: bool, has_cap_sys_ptrace: bool },
+    OwnProcess {
+        pid: i32,
+    },
+    AlreadyTraced {
+        pid: i32,
+        tracer_pid: i32,
+        tracer_name: String,
+    },
+    NotPermitted {
+        pid: i32,
+        yama_scope: Option<u32>,
+        is_root: bool,
+        has_cap_sys_ptrace: bool,
+    },
     /// This thread did not stop in time (an uninterruptible sleep, a vfork parent).
-    Timeout { pid: i32, tid: i32, waited: Duration },
-    Other { pid: i32, what: &'static str, source: io::Error },
+    Timeout {
+        pid: i32,
+        tid: i32,
+        waited: Duration,
+    },
+    Other {
+        pid: i32,
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for AttachError {
@@ -287,8 +338,11 @@ fn status_field(pid: i32, tid: Option<i32>, key: &str) -> Option<String> {
         None => format!("/proc/{pid}/status"),
     };
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_string()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_string())
+    })
 }
 
 /// Signals the process ignores (SigIgn), as a mask with bit `n-1` for signal `n`.
@@ -311,7 +365,11 @@ fn tracer_of(pid: i32) -> Option<(i32, String)> {
 
 fn eperm_error(pid: i32) -> AttachError {
     if let Some((tracer_pid, tracer_name)) = tracer_of(pid) {
-        return AttachError::AlreadyTraced { pid, tracer_pid, tracer_name };
+        return AttachError::AlreadyTraced {
+            pid,
+            tracer_pid,
+            tracer_name,
+        };
     }
     let yama_scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .ok()
@@ -423,14 +481,24 @@ impl StoppedProcess {
                     AttachError::NoSuchProcess { pid }
                 })
             }
-            Err(source) => return Err(AttachError::Other { pid, what: "reading its stat", source }),
+            Err(source) => {
+                return Err(AttachError::Other {
+                    pid,
+                    what: "reading its stat",
+                    source,
+                })
+            }
         };
         // Alive now means the stat we read was its own (see the module doc).
         if pidfd.has_exited() {
             return Err(AttachError::Exited { pid });
         }
         if found != expected_start_time {
-            return Err(AttachError::PidReused { pid, expected: expected_start_time, found });
+            return Err(AttachError::PidReused {
+                pid,
+                expected: expected_start_time,
+                found,
+            });
         }
         let mut p = StoppedProcess {
             pid,
@@ -454,7 +522,11 @@ impl StoppedProcess {
                 Ok(t) => t,
                 Err(_) if pidfd.has_exited() => return Err(AttachError::Exited { pid }),
                 Err(source) => {
-                    return Err(AttachError::Other { pid, what: "listing its threads", source })
+                    return Err(AttachError::Other {
+                        pid,
+                        what: "listing its threads",
+                        source,
+                    })
                 }
             };
             let first = self.threads.len();
@@ -473,9 +545,18 @@ impl StoppedProcess {
                         }
                         return Err(eperm_error(pid));
                     }
-                    Err(source) => return Err(AttachError::Other { pid, what: "seizing", source }),
+                    Err(source) => {
+                        return Err(AttachError::Other {
+                            pid,
+                            what: "seizing",
+                            source,
+                        })
+                    }
                 }
-                self.threads.push(Thread { tid, state: ThreadState::Running });
+                self.threads.push(Thread {
+                    tid,
+                    state: ThreadState::Running,
+                });
                 if self.threads.len() == 1 && pidfd.has_exited() {
                     // The pid was recycled between our checks and the seize.
                     return Err(AttachError::Exited { pid });
@@ -483,7 +564,11 @@ impl StoppedProcess {
                 self.since.get_or_insert_with(Instant::now);
                 if let Err(e) = interrupt(tid) {
                     if e.raw_os_error() != Some(libc::ESRCH) {
-                        return Err(AttachError::Other { pid, what: "interrupting", source: e });
+                        return Err(AttachError::Other {
+                            pid,
+                            what: "interrupting",
+                            source: e,
+                        });
                     }
                 }
             }
@@ -492,20 +577,37 @@ impl StoppedProcess {
             }
             for i in first..self.threads.len() {
                 let tid = self.threads[i].tid;
-                let stop = wait_stop_until(tid, deadline)
-                    .map_err(|source| AttachError::Other { pid, what: "waiting", source })?;
+                let stop = wait_stop_until(tid, deadline).map_err(|source| AttachError::Other {
+                    pid,
+                    what: "waiting",
+                    source,
+                })?;
                 self.threads[i].state = match stop {
                     None => {
-                        return Err(AttachError::Timeout { pid, tid, waited: timeout });
+                        return Err(AttachError::Timeout {
+                            pid,
+                            tid,
+                            waited: timeout,
+                        });
                     }
-                    Some(Stop::Event(_)) => ThreadState::Stopped { event: true, pass: 0 },
-                    Some(Stop::Signal(sig)) => ThreadState::Stopped { event: false, pass: sig },
+                    Some(Stop::Event(_)) => ThreadState::Stopped {
+                        event: true,
+                        pass: 0,
+                    },
+                    Some(Stop::Signal(sig)) => ThreadState::Stopped {
+                        event: false,
+                        pass: sig,
+                    },
                     // Not requested before our interrupt, but harmless stops to hold it in.
-                    Some(Stop::Syscall) | Some(Stop::OtherEvent(_)) => {
-                        ThreadState::Stopped { event: false, pass: 0 }
-                    }
+                    Some(Stop::Syscall) | Some(Stop::OtherEvent(_)) => ThreadState::Stopped {
+                        event: false,
+                        pass: 0,
+                    },
                     Some(Stop::Exec) => {
-                        self.threads[i].state = ThreadState::Stopped { event: false, pass: 0 };
+                        self.threads[i].state = ThreadState::Stopped {
+                            event: false,
+                            pass: 0,
+                        };
                         return Err(AttachError::Exec { pid });
                     }
                     Some(Stop::Gone(_)) => ThreadState::Gone,
@@ -558,7 +660,9 @@ impl StoppedProcess {
     pub fn resume(mut self) -> Result<Duration, ResumeError> {
         let result = self.release();
         let stopped = self.since.map(|s| s.elapsed()).unwrap_or_default();
-        result.map(|()| stopped).map_err(|message| ResumeError { stopped, message })
+        result
+            .map(|()| stopped)
+            .map_err(|message| ResumeError { stopped, message })
     }
 
     /// Let go of everything; the first problem met, as a message. Idempotent.
@@ -681,7 +785,10 @@ impl SignalDeferral {
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
-        Ok(SignalDeferral { old, _not_send: PhantomData })
+        Ok(SignalDeferral {
+            old,
+            _not_send: PhantomData,
+        })
     }
 }
 
@@ -710,27 +817,43 @@ mod tests {
         let traced = diagnose_eperm(Some(1), false, false, Some((77, "gdb")));
         assert!(traced.contains("process 77 (gdb)"), "{traced}");
         let y1 = diagnose_eperm(Some(1), false, false, None);
-        assert!(y1.contains("ptrace_scope is 1") && y1.contains("sudo"), "{y1}");
+        assert!(
+            y1.contains("ptrace_scope is 1") && y1.contains("sudo"),
+            "{y1}"
+        );
         assert!(y1.contains("sysctl kernel.yama.ptrace_scope=0"), "{y1}");
         // Root with the capability passes Yama 1 and 2: then it must be something else.
         let lsm = diagnose_eperm(Some(1), true, true, None);
         assert!(lsm.contains("security module"), "{lsm}");
         assert_eq!(lsm, diagnose_eperm(Some(2), true, true, None));
         let y2 = diagnose_eperm(Some(2), false, false, None);
-        assert!(y2.contains("ptrace_scope is 2") && y2.contains("CAP_SYS_PTRACE"), "{y2}");
+        assert!(
+            y2.contains("ptrace_scope is 2") && y2.contains("CAP_SYS_PTRACE"),
+            "{y2}"
+        );
         let y3 = diagnose_eperm(Some(3), true, true, None);
-        assert!(y3.contains("ptrace_scope is 3") && y3.contains("reboot"), "{y3}");
+        assert!(
+            y3.contains("ptrace_scope is 3") && y3.contains("reboot"),
+            "{y3}"
+        );
         let nocap = diagnose_eperm(None, true, false, None);
         assert!(nocap.contains("without the CAP_SYS_PTRACE"), "{nocap}");
         let user = diagnose_eperm(Some(0), false, false, None);
-        assert!(user.contains("another user") && user.contains("sudo"), "{user}");
+        assert!(
+            user.contains("another user") && user.contains("sudo"),
+            "{user}"
+        );
         let e = AttachError::NotPermitted {
             pid: 5,
             yama_scope: Some(2),
             is_root: false,
             has_cap_sys_ptrace: false,
         };
-        assert!(e.to_string().starts_with("cannot attach to process 5: kernel.yama"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot attach to process 5: kernel.yama"),
+            "{e}"
+        );
     }
 
     #[test]

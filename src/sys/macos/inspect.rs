@@ -76,26 +76,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             if ev.session.is_some() {
                 ev.foreground_pgrp = foreground_pgrp(ev.session, devfs.slave_rdev(pty.index));
             }
-            let others = |holders: Vec<Holder>| {
-                holders
-                    .into_iter()
-                    .filter(|h| h.pid != pid)
-                    .collect::<Vec<_>>()
-            };
-            ev.slave_holders = others(snapshot.slave_holders(pty));
-            ev.other_master_holders = others(snapshot.master_holders(pty));
-            ev.target_slave_fds = own
-                .slaves
-                .iter()
-                .filter(|s| s.pty == pty)
-                .map(|s| s.fd)
-                .collect();
-            ev.aliases = own
-                .masters
-                .iter()
-                .filter(|o| o.fd != m.fd && o.pty == Some(pty))
-                .map(|o| o.fd)
-                .collect();
+            snapshot.join(pid, &mut ev);
             // The kernel says another fd shares this open file, but we saw none: its holder is
             // out of our sight (another user's process without root, a descriptor in flight).
             if shared && ev.aliases.is_empty() && ev.other_master_holders.is_empty() {

@@ -26,6 +26,8 @@ pub mod ffi;
 pub mod logic;
 
 #[cfg(target_os = "macos")]
+mod info;
+#[cfg(target_os = "macos")]
 mod inject;
 #[cfg(target_os = "macos")]
 mod inspect;
@@ -40,6 +42,8 @@ mod scan;
 #[cfg(target_os = "macos")]
 mod target;
 
+#[cfg(target_os = "macos")]
+pub use info::{process_info, start_time};
 #[cfg(target_os = "macos")]
 pub use inspect::inspect;
 #[cfg(target_os = "macos")]

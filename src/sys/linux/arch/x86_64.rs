@@ -125,7 +125,12 @@ pub fn get_regs(tid: i32) -> io::Result<Regs> {
     let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: PTRACE_GETREGS writes one user_regs_struct to the pointer we pass.
     let rc = unsafe {
-        libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut r as *mut libc::user_regs_struct)
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            tid,
+            0usize,
+            &mut r as *mut libc::user_regs_struct,
+        )
     };
     if rc == -1 {
         return Err(io::Error::last_os_error());
@@ -136,7 +141,12 @@ pub fn get_regs(tid: i32) -> io::Result<Regs> {
 pub fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
     // SAFETY: PTRACE_SETREGS reads one user_regs_struct from the pointer we pass.
     let rc = unsafe {
-        libc::ptrace(libc::PTRACE_SETREGS, tid, 0usize, &regs.0 as *const libc::user_regs_struct)
+        libc::ptrace(
+            libc::PTRACE_SETREGS,
+            tid,
+            0usize,
+            &regs.0 as *const libc::user_regs_struct,
+        )
     };
     if rc == -1 {
         return Err(io::Error::last_os_error());
