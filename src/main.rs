@@ -14,6 +14,8 @@ mod model;
 mod notify;
 mod pipeline;
 mod plan;
+#[cfg(all(test, target_os = "linux"))]
+mod proptests;
 mod render;
 mod report;
 mod sys;

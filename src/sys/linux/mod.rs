@@ -13,7 +13,7 @@ mod reap;
 pub mod scan;
 mod system;
 mod target;
-mod watchers;
+pub mod watchers;
 
 pub use info::{process_info, start_time};
 pub use inspect::inspect;
