@@ -186,11 +186,16 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
 
     // The prompt may have taken minutes: look again, and release only what still holds.
     let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
-    let fresh_snapshot = sys::snapshot_for(&pids)?;
-    let fresh = build_reports(cli, &targets, &fresh_snapshot)?;
-    for (report, fresh) in reports.iter_mut().zip(fresh) {
-        refresh(report, fresh);
-    }
+    let before = if cli.yes {
+        snapshot
+    } else {
+        let fresh_snapshot = sys::snapshot_for(&pids)?;
+        let fresh = build_reports(cli, &targets, &fresh_snapshot)?;
+        for (report, fresh) in reports.iter_mut().zip(fresh) {
+            refresh(report, fresh);
+        }
+        fresh_snapshot
+    };
     interrupt::catch();
     for (report, target) in reports.iter_mut().zip(&targets) {
         if let Some(sig) = interrupt::received() {
@@ -217,26 +222,21 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             }
         }
     }
-    let after = sys::snapshot_for(&pids)?;
+    let after = sys::usage_now(&before, &pids)?;
     let summary = reap_summary(&reports);
     if cli.json {
-        let mut doc = render::json::inspection(
-            false,
-            cli.method,
-            cli.min_idle.as_secs(),
-            &after.system,
-            &reports,
-        );
+        let mut doc =
+            render::json::inspection(false, cli.method, cli.min_idle.as_secs(), &after, &reports);
         doc["pty_in_use"] = serde_json::json!({
-            "before": fresh_snapshot.system.in_use,
-            "after": after.system.in_use,
+            "before": before.system.in_use,
+            "after": after.in_use,
         });
         println!("{doc}");
     } else {
-        print(&reports, &after.system, false);
+        print(&reports, &after, false);
         eprintln!(
             "Released {} of {} planned master(s); PTYs in use: {} -> {}.",
-            summary.released, summary.planned, fresh_snapshot.system.in_use, after.system.in_use
+            summary.released, summary.planned, before.system.in_use, after.in_use
         );
     }
     if let Some(sig) = interrupt::received() {

@@ -14,7 +14,7 @@ pub mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{
     inspect, open_target, process_info, processes_named, reap, snapshot, snapshot_for, start_time,
-    Target,
+    usage_now, Target,
 };
 
 // The macOS backend; its layouts and pure logic also build (and are tested) everywhere.
@@ -34,6 +34,15 @@ pub use unsupported::{inspect, open_target, processes_named, reap, snapshot, Tar
 #[cfg(not(target_os = "linux"))]
 pub fn snapshot_for(_pids: &[i32]) -> anyhow::Result<crate::model::Snapshot> {
     snapshot()
+}
+
+/// The system's usage now (a fresh snapshot where the backend has no cheaper way).
+#[cfg(not(target_os = "linux"))]
+pub fn usage_now(
+    _recent: &crate::model::Snapshot,
+    pids: &[i32],
+) -> anyhow::Result<crate::model::SystemUsage> {
+    Ok(snapshot_for(pids)?.system)
 }
 
 /// Where the backend has no richer source: the pid's name only, via the census.

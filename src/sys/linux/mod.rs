@@ -33,3 +33,9 @@ pub fn snapshot_for(pids: &[i32]) -> anyhow::Result<Snapshot> {
     let system = system::usage(&processes, pids);
     Ok(Snapshot { processes, system })
 }
+
+/// The system's usage now, for the devpts instances a recent snapshot saw (and those where
+/// `pids` live), without scanning every process again.
+pub fn usage_now(recent: &Snapshot, pids: &[i32]) -> anyhow::Result<crate::model::SystemUsage> {
+    Ok(system::usage(&recent.processes, pids))
+}

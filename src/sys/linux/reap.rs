@@ -20,7 +20,7 @@ use super::target::Target;
 use crate::exit_code::UserError;
 use crate::model::{Action, MasterRow, Method, Outcome, PtyId};
 use crate::plan;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 /// How long a thread may take to reach a ptrace stop before we back out.
@@ -48,20 +48,34 @@ fn reap_stopped(
     planned: &[usize],
 ) -> Result<Duration, UserError> {
     let keeper = plan::merge_keeper(rows);
-    let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
-        .map_err(|e| attach_error(target, e))?;
-
-    // 3. re-verify inside the stop
-    let mut go: Vec<usize> = Vec::new();
+    // Copies of every planned fd, checked now; inside the stop one kcmp per fd proves the target
+    // still has the very same open file. They are closed only after the target is resumed: the
+    // last close of a PTY does the kernel's release work, which need not happen inside the stop.
+    let mut pins: Vec<(usize, Pinned)> = Vec::new();
     for &i in planned {
-        match verify(&target.pidfd, &rows[i]) {
-            Ok(()) => go.push(i),
+        match pin(&target.pidfd, &rows[i]) {
+            Ok(p) => pins.push((i, p)),
             Err(why) => {
                 rows[i].result = Some(Outcome::Changed);
                 rows[i].detail = Some(why);
             }
         }
     }
+    let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
+        .map_err(|e| attach_error(target, e))?;
+
+    // 3. re-verify inside the stop
+    let mut go: Vec<usize> = Vec::new();
+    for (i, pinned) in &pins {
+        match verify_pinned(&target.pidfd, pinned, &rows[*i]) {
+            Ok(()) => go.push(*i),
+            Err(why) => {
+                rows[*i].result = Some(Outcome::Changed);
+                rows[*i].detail = Some(why);
+            }
+        }
+    }
+    go.sort_unstable();
     let keeper_ok = match keeper {
         Some(fd) => verify_keeper(&target.pidfd, fd, rows),
         None => Ok(()),
@@ -100,6 +114,7 @@ fn reap_stopped(
     let stopped_for = stopped
         .resume()
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
+    drop(pins);
     verify_after(&target.pidfd, rows);
     finish_kept(rows);
     Ok(stopped_for)
@@ -143,10 +158,102 @@ fn verify(pidfd: &Pidfd, row: &MasterRow) -> Result<(), String> {
         let slave = pidfd
             .get_fd(sfd)
             .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
-        let st = pty::fstat(std::os::fd::AsRawFd::as_raw_fd(&slave))
-            .map_err(|e| format!("slave fd {sfd}: {e}"))?;
+        let st = pty::fstat(slave.as_raw_fd()).map_err(|e| format!("slave fd {sfd}: {e}"))?;
         if super::scan::slave_pty(&st) != Some(expected) {
             return Err(format!("slave fd {sfd} is no longer this PTY's slave"));
+        }
+    }
+    Ok(())
+}
+
+/// Our copies of a planned row's fds: the master's, and a pair's slave fds'.
+struct Pinned {
+    master: OwnedFd,
+    slaves: Vec<(i32, OwnedFd)>,
+}
+
+/// Copies the row's fds, checking that the master still is the PTY the evidence describes (the
+/// rest — session, hang-up, a pair's slaves — is checked inside the stop, on these copies).
+fn pin(pidfd: &Pidfd, row: &MasterRow) -> Result<Pinned, String> {
+    let fd = row.evidence.fd;
+    let copy = |fd: i32| {
+        pidfd
+            .get_fd(fd)
+            .map_err(|e| format!("fd {fd} is gone ({e})"))
+    };
+    let master = copy(fd)?;
+    let node = pty::slave_node(master.as_fd(), false)
+        .map_err(|_| format!("fd {fd} is no longer a PTY master"))?;
+    if Some(node.pty) != row.evidence.pty {
+        return Err(format!(
+            "fd {fd} is now PTY {} of devpts {}",
+            node.pty.index, node.pty.devpts
+        ));
+    }
+    let mut slaves = Vec::new();
+    for &sfd in &row.evidence.target_slave_fds {
+        let slave = copy(sfd)?;
+        let st = pty::fstat(slave.as_raw_fd()).map_err(|e| format!("slave fd {sfd}: {e}"))?;
+        if super::scan::slave_pty(&st) != row.evidence.pty {
+            return Err(format!("slave fd {sfd} is no longer this PTY's slave"));
+        }
+        slaves.push((sfd, slave));
+    }
+    Ok(Pinned { master, slaves })
+}
+
+/// KCMP_FILE (include/uapi/linux/kcmp.h): do two fds refer to the same open file?
+const KCMP_FILE: libc::c_int = 0;
+
+/// Some(true) when the target's `fd` is the very open file of our `copy`; None when kcmp is not
+/// available (no CONFIG_KCMP), and the caller must check the long way.
+fn same_file(own: i32, pid: i32, copy: &OwnedFd, fd: i32) -> Option<bool> {
+    // SAFETY: kcmp takes integers only for KCMP_FILE.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            own,
+            pid,
+            KCMP_FILE,
+            copy.as_raw_fd() as libc::c_ulong,
+            fd as libc::c_ulong,
+        )
+    };
+    match r {
+        0 => Some(true),
+        r if r > 0 => Some(false),
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EBADF) => Some(false), // the target's fd is closed
+            _ => None,
+        },
+    }
+}
+
+/// Inside the stop: the same open files as pinned, still no session, a hung-up slave not reopened
+/// (and for a stale session, still silent). One kcmp per fd instead of a fresh copy and probe.
+fn verify_pinned(pidfd: &Pidfd, pinned: &Pinned, row: &MasterRow) -> Result<(), String> {
+    let (own, pid) = (std::process::id() as i32, pidfd.pid());
+    let ev = &row.evidence;
+    let fds = std::iter::once((ev.fd, &pinned.master))
+        .chain(pinned.slaves.iter().map(|(fd, c)| (*fd, c)));
+    for (fd, copy) in fds {
+        match same_file(own, pid, copy, fd) {
+            Some(true) => {}
+            Some(false) => return Err(format!("fd {fd} is no longer the file it was")),
+            None => return verify(pidfd, row),
+        }
+    }
+    let master = pinned.master.as_fd();
+    if let Some(sid) = pty::session(master) {
+        return Err(format!("its slave is now the terminal of session {sid}"));
+    }
+    if ev.hung_up == Some(true) && pty::hung_up(master) == Some(false) {
+        return Err("its slave was opened again".into());
+    }
+    if row.judgement.verdict == crate::model::Verdict::Stale {
+        let node = pty::slave_node(master, false).map_err(|e| format!("fd {}: {e}", ev.fd))?;
+        if node.last_io > ev.last_io.unwrap_or(i64::MAX) {
+            return Err("the session spoke again".into());
         }
     }
     Ok(())
