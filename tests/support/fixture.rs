@@ -29,6 +29,7 @@
 //! - `--threads K`: K more threads, kind `i % 4`: 0 blocked in `read()` on a pipe; 1 sleeping 3 s
 //!   in `nanosleep()` over and over, timing each sleep; 2 blocked in a raw `FUTEX_WAIT` (no
 //!   timeout); 3 blocked in `epoll_wait()` (no timeout) on its own epoll set watching a pipe.
+//! - `--fill N`: N more fds on /dev/null, for benchmarks of big fd tables.
 //! - `--churn`: one thread that opens and closes `/dev/null` and a new master in a tight loop, to
 //!   race a reaper; a `close()` failing with `EBADF` means someone closed an fd under it.
 //! - `--allow-partial`: when the PTYs run out (`ENOSPC`, e.g. a private devpts instance with a small
@@ -133,6 +134,7 @@ mod linux {
         pairs: usize,
         new: usize,
         threads: usize,
+        fill: usize,
         churn: bool,
         allow_partial: bool,
         ready: PathBuf,
@@ -170,6 +172,7 @@ mod linux {
                             "--pairs" => &mut a.pairs,
                             "--new" => &mut a.new,
                             "--threads" => &mut a.threads,
+                            "--fill" => &mut a.fill,
                             _ => bail!("unknown flag {name}"),
                         } = n;
                     }
@@ -1028,6 +1031,12 @@ mod linux {
             pairs.push([m.fd, slave]);
         }
         let new = fresh(&mut pool, a.new)?;
+        // Many plain fds: what a big app's fd table looks like around its PTYs.
+        for _ in 0..a.fill {
+            // SAFETY: opening /dev/null; the fd is kept for the process's life.
+            cvt(unsafe { libc::open(DEV_NULL.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })
+                .context("opening /dev/null for --fill")?;
+        }
 
         // Threads last: every fork above happened while the process had one thread.
         let mut w = Workers::default();
