@@ -99,6 +99,7 @@ mod tests {
                         fd: 7,
                         pty: pty(26, 3),
                     }],
+                    event_queues: vec![],
                 },
                 ProcessPtys {
                     pid: 20,
@@ -108,12 +109,14 @@ mod tests {
                         fd: 0,
                         pty: pty(26, 1),
                     }],
+                    event_queues: vec![],
                 },
                 ProcessPtys {
                     pid: 30,
                     name: "tmux".into(),
                     masters: vec![master(9, pty(26, 7))],
                     slaves: vec![],
+                    event_queues: vec![],
                 },
             ],
         };

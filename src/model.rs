@@ -65,6 +65,10 @@ pub struct ProcessPtys {
     pub name: String,
     pub masters: Vec<MasterRef>,
     pub slaves: Vec<SlaveRef>,
+    /// Its event-queue fds (epoll on Linux, kqueue on macOS), noted in passing by the scan so
+    /// the watched check need not list a 10,000-fd table twice. Empty where the backend looks
+    /// them up itself.
+    pub event_queues: Vec<i32>,
 }
 
 /// Every PTY fd on the machine (that we may see), and the system's PTY usage.

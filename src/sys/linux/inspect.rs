@@ -15,7 +15,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         return Ok(Vec::new());
     };
     let master_fds: BTreeSet<i32> = own.masters.iter().map(|m| m.fd).collect();
-    let watched = watchers::watchers(pid, &master_fds, &epoll_fds(pid));
+    let watched = watchers::watchers(pid, &master_fds, &own.event_queues);
     let mut out = Vec::with_capacity(own.masters.len());
     for m in &own.masters {
         let mut ev = Evidence {
@@ -54,17 +54,4 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         out.push(ev);
     }
     Ok(out)
-}
-
-/// The target's epoll fds (links `anon_inode:[eventpoll]`).
-fn epoll_fds(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]")
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
 }

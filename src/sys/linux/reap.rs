@@ -428,20 +428,16 @@ fn set_result(row: &mut MasterRow, errs: Vec<String>) {
 /// A /dev/null the target already has open read-write (fdinfo flags), if any.
 fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
     let pid = pidfd.pid();
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    let mut fds: Vec<i32> = dir
-        .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "/dev/null"))
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable();
-    fds.into_iter().find(|fd| {
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        info.lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-            .is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
-    })
+    super::scan::fds_linked_to(pid, b"/dev/null")
+        .into_iter()
+        .find(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
+        })
 }
 
 /// Opens /dev/null in the target (the path goes in scratch memory, restored by the injector).

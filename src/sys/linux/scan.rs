@@ -69,6 +69,39 @@ impl Scratch {
     }
 }
 
+/// The fds of `pid` whose /proc/PID/fd link is exactly `target` (e.g. `anon_inode:[eventpoll]`),
+/// sorted; with the scan's raw getdents64 and readlinkat, which matters for 10,000-fd targets.
+pub fn fds_linked_to(pid: i32, target: &[u8]) -> Vec<i32> {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let Ok(dir) = open_dir(&path, None) else {
+        return Vec::new();
+    };
+    let mut scratch = Scratch::new();
+    let mut out = Vec::new();
+    let link = &mut scratch.link;
+    for_each_dirent(&dir, &mut scratch.dents, |name| {
+        let Some(fd) = parse_fd(name.to_bytes()) else {
+            return;
+        };
+        // SAFETY: name is NUL-terminated, link is a valid buffer of its length.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                link.as_mut_ptr().cast(),
+                link.len(),
+            )
+        };
+        if n > 0 && &link[..n as usize] == target {
+            out.push(fd);
+        }
+    });
+    out.sort_unstable();
+    out
+}
+
 /// What a link in /proc/PID/fd says about the fd.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkKind {
@@ -78,6 +111,8 @@ pub enum LinkKind {
     },
     /// Could be a devpts slave (a path ending in a number): confirm with fstatat.
     MaybeSlave,
+    /// An epoll instance (for the watched check).
+    EventPoll,
     Other,
 }
 
@@ -89,6 +124,9 @@ pub fn classify_link(link: &[u8]) -> LinkKind {
         return LinkKind::Master {
             on_devpts: link.ends_with(b"pts/ptmx"),
         };
+    }
+    if link == b"anon_inode:[eventpoll]" {
+        return LinkKind::EventPoll;
     }
     let last = link.rsplit(|&b| b == b'/').next().unwrap_or(b"");
     if link.first() == Some(&b'/') && !last.is_empty() && last.iter().all(u8::is_ascii_digit) {
@@ -102,6 +140,7 @@ fn scan_process(proc_dir: &OwnedFd, pid: i32, scratch: &mut Scratch) -> Option<P
     let fd_dir = open_dir(cstr(&mut path), Some(proc_dir)).ok()?;
     let mut masters: Vec<(RawFd, bool)> = Vec::new();
     let mut slaves = Vec::new();
+    let mut event_queues = Vec::new();
     for_each_dirent(&fd_dir, &mut scratch.dents, |name| {
         let Some(fd) = parse_fd(name.to_bytes()) else {
             return;
@@ -126,6 +165,7 @@ fn scan_process(proc_dir: &OwnedFd, pid: i32, scratch: &mut Scratch) -> Option<P
                     slaves.push(SlaveRef { fd, pty });
                 }
             }
+            LinkKind::EventPoll => event_queues.push(fd),
             LinkKind::Other => {}
         }
     });
@@ -138,6 +178,7 @@ fn scan_process(proc_dir: &OwnedFd, pid: i32, scratch: &mut Scratch) -> Option<P
         name: read_comm(proc_dir, pid).unwrap_or_else(|| "?".into()),
         masters,
         slaves,
+        event_queues,
     })
 }
 
@@ -336,6 +377,10 @@ mod tests {
         assert_eq!(classify_link(b"/dev/pts/12"), LinkKind::MaybeSlave);
         assert_eq!(classify_link(b"/12"), LinkKind::MaybeSlave);
         assert_eq!(classify_link(b"socket:[1234]"), LinkKind::Other);
+        assert_eq!(
+            classify_link(b"anon_inode:[eventpoll]"),
+            LinkKind::EventPoll
+        );
         assert_eq!(classify_link(b"/dev/null"), LinkKind::Other);
         assert_eq!(classify_link(b"/tmp/x (deleted)"), LinkKind::Other);
         assert_eq!(classify_link(b""), LinkKind::Other);

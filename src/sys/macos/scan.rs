@@ -180,6 +180,8 @@ pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
                     pty: devfs.pty(index),
                 })
                 .collect(),
+            // inspect lists the target's kqueues itself (with their knotes)
+            event_queues: Vec::new(),
         })
         .collect();
     processes.sort_by_key(|p| p.pid);
