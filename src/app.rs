@@ -1,0 +1,312 @@
+//! The one-shot command: census, or inspect → verdicts → plan → confirmation → reap → output.
+//! `run` returns the exit code; the caller prints an error once.
+
+use crate::cli::{self, Cli};
+use crate::exit_code::{ExitCode, UserError};
+use crate::model::{self, Action, TargetReport};
+use crate::render::{self, Style};
+use crate::{census, confirm, interrupt, pipeline, plan, report, sys, verdict, watch};
+use anyhow::Result;
+
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Some(cli::Command::Watch(args)) => return watch::run(args),
+        Some(cli::Command::Report(args)) => return report::run(args),
+        Some(cli::Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "ptyreap", &mut std::io::stdout());
+            return Ok(ExitCode::Success);
+        }
+        Some(cli::Command::Man) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::Success);
+        }
+        None => {}
+    }
+    let style = Style::detect(cli.verbose);
+    if !cli.has_target() {
+        if let Some(flag) = cli.target_only_flag() {
+            return Err(UserError::usage(format!(
+                "{flag} needs a target: add --pid PID, --name NAME or --top"
+            ))
+            .into());
+        }
+        return run_census(cli, &style);
+    }
+    run_targets(cli, &style)
+}
+
+fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
+    let snapshot = sys::snapshot()?;
+    let census = census::census(&snapshot);
+    if cli.json {
+        println!("{}", render::json::census(&census));
+    } else {
+        print!("{}", render::table::census(&census, style));
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The pids named by --pid, --name and --top, in that order, without repeats.
+fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, UserError> {
+    let mut pids: Vec<i32> = Vec::new();
+    let mut add = |pid: i32| {
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    };
+    cli.pids.iter().copied().for_each(&mut add);
+    for name in &cli.names {
+        let found = sys::processes_named(name);
+        if found.is_empty() {
+            return Err(UserError::failure(format!(
+                "no process is named '{name}' (matched against comm and the executable's file name)"
+            )));
+        }
+        found.into_iter().for_each(&mut add);
+    }
+    if cli.top {
+        let census = census::census(snapshot);
+        match census.processes.first() {
+            Some(p) => add(p.pid),
+            None => return Ok(Vec::new()),
+        }
+    }
+    Ok(pids)
+}
+
+fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
+    // Check every pid before the (machine-wide) scan, so bad input fails fast and plainly.
+    let mut targets = Vec::new();
+    for &pid in &cli.pids {
+        targets.push(sys::open_target(pid)?);
+    }
+    let snapshot = sys::snapshot_for(&cli.pids)?;
+    let pids = select_targets(cli, &snapshot)?;
+    if pids.is_empty() {
+        eprintln!("ptyreap: no process holds a PTY master: nothing to do");
+        return Ok(ExitCode::Success);
+    }
+    for pid in pids {
+        if !targets.iter().any(|t| t.pid == pid) {
+            targets.push(sys::open_target(pid)?);
+        }
+    }
+    if cli.fd.is_some() && targets.len() > 1 {
+        return Err(UserError::failure(format!(
+            "--fd names fds of one process, but {} processes were selected: give a single --pid",
+            targets.len()
+        ))
+        .into());
+    }
+    let mut reports = build_reports(cli, &targets, &snapshot)?;
+    let planned = count_planned(&reports);
+    let print = |reports: &[TargetReport], system: &model::SystemUsage, dry_run: bool| {
+        if cli.json {
+            let doc = render::json::inspection(
+                dry_run,
+                cli.method,
+                cli.min_idle.as_secs(),
+                system,
+                reports,
+            );
+            println!("{doc}");
+        } else {
+            print!("{}", render::table::system(system));
+            for t in reports {
+                println!();
+                print!("{}", render::table::target(t, style));
+            }
+        }
+    };
+    if cli.dry_run || planned == 0 {
+        print(&reports, &snapshot.system, cli.dry_run);
+        if !cli.json {
+            eprintln!(
+                "{}",
+                if planned == 0 {
+                    "Nothing to release.".to_string()
+                } else {
+                    format!("Dry run: would release {planned} master(s); nothing was changed.")
+                }
+            );
+        }
+        return Ok(ExitCode::Success);
+    }
+
+    if !cli.yes {
+        // show the plan, then ask
+        if !cli.json {
+            print(&reports, &snapshot.system, true);
+        }
+        if let confirm::Answer::Declined(why) = confirm::confirm(&mut reports, false) {
+            if cli.json {
+                print(&reports, &snapshot.system, true);
+            }
+            return Err(UserError::new(ExitCode::NotConfirmed, why).into());
+        }
+    }
+
+    // The prompt may have taken minutes: look again, and release only what still holds.
+    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+    let before = if cli.yes {
+        snapshot
+    } else {
+        let fresh_snapshot = sys::snapshot_for(&pids)?;
+        let fresh = build_reports(cli, &targets, &fresh_snapshot)?;
+        for (report, fresh) in reports.iter_mut().zip(fresh) {
+            refresh(report, fresh);
+        }
+        fresh_snapshot
+    };
+    interrupt::catch();
+    for (report, target) in reports.iter_mut().zip(&targets) {
+        if let Some(sig) = interrupt::received() {
+            for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
+                row.result = Some(model::Outcome::Kept);
+                if row.action == Action::Close {
+                    row.detail = Some(format!("not attempted: {} arrived", interrupt::name(sig)));
+                }
+            }
+            continue;
+        }
+        match sys::reap(target, &mut report.masters) {
+            Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
+            Err(err) => {
+                eprintln!("ptyreap: {err}");
+                for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
+                    if row.action == Action::Close {
+                        row.result = Some(model::Outcome::Failed);
+                        row.detail = Some(err.message.clone());
+                    } else {
+                        row.result = Some(model::Outcome::Kept);
+                    }
+                }
+            }
+        }
+    }
+    let after = sys::usage_now(&before, &pids)?;
+    let summary = reap_summary(&reports);
+    if cli.json {
+        let mut doc =
+            render::json::inspection(false, cli.method, cli.min_idle.as_secs(), &after, &reports);
+        doc["pty_in_use"] = serde_json::json!({
+            "before": before.system.in_use,
+            "after": after.in_use,
+        });
+        println!("{doc}");
+    } else {
+        print(&reports, &after, false);
+        eprintln!(
+            "Released {} of {} planned master(s); PTYs in use: {} -> {}.",
+            summary.released, summary.planned, before.system.in_use, after.in_use
+        );
+    }
+    if let Some(sig) = interrupt::received() {
+        eprintln!(
+            "ptyreap: stopped by {}: every target was restored; the results above say what was released",
+            interrupt::name(sig)
+        );
+        return Ok(ExitCode::for_signal(sig));
+    }
+    Ok(summary.exit_code())
+}
+
+/// Inspect, judge and plan every target.
+fn build_reports(
+    cli: &Cli,
+    targets: &[sys::Target],
+    snapshot: &model::Snapshot,
+) -> Result<Vec<TargetReport>, UserError> {
+    let policy = verdict::Policy {
+        min_idle: cli.min_idle,
+        include_stale: cli.include_stale,
+    };
+    let choices = plan::Choices {
+        fds: cli.fd.clone(),
+        include_tracked: cli.include_tracked,
+        method: cli.method,
+    };
+    targets
+        .iter()
+        .map(|t| pipeline::judge_target(t, snapshot, &policy, &choices))
+        .collect()
+}
+
+fn count_planned(reports: &[TargetReport]) -> usize {
+    reports
+        .iter()
+        .map(|t| {
+            t.masters
+                .iter()
+                .filter(|r| r.action == Action::Close)
+                .count()
+        })
+        .sum()
+}
+
+/// Replaces the confirmed plan's evidence with a fresh look. A row confirmed for release that no
+/// longer qualifies (verdict, PTY or plan changed) is `changed` and left alone; rows the user
+/// chose to keep stay kept.
+fn refresh(report: &mut TargetReport, fresh: TargetReport) {
+    for row in report.masters.iter_mut() {
+        if row.action != Action::Close || row.result.is_some() {
+            continue;
+        }
+        let now = fresh
+            .masters
+            .iter()
+            .find(|f| f.evidence.fd == row.evidence.fd);
+        match now {
+            Some(f)
+                if f.action == Action::Close
+                    && f.method == row.method
+                    && f.evidence.pty == row.evidence.pty =>
+            {
+                row.evidence = f.evidence.clone();
+                row.judgement = f.judgement.clone();
+            }
+            Some(f) => {
+                row.result = Some(model::Outcome::Changed);
+                row.detail = Some(format!(
+                    "changed since the plan: now {} ({})",
+                    f.judgement.verdict.as_str(),
+                    f.judgement.reason
+                ));
+            }
+            None => {
+                row.result = Some(model::Outcome::Changed);
+                row.detail = Some("changed since the plan: no longer a PTY master".into());
+            }
+        }
+    }
+}
+
+struct ReapSummary {
+    planned: usize,
+    released: usize,
+}
+
+fn reap_summary(reports: &[TargetReport]) -> ReapSummary {
+    let rows = || reports.iter().flat_map(|t| &t.masters);
+    ReapSummary {
+        planned: rows().filter(|r| r.action == Action::Close).count(),
+        released: rows()
+            .filter(|r| r.result == Some(model::Outcome::Closed))
+            .count(),
+    }
+}
+
+impl ReapSummary {
+    /// 0 all released, 3 some, 1 none (see exit_code.rs).
+    fn exit_code(&self) -> ExitCode {
+        if self.released == self.planned {
+            ExitCode::Success
+        } else if self.released > 0 {
+            ExitCode::Partial
+        } else {
+            ExitCode::Failure
+        }
+    }
+}
