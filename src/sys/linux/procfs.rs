@@ -49,6 +49,14 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// The value of `Key:` in /proc/PID/status (e.g. `TracerPid`, `SigIgn`), trimmed.
+pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// `tty-index:` of a PTY master's /proc/PID/fdinfo/FD (drivers/tty/pty.c, since ~4.14).
 pub fn parse_tty_index(fdinfo: &str) -> Option<u32> {
     fdinfo
@@ -176,6 +184,15 @@ mod tests {
     fn kernel_threads_are_flagged() {
         let text = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0";
         assert!(parse_stat(text).unwrap().is_kernel_thread());
+    }
+
+    #[test]
+    fn status_fields() {
+        let text = "Name:\tx\nTracerPid:\t812\nSigIgn:\t0000000000001000\n";
+        assert_eq!(status_field(text, "TracerPid"), Some("812"));
+        assert_eq!(status_field(text, "SigIgn"), Some("0000000000001000"));
+        assert_eq!(status_field(text, "Tracer"), None);
+        assert_eq!(status_field(text, "Uid"), None);
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! /proc/PID/fdinfo/FD: a PTY master's tty-index, an epoll set's tfd lines.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use ptyreap::sys::linux::procfs;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let _ = procfs::parse_tty_index(&text);
+    let tfds = procfs::parse_epoll_tfds(&text);
+    assert!(tfds.len() <= text.matches("tfd:").count());
+});
