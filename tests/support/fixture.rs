@@ -30,6 +30,12 @@
 //!   in `nanosleep()` over and over, timing each sleep; 2 blocked in a raw `FUTEX_WAIT` (no
 //!   timeout); 3 blocked in `epoll_wait()` (no timeout) on its own epoll set watching a pipe.
 //! - `--fill N`: N more fds on /dev/null, for benchmarks of big fd tables.
+//! - `--busy N`: N threads computing (1 ms of arithmetic, then 1 ms of sleep, over and over).
+//! - `--stream`: one more live session, in raw mode, that streams data continuously: a thread
+//!   writes pseudo-random bytes to the master (about 4 MB/s), the child echoes every byte, a
+//!   second thread reads them back; both ends keep a byte count and an FNV-1a checksum.
+//! - `--leak-every-ms N`: a thread that leaks one more orphaned master every N ms (the way a
+//!   node-pty app keeps leaking), for soak tests; `leaked` in the check counts them.
 //! - `--churn`: one thread that opens and closes `/dev/null` and a new master in a tight loop, to
 //!   race a reaper; a `close()` failing with `EBADF` means someone closed an fd under it.
 //! - `--allow-partial`: when the PTYs run out (`ENOSPC`, e.g. a private devpts instance with a small
@@ -59,6 +65,9 @@
 //! - `epoll_waiters`, `epoll_got`: 64 bytes are written to each waiter's pipe; the bytes received
 //!   in this run. `epoll_eintr`: total `EINTR` returns (every ptrace stop causes one).
 //! - `churn_iterations`, `churn_errors`, `churn_ebadf`: totals.
+//! - `busy_iterations` (total), `leaked` (total), and for `--stream`: `stream_sent`,
+//!   `stream_received`, `stream_ok` (the writer pauses, the reader catches up within 3 s, and both
+//!   byte counts and checksums agree; null without `--stream`).
 //! - `poll_events`, `select_events`: what ended a watcher's wait, `[{"fd", "revents"|"error"}]`;
 //!   a reported fd is dropped from the watch set (empty when nothing disturbed the watchers).
 //! - `live_exited`: live children or the holder that died, `[{"pid", "status"}]`.
@@ -135,6 +144,9 @@ mod linux {
         new: usize,
         threads: usize,
         fill: usize,
+        busy: usize,
+        leak_every_ms: usize,
+        stream: bool,
         churn: bool,
         allow_partial: bool,
         ready: PathBuf,
@@ -151,6 +163,7 @@ mod linux {
                 };
                 match name.as_str() {
                     "--churn" => a.churn = true,
+                    "--stream" => a.stream = true,
                     "--allow-partial" => a.allow_partial = true,
                     _ => {
                         let value = match inline.or_else(|| it.next()) {
@@ -173,6 +186,8 @@ mod linux {
                             "--new" => &mut a.new,
                             "--threads" => &mut a.threads,
                             "--fill" => &mut a.fill,
+                            "--busy" => &mut a.busy,
+                            "--leak-every-ms" => &mut a.leak_every_ms,
                             _ => bail!("unknown flag {name}"),
                         } = n;
                     }
@@ -361,6 +376,8 @@ mod linux {
     enum Role {
         Orphan,
         Live,
+        /// Live, in raw mode: echoes bytes exactly (no line discipline).
+        Stream,
     }
 
     /// Forks a child that runs a session on `m`'s slave. The parent gets the child's pid.
@@ -381,7 +398,7 @@ mod linux {
     unsafe fn session_child(parent: libc::pid_t, m: &Master, role: Role) -> ! {
         let name: &CStr = match role {
             Role::Orphan => NAME_ORPHAN,
-            Role::Live => NAME_ECHO,
+            Role::Live | Role::Stream => NAME_ECHO,
         };
         child_prelude(parent, name);
         close_all_except(&[m.fd]);
@@ -410,7 +427,14 @@ mod linux {
                 let _ = write_all(1, b"bye\n");
                 libc::_exit(0);
             }
-            Role::Live => {
+            Role::Live | Role::Stream => {
+                if let Role::Stream = role {
+                    let mut t: libc::termios = std::mem::zeroed();
+                    if libc::tcgetattr(0, &mut t) == 0 {
+                        libc::cfmakeraw(&mut t);
+                        libc::tcsetattr(0, libc::TCSANOW, &t);
+                    }
+                }
                 let _ = write_all(1, b"R");
                 let mut buf = [0u8; 4096];
                 loop {
@@ -461,10 +485,14 @@ mod linux {
 
     /// A live session: the child echoes on the slave; returns once it is known to be reading.
     fn live(pool: &mut Pool) -> Result<Option<(RawFd, libc::pid_t)>> {
+        live_as(pool, Role::Live)
+    }
+
+    fn live_as(pool: &mut Pool, role: Role) -> Result<Option<(RawFd, libc::pid_t)>> {
         let Some(m) = pool.master()? else {
             return Ok(None);
         };
-        let pid = fork_session(&m, Role::Live)?;
+        let pid = fork_session(&m, role)?;
         let deadline = Instant::now() + SETTLE_WAIT;
         let mut buf = [0u8; 64];
         loop {
@@ -887,6 +915,146 @@ mod linux {
         }
     }
 
+    // ---------------------------------------------------------------------------------------
+    // Soak: computing threads, a continuous stream over a live PTY, a steady leak
+
+    #[derive(Default)]
+    struct Soak {
+        busy: AtomicU64,
+        leaked: AtomicU64,
+        sent: AtomicU64,
+        received: AtomicU64,
+        sent_sum: AtomicU64,
+        received_sum: AtomicU64,
+        /// The check pauses the writer to compare both ends.
+        paused: std::sync::atomic::AtomicBool,
+    }
+
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+    fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    /// 1 ms of arithmetic, 1 ms of sleep, forever.
+    fn busy(soak: &Soak) {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        loop {
+            let until = Instant::now() + Duration::from_millis(1);
+            while Instant::now() < until {
+                for _ in 0..1000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                soak.busy.fetch_add(1, SeqCst);
+            }
+            std::hint::black_box(x);
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A writer and a reader on the raw-mode stream master; the child echoes every byte.
+    fn start_stream(w: &mut Workers, fd: RawFd, soak: Arc<Soak>) -> Result<()> {
+        let ws = soak.clone();
+        w.spawn("stream-write", move || {
+            let mut x: u64 = 0x1234_5678_9abc_def1;
+            let mut sum = FNV_OFFSET;
+            let mut chunk = [0u8; 4096];
+            loop {
+                if ws.paused.load(SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                if let Err(e) = write_all(fd, &chunk) {
+                    record("stream: write", &e);
+                    return;
+                }
+                sum = fnv1a(sum, &chunk);
+                ws.sent_sum.store(sum, SeqCst);
+                ws.sent.fetch_add(chunk.len() as u64, SeqCst);
+                thread::sleep(Duration::from_millis(1));
+            }
+        })?;
+        w.spawn("stream-read", move || {
+            let mut sum = FNV_OFFSET;
+            let mut buf = [0u8; 8192];
+            loop {
+                // SAFETY: reading into a local buffer.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n > 0 {
+                    sum = fnv1a(sum, &buf[..n as usize]);
+                    soak.received_sum.store(sum, SeqCst);
+                    soak.received.fetch_add(n as u64, SeqCst);
+                    continue;
+                }
+                let e = if n == 0 {
+                    io::Error::from(io::ErrorKind::UnexpectedEof)
+                } else {
+                    last_err()
+                };
+                if e.kind() != io::ErrorKind::Interrupted {
+                    record("stream: read", &e);
+                    return;
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Pauses the writer until the reader has everything back (3 s at most): then both ends must
+    /// agree byte for byte. The writer goes on afterwards.
+    fn stream_settles(soak: &Soak) -> bool {
+        soak.paused.store(true, SeqCst);
+        thread::sleep(Duration::from_millis(5)); // a write in flight finishes
+        let deadline = Instant::now() + CHECK_WAIT;
+        while soak.received.load(SeqCst) < soak.sent.load(SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let ok = soak.received.load(SeqCst) == soak.sent.load(SeqCst)
+            && soak.received_sum.load(SeqCst) == soak.sent_sum.load(SeqCst);
+        soak.paused.store(false, SeqCst);
+        ok
+    }
+
+    /// Leaks one orphaned master every `every`: a child runs on the slave and exits, the master
+    /// is kept (forgotten). The child is async-signal-safe, as the process has threads by now.
+    fn leak(soak: &Soak, every: Duration) {
+        loop {
+            thread::sleep(every);
+            let m = match open_master(libc::O_RDWR | libc::O_NOCTTY) {
+                Ok(m) => m,
+                // out of PTYs or fds: a leak stops there, as in the field
+                Err(_) => continue,
+            };
+            let pid = match fork_session(&m, Role::Orphan) {
+                Ok(pid) => pid,
+                Err(e) => {
+                    record("leak: fork", &io::Error::other(e.to_string()));
+                    return;
+                }
+            };
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+                if last_err().kind() != io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
+            soak.leaked.fetch_add(1, SeqCst);
+        }
+    }
+
     /// The syscalls a thread of `kind` blocks in: libc may use either call of a family, and a
     /// sleep interrupted by a stop continues in restart_syscall.
     fn syscalls(kind: &str) -> Vec<libc::c_long> {
@@ -926,6 +1094,8 @@ mod linux {
         exited: Vec<Value>,
         workers: Workers,
         checks: u64,
+        soak: Arc<Soak>,
+        stream: Option<RawFd>,
     }
 
     fn run(a: Args) -> Result<()> {
@@ -1021,6 +1191,11 @@ mod linux {
                 None => break,
             }
         }
+        let stream = if a.stream {
+            live_as(&mut pool, Role::Stream)?
+        } else {
+            None
+        };
         let poll_watched = fresh(&mut pool, a.poll_watched)?;
         let mut pairs = Vec::new();
         for _ in 0..a.pairs {
@@ -1060,6 +1235,18 @@ mod linux {
         if a.churn {
             w.churn()?;
         }
+        let soak = Arc::new(Soak::default());
+        for _ in 0..a.busy {
+            let soak = soak.clone();
+            w.spawn("busy", move || busy(&soak))?;
+        }
+        if let Some((fd, _)) = stream {
+            start_stream(&mut w, fd, soak.clone())?;
+        }
+        if a.leak_every_ms > 0 {
+            let (soak, every) = (soak.clone(), Duration::from_millis(a.leak_every_ms as u64));
+            w.spawn("leak", move || leak(&soak, every))?;
+        }
         w.settle()?;
 
         let ready = json!({
@@ -1080,11 +1267,16 @@ mod linux {
             "epoll_fd": epoll_fd,
             "thread_epoll_fds": w.epolls.iter().map(|e| e.epfd).collect::<Vec<_>>(),
             "pipe_fds": w.pipe_fds,
+            "stream": stream.map(|s| s.0),
+            "stream_child": stream.map(|s| s.1),
             "threads": w.tids,
         });
         write_atomically(&a.ready, &ready)?;
 
+        live_sessions.extend(stream);
         let mut f = Fixture {
+            soak,
+            stream: stream.map(|s| s.0),
             ready: a.ready,
             live: live_sessions,
             holder,
@@ -1191,7 +1383,14 @@ mod linux {
                 };
             }
 
-            let live_ok = ping_live(&self.live.iter().map(|l| l.0).collect::<Vec<_>>());
+            let live_ok = ping_live(
+                &self
+                    .live
+                    .iter()
+                    .map(|l| l.0)
+                    .filter(|&fd| Some(fd) != self.stream)
+                    .collect::<Vec<_>>(),
+            );
 
             let reader_want = reader_base + 64 * w.readers.len() as u64;
             let epoll_want = epoll_base + 64 * w.epolls.len() as u64;
@@ -1248,6 +1447,11 @@ mod linux {
                 "churn_iterations": w.churn.iterations.load(SeqCst),
                 "churn_errors": w.churn.errors.load(SeqCst),
                 "churn_ebadf": w.churn.ebadf.load(SeqCst),
+                "busy_iterations": self.soak.busy.load(SeqCst),
+                "leaked": self.soak.leaked.load(SeqCst),
+                "stream_sent": self.soak.sent.load(SeqCst),
+                "stream_received": self.soak.received.load(SeqCst),
+                "stream_ok": self.stream.map(|_| stream_settles(&self.soak)),
                 "poll_events": events(&w.poll),
                 "select_events": events(&w.select),
                 "live_exited": self.exited,

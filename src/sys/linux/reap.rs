@@ -119,8 +119,8 @@ fn reap_stopped(
     let stopped_for = stopped
         .resume()
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
+    verify_after(&target.pidfd, &pins, rows);
     drop(pins);
-    verify_after(&target.pidfd, rows);
     finish_kept(rows);
     Ok(stopped_for)
 }
@@ -474,20 +474,18 @@ pub fn runs(fds: &[i32]) -> Vec<(i32, i32)> {
     out
 }
 
-/// From outside, after detaching: a master reported released must not still be that PTY.
-fn verify_after(pidfd: &Pidfd, rows: &mut [MasterRow]) {
-    for r in rows
-        .iter_mut()
-        .filter(|r| r.result == Some(Outcome::Closed))
-    {
-        let Ok(copy) = pidfd.get_fd(r.evidence.fd) else {
-            continue; // gone: closed
-        };
-        if let Ok(node) = pty::slave_node(copy.as_fd(), false) {
-            if Some(node.pty) == r.evidence.pty {
-                r.result = Some(Outcome::Failed);
-                r.detail = Some("still open after the reap".into());
-            }
+/// From outside, after detaching: a master reported released must no longer be the open file
+/// we pinned (the app may already have reused the number, even for a new PTY of the same index).
+fn verify_after(pidfd: &Pidfd, pins: &[(usize, Pinned)], rows: &mut [MasterRow]) {
+    let own = std::process::id() as i32;
+    for (i, pinned) in pins {
+        let r = &mut rows[*i];
+        if r.result != Some(Outcome::Closed) {
+            continue;
+        }
+        if same_file(own, pidfd.pid(), &pinned.master, r.evidence.fd) == Some(true) {
+            r.result = Some(Outcome::Failed);
+            r.detail = Some("still open after the reap".into());
         }
     }
 }
