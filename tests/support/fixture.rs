@@ -36,6 +36,10 @@
 //!   second thread reads them back; both ends keep a byte count and an FNV-1a checksum.
 //! - `--leak-every-ms N`: a thread that leaks one more orphaned master every N ms (the way a
 //!   node-pty app keeps leaking), for soak tests; `leaked` in the check counts them.
+//! - `--fork-every-ms N`: a thread that forks a child every N ms (the child, holding copies of
+//!   every master, exits at once), for race tests.
+//! - `--exec-after-ms N`: N ms after it is ready, a thread execs `sleep 30` (the process image is
+//!   replaced under a reaper), for race tests.
 //! - `--churn`: one thread that opens and closes `/dev/null` and a new master in a tight loop, to
 //!   race a reaper; a `close()` failing with `EBADF` means someone closed an fd under it.
 //! - `--allow-partial`: when the PTYs run out (`ENOSPC`, e.g. a private devpts instance with a small
@@ -146,6 +150,8 @@ mod linux {
         fill: usize,
         busy: usize,
         leak_every_ms: usize,
+        fork_every_ms: usize,
+        exec_after_ms: usize,
         stream: bool,
         churn: bool,
         allow_partial: bool,
@@ -188,6 +194,8 @@ mod linux {
                             "--fill" => &mut a.fill,
                             "--busy" => &mut a.busy,
                             "--leak-every-ms" => &mut a.leak_every_ms,
+                            "--fork-every-ms" => &mut a.fork_every_ms,
+                            "--exec-after-ms" => &mut a.exec_after_ms,
                             _ => bail!("unknown flag {name}"),
                         } = n;
                     }
@@ -1242,6 +1250,34 @@ mod linux {
         }
         if let Some((fd, _)) = stream {
             start_stream(&mut w, fd, soak.clone())?;
+        }
+        if a.fork_every_ms > 0 {
+            let every = Duration::from_millis(a.fork_every_ms as u64);
+            w.spawn("fork", move || loop {
+                thread::sleep(every);
+                // SAFETY: the child only calls _exit; the parent reaps it.
+                unsafe {
+                    let pid = libc::fork();
+                    if pid == 0 {
+                        libc::_exit(0);
+                    }
+                    if pid > 0 {
+                        libc::waitpid(pid, ptr::null_mut(), 0);
+                    }
+                }
+            })?;
+        }
+        if a.exec_after_ms > 0 {
+            let after = Duration::from_millis(a.exec_after_ms as u64);
+            w.spawn("exec", move || {
+                thread::sleep(after);
+                // SAFETY: execv with NUL-terminated static strings; only returns on failure.
+                unsafe {
+                    let argv = [c"sleep".as_ptr(), c"30".as_ptr(), ptr::null()];
+                    libc::execvp(c"sleep".as_ptr(), argv.as_ptr());
+                }
+                record("exec", &last_err());
+            })?;
         }
         if a.leak_every_ms > 0 {
             let (soak, every) = (soak.clone(), Duration::from_millis(a.leak_every_ms as u64));

@@ -135,6 +135,12 @@ impl Fixture {
         all
     }
 
+    /// SIGKILL, now (a target that dies under a reaper).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Runs the fixture's health check (SIGUSR1) and returns its new report.
     pub fn check(&self) -> Value {
         let path = self.dir.join("ready.json.check");

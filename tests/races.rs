@@ -1,0 +1,177 @@
+//! Races: the target exits, execs, or forks at a high rate while being reaped; its pid is reused
+//! between the scan and the attach; another tracer got there first (tests/reap.rs). Each ends in
+//! a clear message and an intact target (or none), never a hang or a panic.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{ptmx_fds, Fixture};
+
+fn spawn_reap(pid: i32) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ptyreap"))
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--min-idle",
+            "0",
+            "--yes",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// ptyreap ended on its own, without a panic, with a documented code and a message if it failed.
+fn assert_clean_end(out: &std::process::Output, ctx: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{ctx}: {stderr}");
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("{ctx}: killed by a signal: {stderr}"));
+    assert!(matches!(code, 0 | 1 | 3), "{ctx}: exit {code}: {stderr}");
+    if code == 1 {
+        assert!(
+            stderr.starts_with("ptyreap: "),
+            "{ctx}: no plain message: {stderr}"
+        );
+    }
+}
+
+fn not_stopped(pid: i32) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return; // gone
+    };
+    for entry in dir.flatten() {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        assert!(
+            !status.contains("(tracing stop)") && !status.contains("T (stopped)"),
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn the_target_exits_mid_way() {
+    if !support::require_root() {
+        return;
+    }
+    for delay_us in [0u64, 500, 1000, 2000, 4000, 8000, 16000, 32000] {
+        let mut f = Fixture::spawn(&["--orphans", "300", "--threads", "4"]);
+        let child = spawn_reap(f.pid);
+        std::thread::sleep(Duration::from_micros(delay_us));
+        f.kill_now();
+        let out = child.wait_with_output().unwrap();
+        assert_clean_end(&out, &format!("killed after {delay_us} µs"));
+    }
+}
+
+#[test]
+fn the_target_execs_mid_way() {
+    if !support::require_root() {
+        return;
+    }
+    for after_ms in [5u64, 20, 40, 80] {
+        let mut f = Fixture::spawn(&[
+            "--orphans",
+            "300",
+            "--threads",
+            "2",
+            "--exec-after-ms",
+            &after_ms.to_string(),
+        ]);
+        let out = spawn_reap(f.pid).wait_with_output().unwrap();
+        let ctx = format!("exec after {after_ms} ms");
+        assert_clean_end(&out, &ctx);
+        // the process lives on, as `sleep` or still the fixture, and is not left stopped
+        assert!(
+            support::wait_for(Duration::from_secs(2), || std::fs::read_to_string(format!(
+                "/proc/{}/comm",
+                f.pid
+            ))
+            .is_ok_and(|c| c.trim() == "sleep")),
+            "{ctx}: no exec"
+        );
+        not_stopped(f.pid);
+        assert!(
+            std::path::Path::new(&format!("/proc/{}", f.pid)).exists(),
+            "{ctx}: died"
+        );
+        f.kill_now();
+    }
+}
+
+#[test]
+fn the_target_forks_rapidly() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&[
+        "--orphans",
+        "200",
+        "--live",
+        "1",
+        "--threads",
+        "4",
+        "--fork-every-ms",
+        "1",
+    ]);
+    let orphans = f.fds("orphans");
+    let started = Instant::now();
+    let out = spawn_reap(f.pid).wait_with_output().unwrap();
+    assert_clean_end(&out, "forking target");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let left = ptmx_fds(f.pid);
+    assert!(
+        orphans.iter().all(|fd| !left.contains(fd)),
+        "orphans left: {left:?}"
+    );
+    assert!(left.contains(&f.fds("live")[0]));
+    not_stopped(f.pid);
+    let c = f.check();
+    assert!(
+        c["live_ok"].as_array().unwrap().iter().all(|v| v == true),
+        "{c}"
+    );
+    assert_eq!(c["errors"], serde_json::json!([]), "{c}");
+}
+
+#[test]
+fn a_reused_pid_is_never_touched() {
+    if !support::require_root() {
+        return;
+    }
+    // Simulated: the target is pinned and inspected, then its start time no longer matches — as
+    // if the process had exited and another had taken its pid before the attach.
+    let f = Fixture::spawn(&["--orphans", "5"]);
+    let before = ptmx_fds(f.pid);
+    let mut target = ptyreap::sys::open_target(f.pid).unwrap();
+    let snapshot = ptyreap::sys::snapshot().unwrap();
+    let policy = ptyreap::verdict::Policy {
+        min_idle: Duration::ZERO,
+        include_stale: None,
+    };
+    let mut report =
+        ptyreap::pipeline::judge_target(&target, &snapshot, &policy, &Default::default()).unwrap();
+    assert_eq!(
+        report
+            .masters
+            .iter()
+            .filter(|r| r.action == ptyreap::model::Action::Close)
+            .count(),
+        5
+    );
+    target.start_time += 1;
+    let err = ptyreap::sys::reap(&target, &mut report.masters).unwrap_err();
+    assert!(
+        err.message.contains("nothing was changed"),
+        "{}",
+        err.message
+    );
+    assert_eq!(ptmx_fds(f.pid), before);
+    not_stopped(f.pid);
+}
