@@ -141,6 +141,26 @@ impl Fixture {
         let _ = self.child.wait();
     }
 
+    /// Like `check`, but None instead of a panic when no report comes within `timeout` (a
+    /// target that was harmed on purpose).
+    pub fn try_check(&self, timeout: Duration) -> Option<Value> {
+        let path = self.dir.join("ready.json.check");
+        let seq = |p: &Path| -> u64 {
+            let text = fs::read_to_string(p).unwrap_or_default();
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or(0)
+        };
+        let before = seq(&path);
+        // SAFETY: signalling our own child.
+        if unsafe { libc::kill(self.pid, libc::SIGUSR1) } != 0 {
+            return None;
+        }
+        wait_for(timeout, || seq(&path) > before)
+            .then(|| serde_json::from_str(&fs::read_to_string(&path).ok()?).ok())?
+    }
+
     /// Runs the fixture's health check (SIGUSR1) and returns its new report.
     pub fn check(&self) -> Value {
         let path = self.dir.join("ready.json.check");

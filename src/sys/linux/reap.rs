@@ -11,6 +11,12 @@
 //!    consecutive verified fds (one call instead of hundreds), `dup3` for merge and devnull.
 //! 5. Registers and the interrupted system call are restored, every thread resumed and detached
 //!    (the guard does this on every path), and the result is checked from outside.
+//!
+//! Steps 2-5 run in a child process of ours, the tracer (`ptyreap-tracer`, in a session of its
+//! own): a `kill -9` of ptyreap itself or of its process group cannot interrupt them, because the
+//! tracer finishes, restores and detaches on its own and only then exits. Only SIGKILL of the tracer itself, inside the window, leaves the
+//! target as the kernel leaves a dead tracer's tracees: detached and running with whatever
+//! registers were set at that instant (README "What SIGKILL can do" has the measurements).
 
 use super::arch::nr;
 use super::pidfd::Pidfd;
@@ -20,7 +26,8 @@ use super::target::Target;
 use crate::exit_code::UserError;
 use crate::model::{Action, MasterRow, Method, Outcome, PtyId};
 use crate::plan;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// How long a thread may take to reach a ptrace stop before we back out.
@@ -34,17 +41,103 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         finish_kept(rows);
         return Ok(Duration::ZERO);
     }
-    let copies: usize = planned
-        .iter()
-        .map(|&i| 1 + rows[i].evidence.target_slave_fds.len())
-        .sum();
-    reserve_fd_slots(copies + 64, &target.pidfd);
-    // Deferred from here until the target is restored; the tracer thread inherits the mask, and
-    // should anything go wrong there, its exit makes the kernel let go of every tracee.
+    // Deferred from here until the target is restored; the tracer inherits the mask, and should
+    // anything go wrong there, its exit makes the kernel let go of every tracee.
     let _deferred = SignalDeferral::new().map_err(|e| {
         UserError::failure(format!("cannot defer signals: {e}; nothing was changed"))
     })?;
-    in_tracer_thread(|| reap_stopped(target, rows, &planned))
+    in_tracer_process(target, rows, &planned)
+}
+
+/// What the tracer process reports back through its pipe.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TracerReport {
+    stopped_us: Option<u64>,
+    error: Option<String>,
+    results: Vec<(Option<Outcome>, Option<String>)>,
+}
+
+/// Forks the tracer, which runs [`reap_stopped`] and writes a [`TracerReport`] to a pipe; we wait
+/// for it and copy the results into `rows`. The tracer is not tied to our life: killed, we leave
+/// it to finish and restore the target.
+fn in_tracer_process(
+    target: &Target,
+    rows: &mut [MasterRow],
+    planned: &[usize],
+) -> Result<Duration, UserError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(UserError::failure(format!(
+            "cannot create a pipe: {}; nothing was changed",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fresh fds from pipe2.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fork; the child only runs our code and leaves with _exit. Called while ptyreap is
+    // single-threaded (the scan's threads have ended), so no lock is held by a vanished thread.
+    match unsafe { libc::fork() } {
+        -1 => Err(UserError::failure(format!(
+            "cannot start the tracer: {}; nothing was changed",
+            std::io::Error::last_os_error()
+        ))),
+        0 => {
+            drop(read_end);
+            // Its own session and name: a kill of ptyreap's process group (a terminal's job
+            // control, `kill -9 -PGID`) or `pkill -x ptyreap` does not reach the tracer.
+            // SAFETY: setsid and prctl on ourselves.
+            unsafe {
+                libc::setsid();
+                libc::prctl(libc::PR_SET_NAME, c"ptyreap-tracer".as_ptr());
+            }
+            // room for the pinned copies, while this process still has one thread
+            let copies: usize = planned
+                .iter()
+                .map(|&i| 1 + rows[i].evidence.target_slave_fds.len())
+                .sum();
+            reserve_fd_slots(copies + 64, &target.pidfd);
+            let outcome = in_tracer_thread(|| reap_stopped(target, rows, planned));
+            let report = TracerReport {
+                stopped_us: outcome.as_ref().ok().map(|d| d.as_micros() as u64),
+                error: outcome.err().map(|e| e.message),
+                results: rows.iter().map(|r| (r.result, r.detail.clone())).collect(),
+            };
+            let text = serde_json::to_vec(&report).unwrap_or_default();
+            let _ = std::fs::File::from(write_end).write_all(&text);
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        child => {
+            drop(write_end);
+            let mut text = Vec::new();
+            let _ = std::fs::File::from(read_end).read_to_end(&mut text);
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            while unsafe { libc::waitpid(child, &mut status, 0) } < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+            }
+            let report: TracerReport = serde_json::from_slice(&text).map_err(|_| {
+                UserError::failure(format!(
+                    "pid {}: the tracer process died (wait status {status:#x}); the kernel \
+                     detached the target; check it with `ptyreap --pid {} --dry-run`",
+                    target.pid, target.pid
+                ))
+            })?;
+            for (row, (result, detail)) in rows.iter_mut().zip(report.results) {
+                row.result = result;
+                row.detail = detail;
+            }
+            match (report.stopped_us, report.error) {
+                (Some(us), _) => Ok(Duration::from_micros(us)),
+                (None, error) => Err(UserError::failure(
+                    error.unwrap_or_else(|| "the tracer failed".into()),
+                )),
+            }
+        }
+    }
 }
 
 fn reap_stopped(
