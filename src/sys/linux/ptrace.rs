@@ -176,10 +176,44 @@ fn waitpid(tid: i32, nohang: bool) -> io::Result<Option<Stop>> {
     }
 }
 
-/// The next stop of `tid`, waiting as long as it takes. Only for threads that are known to be
-/// about to stop (the injected calls never block).
+/// The next stop of `tid`, waiting as long as it takes (only for threads known to be about to
+/// stop: the injected calls never block). Not a blocking waitpid: a killed group leader is not
+/// reported while traced sibling threads wait, as zombies, for us to reap them, so a blocking
+/// wait could hang forever. Polling also turns out no slower here: the stop usually arrives within
+/// microseconds, and spinning on WNOHANG saves the wake-up of a sleeping tracer.
 pub(crate) fn wait_stop(tid: i32) -> io::Result<Stop> {
-    waitpid(tid, false).map(|s| s.unwrap_or(Stop::Gone(0)))
+    let start = Instant::now();
+    let mut next_check = Duration::from_millis(2);
+    let mut spins = 0u32;
+    loop {
+        if let Some(s) = waitpid(tid, true)? {
+            return Ok(s);
+        }
+        spins += 1;
+        if spins < 200 {
+            std::thread::yield_now();
+            continue;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+        if start.elapsed() >= next_check {
+            next_check += Duration::from_millis(2);
+            if is_dead(tid) {
+                return Ok(Stop::Gone(0));
+            }
+        }
+    }
+}
+
+/// Whether a thread has exited (a zombie, or gone from /proc).
+pub(crate) fn is_dead(tid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Ok(stat) => matches!(
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().chars().next()),
+            Some('Z') | Some('X') | None
+        ),
+        Err(_) => true,
+    }
 }
 
 /// The next stop of `tid`, or None at `deadline`. waitpid has no time-out: poll, first briskly
@@ -251,27 +285,36 @@ impl fmt::Display for AttachError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AttachError::NoSuchProcess { pid } => write!(f, "no process with pid {pid}"),
-            AttachError::Exited { pid } => write!(f, "process {pid} exited; nothing was changed"),
+            AttachError::Exited { pid } => write!(f, "process {pid} exited"),
             AttachError::Exec { pid } => {
-                write!(f, "process {pid} ran a new program while being stopped; nothing was changed")
+                write!(f, "process {pid} ran a new program while being stopped")
             }
             AttachError::PidReused { pid, .. } => write!(
                 f,
-                "pid {pid} now belongs to another process than the one inspected; nothing was changed"
+                "pid {pid} now belongs to another process than the one inspected"
             ),
             AttachError::OwnProcess { pid } => write!(f, "pid {pid} is ptyreap itself"),
-            AttachError::AlreadyTraced { pid, tracer_pid, tracer_name } => {
+            AttachError::AlreadyTraced {
+                pid,
+                tracer_pid,
+                tracer_name,
+            } => {
                 let msg = diagnose_eperm(None, true, true, Some((*tracer_pid, tracer_name)));
                 write!(f, "cannot attach to process {pid}: {msg}")
             }
-            AttachError::NotPermitted { pid, yama_scope, is_root, has_cap_sys_ptrace } => {
+            AttachError::NotPermitted {
+                pid,
+                yama_scope,
+                is_root,
+                has_cap_sys_ptrace,
+            } => {
                 let msg = diagnose_eperm(*yama_scope, *is_root, *has_cap_sys_ptrace, None);
                 write!(f, "cannot attach to process {pid}: {msg}")
             }
             AttachError::Timeout { pid, tid, waited } => write!(
                 f,
                 "thread {tid} of process {pid} did not stop within {} ms (it is in an \
-                 uninterruptible wait, e.g. a vfork or a hung file system); nothing was changed",
+                 uninterruptible wait, e.g. a vfork or a hung file system)",
                 waited.as_millis()
             ),
             AttachError::Other { pid, what, source } => {
@@ -706,16 +749,52 @@ impl StoppedProcess {
             };
             match detach(t.tid, pass) {
                 Ok(()) => t.state = ThreadState::Gone,
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => t.state = ThreadState::Gone,
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    // Not in a stop: killed meanwhile. Its zombie waits for us, its tracer (and
+                    // holds up the report of the leader's exit to the parent): reap it.
+                    reap_dying(t.tid);
+                    t.state = ThreadState::Gone;
+                }
                 Err(e) => {
                     problem.get_or_insert(format!("detaching thread {}: {e}", t.tid));
                 }
             }
         }
+        // Threads found dead earlier may still be zombies waiting for us; the leader last, as
+        // it can only be reaped after the others.
+        let pid = self.pid;
+        for t in self
+            .threads
+            .iter()
+            .filter(|t| t.tid != pid)
+            .chain(self.threads.iter().filter(|t| t.tid == pid))
+        {
+            let _ = waitpid(t.tid, true);
+        }
         self.stopped_tids.clear();
         match problem {
             None => Ok(()),
             Some(p) => Err(p),
+        }
+    }
+}
+
+/// Reap a traced thread that is exiting (or detach it, should it stop after all). Bounded.
+fn reap_dying(tid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match wait_stop_until(tid, deadline) {
+            Ok(Some(Stop::Gone(_))) | Ok(None) | Err(_) => return,
+            Ok(Some(Stop::Signal(sig))) => {
+                if detach(tid, sig).is_ok() {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {
+                if detach(tid, 0).is_ok() {
+                    return;
+                }
+            }
         }
     }
 }
