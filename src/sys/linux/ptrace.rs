@@ -176,26 +176,31 @@ fn waitpid(tid: i32, nohang: bool) -> io::Result<Option<Stop>> {
     }
 }
 
-/// The next stop of `tid`, waiting as long as it takes (only for threads known to be about to
-/// stop: the injected calls never block). Not a blocking waitpid: a killed group leader is not
-/// reported while traced sibling threads wait, as zombies, for us to reap them, so a blocking
-/// wait could hang forever. Polling also turns out no slower here: the stop usually arrives within
-/// microseconds, and spinning on WNOHANG saves the wake-up of a sleeping tracer.
+/// The next stop of `tid`, blocking. Only for a thread that is about to stop and is not a group
+/// leader with siblings: a killed leader's exit is not reported while traced sibling threads
+/// wait, as zombies, for us to reap them, so this could hang on it; use [`wait_stop`] there.
+pub(crate) fn wait_stop_blocking(tid: i32) -> io::Result<Stop> {
+    waitpid(tid, false).map(|s| s.unwrap_or(Stop::Gone(0)))
+}
+
+/// The next stop of `tid`, waiting as long as it takes but noticing when it died (see
+/// [`wait_stop_blocking`]): polls, briskly for a while (a stop usually arrives within
+/// microseconds), then sleeping between looks.
 pub(crate) fn wait_stop(tid: i32) -> io::Result<Stop> {
     let start = Instant::now();
-    let mut next_check = Duration::from_millis(2);
-    let mut spins = 0u32;
+    let spin = Duration::from_millis(2);
+    let mut next_check = spin;
     loop {
         if let Some(s) = waitpid(tid, true)? {
             return Ok(s);
         }
-        spins += 1;
-        if spins < 200 {
+        let waited = start.elapsed();
+        if waited < spin {
             std::thread::yield_now();
             continue;
         }
         std::thread::sleep(Duration::from_micros(50));
-        if start.elapsed() >= next_check {
+        if waited >= next_check {
             next_check += Duration::from_millis(2);
             if is_dead(tid) {
                 return Ok(Stop::Gone(0));
@@ -216,10 +221,12 @@ pub(crate) fn is_dead(tid: i32) -> bool {
     }
 }
 
-/// The next stop of `tid`, or None at `deadline`. waitpid has no time-out: poll, first briskly
-/// (a stop usually arrives within tens of microseconds), then backing off to a millisecond.
+/// The next stop of `tid`, or None at `deadline`. waitpid has no time-out: poll, briskly for
+/// the first half millisecond (a stop usually arrives within tens of microseconds), then backing
+/// off to a millisecond.
 pub(crate) fn wait_stop_until(tid: i32, deadline: Instant) -> io::Result<Option<Stop>> {
-    let mut nap = Duration::from_micros(5);
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(20);
     loop {
         if let Some(s) = waitpid(tid, true)? {
             return Ok(Some(s));
@@ -227,6 +234,10 @@ pub(crate) fn wait_stop_until(tid: i32, deadline: Instant) -> io::Result<Option<
         let now = Instant::now();
         if now >= deadline {
             return Ok(None);
+        }
+        if now - start < Duration::from_micros(500) {
+            std::thread::yield_now();
+            continue;
         }
         std::thread::sleep(nap.min(deadline - now));
         nap = (nap * 2).min(Duration::from_millis(1));

@@ -98,6 +98,21 @@ impl Regs {
     }
 }
 
+const NR_RESTART_SYSCALL: u64 = 128;
+
+impl Regs {
+    /// The same state as `before` (taken at the stop), counting as unchanged the one difference
+    /// settling makes: x8 switched to `restart_syscall` on a rewound call (the kernel would have
+    /// done it on resume, for an interrupted nanosleep, poll or timed futex).
+    pub fn same_state_as(&self, before: &Regs) -> bool {
+        let mut b = *before;
+        if self.0.regs[8] == NR_RESTART_SYSCALL && self.0.pc == b.0.pc {
+            b.0.regs[8] = NR_RESTART_SYSCALL;
+        }
+        *self == b
+    }
+}
+
 impl PartialEq for Regs {
     fn eq(&self, other: &Regs) -> bool {
         let (a, b) = (&self.0, &other.0);

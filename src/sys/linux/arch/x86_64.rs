@@ -102,6 +102,13 @@ impl Regs {
     }
 }
 
+impl Regs {
+    /// The same state as `before`: on x86_64 nothing may differ (see aarch64's).
+    pub fn same_state_as(&self, before: &Regs) -> bool {
+        self == before
+    }
+}
+
 impl PartialEq for Regs {
     fn eq(&self, other: &Regs) -> bool {
         self.words() == other.words()
