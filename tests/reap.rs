@@ -359,6 +359,7 @@ fn a_target_churning_fds_loses_only_verified_masters() {
     }
     let f = Fixture::spawn(&["--orphans", "40", "--live", "1", "--churn"]);
     let orphans = set(f.fds("orphans"));
+    let mut released = BTreeSet::new();
     for _ in 0..5 {
         let out = ptyreap(&[
             "--pid",
@@ -370,7 +371,9 @@ fn a_target_churning_fds_loses_only_verified_masters() {
         ]);
         assert!(matches!(out.code, 0 | 3), "{out:?}");
         let doc = out.json();
-        for fd in closed(&doc, 0) {
+        let this_round = closed(&doc, 0);
+        released.extend(this_round.iter().copied());
+        for fd in this_round {
             // the churn thread's masters are fresh (never idle): only orphans may be closed
             assert!(
                 orphans.contains(&fd),
@@ -385,7 +388,12 @@ fn a_target_churning_fds_loses_only_verified_masters() {
     );
     assert_eq!(c["errors"], serde_json::json!([]), "{c}");
     assert!(c["live_ok"].as_array().unwrap().iter().all(|v| v == true));
-    assert!(set(ptmx_fds(f.pid)).is_disjoint(&orphans));
+    // the churn thread reuses freed numbers at once, so compare what was reported, not the table
+    assert!(
+        orphans.is_subset(&released),
+        "orphans never released: {:?}",
+        orphans.difference(&released)
+    );
 }
 
 #[test]
