@@ -203,6 +203,14 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             summary.released, summary.planned, before.system.in_use, after.in_use
         );
     }
+    if summary.released < summary.planned {
+        // one plain line for scripts too: the table or the JSON says which and why
+        eprintln!(
+            "ptyreap: released {} of {} planned master(s): {} changed since they were checked, \
+             {} failed; nothing else was touched",
+            summary.released, summary.planned, summary.changed, summary.failed
+        );
+    }
     if let Some(sig) = interrupt::received() {
         eprintln!(
             "ptyreap: stopped by {}: every target was restored; the results above say what was released",
@@ -286,15 +294,18 @@ fn refresh(report: &mut TargetReport, fresh: TargetReport) {
 struct ReapSummary {
     planned: usize,
     released: usize,
+    changed: usize,
+    failed: usize,
 }
 
 fn reap_summary(reports: &[TargetReport]) -> ReapSummary {
     let rows = || reports.iter().flat_map(|t| &t.masters);
+    let count = |o: model::Outcome| rows().filter(|r| r.result == Some(o)).count();
     ReapSummary {
         planned: rows().filter(|r| r.action == Action::Close).count(),
-        released: rows()
-            .filter(|r| r.result == Some(model::Outcome::Closed))
-            .count(),
+        released: count(model::Outcome::Closed),
+        changed: count(model::Outcome::Changed),
+        failed: count(model::Outcome::Failed),
     }
 }
 
