@@ -9,33 +9,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{ptmx_fds, Fixture};
-
-/// A small deterministic PRNG (xorshift), so a failing round can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn assert_running(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        assert!(
-            !status.contains("(tracing stop)") && !status.contains("T (stopped)"),
-            "{status}"
-        );
-        assert!(status.contains("TracerPid:\t0\n"), "still traced: {status}");
-    }
-}
+use support::{assert_running, ptmx_fds, Fixture, Rng};
 
 #[test]
 fn signals_at_random_moments_never_leave_the_target_stopped() {

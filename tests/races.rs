@@ -4,26 +4,8 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ptmx_fds, Fixture};
-
-fn spawn_reap(pid: i32) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--min-idle",
-            "0",
-            "--yes",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
+use support::{assert_running, ptmx_fds, spawn_reap, Fixture};
 
 /// ptyreap ended on its own, without a panic, with a documented code and a message if it failed.
 fn assert_clean_end(out: &std::process::Output, ctx: &str) {
@@ -38,19 +20,6 @@ fn assert_clean_end(out: &std::process::Output, ctx: &str) {
         assert!(
             stderr.starts_with("ptyreap: "),
             "{ctx}: no plain message: {stderr}"
-        );
-    }
-}
-
-fn not_stopped(pid: i32) {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return; // gone
-    };
-    for entry in dir.flatten() {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        assert!(
-            !status.contains("(tracing stop)") && !status.contains("T (stopped)"),
-            "{status}"
         );
     }
 }
@@ -96,7 +65,7 @@ fn the_target_execs_mid_way() {
             .is_ok_and(|c| c.trim() == "sleep")),
             "{ctx}: no exec"
         );
-        not_stopped(f.pid);
+        assert_running(f.pid);
         assert!(
             std::path::Path::new(&format!("/proc/{}", f.pid)).exists(),
             "{ctx}: died"
@@ -131,7 +100,7 @@ fn the_target_forks_rapidly() {
         "orphans left: {left:?}"
     );
     assert!(left.contains(&f.fds("live")[0]));
-    not_stopped(f.pid);
+    assert_running(f.pid);
     let c = f.check();
     assert!(
         c["live_ok"].as_array().unwrap().iter().all(|v| v == true),
@@ -173,5 +142,5 @@ fn a_reused_pid_is_never_touched() {
         err.message
     );
     assert_eq!(ptmx_fds(f.pid), before);
-    not_stopped(f.pid);
+    assert_running(f.pid);
 }

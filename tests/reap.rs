@@ -36,33 +36,6 @@ fn closed(doc: &Value, target: usize) -> BTreeSet<i32> {
         .collect()
 }
 
-fn thread_states_ok(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let state = status
-            .lines()
-            .find(|l| l.starts_with("State:"))
-            .unwrap_or("");
-        assert!(
-            !state.contains("t (tracing stop)") && !state.contains("T (stopped)"),
-            "thread {:?} left {state}",
-            entry.file_name()
-        );
-        let tracer = status
-            .lines()
-            .find(|l| l.starts_with("TracerPid:"))
-            .unwrap_or("");
-        assert!(
-            tracer.ends_with("\t0"),
-            "thread {:?} still traced: {tracer}",
-            entry.file_name()
-        );
-    }
-}
-
 #[test]
 fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
     if !support::require_root() {
@@ -132,7 +105,7 @@ fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
         "{doc}"
     );
 
-    thread_states_ok(f.pid);
+    support::assert_running(f.pid);
     // the target runs on: sessions echo, blocked calls complete exactly as without us
     std::thread::sleep(std::time::Duration::from_secs(4)); // let a full sleep span the stop
     let c = f.check();

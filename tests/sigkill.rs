@@ -10,39 +10,8 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{ptmx_fds, Fixture};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn spawn_reap(pid: i32) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--min-idle",
-            "0",
-            "--yes",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap()
-}
+use support::{ptmx_fds, spawn_reap, Fixture, Rng};
 
 /// Waits until no thread of `pid` is traced or stopped (a surviving tracer may still be busy);
 /// false if the process is gone.

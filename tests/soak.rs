@@ -10,21 +10,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{ptmx_fds, ptyreap, Fixture};
-
-fn not_stopped(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        assert!(
-            !status.contains("(tracing stop)") && !status.contains("T (stopped)"),
-            "{status}"
-        );
-        assert!(status.contains("TracerPid:\t0\n"), "still traced: {status}");
-    }
-}
+use support::{assert_running, ptmx_fds, ptyreap, Fixture};
 
 fn soak(rounds: usize) {
     if !support::require_root() {
@@ -73,7 +59,7 @@ fn soak(rounds: usize) {
             rounds_with_work += 1;
         }
         if round % 10 == 0 {
-            not_stopped(f.pid);
+            assert_running(f.pid);
             let left = ptmx_fds(f.pid);
             assert!(
                 keep.iter().all(|fd| left.contains(fd)),
@@ -81,7 +67,7 @@ fn soak(rounds: usize) {
             );
         }
     }
-    not_stopped(f.pid);
+    assert_running(f.pid);
     let c = f.check();
     assert_eq!(
         c["stream_ok"], true,

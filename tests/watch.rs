@@ -33,20 +33,6 @@ fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == name).collect()
 }
 
-fn assert_not_stopped(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        assert!(
-            !status.contains("(tracing stop)") && !status.contains("T (stopped)"),
-            "{status}"
-        );
-        assert!(status.contains("TracerPid:\t0\n"), "still traced: {status}");
-    }
-}
-
 #[test]
 fn once_warns_and_reaps_only_orphans() {
     if !support::require_root() {
@@ -258,7 +244,7 @@ fn sigterm_during_passes_never_leaves_a_target_stopped() {
             ev.is_empty() || ev.last().unwrap()["event"] == "stop",
             "delay {delay_ms}: {ev:?}"
         );
-        assert_not_stopped(f.pid);
+        support::assert_running(f.pid);
         let c = f.check();
         assert!(
             c["live_ok"].as_array().unwrap().iter().all(|v| v == true),

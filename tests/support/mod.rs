@@ -163,32 +163,8 @@ impl Fixture {
 
     /// Runs the fixture's health check (SIGUSR1) and returns its new report.
     pub fn check(&self) -> Value {
-        let path = self.dir.join("ready.json.check");
-        let seq = |p: &Path| -> u64 {
-            let text = fs::read_to_string(p).unwrap_or_default();
-            serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .unwrap_or(0)
-        };
-        let before = seq(&path);
-        // SAFETY: signalling our own child.
-        assert_eq!(
-            unsafe { libc::kill(self.pid, libc::SIGUSR1) },
-            0,
-            "the fixture is gone"
-        );
-        let deadline = Instant::now() + CHECK_TIMEOUT;
-        while seq(&path) <= before {
-            assert!(
-                Instant::now() < deadline,
-                "no health check after {CHECK_TIMEOUT:?}: {}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        serde_json::from_str(&fs::read_to_string(&path).expect("reading the check"))
-            .expect("the check is not JSON")
+        self.try_check(CHECK_TIMEOUT)
+            .unwrap_or_else(|| panic!("no health check after {CHECK_TIMEOUT:?}: {}", self.stderr()))
     }
 }
 
@@ -435,4 +411,59 @@ pub fn ptys_in_use_seen_by(pid: i32) -> usize {
                 .is_some_and(|n| n.parse::<u32>().is_ok())
         })
         .count()
+}
+
+/// No thread of `pid` is in a ptrace stop, stopped, or traced (a gone process passes).
+pub fn assert_running(pid: i32) {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let status = fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let state = status
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("");
+        assert!(
+            !state.contains("tracing stop") && !state.contains("T (stopped)"),
+            "thread {:?} of {pid} left {state}",
+            entry.file_name()
+        );
+        assert!(
+            status.contains("TracerPid:\t0\n"),
+            "thread {:?} of {pid} still traced",
+            entry.file_name()
+        );
+    }
+}
+
+/// A small deterministic PRNG (xorshift64), so a failing round can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `ptyreap --pid PID --min-idle 0 --yes --json` started in its own process group, output piped.
+pub fn spawn_reap(pid: i32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ptyreap"))
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--min-idle",
+            "0",
+            "--yes",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawning ptyreap")
 }
