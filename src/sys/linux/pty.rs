@@ -115,3 +115,19 @@ pub fn hung_up(master: BorrowedFd<'_>) -> Option<bool> {
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     (r >= 0).then_some(pfd.revents & libc::POLLHUP != 0)
 }
+
+/// `hung_up` for many masters in one `poll` call (the stop window is counted in microseconds).
+pub fn hung_up_all<'a>(masters: impl Iterator<Item = BorrowedFd<'a>>) -> Vec<Option<bool>> {
+    let mut pfds: Vec<libc::pollfd> = masters
+        .map(|m| libc::pollfd {
+            fd: m.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfds of its length, zero timeout.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
+    pfds.iter()
+        .map(|p| (r >= 0).then_some(p.revents & libc::POLLHUP != 0))
+        .collect()
+}

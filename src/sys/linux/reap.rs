@@ -164,8 +164,10 @@ fn reap_stopped(
 
     // 3. re-verify inside the stop
     let mut go: Vec<usize> = Vec::new();
-    for (i, pinned) in &pins {
-        match verify_pinned(&target.pidfd, pinned, &rows[*i]) {
+    // one poll for every pinned master's hang-up state, rather than one call each
+    let hung_up = pty::hung_up_all(pins.iter().map(|(_, p)| p.master.as_fd()));
+    for ((i, pinned), hung_up) in pins.iter().zip(hung_up) {
+        match verify_pinned(&target.pidfd, pinned, hung_up, &rows[*i]) {
             Ok(()) => go.push(*i),
             Err(why) => {
                 rows[*i].result = Some(Outcome::Changed);
@@ -352,7 +354,12 @@ fn same_file(own: i32, pid: i32, copy: &OwnedFd, fd: i32) -> Option<bool> {
 
 /// Inside the stop: the same open files as pinned, still no session, a hung-up slave not reopened
 /// (and for a stale session, still silent). One kcmp per fd instead of a fresh copy and probe.
-fn verify_pinned(pidfd: &Pidfd, pinned: &Pinned, row: &MasterRow) -> Result<(), String> {
+fn verify_pinned(
+    pidfd: &Pidfd,
+    pinned: &Pinned,
+    hung_up_now: Option<bool>,
+    row: &MasterRow,
+) -> Result<(), String> {
     let (own, pid) = (std::process::id() as i32, pidfd.pid());
     let ev = &row.evidence;
     let fds = std::iter::once((ev.fd, &pinned.master))
@@ -368,7 +375,7 @@ fn verify_pinned(pidfd: &Pidfd, pinned: &Pinned, row: &MasterRow) -> Result<(), 
     if let Some(sid) = pty::session(master) {
         return Err(format!("its slave is now the terminal of session {sid}"));
     }
-    if ev.hung_up == Some(true) && pty::hung_up(master) == Some(false) {
+    if ev.hung_up == Some(true) && hung_up_now == Some(false) {
         return Err("its slave was opened again".into());
     }
     if row.judgement.verdict == crate::model::Verdict::Stale {
