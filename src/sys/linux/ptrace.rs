@@ -493,6 +493,8 @@ pub struct StoppedProcess {
     /// Just before the first interrupt: the start of the stop, conservatively.
     since: Option<Instant>,
     pub(crate) injection: Option<inject::Session>,
+    /// When the last held thread was let go.
+    resumed: Option<Instant>,
     released: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -560,6 +562,7 @@ impl StoppedProcess {
             stopped_tids: Vec::new(),
             since: None,
             injection: None,
+            resumed: None,
             released: false,
             _not_send: PhantomData,
         };
@@ -584,7 +587,13 @@ impl StoppedProcess {
                 }
             };
             let first = self.threads.len();
-            for tid in listed {
+            // The leader first: its seizing is what pins the pid (see below).
+            let leader = listed.iter().position(|&t| t == pid);
+            let ordered = leader
+                .into_iter()
+                .map(|i| listed[i])
+                .chain(listed.iter().copied().filter(|&t| t != pid));
+            for tid in ordered {
                 if self.threads.iter().any(|t| t.tid == tid) {
                     continue;
                 }
@@ -594,8 +603,21 @@ impl StoppedProcess {
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                         // An exiting thread (or a zombie leader) cannot be seized; it does not
                         // run user code any more either.
-                        if matches!(thread_state(pid, tid), None | Some('Z') | Some('X')) {
+                        if tid != pid
+                            && matches!(thread_state(pid, tid), None | Some('Z') | Some('X'))
+                        {
                             continue;
+                        }
+                        if tid == pid && tracer_of(pid).is_none() && seize_retry(pid, deadline) {
+                            // The old leader was on its way out while another thread ran
+                            // execve and took its pid: the process now runs a new program.
+                            // Stop it, so that it can be detached again at once.
+                            self.threads.push(Thread {
+                                tid,
+                                state: ThreadState::Running,
+                            });
+                            let _ = interrupt(tid);
+                            return Err(AttachError::Exec { pid });
                         }
                         return Err(eperm_error(pid));
                     }
@@ -629,20 +651,58 @@ impl StoppedProcess {
             if self.threads.len() == first {
                 break;
             }
-            for i in first..self.threads.len() {
+            self.wait_seized(deadline, timeout)?;
+        }
+        if pidfd.has_exited() || self.threads.iter().all(|t| t.state == ThreadState::Gone) {
+            return Err(AttachError::Exited { pid });
+        }
+        // The leader cannot be reported gone while its process lives, except when another
+        // thread (one not yet seized, so no PTRACE_EVENT_EXEC) ran execve and took its place.
+        if self
+            .threads
+            .iter()
+            .any(|t| t.tid == pid && t.state == ThreadState::Gone)
+        {
+            return Err(AttachError::Exec { pid });
+        }
+        self.refresh_tids();
+        Ok(())
+    }
+
+    /// Wait for the first stop of every thread seized but not yet seen stopped, all at once: an
+    /// execve in the target waits (killably, so it does not stop) for its other threads to be
+    /// released, and those we traced are released only when we reap them, so waiting for one
+    /// thread after another could deadlock until the time-out.
+    fn wait_seized(&mut self, deadline: Instant, timeout: Duration) -> Result<(), AttachError> {
+        let pid = self.pid;
+        let start = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        let mut next_look = start + Duration::from_millis(20);
+        loop {
+            let mut waiting = None;
+            for i in 0..self.threads.len() {
                 let tid = self.threads[i].tid;
-                let stop = wait_stop_until(tid, deadline).map_err(|source| AttachError::Other {
+                match self.threads[i].state {
+                    ThreadState::Running => {}
+                    ThreadState::Gone => continue,
+                    ThreadState::Stopped { .. } => {
+                        // Already held: only its death can be reported (killed by an execve
+                        // elsewhere, which waits for us to reap it).
+                        if let Ok(Some(Stop::Gone(_))) = waitpid(tid, true) {
+                            self.threads[i].state = ThreadState::Gone;
+                        }
+                        continue;
+                    }
+                }
+                let stop = waitpid(tid, true).map_err(|source| AttachError::Other {
                     pid,
                     what: "waiting",
                     source,
                 })?;
                 self.threads[i].state = match stop {
                     None => {
-                        return Err(AttachError::Timeout {
-                            pid,
-                            tid,
-                            waited: timeout,
-                        });
+                        waiting.get_or_insert(tid);
+                        continue;
                     }
                     Some(Stop::Event(_)) => ThreadState::Stopped {
                         event: true,
@@ -667,12 +727,37 @@ impl StoppedProcess {
                     Some(Stop::Gone(_)) => ThreadState::Gone,
                 };
             }
+            let Some(tid) = waiting else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AttachError::Timeout {
+                    pid,
+                    tid,
+                    waited: timeout,
+                });
+            }
+            if now >= next_look {
+                next_look = now + Duration::from_millis(20);
+                // After an execve by a thread we had not seized, the leader we seized is
+                // replaced, under the same pid, by that thread, not traced by us: to a parent
+                // (tests) waitpid just shows a running child.
+                // SAFETY: gettid cannot fail.
+                let me = unsafe { libc::gettid() };
+                let tracer = status_field(pid, Some(pid), "TracerPid").and_then(|v| v.parse().ok());
+                let leader_held = self.threads.iter().any(|t| t.tid == pid);
+                if leader_held && tracer.is_some_and(|t: i32| t != me) {
+                    return Err(AttachError::Exec { pid });
+                }
+            }
+            if now - start < Duration::from_micros(500) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap.min(deadline - now));
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
         }
-        if pidfd.has_exited() || self.threads.iter().all(|t| t.state == ThreadState::Gone) {
-            return Err(AttachError::Exited { pid });
-        }
-        self.refresh_tids();
-        Ok(())
     }
 
     pub(crate) fn refresh_tids(&mut self) {
@@ -713,10 +798,24 @@ impl StoppedProcess {
     /// first thread stopped to the last resumed.
     pub fn resume(mut self) -> Result<Duration, ResumeError> {
         let result = self.release();
-        let stopped = self.since.map(|s| s.elapsed()).unwrap_or_default();
+        let stopped = match (self.since, self.resumed) {
+            (Some(a), Some(b)) => b - a,
+            (Some(a), None) => a.elapsed(),
+            _ => Duration::ZERO,
+        };
         result
             .map(|()| stopped)
             .map_err(|message| ResumeError { stopped, message })
+    }
+
+    /// Reap threads of ours that died (zombies wait for their tracer); the leader last, as it
+    /// can only be reaped after the others.
+    fn reap_zombies(&self) {
+        let pid = self.pid;
+        let others = self.threads.iter().filter(|t| t.tid != pid);
+        for t in others.chain(self.threads.iter().filter(|t| t.tid == pid)) {
+            let _ = waitpid(t.tid, true);
+        }
     }
 
     /// Let go of everything; the first problem met, as a message. Idempotent.
@@ -731,56 +830,43 @@ impl StoppedProcess {
                 problem.get_or_insert(format!("restoring the injected thread: {e}"));
             }
         }
+        // Stopped threads first, then zombies reaped: an execve in the target may be waiting
+        // for both before the threads still on their way to a stop can get there.
         for t in &mut self.threads {
-            let pass = match t.state {
-                ThreadState::Gone => continue,
-                ThreadState::Stopped { pass, .. } => pass,
-                ThreadState::Running => {
-                    // Interrupted but never seen stopped (the time-out case): it may stop any
-                    // moment. Give it a little while; otherwise it stays attached until the
-                    // tracing thread exits (see the module doc).
-                    let grace = Instant::now() + Duration::from_millis(20);
-                    match wait_stop_until(t.tid, grace) {
-                        Ok(Some(Stop::Signal(sig))) => sig,
-                        Ok(Some(Stop::Gone(_))) => {
-                            t.state = ThreadState::Gone;
-                            continue;
-                        }
-                        Ok(Some(_)) => 0,
-                        _ => {
-                            problem.get_or_insert(format!(
-                                "thread {} never stopped; it stays attached until the tracing \
-                                 thread exits",
-                                t.tid
-                            ));
-                            continue;
-                        }
-                    }
-                }
-            };
-            match detach(t.tid, pass) {
-                Ok(()) => t.state = ThreadState::Gone,
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                    // Not in a stop: killed meanwhile. Its zombie waits for us, its tracer (and
-                    // holds up the report of the leader's exit to the parent): reap it.
-                    reap_dying(t.tid);
-                    t.state = ThreadState::Gone;
-                }
-                Err(e) => {
-                    problem.get_or_insert(format!("detaching thread {}: {e}", t.tid));
+            if let ThreadState::Stopped { pass, .. } = t.state {
+                detach_or_reap(t, pass, &mut problem);
+            }
+        }
+        self.resumed = Some(Instant::now());
+        self.reap_zombies();
+        // Interrupted but never seen stopped (the time-out case, or an exec under way): they
+        // may stop any moment. Give them a little while; otherwise they stay attached until the
+        // tracing thread exits (see the module doc).
+        let grace = Instant::now() + Duration::from_millis(500);
+        for t in &mut self.threads {
+            if t.state != ThreadState::Running {
+                continue;
+            }
+            match wait_stop_until(t.tid, grace) {
+                Ok(Some(Stop::Gone(_))) => t.state = ThreadState::Gone,
+                Ok(Some(Stop::Signal(sig))) => detach_or_reap(t, sig, &mut problem),
+                Ok(Some(_)) => detach_or_reap(t, 0, &mut problem),
+                _ => {
+                    problem.get_or_insert(format!(
+                        "thread {} never stopped; it stays attached until the tracing thread \
+                         exits",
+                        t.tid
+                    ));
                 }
             }
         }
-        // Threads found dead earlier may still be zombies waiting for us; the leader last, as
-        // it can only be reaped after the others.
-        let pid = self.pid;
-        for t in self
-            .threads
-            .iter()
-            .filter(|t| t.tid != pid)
-            .chain(self.threads.iter().filter(|t| t.tid == pid))
-        {
-            let _ = waitpid(t.tid, true);
+        self.reap_zombies();
+        // An execve in the target renames threads (the one that ran it takes the leader's
+        // pid): let go of whatever is still traced by us, whatever we called it.
+        if let Some(tid) = sweep_traced(self.pid) {
+            problem.get_or_insert(format!(
+                "thread {tid} never stopped; it stays attached until the tracing thread exits"
+            ));
         }
         self.stopped_tids.clear();
         match problem {
@@ -788,6 +874,70 @@ impl StoppedProcess {
             Some(p) => Err(p),
         }
     }
+}
+
+/// Detach every thread of `pid` still traced by the calling thread; bounded. Returns one that
+/// could not be (it never stopped).
+fn sweep_traced(pid: i32) -> Option<i32> {
+    // SAFETY: gettid cannot fail.
+    let me = unsafe { libc::gettid() };
+    let ours = || -> Vec<i32> {
+        list_tasks(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&t| {
+                status_field(pid, Some(t), "TracerPid").and_then(|v| v.parse().ok()) == Some(me)
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut stuck = None;
+    for tid in ours() {
+        if detach(tid, 0).is_ok() {
+            continue;
+        }
+        let _ = interrupt(tid);
+        let mut t = Thread {
+            tid,
+            state: ThreadState::Running,
+        };
+        let mut problem = None;
+        match wait_stop_until(tid, deadline) {
+            Ok(Some(Stop::Signal(sig))) => detach_or_reap(&mut t, sig, &mut problem),
+            Ok(Some(Stop::Gone(_))) => {}
+            Ok(Some(_)) => detach_or_reap(&mut t, 0, &mut problem),
+            _ => stuck = Some(tid),
+        }
+    }
+    stuck
+}
+
+fn detach_or_reap(t: &mut Thread, pass: i32, problem: &mut Option<String>) {
+    match detach(t.tid, pass) {
+        Ok(()) => t.state = ThreadState::Gone,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            // Not in a stop: killed meanwhile. Its zombie waits for us, its tracer (and holds up
+            // the report of the leader's exit to the parent): reap it.
+            reap_dying(t.tid);
+            t.state = ThreadState::Gone;
+        }
+        Err(e) => {
+            problem.get_or_insert(format!("detaching thread {}: {e}", t.tid));
+        }
+    }
+}
+
+/// Seize `tid` again for a little while after an EPERM that may have been transient (an exec
+/// replacing the leader). True once it worked.
+fn seize_retry(tid: i32, deadline: Instant) -> bool {
+    let until = deadline.min(Instant::now() + Duration::from_millis(50));
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+        if seize(tid).is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Reap a traced thread that is exiting (or detach it, should it stop after all). Bounded.
