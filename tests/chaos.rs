@@ -60,7 +60,7 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
         std::thread::sleep(delay);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
-        let out = child.wait_with_output().unwrap();
+        let out = support::wait_output(child, Duration::from_secs(60));
         let ctx = format!("round {round}, signal {sig} after {delay:?}");
         assert_running(f.pid);
         let left: BTreeSet<i32> = ptmx_fds(f.pid).into_iter().collect();

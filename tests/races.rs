@@ -34,7 +34,7 @@ fn the_target_exits_mid_way() {
         let child = spawn_reap(f.pid);
         std::thread::sleep(Duration::from_micros(delay_us));
         f.kill_now();
-        let out = child.wait_with_output().unwrap();
+        let out = support::wait_output(child, Duration::from_secs(60));
         assert_clean_end(&out, &format!("killed after {delay_us} µs"));
     }
 }
@@ -53,7 +53,7 @@ fn the_target_execs_mid_way() {
             "--exec-after-ms",
             &after_ms.to_string(),
         ]);
-        let out = spawn_reap(f.pid).wait_with_output().unwrap();
+        let out = support::wait_output(spawn_reap(f.pid), Duration::from_secs(60));
         let ctx = format!("exec after {after_ms} ms");
         assert_clean_end(&out, &ctx);
         // the process lives on, as `sleep` or still the fixture, and is not left stopped
@@ -91,7 +91,7 @@ fn the_target_forks_rapidly() {
     ]);
     let orphans = f.fds("orphans");
     let started = Instant::now();
-    let out = spawn_reap(f.pid).wait_with_output().unwrap();
+    let out = support::wait_output(spawn_reap(f.pid), Duration::from_secs(60));
     assert_clean_end(&out, "forking target");
     assert!(started.elapsed() < Duration::from_secs(30));
     let left = ptmx_fds(f.pid);

@@ -10,7 +10,6 @@
 //!
 //! All reads go through `/proc/PID/mem`, which the tracer may read and write whatever the page
 //! protections (FOLL_FORCE), and which fails cleanly on unmapped addresses.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io;

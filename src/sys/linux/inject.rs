@@ -31,7 +31,6 @@
 //! - Nothing is ever written into the target's code. Data (the path for `openat`) goes into its
 //!   stack far below the stack pointer, where the stopped thread will not look, and the bytes that
 //!   were there are put back before we let go.
-#![allow(dead_code)]
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

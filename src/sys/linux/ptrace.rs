@@ -22,7 +22,6 @@
 //!   `StoppedProcess` is neither `Send` nor `Sync`.
 //! - A thread may report a signal-delivery-stop instead of our interrupt (a signal was on its way
 //!   in); that signal is kept and passed on when the thread is detached, so nothing is lost.
-#![allow(dead_code)]
 
 use std::fmt;
 use std::io;

@@ -33,6 +33,41 @@ use std::time::Duration;
 /// How long a thread may take to reach a ptrace stop before we back out.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the tracer process may take in all before we end it (see `in_tracer_process`).
+const TRACER_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Everything the tracer writes, or None if it is not done (EOF) within `deadline`.
+fn read_with_deadline(fd: OwnedFd, deadline: Duration) -> Option<Vec<u8>> {
+    let end = std::time::Instant::now() + deadline;
+    let mut text = Vec::new();
+    let mut file = std::fs::File::from(fd);
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Some(text);
+        }
+        if r > 0 {
+            let mut buf = [0u8; 65536];
+            match file.read(&mut buf) {
+                Ok(0) => return Some(text),
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(text),
+            }
+        }
+    }
+}
+
 pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
     let planned: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
@@ -111,8 +146,29 @@ fn in_tracer_process(
         }
         child => {
             drop(write_end);
-            let mut text = Vec::new();
-            let _ = std::fs::File::from(read_end).read_to_end(&mut text);
+            let text = match read_with_deadline(read_end, TRACER_DEADLINE) {
+                Some(text) => text,
+                None => {
+                    // A kernel deadlock can hold the tracer forever: an exec in the target waits
+                    // for a thread we traced to be reaped while our PTRACE_SEIZE of another waits
+                    // for the exec (cred_guard_mutex; gdb and strace share it). It happens while
+                    // attaching, before anything is changed; SIGKILL ends the wait, and the
+                    // kernel lets go of the tracees.
+                    // SAFETY: signalling and reaping our own child.
+                    unsafe {
+                        libc::kill(child, libc::SIGKILL);
+                        libc::waitpid(child, std::ptr::null_mut(), 0);
+                    }
+                    return Err(UserError::failure(format!(
+                        "pid {}: the tracer did not finish within {} s (stuck attaching, as when \
+                         the target execs at that moment) and was stopped; the kernel let go of \
+                         the target; check it with `ptyreap --pid {} --dry-run`",
+                        target.pid,
+                        TRACER_DEADLINE.as_secs(),
+                        target.pid
+                    )));
+                }
+            };
             let mut status = 0;
             // SAFETY: waiting for our own child.
             while unsafe { libc::waitpid(child, &mut status, 0) } < 0

@@ -12,7 +12,6 @@
 //!
 //! Registers come through `PTRACE_GETREGSET`/`NT_PRSTATUS` (`user_pt_regs`); the kernel's own
 //! record of the current syscall number (`syscallno`) through `NT_ARM_SYSTEM_CALL`.
-#![allow(dead_code)]
 
 use std::io;
 

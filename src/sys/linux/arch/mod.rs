@@ -4,7 +4,6 @@
 //! Each module exports the same names (`Regs`, `get_regs`, `set_regs`, `Extra`, `get_extra`,
 //! `set_extra`, `skip_syscall`, `SYSCALL_INSN`, `INSN_ALIGN`, `RED_ZONE`, `REWINDS_BEFORE_STOP`,
 //! `nr`); everything above this module is written once against them.
-#![allow(dead_code)]
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;

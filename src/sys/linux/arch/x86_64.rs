@@ -5,7 +5,6 @@
 //! -ERESTARTSYS and friends, `orig_rax` the call): so saving and restoring the full register set,
 //! `orig_rax` included, at a stop inside `get_signal` reproduces exactly what would have happened.
 //! An injected call sets `orig_rax` to -1 so that restart logic never touches it.
-#![allow(dead_code)]
 
 use std::io;
 
