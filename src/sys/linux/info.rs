@@ -1,11 +1,10 @@
 //! Facts about a process for the bug report: executable, command line, start time, version.
 
-use super::target::read_stat;
 use crate::model::ProcessInfo;
 use std::path::Path;
 
 pub fn start_time(pid: i32) -> Option<u64> {
-    read_stat(pid).ok().map(|s| s.start_time)
+    super::ptrace::start_time(pid).ok()
 }
 
 pub fn process_info(pid: i32) -> ProcessInfo {

@@ -391,11 +391,7 @@ fn status_field(pid: i32, tid: Option<i32>, key: &str) -> Option<String> {
         None => format!("/proc/{pid}/status"),
     };
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_string())
-    })
+    super::procfs::status_field(&text, key).map(str::to_string)
 }
 
 /// Signals the process ignores (SigIgn), as a mask with bit `n-1` for signal `n`.
@@ -446,9 +442,7 @@ pub fn start_time(pid: i32) -> io::Result<u64> {
 }
 
 fn parse_start_time(stat: &str) -> Option<u64> {
-    // The name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    super::procfs::parse_stat(stat).map(|s| s.start_time)
 }
 
 /// The state field of a thread's stat line ('R', 'S', 'Z', ...).
