@@ -323,11 +323,12 @@ pub fn for_each_dirent(dir: &OwnedFd, buf: &mut [u8], mut f: impl FnMut(&CStr)) 
         if n <= 0 {
             return;
         }
+        let n = n as usize;
         let mut off = 0usize;
-        while off < n as usize {
+        while off < n {
             // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
             let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen == 0 || off + reclen > n as usize {
+            if reclen == 0 || off + reclen > n {
                 return;
             }
             let name = &buf[off + 19..off + reclen];
@@ -335,6 +336,11 @@ pub fn for_each_dirent(dir: &OwnedFd, buf: &mut [u8], mut f: impl FnMut(&CStr)) 
                 f(name);
             }
             off += reclen;
+        }
+        // procfs fills the buffer as far as the directory goes: room left over for another
+        // record (a name is at most 255 bytes) means this was the end, and one call is saved
+        if n + 19 + 256 + 8 <= buf.len() {
+            return;
         }
     }
 }
