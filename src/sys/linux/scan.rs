@@ -13,43 +13,22 @@ use crate::model::{MasterRef, ProcessPtys, PtyId, SlaveRef};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Every process (but ourselves) that holds a PTY master or slave, sorted by pid.
 pub fn scan() -> io::Result<Vec<ProcessPtys>> {
     let proc_dir = open_dir(c"/proc", None)?;
     let pids = list_pids(&proc_dir)?;
     let own = std::process::id() as i32;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4);
-    let next = AtomicUsize::new(0);
-    let mut found: Vec<ProcessPtys> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut scratch = Scratch::new();
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&pid) = pids.get(i) else { break };
-                        if pid == own {
-                            continue;
-                        }
-                        if let Some(p) = scan_process(&proc_dir, pid, &mut scratch) {
-                            out.push(p);
-                        }
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+    let states = crate::parallel::for_each_shared(
+        &pids,
+        || (Scratch::new(), Vec::new()),
+        |(scratch, out), &pid| {
+            if pid != own {
+                out.extend(scan_process(&proc_dir, pid, scratch));
+            }
+        },
+    );
+    let mut found: Vec<ProcessPtys> = states.into_iter().flat_map(|(_, out)| out).collect();
     found.sort_by_key(|p| p.pid);
     Ok(found)
 }

@@ -12,7 +12,6 @@ use super::logic::{self, VnodeKind};
 use crate::model::{DevId, MasterRef, ProcessPtys, PtyId, SlaveRef, Snapshot, SystemUsage};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const LIMIT_SOURCE: &str = "kern.tty.ptmx_max";
 /// xnu's default when the sysctl cannot be read (bsd/kern/tty_ptmx.c).
@@ -109,52 +108,33 @@ pub type Ctty = HashMap<u32, (i32, Option<i32>)>;
 pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
     let pids = libproc::all_pids()?;
     let own = std::process::id() as i32;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4);
-    let next = AtomicUsize::new(0);
-    let (found, ctty): (Vec<Found>, Ctty) = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    let mut ctty = Ctty::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&pid) = pids.get(i) else { break };
-                        if pid == own {
-                            continue;
-                        }
-                        let info = libproc::bsd_info(pid).ok();
-                        if let Some(info) = &info {
-                            if info.e_tdev != ffi::NODEV {
-                                // SAFETY: getsid has no memory arguments.
-                                let sid = unsafe { libc::getsid(pid) };
-                                // the session exists either way; its id is only for showing
-                                let sid = if sid > 0 { sid } else { info.pbi_pgid as i32 };
-                                let fg = (info.e_tpgid > 0).then_some(info.e_tpgid as i32);
-                                ctty.entry(info.e_tdev).or_insert((sid, fg));
-                            }
-                        }
-                        if let Some(f) = scan_process(pid, info.as_ref(), devfs) {
-                            out.push(f);
-                        }
-                    }
-                    (out, ctty)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        let mut ctty = Ctty::new();
-        for h in handles {
-            if let Ok((found, c)) = h.join() {
-                all.extend(found);
-                ctty.extend(c);
+    let states = crate::parallel::for_each_shared(
+        &pids,
+        || (Vec::new(), Ctty::new()),
+        |(out, ctty): &mut (Vec<Found>, Ctty), &pid| {
+            if pid == own {
+                return;
             }
-        }
-        (all, ctty)
-    });
+            let info = libproc::bsd_info(pid).ok();
+            if let Some(info) = &info {
+                if info.e_tdev != ffi::NODEV {
+                    // SAFETY: getsid has no memory arguments.
+                    let sid = unsafe { libc::getsid(pid) };
+                    // the session exists either way; its id is only for showing
+                    let sid = if sid > 0 { sid } else { info.pbi_pgid as i32 };
+                    let fg = (info.e_tpgid > 0).then_some(info.e_tpgid as i32);
+                    ctty.entry(info.e_tdev).or_insert((sid, fg));
+                }
+            }
+            out.extend(scan_process(pid, info.as_ref(), devfs));
+        },
+    );
+    let mut found: Vec<Found> = Vec::new();
+    let mut ctty = Ctty::new();
+    for (f, c) in states {
+        found.extend(f);
+        ctty.extend(c);
+    }
     let mut processes: Vec<ProcessPtys> = found
         .into_iter()
         .map(|f| ProcessPtys {
