@@ -31,6 +31,18 @@ fn settles(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}/task")).exists()
 }
 
+/// Waits until no `ptyreap-tracer` process is left: a tracer outlives a killed ptyreap and may
+/// still be pinning or releasing when the target's threads look untraced.
+fn no_tracers_left() {
+    let ok = support::wait_for(Duration::from_secs(30), || {
+        std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .map_or(true, |c| c.trim() != "ptyreap-tracer")
+        })
+    });
+    assert!(ok, "a ptyreap-tracer is still running after 30 s");
+}
+
 fn calibrate() -> Duration {
     let f = Fixture::spawn(&["--orphans", "200", "--live", "1", "--threads", "4"]);
     let t = std::time::Instant::now();
@@ -57,6 +69,7 @@ fn kill_9_of_ptyreap_never_harms_the_target() {
         unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         let mut child = child;
         let _ = child.wait();
+        no_tracers_left();
         assert!(settles(f.pid), "round {round}: the target died");
         let left = ptmx_fds(f.pid).len();
         match left {
