@@ -9,6 +9,7 @@
 //! Everything above this module is plain data and pure logic; everything below it is one module
 //! per OS.
 
+pub mod checks;
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]

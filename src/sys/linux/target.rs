@@ -20,21 +20,8 @@ pub fn read_stat(pid: i32) -> io::Result<procfs::Stat> {
 }
 
 pub fn open(pid: i32) -> Result<Target, UserError> {
-    if pid <= 0 {
-        return Err(UserError::failure(format!(
-            "{pid} is not a process id: give a positive pid (see `ptyreap` for the holders)"
-        )));
-    }
-    if pid == std::process::id() as i32 {
-        return Err(UserError::failure(format!(
-            "pid {pid} is ptyreap itself: give the pid of the process that leaks PTYs"
-        )));
-    }
-    let no_such = || {
-        UserError::failure(format!(
-            "no process with pid {pid}: it may have exited; run `ptyreap` to list PTY holders"
-        ))
-    };
+    crate::sys::checks::plausible_pid(pid)?;
+    let no_such = || crate::sys::checks::no_such_process(pid);
     let stat = read_stat(pid).map_err(|_| no_such())?;
     let name = stat.comm.clone();
     if matches!(stat.state, 'Z' | 'X') {

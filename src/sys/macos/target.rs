@@ -28,9 +28,7 @@ pub fn is_root() -> bool {
 }
 
 pub fn no_such(pid: i32) -> UserError {
-    UserError::failure(format!(
-        "no process with pid {pid}: it may have exited; run `ptyreap` to list PTY holders"
-    ))
+    crate::sys::checks::no_such_process(pid)
 }
 
 pub fn not_permitted(pid: i32, name: &str) -> UserError {
@@ -45,16 +43,7 @@ pub fn not_permitted(pid: i32, name: &str) -> UserError {
 }
 
 pub fn open(pid: i32) -> Result<Target, UserError> {
-    if pid <= 0 {
-        return Err(UserError::failure(format!(
-            "{pid} is not a process id: give a positive pid (see `ptyreap` for the holders)"
-        )));
-    }
-    if pid == std::process::id() as i32 {
-        return Err(UserError::failure(format!(
-            "pid {pid} is ptyreap itself: give the pid of the process that leaks PTYs"
-        )));
-    }
+    crate::sys::checks::plausible_pid(pid)?;
     let info = match libproc::bsd_info(pid) {
         Ok(info) => info,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {

@@ -1,0 +1,24 @@
+//! The target checks and messages every backend shares, so a bad pid reads the same on every OS.
+
+use crate::exit_code::UserError;
+
+/// A pid that can name a target at all: positive, and not ptyreap itself.
+pub fn plausible_pid(pid: i32) -> Result<(), UserError> {
+    if pid <= 0 {
+        return Err(UserError::failure(format!(
+            "{pid} is not a process id: give a positive pid (see `ptyreap` for the holders)"
+        )));
+    }
+    if pid == std::process::id() as i32 {
+        return Err(UserError::failure(format!(
+            "pid {pid} is ptyreap itself: give the pid of the process that leaks PTYs"
+        )));
+    }
+    Ok(())
+}
+
+pub fn no_such_process(pid: i32) -> UserError {
+    UserError::failure(format!(
+        "no process with pid {pid}: it may have exited; run `ptyreap` to list PTY holders"
+    ))
+}
