@@ -22,3 +22,7 @@ pub fn no_such_process(pid: i32) -> UserError {
         "no process with pid {pid}: it may have exited; run `ptyreap` to list PTY holders"
     ))
 }
+
+pub fn exited_while_inspected(pid: i32, name: &str) -> UserError {
+    UserError::failure(format!("pid {pid} ({name}) exited while being inspected"))
+}

@@ -248,6 +248,29 @@ mod linux {
         Ok(p.revents)
     }
 
+    /// Reads `fd` until EOF or an error other than EINTR (recorded as `what`), handing every
+    /// chunk to `got`.
+    fn read_all(fd: RawFd, what: &str, mut got: impl FnMut(&[u8])) {
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: reading into a local buffer.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                got(&buf[..n as usize]);
+                continue;
+            }
+            let e = if n == 0 {
+                io::Error::from(io::ErrorKind::UnexpectedEof)
+            } else {
+                last_err()
+            };
+            if e.kind() != io::ErrorKind::Interrupted {
+                record(what, &e);
+                return;
+            }
+        }
+    }
+
     fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             // SAFETY: buf is valid for its length.
@@ -645,24 +668,9 @@ mod linux {
             });
             self.readers.push(r.clone());
             self.spawn_blocking("read", move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    // SAFETY: reading into a local buffer.
-                    let n = unsafe { libc::read(rfd, buf.as_mut_ptr().cast(), buf.len()) };
-                    if n > 0 {
-                        r.got.fetch_add(n as u64, SeqCst);
-                        continue;
-                    }
-                    let e = if n == 0 {
-                        io::Error::from(io::ErrorKind::UnexpectedEof)
-                    } else {
-                        last_err()
-                    };
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        record("reader: read", &e);
-                        return;
-                    }
-                }
+                read_all(rfd, "reader: read", |bytes| {
+                    r.got.fetch_add(bytes.len() as u64, SeqCst);
+                })
             })
         }
 
@@ -996,26 +1004,11 @@ mod linux {
         })?;
         w.spawn("stream-read", move || {
             let mut sum = FNV_OFFSET;
-            let mut buf = [0u8; 8192];
-            loop {
-                // SAFETY: reading into a local buffer.
-                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-                if n > 0 {
-                    sum = fnv1a(sum, &buf[..n as usize]);
-                    soak.received_sum.store(sum, SeqCst);
-                    soak.received.fetch_add(n as u64, SeqCst);
-                    continue;
-                }
-                let e = if n == 0 {
-                    io::Error::from(io::ErrorKind::UnexpectedEof)
-                } else {
-                    last_err()
-                };
-                if e.kind() != io::ErrorKind::Interrupted {
-                    record("stream: read", &e);
-                    return;
-                }
-            }
+            read_all(fd, "stream: read", |bytes| {
+                sum = fnv1a(sum, bytes);
+                soak.received_sum.store(sum, SeqCst);
+                soak.received.fetch_add(bytes.len() as u64, SeqCst);
+            })
         })?;
         Ok(())
     }

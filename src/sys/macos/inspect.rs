@@ -53,10 +53,10 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             }
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue, // closed since the scan
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                return Err(UserError::failure(format!(
-                    "pid {pid} ({}) exited while being inspected",
-                    target.name
-                )))
+                return Err(crate::sys::checks::exited_while_inspected(
+                    pid,
+                    &target.name,
+                ))
             }
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 return Err(target::not_permitted(pid, &target.name))
