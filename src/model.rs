@@ -202,6 +202,9 @@ pub struct Evidence {
     /// Other processes holding this master (inherited copies): the PTY is freed only when every
     /// copy is closed.
     pub other_master_holders: Vec<Holder>,
+    /// Processes using the target's own fd table (`clone(CLONE_FILES)` without CLONE_THREAD):
+    /// not other holders — a close in the target closes the fd under them too.
+    pub fd_table_shared_with: Vec<Holder>,
     /// The target's other fds on this master's open file.
     pub aliases: Vec<i32>,
     pub session: Option<i32>,

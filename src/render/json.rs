@@ -50,6 +50,7 @@ fn master(r: &MasterRow) -> Value {
         "slave_holders": ev.slave_holders,
         "target_slave_fds": ev.target_slave_fds,
         "other_master_holders": ev.other_master_holders,
+        "fd_table_shared_with": ev.fd_table_shared_with,
         "aliases": ev.aliases,
         "watched": ev.watched(),
         "watched_by": ev.watched_by,

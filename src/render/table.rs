@@ -252,6 +252,9 @@ fn evidence_lines(r: &MasterRow) -> String {
     line("slave held by", holders(&ev.slave_holders));
     line("target's slave fds", format!("{:?}", ev.target_slave_fds));
     line("master also held by", holders(&ev.other_master_holders));
+    if !ev.fd_table_shared_with.is_empty() {
+        line("fd table shared with", holders(&ev.fd_table_shared_with));
+    }
     line("aliases", format!("{:?}", ev.aliases));
     line("session", opt(ev.session.map(|s| s.to_string())));
     line(

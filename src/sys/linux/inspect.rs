@@ -1,6 +1,7 @@
 //! Per-fd evidence for one target: the PTY ioctls on pidfd copies, joined with the machine-wide
 //! scan (who holds the slave, who else holds the master) and the event-loop watchers.
 
+use super::preflight;
 use super::pty;
 use super::target::{self, Target};
 use super::watchers;
@@ -15,7 +16,19 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         return Ok(Vec::new());
     };
     let master_fds: BTreeSet<i32> = own.masters.iter().map(|m| m.fd).collect();
-    let watched = watchers::watchers(pid, &master_fds, &own.event_queues);
+    let mut watched = watchers::watchers(pid, &master_fds, &own.event_queues);
+    // A process sharing the fd table is part of the target for every purpose here: its waits
+    // watch the same fds, and it is no "other holder" (closing in one closes in both).
+    let sharers = preflight::fd_table_sharers(pid, snapshot);
+    for (sharer, name) in &sharers {
+        for (fd, by) in watchers::watchers(*sharer, &master_fds, &[]) {
+            let list = watched.entry(fd).or_default();
+            list.extend(
+                by.into_iter()
+                    .map(|w| format!("{w} of pid {sharer} ({name})")),
+            );
+        }
+    }
     let mut out = Vec::with_capacity(own.masters.len());
     for m in &own.masters {
         let mut ev = Evidence {
@@ -51,6 +64,11 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             Err(e) => ev.missing = Some(format!("cannot copy fd {}: {e}", m.fd)),
         }
         snapshot.join(pid, &mut ev);
+        let (shared, others) = std::mem::take(&mut ev.other_master_holders)
+            .into_iter()
+            .partition(|h| sharers.iter().any(|(p, _)| *p == h.pid));
+        ev.fd_table_shared_with = shared;
+        ev.other_master_holders = others;
         out.push(ev);
     }
     Ok(out)

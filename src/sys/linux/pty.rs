@@ -99,6 +99,21 @@ pub fn foreground_pgrp(master: BorrowedFd<'_>) -> Option<i32> {
     int_ioctl(master, libc::TIOCGPGRP).filter(|&g| g > 0)
 }
 
+/// Whether the slave is locked against opening (`TIOCGPTLCK`: unlockpt() clears it).
+pub fn slave_locked(master: BorrowedFd<'_>) -> Option<bool> {
+    int_ioctl(master, libc::TIOCGPTLCK).map(|v| v != 0)
+}
+
+/// Lock (or unlock) the slave against opening: while locked, opening /dev/pts/N fails with EIO
+/// (`pty_open` checks the master's TTY_PTY_LOCK). Fds already open on the slave are unaffected.
+pub fn lock_slave(master: BorrowedFd<'_>, locked: bool) -> io::Result<()> {
+    let value: libc::c_int = locked.into();
+    // SAFETY: TIOCSPTLCK reads one int from the pointer.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &value) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 /// Bytes queued at the master, written by the slave side and not read.
 pub fn unread_bytes(master: BorrowedFd<'_>) -> Option<u32> {
     int_ioctl(master, libc::FIONREAD).map(|n| n.max(0) as u32)

@@ -20,6 +20,7 @@
 
 use super::arch::nr;
 use super::pidfd::Pidfd;
+use super::preflight;
 use super::ptrace::{in_tracer_thread, AttachError, SignalDeferral, StoppedProcess};
 use super::pty;
 use super::target::Target;
@@ -33,19 +34,48 @@ use std::time::Duration;
 /// How long a thread may take to reach a ptrace stop before we back out.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long the tracer process may take in all before we end it (see `in_tracer_process`).
+/// How long the tracer process may take to begin injecting before we end it (see
+/// `in_tracer_process`).
 const TRACER_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Everything the tracer writes, or None if it is not done (EOF) within `deadline`.
-fn read_with_deadline(fd: OwnedFd, deadline: Duration) -> Option<Vec<u8>> {
-    let end = std::time::Instant::now() + deadline;
+/// How long a tracer that began injecting is waited for. It is never killed: every wait of its
+/// own is bounded, so it ends well before this unless the kernel holds a thread it changed.
+const TRACER_HARD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How the tracer's pipe ended.
+enum TracerOutput {
+    /// EOF: the report (phase bytes stripped).
+    Done(Vec<u8>),
+    /// Not done by the deadline, and it never began to change the target.
+    StuckAttaching,
+    /// Not done by the hard deadline, after it began changing the target: left running.
+    StuckRestoring,
+}
+
+/// Everything the tracer writes. A tracer that has not begun injecting by `deadline` may be
+/// stuck attaching (and safe to end); one that has is waited for until `hard_deadline`: its own
+/// waits are bounded, and ending it could leave a thread with our registers.
+fn read_tracer(fd: OwnedFd, deadline: Duration, hard_deadline: Duration) -> TracerOutput {
+    let start = std::time::Instant::now();
     let mut text = Vec::new();
     let mut file = std::fs::File::from(fd);
+    let strip = |text: Vec<u8>| -> Vec<u8> {
+        text.into_iter()
+            .filter(|&b| b != PHASE_INJECTING && b != PHASE_RESTORED)
+            .collect()
+    };
     loop {
+        let injecting = text.contains(&PHASE_INJECTING) && !text.contains(&PHASE_RESTORED);
+        let end = start + if injecting { hard_deadline } else { deadline };
         let left = end.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return None;
+            return if injecting {
+                TracerOutput::StuckRestoring
+            } else {
+                TracerOutput::StuckAttaching
+            };
         }
+        let left = left.min(Duration::from_millis(200));
         let mut pfd = libc::pollfd {
             fd: file.as_raw_fd(),
             events: libc::POLLIN,
@@ -54,15 +84,15 @@ fn read_with_deadline(fd: OwnedFd, deadline: Duration) -> Option<Vec<u8>> {
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Some(text);
+            return TracerOutput::Done(strip(text));
         }
         if r > 0 {
             let mut buf = [0u8; 65536];
             match file.read(&mut buf) {
-                Ok(0) => return Some(text),
+                Ok(0) => return TracerOutput::Done(strip(text)),
                 Ok(n) => text.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Some(text),
+                Err(_) => return TracerOutput::Done(strip(text)),
             }
         }
     }
@@ -76,6 +106,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         finish_kept(rows);
         return Ok(Duration::ZERO);
     }
+    preflight_checks(target, rows)?;
     // Deferred from here until the target is restored; the tracer inherits the mask, and should
     // anything go wrong there, its exit makes the kernel let go of every tracee.
     let _deferred = SignalDeferral::new().map_err(|e| {
@@ -83,6 +114,45 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     })?;
     in_tracer_process(target, rows, &planned)
 }
+
+/// The refusals made before anything is touched (see `preflight.rs`).
+fn preflight_checks(target: &Target, rows: &[MasterRow]) -> Result<(), UserError> {
+    let (pid, name) = (target.pid, &target.name);
+    if let Some(by) = preflight::frozen_by(pid) {
+        return Err(UserError::failure(preflight::frozen_message(
+            pid, name, &by,
+        )));
+    }
+    let strict = preflight::strict_seccomp_threads(pid);
+    if !strict.is_empty() {
+        let tids: Vec<String> = strict.iter().map(|t| t.to_string()).collect();
+        return Err(UserError::failure(format!(
+            "pid {pid} ({name}): thread {} runs in strict seccomp mode, where any call but \
+             read, write and exit kills the process: ptyreap cannot release its fds (quit the \
+             app to free them); nothing was changed",
+            tids.join(", ")
+        )));
+    }
+    let mut sharers: Vec<(i32, String)> = rows
+        .iter()
+        .flat_map(|r| r.evidence.fd_table_shared_with.iter())
+        .filter(|h| preflight::share_fd_table(pid, h.pid) != Some(false))
+        .map(|h| (h.pid, h.name.clone()))
+        .collect();
+    sharers.sort();
+    sharers.dedup();
+    if !sharers.is_empty() {
+        return Err(UserError::failure(preflight::shared_table_message(
+            pid, name, &sharers,
+        )));
+    }
+    Ok(())
+}
+
+/// What the tracer tells the parent before its report, one byte each, so that the parent knows
+/// whether ending a tracer that takes too long is safe.
+const PHASE_INJECTING: u8 = b'I';
+const PHASE_RESTORED: u8 = b'R';
 
 /// What the tracer process reports back through its pipe.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -133,36 +203,54 @@ fn in_tracer_process(
                 .map(|&i| 1 + rows[i].evidence.target_slave_fds.len())
                 .sum();
             reserve_fd_slots(copies + 64, &target.pidfd);
-            let outcome = in_tracer_thread(|| reap_stopped(target, rows, planned));
+            let out = std::fs::File::from(write_end);
+            let phase = |b: u8| {
+                let _ = (&out).write_all(&[b]);
+            };
+            let outcome = in_tracer_thread(|| reap_stopped(target, rows, planned, &phase));
             let report = TracerReport {
                 stopped_us: outcome.as_ref().ok().map(|d| d.as_micros() as u64),
                 error: outcome.err().map(|e| e.message),
                 results: rows.iter().map(|r| (r.result, r.detail.clone())).collect(),
             };
             let text = serde_json::to_vec(&report).unwrap_or_default();
-            let _ = std::fs::File::from(write_end).write_all(&text);
+            let _ = (&out).write_all(&text);
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { libc::_exit(0) }
         }
         child => {
             drop(write_end);
-            let text = match read_with_deadline(read_end, TRACER_DEADLINE) {
-                Some(text) => text,
-                None => {
+            let text = match read_tracer(read_end, TRACER_DEADLINE, TRACER_HARD_DEADLINE) {
+                TracerOutput::Done(text) => text,
+                TracerOutput::StuckRestoring => {
+                    // Never killed: it holds registers of the target's that it has to put back.
+                    return Err(UserError::failure(format!(
+                        "pid {}: the tracer (pid {child}) is still restoring the target after {} \
+                         s; it was left running to finish (ending it could leave a thread of \
+                         the target with changed registers); check it later with `ptyreap \
+                         --pid {} --dry-run`",
+                        target.pid,
+                        TRACER_HARD_DEADLINE.as_secs(),
+                        target.pid
+                    )));
+                }
+                TracerOutput::StuckAttaching => {
                     // A kernel deadlock can hold the tracer forever: an exec in the target waits
                     // for a thread we traced to be reaped while our PTRACE_SEIZE of another waits
                     // for the exec (cred_guard_mutex; gdb and strace share it). It happens while
-                    // attaching, before anything is changed; SIGKILL ends the wait, and the
-                    // kernel lets go of the tracees.
+                    // attaching: the tracer has not begun injecting (it says so first), so no
+                    // register was changed; SIGKILL ends the wait, and the kernel lets go of
+                    // the tracees.
                     // SAFETY: signalling and reaping our own child.
                     unsafe {
                         libc::kill(child, libc::SIGKILL);
                         libc::waitpid(child, std::ptr::null_mut(), 0);
                     }
                     return Err(UserError::failure(format!(
-                        "pid {}: the tracer did not finish within {} s (stuck attaching, as when \
-                         the target execs at that moment) and was stopped; the kernel let go of \
-                         the target; check it with `ptyreap --pid {} --dry-run`",
+                        "pid {}: the tracer did not finish attaching within {} s (as when the \
+                         target execs at that moment) and was stopped before it changed anything; \
+                         the kernel let go of the target; check it with `ptyreap --pid {} \
+                         --dry-run`",
                         target.pid,
                         TRACER_DEADLINE.as_secs(),
                         target.pid
@@ -200,6 +288,7 @@ fn reap_stopped(
     target: &Target,
     rows: &mut [MasterRow],
     planned: &[usize],
+    phase: &dyn Fn(u8),
 ) -> Result<Duration, UserError> {
     let keeper = plan::merge_keeper(rows);
     // Copies of every planned fd, checked now; inside the stop one kcmp per fd proves the target
@@ -247,6 +336,7 @@ fn reap_stopped(
     }
 
     // 4. release
+    phase(PHASE_INJECTING);
     let run = match stopped.injector() {
         Ok(mut inj) => {
             let released = release(&mut inj, rows, &go, keeper, &target.pidfd);
@@ -267,8 +357,9 @@ fn reap_stopped(
     }
 
     // 5. restore, resume, detach
-    let stopped_for = stopped
-        .resume()
+    let resumed = stopped.resume();
+    phase(PHASE_RESTORED);
+    let stopped_for = resumed
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
     verify_after(&target.pidfd, &pins, rows);
     drop(pins);
@@ -345,10 +436,34 @@ fn verify(pidfd: &Pidfd, row: &MasterRow) -> Result<(), String> {
     Ok(())
 }
 
-/// Our copies of a planned row's fds: the master's, and a pair's slave fds'.
+/// Our copies of a planned row's fds: the master's, and a pair's slave fds'. While pinned, the
+/// slave is locked against opening (`TIOCSPTLCK`), so nobody can begin to use the PTY between
+/// its verification and its release; the lock state it had comes back when the pin is dropped,
+/// on every path.
 struct Pinned {
     master: OwnedFd,
     slaves: Vec<(i32, OwnedFd)>,
+    /// The lock state to put back (None: we did not change it).
+    was_locked: Option<bool>,
+}
+
+impl Pinned {
+    fn lock(&mut self) {
+        let m = self.master.as_fd();
+        if let Some(prev) = pty::slave_locked(m) {
+            if prev || pty::lock_slave(m, true).is_ok() {
+                self.was_locked = Some(prev);
+            }
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.was_locked == Some(false) {
+            let _ = pty::lock_slave(self.master.as_fd(), false);
+        }
+    }
 }
 
 /// Copies the row's fds, checking that the master still is the PTY the evidence describes (the
@@ -378,7 +493,13 @@ fn pin(pidfd: &Pidfd, row: &MasterRow) -> Result<Pinned, String> {
         }
         slaves.push((sfd, slave));
     }
-    Ok(Pinned { master, slaves })
+    let mut pinned = Pinned {
+        master,
+        slaves,
+        was_locked: None,
+    };
+    pinned.lock();
+    Ok(pinned)
 }
 
 /// KCMP_FILE (include/uapi/linux/kcmp.h): do two fds refer to the same open file?
@@ -491,8 +612,9 @@ fn release(
                 nr::CLOSE_RANGE,
                 [first as u64, last as u64, 0, 0, 0, 0],
             )?;
-            if r == -(libc::ENOSYS as i64) {
-                // kernels before 5.9: one close each
+            if r < 0 {
+                // ENOSYS before Linux 5.9; EPERM or another errno from a seccomp filter that
+                // lists close but not close_range: one close each
                 for fd in first..=last {
                     let r = syscall(inj, nr::CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
                     if r < 0 {
@@ -530,7 +652,7 @@ fn release(
     if !merging.is_empty() {
         let keeper = keeper.ok_or("merge without a keeper")?;
         for &i in &merging {
-            let errs = dup_over(inj, keeper, &rows[i])?;
+            let errs = dup_over(inj, pidfd.pid(), keeper, &rows[i])?;
             set_result(&mut rows[i], errs);
         }
     }
@@ -544,10 +666,10 @@ fn release(
     if !nulling.is_empty() {
         let (null_fd, opened) = match existing_devnull(pidfd) {
             Some(fd) => (fd, false),
-            None => (open_devnull(inj)?, true),
+            None => (open_devnull(inj, pidfd)?, true),
         };
         for &i in &nulling {
-            let errs = dup_over(inj, null_fd, &rows[i])?;
+            let errs = dup_over(inj, pidfd.pid(), null_fd, &rows[i])?;
             set_result(&mut rows[i], errs);
         }
         if opened {
@@ -559,12 +681,22 @@ fn release(
 
 fn dup_over(
     inj: &mut super::inject::Injector<'_>,
+    pid: i32,
     source: i32,
     row: &MasterRow,
 ) -> Result<Vec<String>, String> {
     let mut errs = Vec::new();
     for fd in fds_of(row).filter(|&fd| fd != source) {
-        let r = syscall(inj, nr::DUP3, [source as u64, fd as u64, 0, 0, 0, 0])?;
+        // dup3 gives the new fd the flags we pass, not the old fd's: keep its close-on-exec.
+        let flags = match close_on_exec(pid, fd) {
+            Some(true) => libc::O_CLOEXEC as u64,
+            Some(false) => 0,
+            None => {
+                errs.push(format!("fd {fd}: cannot read its flags; left alone"));
+                continue;
+            }
+        };
+        let r = syscall(inj, nr::DUP3, [source as u64, fd as u64, flags, 0, 0, 0])?;
         if r != fd as i64 {
             errs.push(format!("dup3({source}, {fd}): {}", errno_text(r)));
         }
@@ -581,23 +713,43 @@ fn set_result(row: &mut MasterRow, errs: Vec<String>) {
     }
 }
 
-/// A /dev/null the target already has open read-write (fdinfo flags), if any.
+/// The open flags of the target's `fd` (`flags:` in its fdinfo, octal).
+fn fd_flags(pid: i32, fd: i32) -> Option<u32> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+}
+
+/// Whether the target's `fd` is close-on-exec (fdinfo shows O_CLOEXEC for FD_CLOEXEC).
+fn close_on_exec(pid: i32, fd: i32) -> Option<bool> {
+    fd_flags(pid, fd).map(|f| f & libc::O_CLOEXEC as u32 != 0)
+}
+
+/// Whether our copy is the null device itself (character device 1:3), whatever its path says.
+fn is_null_device(copy: &OwnedFd) -> bool {
+    pty::fstat(copy.as_raw_fd()).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR
+            && libc::major(st.st_rdev) == 1
+            && libc::minor(st.st_rdev) == 3
+    })
+}
+
+/// A /dev/null the target already has open read-write, if any: named /dev/null and, on a copy,
+/// really the null device.
 fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
     let pid = pidfd.pid();
     super::scan::fds_linked_to(pid, b"/dev/null")
         .into_iter()
-        .find(|fd| {
-            let info =
-                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            info.lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-                .is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
+        .find(|&fd| {
+            fd_flags(pid, fd).is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
+                && pidfd.get_fd(fd).is_ok_and(|c| is_null_device(&c))
         })
 }
 
-/// Opens /dev/null in the target (the path goes in scratch memory, restored by the injector).
-fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
+/// Opens /dev/null in the target (the path goes in scratch memory, restored by the injector),
+/// and checks that what it opened is the null device (the target's /dev may be its own).
+fn open_devnull(inj: &mut super::inject::Injector<'_>, pidfd: &Pidfd) -> Result<i32, String> {
     let r = inj
         .open("/dev/null", libc::O_RDWR | libc::O_CLOEXEC, 0)
         .map_err(|e| e.to_string())?;
@@ -607,7 +759,12 @@ fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
             errno_text(r)
         ));
     }
-    Ok(r as i32)
+    let fd = r as i32;
+    if !pidfd.get_fd(fd).is_ok_and(|c| is_null_device(&c)) {
+        syscall(inj, nr::CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
+        return Err("the target's /dev/null is not the null device".into());
+    }
+    Ok(fd)
 }
 
 fn syscall(inj: &mut super::inject::Injector<'_>, nr: i64, args: [u64; 6]) -> Result<i64, String> {

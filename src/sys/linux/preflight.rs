@@ -1,0 +1,197 @@
+//! Checks made before a target is touched, each a plain refusal with the way out.
+//!
+//! - **A frozen cgroup** (v2 `cgroup.freeze`, as `docker pause` or `systemctl freeze` do; v1
+//!   `freezer.state`). A v2-frozen thread can still be seized and interrupted, but the injected call
+//!   never runs: the thread goes back into the freezer's trap as soon as it leaves the ptrace stop.
+//!   A v1-frozen thread does not even stop. Either way, nothing can be released until it is
+//!   thawed, and thawing it is the owner's decision.
+//! - **Strict seccomp** (`SECCOMP_SET_MODE_STRICT`): only read, write, exit and sigreturn are
+//!   allowed; any other call kills the process.
+//! - **A shared fd table**: another process made with `clone(CLONE_FILES)` (no CLONE_THREAD) uses
+//!   the same table, so closing an fd in the target closes it under that process too, which we
+//!   would not have stopped and whose waits we would not have seen. Found with
+//!   `kcmp(KCMP_FILES)` against every other process holding one of the target's masters (a
+//!   process sharing the table holds all of them).
+//! - **/proc from another pid namespace** than ptyreap's own (`nsenter -p` without `-m`): the
+//!   pid we pinned and the /proc entry we read would be two different processes.
+
+use super::procfs;
+use crate::model::Snapshot;
+use std::path::{Path, PathBuf};
+
+/// The cgroup that holds `pid` frozen (or freezing), described for the refusal; None when it
+/// runs freely or no freezer is mounted.
+pub fn frozen_by(pid: i32) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let mounts = procfs::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").ok()?);
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            for m in mounts.iter().filter(|m| m.fstype == "cgroup2") {
+                if let Some(which) = v2_frozen(Path::new(&m.mount_point), path) {
+                    return Some(format!("cgroup v2 {which}"));
+                }
+            }
+        } else if controllers.split(',').any(|c| c == "freezer") {
+            let freezer = mounts.iter().filter(|m| {
+                m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "freezer")
+            });
+            for m in freezer {
+                let dir = join(Path::new(&m.mount_point), path);
+                // The root cgroup has no freezer.state: it cannot be frozen.
+                let Ok(state) = std::fs::read_to_string(dir.join("freezer.state")) else {
+                    continue;
+                };
+                let state = state.trim();
+                if state != "THAWED" {
+                    return Some(format!("the cgroup v1 freezer {} ({state})", dir.display()));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn join(mount: &Path, cgroup: &str) -> PathBuf {
+    mount.join(cgroup.trim_start_matches('/'))
+}
+
+/// A v2 cgroup (the process's own or an ancestor) asked to freeze, or reported frozen.
+fn v2_frozen(mount: &Path, cgroup: &str) -> Option<String> {
+    let own = join(mount, cgroup);
+    if !own.join("cgroup.procs").exists() {
+        return None;
+    }
+    let events = std::fs::read_to_string(own.join("cgroup.events")).unwrap_or_default();
+    if events.lines().any(|l| l.trim() == "frozen 1") {
+        return Some(own.display().to_string());
+    }
+    let mut dir = Some(own.as_path());
+    while let Some(d) = dir {
+        if !d.starts_with(mount) {
+            break;
+        }
+        let freeze = std::fs::read_to_string(d.join("cgroup.freeze")).unwrap_or_default();
+        if freeze.trim() == "1" {
+            return Some(d.display().to_string());
+        }
+        dir = d.parent();
+    }
+    None
+}
+
+/// The refusal for a frozen target.
+pub fn frozen_message(pid: i32, name: &str, by: &str) -> String {
+    format!(
+        "pid {pid} ({name}) is frozen by {by}: thaw it (docker unpause / systemctl thaw, or write \
+         0 to its cgroup.freeze) and run again; nothing was changed"
+    )
+}
+
+/// Threads of `pid` in strict seccomp mode.
+pub fn strict_seccomp_threads(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&tid| super::seccomp::mode(pid, tid).ok() == Some(super::seccomp::Mode::Strict))
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+/// KCMP_FILES (include/uapi/linux/kcmp.h): do two processes share one fd table?
+const KCMP_FILES: libc::c_int = 2;
+
+/// Whether `a` and `b` use the same fd table; None when kcmp cannot tell.
+pub fn share_fd_table(a: i32, b: i32) -> Option<bool> {
+    // SAFETY: kcmp takes integers only for KCMP_FILES.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) };
+    match r {
+        0 => Some(true),
+        r if r > 0 => Some(false),
+        _ => None,
+    }
+}
+
+/// Other processes that share the target's fd table: only processes that hold one of its
+/// masters can (they hold them all), so only those are compared.
+pub fn fd_table_sharers(pid: i32, snapshot: &Snapshot) -> Vec<(i32, String)> {
+    let Some(own) = snapshot.process(pid) else {
+        return Vec::new();
+    };
+    let Some(first) = own.masters.iter().find_map(|m| m.pty) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i32, String)> = snapshot
+        .master_holders(first)
+        .into_iter()
+        .filter(|h| h.pid != pid && share_fd_table(pid, h.pid) == Some(true))
+        .map(|h| (h.pid, h.name))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The refusal for a target whose fd table another process shares.
+pub fn shared_table_message(pid: i32, name: &str, sharers: &[(i32, String)]) -> String {
+    let who: Vec<String> = sharers.iter().map(|(p, n)| format!("{p} ({n})")).collect();
+    format!(
+        "pid {pid} ({name}) shares its fd table with {} (clone with CLONE_FILES): a close there \
+         would close the fd under that process too, which ptyreap does not stop; nothing was \
+         changed",
+        who.join(", ")
+    )
+}
+
+/// The pid of `pidfd`'s process as the /proc we read sees it (`Pid:` in the pidfd's fdinfo is
+/// given in the namespace of the procfs it is read through); None when the kernel does not say.
+pub fn pid_seen_by_proc(pidfd: &super::pidfd::Pidfd) -> Option<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = pidfd.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    procfs::status_field(&info, "Pid")?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_own_process_is_not_frozen_and_has_no_strict_threads() {
+        let me = std::process::id() as i32;
+        assert_eq!(frozen_by(me), None);
+        assert!(strict_seccomp_threads(me).is_empty());
+        let pidfd = super::super::pidfd::Pidfd::open(me).unwrap();
+        assert_eq!(pid_seen_by_proc(&pidfd), Some(me));
+    }
+
+    #[test]
+    fn preflight_messages_name_the_cause_and_the_way_out() {
+        let m = frozen_message(7, "app", "cgroup v2 /sys/fs/cgroup/x");
+        assert!(
+            m.contains("frozen by cgroup v2 /sys/fs/cgroup/x") && m.contains("thaw"),
+            "{m}"
+        );
+        let s = shared_table_message(7, "app", &[(8, "helper".into())]);
+        assert!(s.contains("8 (helper)") && s.contains("CLONE_FILES"), "{s}");
+    }
+
+    #[test]
+    fn preflight_fd_table_sharing() {
+        let me = std::process::id() as i32;
+        assert_eq!(share_fd_table(me, me), Some(true));
+        // SAFETY: getppid cannot fail.
+        let parent = unsafe { libc::getppid() };
+        if parent > 1 {
+            assert_eq!(share_fd_table(me, parent), Some(false));
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! `ptyreap-victim`: a small target for the do-no-harm tests. It holds hung-up PTY masters at
+//! fds 100, 101, ... (what a leak leaves: the slave was opened and closed again, nobody holds it)
+//! and puts itself in the configurations where a careless reap would kill or damage it: seccomp
+//! filters on the calls ptyreap injects, SIGTRAP/SIGSYS dispositions, a process sharing its fd
+//! table, close-on-exec masters. Linux only; Rust on libc, so it runs in the aarch64 VM too.
+//!
+//! # Flags
+//! - `--masters N` (default 2): N hung-up masters at fds 100..100+N.
+//! - `--cloexec`: the masters are close-on-exec.
+//! - `--seccomp kill|trap|errno|notify|log`: a filter (no_new_privs, then seccomp) whose action
+//!   applies to `--filter-calls` (default `close,close_range,dup3`) when the fd argument is >= 100
+//!   (close, close_range: arg 0; dup3: arg 1): the app's own closes of low fds are allowed, so it
+//!   keeps working. `notify` starts a supervisor *thread in this process* that answers every
+//!   notification with "continue".
+//! - `--sigtrap default|handler|ignore` (default `default`): SIGTRAP's disposition. A handler
+//!   counts calls (`sigtrap` in the status).
+//! - SIGSYS always has a counting handler that, like a sandbox emulating a trapped call, makes the
+//!   call return -EPERM (`sigsys` in the status).
+//! - `--share-files`: a child made with `clone(CLONE_FILES)` (no CLONE_THREAD: its own process,
+//!   the same fd table) that waits in `poll()` on every master; `sibling` in the ready file. When
+//!   the poll returns it writes what ended it to `FILE.sibling`.
+//! - `--ready FILE` (required).
+//!
+//! The main thread blocks SIGUSR2 and SIGWINCH (a mask to compare), then loops in `nanosleep`.
+//! SIGUSR1 makes it write `FILE.status` (atomically): `seq=N sigtrap=N sigsys=N notified=N
+//! open=FD,FD,...` — the masters still open. Its answer proves the main thread runs.
+//! SIGTERM ends it (and the sibling).
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("ptyreap-victim: Linux only");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "linux")]
+fn main() {
+    linux::main()
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+    static SIGTRAPS: AtomicU64 = AtomicU64::new(0);
+    static SIGSYSES: AtomicU64 = AtomicU64::new(0);
+    static NOTIFIED: AtomicU64 = AtomicU64::new(0);
+    static REPORT: AtomicBool = AtomicBool::new(false);
+    static QUIT: AtomicBool = AtomicBool::new(false);
+
+    const FIRST_FD: i32 = 100;
+
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+    fn die(what: &str) -> ! {
+        eprintln!(
+            "ptyreap-victim: {what}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(1)
+    }
+
+    fn usage(what: &str) -> ! {
+        eprintln!("ptyreap-victim: {what}");
+        std::process::exit(2)
+    }
+
+    #[derive(Default)]
+    struct Args {
+        masters: i32,
+        cloexec: bool,
+        seccomp: Option<String>,
+        filter_calls: Vec<String>,
+        sigtrap: String,
+        share_files: bool,
+        ready: String,
+    }
+
+    fn parse() -> Args {
+        let mut a = Args {
+            masters: 2,
+            sigtrap: "default".into(),
+            filter_calls: vec!["close".into(), "close_range".into(), "dup3".into()],
+            ..Args::default()
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+            };
+            match flag.as_str() {
+                "--masters" => a.masters = value().parse().unwrap_or_else(|_| usage("--masters N")),
+                "--cloexec" => a.cloexec = true,
+                "--seccomp" => a.seccomp = Some(value()),
+                "--filter-calls" => a.filter_calls = value().split(',').map(String::from).collect(),
+                "--sigtrap" => a.sigtrap = value(),
+                "--share-files" => a.share_files = true,
+                "--ready" => a.ready = value(),
+                _ => usage(&format!("unknown flag {flag}")),
+            }
+        }
+        if a.ready.is_empty() {
+            usage("--ready FILE is required");
+        }
+        a
+    }
+
+    /// A master whose slave was opened and closed again: POLLHUP, nobody holds the slave.
+    fn hung_up_master(at: i32, cloexec: bool) {
+        // SAFETY: plain libc calls on fds we own.
+        unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            if m < 0 || libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
+                die("opening a PTY");
+            }
+            let name = libc::ptsname(m);
+            if name.is_null() {
+                die("ptsname");
+            }
+            let s = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+            if s < 0 {
+                die("opening the slave");
+            }
+            libc::close(s);
+            let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+            if libc::dup3(m, at, flags) != at {
+                die("dup3");
+            }
+            libc::close(m);
+        }
+    }
+
+    extern "C" fn on_sigtrap(_: libc::c_int) {
+        SIGTRAPS.fetch_add(1, SeqCst);
+    }
+
+    extern "C" fn on_usr1(_: libc::c_int) {
+        REPORT.store(true, SeqCst);
+    }
+
+    extern "C" fn on_term(_: libc::c_int) {
+        QUIT.store(true, SeqCst);
+    }
+
+    /// A sandbox's emulation of a trapped call: count it and make it return -EPERM.
+    extern "C" fn on_sigsys(_: libc::c_int, _: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        SIGSYSES.fetch_add(1, SeqCst);
+        // SAFETY: the kernel passes a valid ucontext_t to an SA_SIGINFO handler.
+        unsafe {
+            let uc = &mut *(ctx as *mut libc::ucontext_t);
+            #[cfg(target_arch = "x86_64")]
+            {
+                uc.uc_mcontext.gregs[libc::REG_RAX as usize] = -(libc::EPERM as i64);
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                uc.uc_mcontext.regs[0] = (-(libc::EPERM as i64)) as u64;
+            }
+        }
+    }
+
+    fn handle(sig: i32, handler: usize, flags: i32) {
+        // SAFETY: installing a handler with a zeroed, then filled sigaction.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler;
+            sa.sa_flags = flags;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                die("sigaction");
+            }
+        }
+    }
+
+    // Classic BPF, as seccomp takes it.
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+
+    fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    /// The filter: `action` for the listed calls on fds >= FIRST_FD, allow everything else.
+    fn filter(action: u32, calls: &[String]) -> Vec<libc::sock_filter> {
+        const ALLOW: u32 = 0x7fff_0000;
+        let nr = |name: &str| -> u32 {
+            (match name {
+                "close" => libc::SYS_close,
+                "close_range" => libc::SYS_close_range,
+                "dup3" => libc::SYS_dup3,
+                other => usage(&format!("unknown call {other}")),
+            }) as u32
+        };
+        let mut p = vec![
+            op(LD_W_ABS, 0, 0, 4),
+            op(JEQ_K, 1, 0, AUDIT_ARCH),
+            op(RET_K, 0, 0, ALLOW),
+            op(LD_W_ABS, 0, 0, 0),
+        ];
+        // Each listed call: jump to its argument check (two blocks at the end).
+        let n = calls.len();
+        for (i, c) in calls.iter().enumerate() {
+            // after this: the remaining jeqs, then `ret ALLOW`, then block 0 (arg 0), block 1.
+            let to_block = (n - i - 1) as u8 + 1 + if c == "dup3" { 3 } else { 0 };
+            p.push(op(JEQ_K, to_block, 0, nr(c)));
+        }
+        p.push(op(RET_K, 0, 0, ALLOW));
+        // block 0: fd in arg 0 (low 32 bits, little-endian)
+        p.push(op(LD_W_ABS, 0, 0, 16));
+        p.push(op(JGE_K, 4, 0, FIRST_FD as u32));
+        p.push(op(RET_K, 0, 0, ALLOW));
+        // block 1: fd in arg 1
+        p.push(op(LD_W_ABS, 0, 0, 24));
+        p.push(op(JGE_K, 1, 0, FIRST_FD as u32));
+        p.push(op(RET_K, 0, 0, ALLOW));
+        p.push(op(RET_K, 0, 0, action));
+        p
+    }
+
+    /// Installs the filter; returns the notification listener for `notify`.
+    fn install(kind: &str, calls: &[String]) -> Option<i32> {
+        let action = match kind {
+            "kill" => 0x8000_0000,                       // KILL_PROCESS
+            "trap" => 0x0003_0000,                       // TRAP
+            "errno" => 0x0005_0000 | libc::EPERM as u32, // ERRNO(EPERM)
+            "notify" => 0x7fc0_0000,                     // USER_NOTIF
+            "log" => 0x7ffc_0000,                        // LOG
+            other => usage(&format!("unknown seccomp action {other}")),
+        };
+        let prog = filter(action, calls);
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        let flags: libc::c_ulong = if kind == "notify" { 8 } else { 0 }; // NEW_LISTENER
+                                                                         // SAFETY: prctl and seccomp with a valid program that outlives the call.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                die("no_new_privs");
+            }
+            let r = libc::syscall(
+                libc::SYS_seccomp,
+                1,
+                flags,
+                &fprog as *const libc::sock_fprog,
+            );
+            if r < 0 {
+                die("seccomp");
+            }
+            (kind == "notify").then_some(r as i32)
+        }
+    }
+
+    /// struct seccomp_notif (include/uapi/linux/seccomp.h): id, pid, flags, seccomp_data.
+    #[repr(C)]
+    struct Notif {
+        id: u64,
+        pid: u32,
+        flags: u32,
+        data: [u64; 8],
+    }
+
+    /// struct seccomp_notif_resp.
+    #[repr(C)]
+    struct NotifResp {
+        id: u64,
+        val: i64,
+        error: i32,
+        flags: u32,
+    }
+
+    const NOTIF_RECV: libc::c_ulong = 0xc050_2100; // _IOWR('!', 0, struct seccomp_notif)
+    const NOTIF_SEND: libc::c_ulong = 0xc018_2101; // _IOWR('!', 1, struct seccomp_notif_resp)
+    const FLAG_CONTINUE: u32 = 1;
+
+    /// The supervisor: lets every notified call go on.
+    fn supervise(listener: i32) {
+        loop {
+            // SAFETY: the kernel wants a zeroed seccomp_notif; both structs are plain data.
+            let mut n: Notif = unsafe { std::mem::zeroed() };
+            if unsafe { libc::ioctl(listener, NOTIF_RECV, &mut n) } != 0 {
+                continue;
+            }
+            NOTIFIED.fetch_add(1, SeqCst);
+            let resp = NotifResp {
+                id: n.id,
+                val: 0,
+                error: 0,
+                flags: FLAG_CONTINUE,
+            };
+            // SAFETY: as above.
+            unsafe { libc::ioctl(listener, NOTIF_SEND, &resp) };
+        }
+    }
+
+    /// The CLONE_FILES sibling: polls every master until something happens to one.
+    extern "C" fn sibling(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: arg is the `Sibling` the parent keeps alive (it never returns before us).
+        let s = unsafe { &*(arg as *const Sibling) };
+        // SAFETY: prctl on ourselves.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        let mut fds: Vec<libc::pollfd> = (0..s.masters)
+            .map(|i| libc::pollfd {
+                fd: FIRST_FD + i,
+                // A hung-up master would report POLLHUP at once: ask for nothing, so only an fd
+                // closed under the poll (POLLNVAL is always reported) ends it.
+                events: 0,
+                revents: 0,
+            })
+            .collect();
+        loop {
+            // SAFETY: a valid pollfd array.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if r < 0 {
+                continue;
+            }
+            let what: Vec<String> = fds
+                .iter()
+                .filter(|p| p.revents != 0)
+                .map(|p| format!("{}:{:#x}", p.fd, p.revents))
+                .collect();
+            let _ = std::fs::write(&s.report, what.join(","));
+            // SAFETY: leaving the child.
+            unsafe { libc::_exit(0) }
+        }
+    }
+
+    struct Sibling {
+        masters: i32,
+        report: String,
+    }
+
+    fn spawn_sibling(s: &Sibling) -> i32 {
+        let mut stack = vec![0u8; 256 * 1024];
+        // SAFETY: a fresh stack (leaked for the child's life) and a plain function.
+        let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut libc::c_void;
+        std::mem::forget(stack);
+        let pid = unsafe {
+            libc::clone(
+                sibling,
+                top,
+                libc::CLONE_FILES | libc::SIGCHLD,
+                s as *const Sibling as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            die("clone(CLONE_FILES)");
+        }
+        pid
+    }
+
+    fn open_masters(n: i32) -> Vec<i32> {
+        (FIRST_FD..FIRST_FD + n)
+            .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
+            .collect()
+    }
+
+    fn write_atomically(path: &str, text: &str) {
+        let tmp = format!("{path}.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+
+    pub fn main() {
+        let a = parse();
+        for i in 0..a.masters {
+            hung_up_master(FIRST_FD + i, a.cloexec);
+        }
+        handle(
+            libc::SIGUSR1,
+            on_usr1 as extern "C" fn(libc::c_int) as usize,
+            0,
+        );
+        handle(
+            libc::SIGTERM,
+            on_term as extern "C" fn(libc::c_int) as usize,
+            0,
+        );
+        handle(
+            libc::SIGSYS,
+            on_sigsys as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                as usize,
+            libc::SA_SIGINFO,
+        );
+        match a.sigtrap.as_str() {
+            "default" => {}
+            "handler" => handle(
+                libc::SIGTRAP,
+                on_sigtrap as extern "C" fn(libc::c_int) as usize,
+                0,
+            ),
+            "ignore" => handle(libc::SIGTRAP, libc::SIG_IGN, 0),
+            other => usage(&format!("unknown --sigtrap {other}")),
+        }
+        let sib = Sibling {
+            masters: a.masters,
+            report: format!("{}.sibling", a.ready),
+        };
+        let sibling_pid = if a.share_files {
+            spawn_sibling(&sib)
+        } else {
+            0
+        };
+        let listener = a
+            .seccomp
+            .as_deref()
+            .and_then(|k| install(k, &a.filter_calls));
+        if let Some(l) = listener {
+            std::thread::Builder::new()
+                .name("supervisor".into())
+                .spawn(move || supervise(l))
+                .unwrap_or_else(|_| die("spawning the supervisor"));
+        }
+        // SAFETY: a mask to compare before and after (the main thread's own).
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::sigaddset(&mut set, libc::SIGWINCH);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let pid = std::process::id();
+        write_atomically(
+            &a.ready,
+            &format!("pid={pid} sibling={sibling_pid} first_fd={FIRST_FD}\n"),
+        );
+        let mut seq = 0u64;
+        while !QUIT.load(SeqCst) {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            // SAFETY: a valid timespec; EINTR is fine.
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+            if REPORT.swap(false, SeqCst) {
+                seq += 1;
+                let open: Vec<String> = open_masters(a.masters)
+                    .iter()
+                    .map(|fd| fd.to_string())
+                    .collect();
+                write_atomically(
+                    &format!("{}.status", a.ready),
+                    &format!(
+                        "seq={seq} sigtrap={} sigsys={} notified={} open={}\n",
+                        SIGTRAPS.load(SeqCst),
+                        SIGSYSES.load(SeqCst),
+                        NOTIFIED.load(SeqCst),
+                        open.join(",")
+                    ),
+                );
+            }
+        }
+        if sibling_pid > 0 {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(sibling_pid, libc::SIGKILL);
+                libc::waitpid(sibling_pid, std::ptr::null_mut(), libc::__WALL);
+            }
+        }
+    }
+}
