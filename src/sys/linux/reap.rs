@@ -20,7 +20,7 @@
 
 use super::arch::nr;
 use super::pidfd::Pidfd;
-use super::ptrace::{in_tracer_thread, AttachError, SignalDeferral, StoppedProcess};
+use super::ptrace::{in_tracer_thread, AttachError, Injector, SignalDeferral, StoppedProcess};
 use super::pty;
 use super::target::Target;
 use crate::exit_code::UserError;
@@ -466,7 +466,7 @@ fn fds_of(row: &MasterRow) -> impl Iterator<Item = i32> + '_ {
 }
 
 fn release(
-    inj: &mut super::inject::Injector<'_>,
+    inj: &mut Injector<'_>,
     rows: &mut [MasterRow],
     go: &[usize],
     keeper: Option<i32>,
@@ -557,11 +557,7 @@ fn release(
     Ok(())
 }
 
-fn dup_over(
-    inj: &mut super::inject::Injector<'_>,
-    source: i32,
-    row: &MasterRow,
-) -> Result<Vec<String>, String> {
+fn dup_over(inj: &mut Injector<'_>, source: i32, row: &MasterRow) -> Result<Vec<String>, String> {
     let mut errs = Vec::new();
     for fd in fds_of(row).filter(|&fd| fd != source) {
         let r = syscall(inj, nr::DUP3, [source as u64, fd as u64, 0, 0, 0, 0])?;
@@ -597,7 +593,7 @@ fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
 }
 
 /// Opens /dev/null in the target (the path goes in scratch memory, restored by the injector).
-fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
+fn open_devnull(inj: &mut Injector<'_>) -> Result<i32, String> {
     let r = inj
         .open("/dev/null", libc::O_RDWR | libc::O_CLOEXEC, 0)
         .map_err(|e| e.to_string())?;
@@ -610,7 +606,7 @@ fn open_devnull(inj: &mut super::inject::Injector<'_>) -> Result<i32, String> {
     Ok(r as i32)
 }
 
-fn syscall(inj: &mut super::inject::Injector<'_>, nr: i64, args: [u64; 6]) -> Result<i64, String> {
+fn syscall(inj: &mut Injector<'_>, nr: i64, args: [u64; 6]) -> Result<i64, String> {
     inj.syscall(nr, args).map_err(|e| e.to_string())
 }
 
