@@ -4,7 +4,7 @@ use crate::model::ProcessInfo;
 use std::path::Path;
 
 pub fn start_time(pid: i32) -> Option<u64> {
-    super::ptrace::start_time(pid).ok()
+    super::procfs::start_time(pid).ok()
 }
 
 pub fn process_info(pid: i32) -> ProcessInfo {

@@ -3,7 +3,6 @@
 pub mod arch;
 pub mod gadget;
 mod info;
-pub mod inject;
 mod inspect;
 pub mod pidfd;
 pub mod preflight;

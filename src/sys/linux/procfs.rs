@@ -1,5 +1,9 @@
-//! Parsers for the /proc files we read. Kept free of I/O so they can be unit-tested and fuzzed on
-//! hostile input: a process can put anything (spaces, parentheses, newlines) in its own `comm`.
+//! Parsers for the /proc files we read, and the few readers that feed them. The parsers are kept
+//! free of I/O so they can be unit-tested and fuzzed on hostile input: a process can put anything
+//! (spaces, parentheses, newlines) in its own `comm`. The readers (at the end) only read a file
+//! and hand it to a parser.
+
+use std::io;
 
 use crate::model::DevId;
 
@@ -47,6 +51,12 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         flags,
         start_time,
     })
+}
+
+/// The state letter of a stat line ('R', 'S', 'Z', ...): the first field after the *last* `)`.
+/// Needs nothing after it, unlike [`parse_stat`].
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// The value of `Key:` in /proc/PID/status (e.g. `TracerPid`, `SigIgn`), trimmed.
@@ -161,9 +171,63 @@ pub fn parse_syscall(text: &str) -> Option<(i64, [u64; 6])> {
     Some((nr, args))
 }
 
+// The readers. Errors of the read itself (NotFound: the process is gone) reach the caller.
+
+/// /proc/PID/stat, parsed.
+pub fn read_stat(pid: i32) -> io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
+}
+
+/// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot.
+pub fn start_time(pid: i32) -> io::Result<u64> {
+    read_stat(pid).map(|s| s.start_time)
+}
+
+/// The state letter of one thread ('R', 'S', 'Z', ...), from /proc/PID/task/TID/stat.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    parse_state(&stat)
+}
+
+/// The thread ids in /proc/PID/task, in ascending order.
+pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// `Key:` of /proc/PID/status, or of /proc/PID/task/TID/status with a `tid`.
+pub fn read_status_field(pid: i32, tid: Option<i32>, key: &str) -> Option<String> {
+    let path = match tid {
+        Some(t) => format!("/proc/{pid}/task/{t}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    status_field(&text, key).map(str::to_string)
+}
+
+/// Signals the process ignores (SigIgn), as a mask with bit `n-1` for signal `n`.
+pub fn ignored_signals(pid: i32) -> io::Result<u64> {
+    let v = read_status_field(pid, None, "SigIgn")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no SigIgn"))?;
+    u64::from_str_radix(&v, 16).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ptrace_start_time_survives_odd_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 \
+                    10 18446744073709551615";
+        assert_eq!(parse_stat(stat).map(|s| s.start_time), Some(98765));
+        let me = std::process::id() as i32;
+        assert!(start_time(me).unwrap() > 0);
+    }
 
     #[test]
     fn stat_with_a_hostile_comm() {

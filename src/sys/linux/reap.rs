@@ -21,7 +21,7 @@
 use super::arch::nr;
 use super::pidfd::Pidfd;
 use super::preflight;
-use super::ptrace::{in_tracer_thread, AttachError, SignalDeferral, StoppedProcess};
+use super::ptrace::{in_tracer_thread, AttachError, Injector, SignalDeferral, StoppedProcess};
 use super::pty;
 use super::target::Target;
 use crate::exit_code::UserError;
@@ -587,7 +587,7 @@ fn fds_of(row: &MasterRow) -> impl Iterator<Item = i32> + '_ {
 }
 
 fn release(
-    inj: &mut super::inject::Injector<'_>,
+    inj: &mut Injector<'_>,
     rows: &mut [MasterRow],
     go: &[usize],
     keeper: Option<i32>,
@@ -680,7 +680,7 @@ fn release(
 }
 
 fn dup_over(
-    inj: &mut super::inject::Injector<'_>,
+    inj: &mut Injector<'_>,
     pid: i32,
     source: i32,
     row: &MasterRow,
@@ -749,7 +749,7 @@ fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
 
 /// Opens /dev/null in the target (the path goes in scratch memory, restored by the injector),
 /// and checks that what it opened is the null device (the target's /dev may be its own).
-fn open_devnull(inj: &mut super::inject::Injector<'_>, pidfd: &Pidfd) -> Result<i32, String> {
+fn open_devnull(inj: &mut Injector<'_>, pidfd: &Pidfd) -> Result<i32, String> {
     let r = inj
         .open("/dev/null", libc::O_RDWR | libc::O_CLOEXEC, 0)
         .map_err(|e| e.to_string())?;
@@ -767,7 +767,7 @@ fn open_devnull(inj: &mut super::inject::Injector<'_>, pidfd: &Pidfd) -> Result<
     Ok(fd)
 }
 
-fn syscall(inj: &mut super::inject::Injector<'_>, nr: i64, args: [u64; 6]) -> Result<i64, String> {
+fn syscall(inj: &mut Injector<'_>, nr: i64, args: [u64; 6]) -> Result<i64, String> {
     inj.syscall(nr, args).map_err(|e| e.to_string())
 }
 

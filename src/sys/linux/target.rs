@@ -3,7 +3,6 @@
 use super::pidfd::Pidfd;
 use super::procfs;
 use crate::exit_code::UserError;
-use std::io;
 
 /// A process pinned by a pidfd, with the start time that names it for good.
 #[derive(Debug)]
@@ -14,15 +13,10 @@ pub struct Target {
     pub pidfd: Pidfd,
 }
 
-pub fn read_stat(pid: i32) -> io::Result<procfs::Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    procfs::parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
-}
-
 pub fn open(pid: i32) -> Result<Target, UserError> {
     crate::sys::checks::plausible_pid(pid)?;
     let no_such = || crate::sys::checks::no_such_process(pid);
-    let stat = read_stat(pid).map_err(|_| no_such())?;
+    let stat = procfs::read_stat(pid).map_err(|_| no_such())?;
     let name = stat.comm.clone();
     if matches!(stat.state, 'Z' | 'X') {
         return Err(UserError::failure(format!(
@@ -41,7 +35,7 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
         _ => UserError::failure(format!("cannot pin pid {pid} ({name}): {e}")),
     })?;
     // The pid could have been reused between reading stat and pidfd_open: check it is the same.
-    match read_stat(pid) {
+    match procfs::read_stat(pid) {
         Ok(again) if again.start_time == stat.start_time => {}
         _ => return Err(no_such()),
     }

@@ -1,0 +1,92 @@
+//! Holding off the signals that would end ptyreap while a target is stopped.
+
+use std::io;
+use std::marker::PhantomData;
+
+/// The signals that would kill or stop ptyreap from outside: blocked while a target is held, so
+/// the target is always restored first; delivered when this is dropped.
+pub const DEFERRED_SIGNALS: [i32; 17] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+];
+
+/// Blocks [`DEFERRED_SIGNALS`] in the calling thread (`pthread_sigmask`) for its lifetime; the
+/// old mask comes back on drop, and with it any signal that arrived meanwhile. Create it before
+/// [`StoppedProcess::stop`](super::StoppedProcess::stop), drop it after
+/// [`StoppedProcess::resume`](super::StoppedProcess::resume). SIGKILL cannot be deferred.
+pub struct SignalDeferral {
+    old: libc::sigset_t,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl SignalDeferral {
+    pub fn new() -> io::Result<SignalDeferral> {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to sigset_t values we own.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for sig in DEFERRED_SIGNALS {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        // SAFETY: valid pointers; pthread_sigmask changes only this thread's mask.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(SignalDeferral {
+            old,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+impl Drop for SignalDeferral {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new(), on the same thread (not Send).
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptrace_signal_deferral_blocks_and_restores() {
+        let mask = || {
+            // SAFETY: plain data; pthread_sigmask with a null new set only reads.
+            let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
+            DEFERRED_SIGNALS
+                .iter()
+                // SAFETY: valid sigset.
+                .map(|&s| unsafe { libc::sigismember(&cur, s) } == 1)
+                .collect::<Vec<_>>()
+        };
+        let before = mask();
+        {
+            let _d = SignalDeferral::new().unwrap();
+            assert!(mask().iter().all(|&b| b));
+        }
+        assert_eq!(mask(), before);
+    }
+}

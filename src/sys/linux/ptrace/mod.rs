@@ -1,0 +1,39 @@
+//! ptrace: holding a whole process still, every thread seized and stopped, running syscalls
+//! inside it on one of its threads, and always putting it back exactly and letting go.
+//!
+//! One concern per file, each depending only on those above it:
+//! - `raw.rs`: the ptrace requests and `waitpid` stops themselves (seize, interrupt, detach,
+//!   resume, signal masks and infos, waiting for a stop).
+//! - `attach_error.rs`: [`AttachError`], why a process could not be stopped, and the diagnosis of
+//!   an EPERM ([`diagnose_eperm`]).
+//! - `stopped.rs`: [`StoppedProcess`], the guard holding every thread stopped, and
+//!   [`in_tracer_thread`]; the kernel behaviour the stop relies on is described there.
+//! - `deferral.rs`: [`SignalDeferral`], holding off the signals that would end ptyreap while a
+//!   target is stopped.
+//! - `inject.rs`: the [`Injector`], which borrows a [`StoppedProcess`] and runs syscalls in it;
+//!   the kernel behaviour injection relies on is described there.
+//!
+//! The /proc files read on the way (stat, status, task) are read and parsed by `procfs`. The
+//! tests of the injector (real processes, real ptrace) are in `inject_tests.rs`, the target
+//! programs they run in `test_target.rs`.
+//!
+//! A session, in order: a [`SignalDeferral`], then [`in_tracer_thread`] running
+//! [`StoppedProcess::stop`], any number of [`StoppedProcess::injector`]s one after another (each
+//! restores its thread when dropped or [finished](Injector::finish)), then
+//! [`StoppedProcess::resume`].
+
+mod attach_error;
+mod deferral;
+mod inject;
+mod raw;
+mod stopped;
+
+#[cfg(test)]
+mod inject_tests;
+#[cfg(test)]
+mod test_target;
+
+pub use attach_error::{diagnose_eperm, AttachError};
+pub use deferral::{SignalDeferral, DEFERRED_SIGNALS};
+pub use inject::{errno_of, InjectError, Injector};
+pub use stopped::{in_tracer_thread, ResumeError, StoppedProcess};
