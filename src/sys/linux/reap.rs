@@ -150,9 +150,10 @@ fn preflight_checks(target: &Target, rows: &[MasterRow]) -> Result<(), UserError
 }
 
 /// What the tracer tells the parent before its report, one byte each, so that the parent knows
-/// whether ending a tracer that takes too long is safe.
-const PHASE_INJECTING: u8 = b'I';
-const PHASE_RESTORED: u8 = b'R';
+/// whether ending a tracer that takes too long is safe. Control bytes: serde_json escapes them
+/// in strings, so they never occur in the report itself.
+const PHASE_INJECTING: u8 = 0x01;
+const PHASE_RESTORED: u8 = 0x02;
 
 /// What the tracer process reports back through its pipe.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -604,29 +605,24 @@ fn release(
     fds.dedup();
     let mut failed: Vec<(i32, String)> = Vec::new();
     for (first, last) in runs(&fds) {
-        let r = if first == last {
-            syscall(inj, nr::CLOSE, [first as u64, 0, 0, 0, 0, 0])?
-        } else {
-            let r = syscall(
-                inj,
-                nr::CLOSE_RANGE,
-                [first as u64, last as u64, 0, 0, 0, 0],
-            )?;
-            if r < 0 {
-                // ENOSYS before Linux 5.9; EPERM or another errno from a seccomp filter that
-                // lists close but not close_range: one close each
-                for fd in first..=last {
-                    let r = syscall(inj, nr::CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
-                    if r < 0 {
-                        failed.push((fd, errno_text(r)));
-                    }
-                }
+        let range = [first as u64, last as u64, 0, 0, 0, 0];
+        if first != last && inj.permits(nr::CLOSE_RANGE, range).is_ok() {
+            let r = syscall(inj, nr::CLOSE_RANGE, range)?;
+            if r >= 0 {
                 continue;
             }
-            r
-        };
-        if r < 0 {
-            for fd in first..=last {
+            // ENOSYS before Linux 5.9; EPERM or another errno from a seccomp filter that lists
+            // close but not close_range: one close each, below.
+        }
+        // One close each; a call the thread's seccomp filters would not let run is not made.
+        for fd in first..=last {
+            let args = [fd as u64, 0, 0, 0, 0, 0];
+            if let Err(denied) = inj.permits(nr::CLOSE, args) {
+                failed.push((fd, denied.to_string()));
+                continue;
+            }
+            let r = syscall(inj, nr::CLOSE, args)?;
+            if r < 0 {
                 failed.push((fd, errno_text(r)));
             }
         }
@@ -696,7 +692,12 @@ fn dup_over(
                 continue;
             }
         };
-        let r = syscall(inj, nr::DUP3, [source as u64, fd as u64, flags, 0, 0, 0])?;
+        let args = [source as u64, fd as u64, flags, 0, 0, 0];
+        if let Err(denied) = inj.permits(nr::DUP3, args) {
+            errs.push(format!("dup3({source}, {fd}): {denied}"));
+            continue;
+        }
+        let r = syscall(inj, nr::DUP3, args)?;
         if r != fd as i64 {
             errs.push(format!("dup3({source}, {fd}): {}", errno_text(r)));
         }

@@ -8,14 +8,27 @@
 //!   `get_signal` (an event stop or a signal-delivery stop), never at a syscall-exit stop, which
 //!   comes after that decision: restoring there made an interrupted `clock_nanosleep` return 516
 //!   (ERESTART_RESTARTBLOCK) to the program.
-//! - One stop per call: the registers are set for the call with pc on a real syscall instruction
-//!   and the thread is single-stepped over it. The kernel reports the step when the syscall
-//!   returns (`syscall_exit_work`: a SIGTRAP the tracer sees as a signal-delivery stop, inside
-//!   `get_signal` again), with the result in the return register. We suppress that SIGTRAP.
-//!   The SIGTRAP is *forced*: if the target ignores SIGTRAP, forcing it would reset its
-//!   disposition to the default, so for such a target each call takes the two syscall stops of
-//!   `PTRACE_SYSCALL` instead (slower, harmless). SIGTRAP is never blocked by us for the same
-//!   reason.
+//! - Each call runs between the two syscall stops of `PTRACE_SYSCALL`: the registers are set
+//!   with pc on a real syscall instruction, the entry stop confirms it is our call, and the exit
+//!   stop gives its own result (`PTRACE_GET_SYSCALL_INFO`, never a register a seccomp rollback
+//!   may have rewritten). Not single steps, although they take one stop less: a step's trap is a
+//!   real SIGTRAP queued on the thread (to be consumed, or it kills the target once detached),
+//!   forcing it resets an ignored SIGTRAP's disposition, and the trap flag outlives a tracer
+//!   killed mid-step, which then kills the target. Syscall tracing queues nothing and ends with
+//!   the tracer. The releases come in few calls (`close_range` over runs), so the second stop
+//!   costs microseconds.
+//! - Every call has a deadline ([`CALL_DEADLINE`]): a thread that does not come back (a frozen
+//!   cgroup, a seccomp supervisor that is itself stopped) is pulled back with
+//!   `PTRACE_INTERRUPT`, which ends an interruptible wait, and restored. Only a thread held in an
+//!   unkillable kernel wait cannot be restored; that is reported as it is.
+//! - Seccomp: see seccomp.rs. Filters are suspended for the injecting thread alone
+//!   (`PTRACE_O_SUSPEND_SECCOMP`, cleared before it is let go) or evaluated over each call before
+//!   it is made; a thread whose filters can be neither is not used.
+//! - rseq: a thread stopped inside a restartable sequence would, on its way back to user mode,
+//!   have been moved to the sequence's abort handler by the kernel (it was preempted). Our first
+//!   return to user mode, at the syscall instruction, makes the kernel clear the thread's
+//!   `rseq_cs` instead, so the registers given back are the kernel's own fix-up: pc at the abort
+//!   handler (what CRIU does when it dumps such a thread).
 //! - While we work, the thread's signals are blocked with `PTRACE_SETSIGMASK` (all but the
 //!   synchronous ones, which the kernel forces anyway), so a signal arriving meanwhile stays
 //!   pending, untouched, until we restore the mask and let go. But `PTRACE_SETSIGMASK` also
@@ -26,8 +39,10 @@
 //!   and the thread caught again at the handler's first instruction (nothing of its user code
 //!   runs).
 //! - A foreign signal that shows up as a signal-delivery stop is never dropped: it is delivered
-//!   as above. Faults caused by our own instruction (impossible with a checked instruction, but
-//!   handled) and a seccomp SIGSYS are suppressed and reported.
+//!   as above. A fault caused by our own instruction (impossible with a checked instruction, but
+//!   handled) is suppressed and reported. Before the thread is let go, its own signal queue
+//!   (`PTRACE_PEEKSIGINFO`) is compared with what was queued when we took it: any SIGTRAP or
+//!   SIGSYS the kernel queued meanwhile is ours and is taken out; the app's own signals stay.
 //! - Nothing is ever written into the target's code. Data (the path for `openat`) goes into its
 //!   stack far below the stack pointer, where the stopped thread will not look, and the bytes that
 //!   were there are put back before we let go.
@@ -40,10 +55,10 @@ use std::time::{Duration, Instant};
 
 use super::super::arch::{self, Extra, Regs, INSN_ALIGN, INSN_LEN, SYSCALL_INSN};
 use super::super::gadget;
-use super::super::procfs::ignored_signals;
+use super::super::seccomp;
 use super::raw::{
-    get_siginfo, get_sigmask, interrupt, resume, set_sigmask, wait_stop, wait_stop_blocking,
-    wait_stop_until, Resume, Stop,
+    self, get_siginfo, get_sigmask, interrupt, resume, set_sigmask, wait_stop_until, Pending,
+    Resume, Stop, SyscallStop,
 };
 use super::stopped::{StoppedProcess, ThreadState};
 
@@ -60,9 +75,29 @@ pub enum InjectError {
     Unsupported(&'static str),
     /// No syscall instruction found anywhere in the target's executable memory.
     NoSyscallInstruction,
-    /// A seccomp filter refused the call (SIGSYS).
+    /// A seccomp filter of the thread would not let the call run (checked before making it).
     Seccomp {
         nr: i64,
+        action: seccomp::Action,
+    },
+    /// Every usable thread is in strict seccomp mode.
+    SeccompStrict,
+    /// The thread has seccomp filters that could neither be suspended nor read.
+    SeccompUnreadable {
+        suspend: io::Error,
+        read: io::Error,
+    },
+    /// The call did not come back within its deadline; the thread was pulled back to a stop.
+    Timeout {
+        nr: i64,
+        waited: Duration,
+        /// The call had begun (its entry was seen), so it may have had an effect.
+        began: bool,
+    },
+    /// The thread did not come back to a stop even when interrupted (an unkillable kernel
+    /// wait): its registers could not be put back.
+    Stuck {
+        tid: i32,
     },
     /// Our instruction faulted (suppressed).
     Fault {
@@ -94,9 +129,38 @@ impl fmt::Display for InjectError {
             InjectError::NoSyscallInstruction => {
                 write!(f, "no syscall instruction found in the process")
             }
-            InjectError::Seccomp { nr } => {
-                write!(f, "a seccomp filter in the process refused syscall {nr}")
-            }
+            InjectError::Seccomp { nr, action } => write!(
+                f,
+                "a seccomp filter in the process would {action} for syscall {nr}, so ptyreap \
+                 did not make it"
+            ),
+            InjectError::SeccompStrict => write!(
+                f,
+                "the process runs in strict seccomp mode (any call but read, write and exit \
+                 kills it)"
+            ),
+            InjectError::SeccompUnreadable { suspend, read } => write!(
+                f,
+                "the process has seccomp filters that ptyreap can neither suspend ({suspend}) \
+                 nor read ({read}); run ptyreap as root outside any seccomp sandbox (not under \
+                 a systemd SystemCallFilter)"
+            ),
+            InjectError::Timeout { nr, waited, began } => write!(
+                f,
+                "syscall {nr} {} within {} ms (is the process frozen, or waiting on a seccomp \
+                 supervisor?); it was interrupted",
+                if *began {
+                    "did not return"
+                } else {
+                    "did not start"
+                },
+                waited.as_millis()
+            ),
+            InjectError::Stuck { tid } => write!(
+                f,
+                "thread {tid} did not come back from the kernel even when interrupted; its \
+                 registers could not be put back yet"
+            ),
             InjectError::Fault { signal, addr } => {
                 write!(
                     f,
@@ -145,23 +209,30 @@ const SYNCHRONOUS: u64 = bit(libc::SIGTRAP)
     | bit(libc::SIGFPE)
     | bit(libc::SIGSYS);
 
-const SYS_SECCOMP: i32 = 1;
+/// How long one injected call may take, from the registers set to its exit stop. The calls made
+/// are close, close_range, dup3 and openat of /dev/null: microseconds, or a few milliseconds
+/// for the last close of a PTY with work to flush.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Our single-step report: SIGTRAP from the kernel (x86_64: TRAP_BRKPT; aarch64's generic
-/// report: SI_USER with no sender), never from another process (which has a pid or SI_TKILL).
-fn is_own_trap(info: &libc::siginfo_t) -> bool {
-    // SAFETY: si_pid is meaningful for SI_USER, the only case where it is read.
-    info.si_signo == libc::SIGTRAP
-        && (info.si_code > 0 || (info.si_code == 0 && unsafe { info.si_pid() } == 0))
+/// How long a thread may take to reach a stop we asked for (after an interrupt, or on its way
+/// back from a call): it is not blocked then, so this is only ever reached by a kernel that
+/// holds it.
+const STOP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What the thread's seccomp filters mean for our calls.
+enum Filters {
+    /// No filter (or strict mode elsewhere): calls run as made.
+    None,
+    /// `PTRACE_O_SUSPEND_SECCOMP` set on the thread: the filters do not run.
+    Suspended,
+    /// The filters, most recent first, evaluated over each call before it is made.
+    Evaluated(Vec<Vec<seccomp::Insn>>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// One single-step stop per call.
-    Step,
-    /// Syscall-entry and -exit stops (for targets that ignore SIGTRAP).
-    SyscallStops,
-}
+/// Test hook: behave as if `PTRACE_O_SUSPEND_SECCOMP` were refused, so that the evaluator path
+/// runs against real filters (the kernel refuses it only to tracers that are themselves
+/// sandboxed, which a test cannot easily arrange for the tracer alone).
+const NO_SUSPEND_ENV: &str = "PTYREAP_TEST_NO_SUSPEND_SECCOMP";
 
 /// Room for scratch data: this far below the red zone (a signal frame written meanwhile, even
 /// with large vector state, stays above it), at most this much.
@@ -180,17 +251,13 @@ struct Session {
     /// Whether to block signals (false for threads with a temporary mask, see the module doc).
     may_mask: bool,
     insn: u64,
-    mode: Mode,
+    filters: Filters,
+    /// The thread's own signal queue when we took it.
+    pending_before: Vec<Pending>,
     /// Registers or mask differ from the thread's own.
     dirty: bool,
     /// The thread is at a stop inside get_signal (event or signal-delivery stop).
     in_get_signal: bool,
-    /// One of our SIGTRAPs is still queued (a foreign signal was dequeued before it).
-    stale_trap: bool,
-    /// The thread was single-stepped since its registers were last put back.
-    stepped: bool,
-    /// A blocking waitpid cannot hang on this thread (see `wait`).
-    may_block: bool,
     mem: File,
     scratch_top: Option<u64>,
     scratch_used: u64,
@@ -239,17 +306,17 @@ impl<'a> Injector<'a> {
             .write(true)
             .open(format!("/proc/{pid}/mem"))
             .map_err(|source| InjectError::Memory { addr: 0, source })?;
-        let idx = choose_thread(p, &mem, only)?;
-        let sigtrap_ignored =
-            ignored_signals(pid).map_err(|_| InjectError::Exited)? & bit(libc::SIGTRAP) != 0;
-        // A killed group leader's exit is not reported while siblings are unreaped: a blocking
-        // wait on it could hang. Any other thread (or a lone leader) is reported at once.
+        let idx = match choose_thread(p, &mem, only) {
+            // Every thread stopped on its way to a signal: let one take it, as it would have
+            // without us, and catch it again at the handler's entry (CRIU does the same).
+            Err(InjectError::NoUsableThread) if only.is_none() && retrap_signalled(p) => {
+                choose_thread(p, &mem, only)?
+            }
+            other => other?,
+        };
         let tid = p.threads()[idx].tid;
-        let live = p
-            .threads()
-            .iter()
-            .filter(|t| t.state != ThreadState::Gone)
-            .count();
+        // Before any change to the thread: what its seccomp filters mean for our calls.
+        let filters = seccomp_filters(pid, tid)?;
         let session = Session {
             idx,
             tid,
@@ -258,16 +325,10 @@ impl<'a> Injector<'a> {
             orig_mask: None,
             may_mask: true,
             insn: 0,
-            mode: if sigtrap_ignored {
-                Mode::SyscallStops
-            } else {
-                Mode::Step
-            },
+            filters,
+            pending_before: Vec::new(),
             dirty: false,
             in_get_signal: true,
-            stale_trap: false,
-            stepped: false,
-            may_block: tid != pid || live == 1,
             mem,
             scratch_top: None,
             scratch_used: 0,
@@ -308,15 +369,26 @@ impl<'a> Injector<'a> {
         self.s.as_ref().map_or(0, |s| s.insn)
     }
 
-    /// Whether each call takes a single stop (false: two, for targets that ignore SIGTRAP).
-    pub fn single_stop(&self) -> bool {
-        self.s.as_ref().is_some_and(|s| s.mode == Mode::Step)
+    /// Whether the thread's seccomp filters are suspended for our calls.
+    pub fn seccomp_suspended(&self) -> bool {
+        self.s
+            .as_ref()
+            .is_some_and(|s| matches!(s.filters, Filters::Suspended))
+    }
+
+    /// Whether the thread's seccomp filters would let `nr(args)` run as made (always, when it has
+    /// none or they are suspended). Nothing is run.
+    pub fn permits(&self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
+        let s = self.s.as_ref().ok_or(InjectError::Finished)?;
+        permits(s, nr, args)
     }
 
     /// Run one syscall in the target; the raw kernel result (-errno on error). Only calls that
-    /// do not block (close, close_range, dup3, openat of a device such as /dev/null).
+    /// do not block (close, close_range, dup3, openat of a device such as /dev/null); each is
+    /// bounded by [`CALL_DEADLINE`], and refused unless the thread's seccomp filters permit it.
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
         let s = self.session()?;
+        permits(s, nr, args)?;
         let r = run_call(s, nr, args);
         if let Err(InjectError::Exited) = r {
             let idx = s.idx;
@@ -459,7 +531,7 @@ fn scratch_area(maps: &[gadget::Mapping], sp: u64) -> Option<u64> {
 /// whose mask we may replace, then one sitting after its own syscall instruction.
 fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<usize, InjectError> {
     let mut best: Option<(u32, usize)> = None;
-    let mut compat = false;
+    let (mut compat, mut strict) = (false, false);
     for (i, t) in p.threads().iter().enumerate() {
         if t.state
             != (ThreadState::Stopped {
@@ -477,6 +549,10 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
             compat = true;
             continue;
         }
+        if seccomp::mode(p.pid(), t.tid).ok() == Some(seccomp::Mode::Strict) {
+            strict = true;
+            continue;
+        }
         let rewound = arch::REWINDS_BEFORE_STOP && is_insn(mem, regs.pc());
         let mask_ok = rewound || !arch::may_have_temporary_mask(&regs);
         let own = rewound || regs.own_insn_candidate().is_some_and(|a| is_insn(mem, a));
@@ -488,6 +564,7 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
     match best {
         Some((_, i)) => Ok(i),
         None if compat => Err(InjectError::Unsupported("32-bit process")),
+        None if strict => Err(InjectError::SeccompStrict),
         None => Err(InjectError::NoUsableThread),
     }
 }
@@ -503,10 +580,101 @@ fn find_gadget(pid: i32, mem: &File) -> Result<u64, InjectError> {
         .ok_or(InjectError::NoSyscallInstruction)
 }
 
+/// What the thread's seccomp mode and filters mean for our calls: decided before anything of
+/// it changes (see seccomp.rs).
+fn seccomp_filters(pid: i32, tid: i32) -> Result<Filters, InjectError> {
+    match seccomp::mode(pid, tid).map_err(|_| InjectError::Exited)? {
+        seccomp::Mode::Disabled => Ok(Filters::None),
+        seccomp::Mode::Strict => Err(InjectError::SeccompStrict),
+        seccomp::Mode::Filter => {
+            let suspend = if std::env::var_os(NO_SUSPEND_ENV).is_some() {
+                Err(io::Error::from_raw_os_error(libc::EPERM))
+            } else {
+                raw::set_options(tid, raw::SEIZE_OPTIONS | raw::PTRACE_O_SUSPEND_SECCOMP)
+            };
+            match suspend {
+                Ok(()) => Ok(Filters::Suspended),
+                Err(suspend) => match seccomp::read_filters(tid) {
+                    Ok(filters) => Ok(Filters::Evaluated(filters)),
+                    Err(read) => Err(InjectError::SeccompUnreadable { suspend, read }),
+                },
+            }
+        }
+    }
+}
+
+/// The filters' verdict on one call, exactly as it would be made from our instruction.
+fn permits(s: &Session, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
+    let Filters::Evaluated(filters) = &s.filters else {
+        return Ok(());
+    };
+    let call = seccomp::Call {
+        nr: nr as i32,
+        arch: seccomp::AUDIT_ARCH,
+        instruction_pointer: s.insn + INSN_LEN,
+        args,
+    };
+    match seccomp::evaluate(filters, &call) {
+        Ok(action) if action.runs() => Ok(()),
+        Ok(action) => Err(InjectError::Seccomp { nr, action }),
+        Err(bad) => Err(InjectError::Unexpected(format!(
+            "the process's seccomp filter cannot be evaluated ({})",
+            bad.0
+        ))),
+    }
+}
+
+/// A thread that first stopped on its way to a signal: let it take the signal (as it would have
+/// once let go) and catch it at an event stop at the handler's entry. True when one is ready.
+fn retrap_signalled(p: &mut StoppedProcess) -> bool {
+    let Some(idx) = p
+        .threads()
+        .iter()
+        .position(|t| matches!(t.state, ThreadState::Stopped { event: false, pass } if pass != 0))
+    else {
+        return false;
+    };
+    let (tid, ThreadState::Stopped { mut pass, .. }) =
+        (p.threads()[idx].tid, p.threads()[idx].state)
+    else {
+        return false;
+    };
+    for _ in 0..16 {
+        if interrupt(tid).is_err() || resume(tid, Resume::Cont, pass).is_err() {
+            return false;
+        }
+        match wait_stop_until(tid, Instant::now() + STOP_DEADLINE) {
+            Ok(Some(Stop::Event(_))) => {
+                let event = ThreadState::Stopped {
+                    event: true,
+                    pass: 0,
+                };
+                p.set_thread_state(idx, event);
+                return true;
+            }
+            Ok(Some(Stop::Signal(next))) => pass = next,
+            Ok(Some(Stop::Syscall | Stop::OtherEvent(_))) => pass = 0,
+            Ok(Some(Stop::Gone(_))) => {
+                p.set_thread_state(idx, ThreadState::Gone);
+                return false;
+            }
+            _ => {
+                // Not stopped (yet): the release waits for it like any thread never seen stopped.
+                p.set_thread_state(idx, ThreadState::Running);
+                return false;
+            }
+        }
+    }
+    let held = ThreadState::Stopped { event: false, pass };
+    p.set_thread_state(idx, held);
+    false
+}
+
 /// Take the thread's own state as the one to restore, and block its signals if allowed. The
 /// thread is at an event stop. Returns the thread's own syscall instruction, if usable.
 fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
     let tid = s.tid;
+    s.pending_before = raw::pending_signals(tid).map_err(pt("PEEKSIGINFO"))?;
     let mut regs = arch::get_regs(tid).map_err(pt("GETREGS"))?;
     let mut own = regs.own_insn_candidate().filter(|&a| is_insn(&s.mem, a));
     let temporary_mask = arch::may_have_temporary_mask(&regs);
@@ -529,10 +697,76 @@ fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
             block_signals(s)?;
         }
     }
+    if let Some(abort) = rseq_abort_target(s, &regs)? {
+        regs.set_pc(abort);
+        s.dirty = true;
+    }
     s.may_mask = s.orig_mask.is_some();
     s.base = Some(regs);
     s.extra = Some(arch::get_extra(tid).map_err(pt("GETREGSET"))?);
     Ok(own)
+}
+
+/// `struct rseq_cs` (include/uapi/linux/rseq.h): version, flags, start_ip, post_commit_offset,
+/// abort_ip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RseqCs {
+    pub start_ip: u64,
+    pub post_commit_offset: u64,
+    pub abort_ip: u64,
+}
+
+impl RseqCs {
+    pub(crate) fn from_bytes(b: &[u8; 32]) -> RseqCs {
+        let word = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        RseqCs {
+            start_ip: word(8),
+            post_commit_offset: word(16),
+            abort_ip: word(24),
+        }
+    }
+
+    /// Where the kernel would send a thread whose pc is `pc` (`rseq_ip_fixup`): the abort
+    /// handler when pc is inside the critical section, else nowhere.
+    pub(crate) fn abort_for(&self, pc: u64) -> Option<u64> {
+        let inside = pc.wrapping_sub(self.start_ip) < self.post_commit_offset;
+        inside.then_some(self.abort_ip)
+    }
+}
+
+/// If the thread sits inside an rseq critical section: the abort handler the kernel would move
+/// it to on its way back to user mode (see the module doc). A section the kernel would refuse
+/// (bad signature; it would kill the thread with SIGSEGV) makes the thread unusable.
+fn rseq_abort_target(s: &Session, regs: &Regs) -> Result<Option<u64>, InjectError> {
+    let Ok(Some((area, signature))) = raw::rseq_configuration(s.tid) else {
+        return Ok(None);
+    };
+    let mut word = [0u8; 8];
+    if s.mem.read_exact_at(&mut word, area + 8).is_err() {
+        return Ok(None);
+    }
+    let cs_addr = u64::from_ne_bytes(word);
+    if cs_addr == 0 {
+        return Ok(None);
+    }
+    let mut raw_cs = [0u8; 32];
+    if s.mem.read_exact_at(&mut raw_cs, cs_addr).is_err() {
+        return Ok(None);
+    }
+    let cs = RseqCs::from_bytes(&raw_cs);
+    let Some(abort) = cs.abort_for(regs.pc()) else {
+        return Ok(None);
+    };
+    let mut sig = [0u8; 4];
+    let signed = s.mem.read_exact_at(&mut sig, abort.wrapping_sub(4)).is_ok()
+        && u32::from_ne_bytes(sig) == signature;
+    if !signed {
+        return Err(InjectError::Unexpected(format!(
+            "thread {} is inside an rseq critical section with a bad abort handler",
+            s.tid
+        )));
+    }
+    Ok(Some(abort))
 }
 
 fn block_signals(s: &mut Session) -> Result<(), InjectError> {
@@ -553,7 +787,7 @@ fn settle(s: &mut Session) -> Result<Option<Regs>, InjectError> {
     let tid = s.tid;
     resume(tid, Resume::Sysemu, 0).map_err(pt("SYSEMU"))?;
     loop {
-        match wait(s).map_err(pt("wait"))? {
+        match wait(s)? {
             Stop::Syscall => break,
             Stop::Event(_) => resume(tid, Resume::Sysemu, 0).map_err(pt("SYSEMU"))?,
             Stop::Signal(sig) => {
@@ -571,7 +805,7 @@ fn settle(s: &mut Session) -> Result<Option<Regs>, InjectError> {
     arch::skip_syscall(tid).map_err(pt("skip syscall"))?;
     interrupt(tid).map_err(pt("INTERRUPT"))?;
     resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
-    match wait(s).map_err(pt("wait"))? {
+    match wait(s)? {
         Stop::Event(_) => {}
         other => return Err(unexpected(other)),
     }
@@ -582,13 +816,21 @@ fn settle(s: &mut Session) -> Result<Option<Regs>, InjectError> {
     Ok(Some(regs))
 }
 
-/// The injecting thread's next stop.
-fn wait(s: &Session) -> io::Result<Stop> {
-    if s.may_block {
-        wait_stop_blocking(s.tid)
-    } else {
-        wait_stop(s.tid)
+/// The injecting thread's next stop, which it is on its way to (not blocked): bounded by
+/// [`STOP_DEADLINE`], interrupting it once on the way.
+fn wait(s: &Session) -> Result<Stop, InjectError> {
+    wait_within(s.tid, STOP_DEADLINE)
+}
+
+fn wait_within(tid: i32, limit: Duration) -> Result<Stop, InjectError> {
+    let first = Instant::now() + limit / 2;
+    if let Some(stop) = wait_stop_until(tid, first).map_err(pt("wait"))? {
+        return Ok(stop);
     }
+    interrupt(tid).map_err(pt("INTERRUPT"))?;
+    wait_stop_until(tid, first + limit / 2)
+        .map_err(pt("wait"))?
+        .ok_or(InjectError::Stuck { tid })
 }
 
 fn unexpected(stop: Stop) -> InjectError {
@@ -601,27 +843,18 @@ fn unexpected(stop: Stop) -> InjectError {
 
 /// From a signal-delivery stop with the thread's own registers and mask in place: hand it `sig`
 /// (delivered as the kernel would: handler frame, default action) and catch the thread at an event
-/// stop before it runs any user instruction. Signals met on the way are delivered likewise; our
-/// own stale SIGTRAP is dropped.
+/// stop before it runs any user instruction. Signals met on the way are delivered likewise.
 fn pass_and_retrap(s: &mut Session, mut sig: i32) -> Result<(), InjectError> {
     let tid = s.tid;
     loop {
         interrupt(tid).map_err(pt("INTERRUPT"))?;
         resume(tid, Resume::Cont, sig).map_err(pt("CONT"))?;
-        match wait(s).map_err(pt("wait"))? {
+        match wait(s)? {
             Stop::Event(_) => {
                 s.in_get_signal = true;
                 return Ok(());
             }
-            Stop::Signal(next) => {
-                let info = get_siginfo(tid).map_err(pt("GETSIGINFO"))?;
-                sig = if is_own_trap(&info) {
-                    s.stale_trap = false;
-                    0
-                } else {
-                    next
-                };
-            }
+            Stop::Signal(next) => sig = next,
             Stop::Syscall | Stop::OtherEvent(_) => sig = 0,
             other => return Err(unexpected(other)),
         }
@@ -644,78 +877,100 @@ fn put_back(s: &mut Session) -> Result<(), InjectError> {
     Ok(())
 }
 
+/// The kernel's restart codes: an interrupted call that did not complete (include/linux/errno.h).
+fn is_restart(ret: i64) -> bool {
+    matches!(-ret, 512 | 513 | 514 | 516)
+}
+
+/// One call, between its syscall-entry and -exit stops, within [`CALL_DEADLINE`].
 fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
     let tid = s.tid;
-    let how = match s.mode {
-        Mode::Step => Resume::SingleStep,
-        Mode::SyscallStops => Resume::Syscall,
-    };
     'call: loop {
         let mut regs = s.base.ok_or(InjectError::Finished)?;
         regs.prepare_call(s.insn, nr as u64, args);
         s.dirty = true;
         arch::set_regs(tid, &regs).map_err(pt("SETREGS"))?;
-        resume(tid, how, 0).map_err(pt("resume"))?;
-        s.stepped |= how == Resume::SingleStep;
-        let mut entered = false;
+        resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?;
+        s.in_get_signal = false;
+        let start = Instant::now();
+        let mut deadline = start + CALL_DEADLINE;
+        let (mut began, mut interrupted) = (false, false);
+        let mut result: Option<i64> = None;
         loop {
-            match wait(s).map_err(pt("wait"))? {
-                Stop::Syscall if s.mode == Mode::SyscallStops => {
-                    s.in_get_signal = false;
-                    if !entered {
-                        entered = true;
+            let Some(stop) = wait_stop_until(tid, deadline).map_err(pt("wait"))? else {
+                if interrupted {
+                    return Err(InjectError::Stuck { tid });
+                }
+                // Pull it back: an interruptible wait (a freezer, a supervisor) ends for this.
+                interrupt(tid).map_err(pt("INTERRUPT"))?;
+                interrupted = true;
+                deadline = Instant::now() + STOP_DEADLINE;
+                continue;
+            };
+            match stop {
+                Stop::Syscall => match raw::syscall_info(tid).map_err(pt("GET_SYSCALL_INFO"))? {
+                    SyscallStop::Entry { nr: entered } => {
+                        if entered != nr as u64 {
+                            return Err(InjectError::Unexpected(format!(
+                                "entered syscall {entered} instead of {nr}"
+                            )));
+                        }
+                        began = true;
                         resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?;
-                        continue;
                     }
-                    s.calls += 1;
-                    return Ok(arch::get_regs(tid).map_err(pt("GETREGS"))?.ret());
+                    SyscallStop::Exit { rval } if began => {
+                        s.calls += 1;
+                        if !interrupted {
+                            return Ok(rval);
+                        }
+                        // Our interrupt is still to be taken: go on to its event stop.
+                        result = Some(rval);
+                        resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+                    }
+                    _ => resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?,
+                },
+                Stop::Event(_) if interrupted => {
+                    s.in_get_signal = true;
+                    return match result {
+                        Some(r) if !is_restart(r) => Ok(r),
+                        _ => Err(InjectError::Timeout {
+                            nr,
+                            waited: CALL_DEADLINE,
+                            began,
+                        }),
+                    };
+                }
+                Stop::Event(_) | Stop::OtherEvent(_) => {
+                    // A group stop or an earlier interrupt before the call ran: run it.
+                    s.in_get_signal = true;
+                    resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?;
                 }
                 Stop::Signal(sig) => {
                     s.in_get_signal = true;
                     let info = get_siginfo(tid).map_err(pt("GETSIGINFO"))?;
                     let now = arch::get_regs(tid).map_err(pt("GETREGS"))?;
-                    let executed = now.pc() == s.insn + INSN_LEN;
-                    if is_own_trap(&info) {
-                        s.stale_trap = false;
-                        if executed {
-                            s.calls += 1;
-                            return Ok(now.ret());
-                        }
-                        if now.pc() == s.insn {
-                            // A stale trap from earlier, consumed; now run the call.
-                            resume(tid, how, 0).map_err(pt("resume"))?;
-                            continue;
-                        }
-                        return Err(InjectError::Unexpected(format!("step ended at {now:?}")));
-                    }
-                    if sig == libc::SIGSYS && info.si_code == SYS_SECCOMP {
-                        return Err(InjectError::Seccomp { nr });
-                    }
-                    if SYNCHRONOUS & bit(sig) != 0 && info.si_code > 0 && now.pc() == s.insn {
+                    if !began
+                        && SYNCHRONOUS & bit(sig) != 0
+                        && info.si_code > 0
+                        && now.pc() == s.insn
+                    {
                         return Err(InjectError::Fault {
                             signal: sig,
                             addr: s.insn,
                         });
                     }
-                    // Someone else's signal: deliver it with the thread's own state in place.
-                    // (On aarch64 the frame then records pstate with the step bit set, which
-                    // does nothing once stepping is off: the price of not losing the signal.)
-                    if executed && s.mode == Mode::Step {
-                        s.stale_trap = true;
-                    }
+                    // Someone else's signal: deliver it with the thread's own state in place,
+                    // catch the thread again at the handler's entry, and start over from there.
                     put_back(s)?;
                     pass_and_retrap(s, sig)?;
                     let _ = capture(s)?;
-                    if executed {
-                        s.calls += 1;
-                        return Ok(now.ret());
+                    if began {
+                        // Delivered on the way out of our call, which ran: its result stands.
+                        if let Some(r) = result {
+                            return Ok(r);
+                        }
                     }
                     continue 'call;
-                }
-                Stop::Event(_) | Stop::Syscall | Stop::OtherEvent(_) => {
-                    // A group stop or an earlier interrupt before the call ran: run it.
-                    s.in_get_signal = true;
-                    resume(tid, how, 0).map_err(pt("resume"))?;
                 }
                 other => return Err(unexpected(other)),
             }
@@ -724,7 +979,7 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
 }
 
 /// Give the injecting thread back its own registers, mask and memory, at a stop inside
-/// get_signal, with none of our SIGTRAPs left queued; then it can be detached. Ends the session,
+/// get_signal, with no signal of ours left queued; then it can be detached. Ends the session,
 /// and records in `p` where the thread is now.
 fn restore(p: &mut StoppedProcess, session: &mut Option<Session>) -> Result<(), InjectError> {
     let Some(mut s) = session.take() else {
@@ -733,6 +988,8 @@ fn restore(p: &mut StoppedProcess, session: &mut Option<Session>) -> Result<(), 
     let result = restore_session(&mut s);
     let state = match &result {
         Err(InjectError::Exited) => ThreadState::Gone,
+        // Not at a stop: the release waits for it like any thread never seen stopped.
+        Err(InjectError::Stuck { .. }) => ThreadState::Running,
         Ok(pass) => ThreadState::Stopped {
             event: *pass == 0,
             pass: *pass,
@@ -747,6 +1004,11 @@ fn restore(p: &mut StoppedProcess, session: &mut Option<Session>) -> Result<(), 
     result.map(drop)
 }
 
+/// How long a thread that did not come back from an injected call is waited for before the
+/// restore gives up: it holds our registers, so it is given every chance to come back (the
+/// tracer's parent never ends a tracer that is restoring).
+const STUCK_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Returns the signal to pass on when detaching (the thread is at its signal-delivery stop).
 fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
     let tid = s.tid;
@@ -758,65 +1020,101 @@ fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
     }
     let mut pass = 0;
     if s.dirty {
-        if !s.in_get_signal || s.stepped {
-            // At a syscall-exit stop, or single-stepping (while TIF_SINGLESTEP is set, aarch64
-            // forces the step bit into the pstate we write): continue into an event stop first.
-            // The pending interrupt traps before any signal is dequeued, and PTRACE_CONT ends
-            // the single-stepping.
+        if !s.in_get_signal {
+            // At a syscall-exit stop, or not stopped at all (stuck): continue into an event
+            // stop first. The pending interrupt traps before any signal is dequeued.
+            let patience = Instant::now() + STUCK_PATIENCE;
             interrupt(tid).map_err(pt("INTERRUPT"))?;
-            resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+            let mut stopped = matches!(raw::syscall_info(tid), Ok(_));
             loop {
-                match wait(s).map_err(pt("wait"))? {
+                if stopped {
+                    resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+                }
+                let stop = wait_stop_until(tid, patience)
+                    .map_err(pt("wait"))?
+                    .ok_or(InjectError::Stuck { tid })?;
+                stopped = true;
+                match stop {
                     Stop::Event(_) => break,
                     Stop::Signal(sig) => {
-                        let info = get_siginfo(tid).map_err(pt("GETSIGINFO"))?;
-                        if !is_own_trap(&info) {
-                            pass = sig;
-                        }
+                        pass = sig;
                         break;
                     }
                     Stop::Syscall | Stop::OtherEvent(_) => {
                         interrupt(tid).map_err(pt("INTERRUPT"))?;
-                        resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
                     }
                     other => return Err(unexpected(other)),
                 }
             }
             s.in_get_signal = true;
-            s.stepped = false;
         }
         put_back(s)?;
     }
-    // A SIGTRAP of ours still queued would kill the target once detached: take it out, with the
-    // thread's own state in place, delivering anything else met on the way.
-    while s.stale_trap {
-        if pass != 0 {
-            interrupt(tid).map_err(pt("INTERRUPT"))?;
-        }
-        resume(tid, Resume::Cont, pass).map_err(pt("CONT"))?;
-        pass = 0;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        match wait_stop_until(tid, deadline).map_err(pt("wait"))? {
-            Some(Stop::Signal(sig)) => {
-                let info = get_siginfo(tid).map_err(pt("GETSIGINFO"))?;
-                if is_own_trap(&info) {
-                    s.stale_trap = false;
-                } else {
-                    pass = sig;
-                }
-            }
-            Some(Stop::Event(_)) | Some(Stop::Syscall) | Some(Stop::OtherEvent(_)) => {}
-            Some(other) => return Err(unexpected(other)),
-            None => {
-                // It was not queued after all and the thread ran on: stop it again.
-                interrupt(tid).map_err(pt("INTERRUPT"))?;
-                let _ = wait(s).map_err(pt("wait"))?;
-                s.stale_trap = false;
-            }
+    if let Err(e) = drain_own_signals(s, &mut pass) {
+        problem.get_or_insert(e);
+    }
+    if matches!(s.filters, Filters::Suspended) {
+        if let Err(source) = raw::set_options(tid, raw::SEIZE_OPTIONS) {
+            problem.get_or_insert(InjectError::Ptrace {
+                what: "SETOPTIONS",
+                source,
+            });
         }
     }
     match problem {
         Some(e) => Err(e),
         None => Ok(pass),
     }
+}
+
+/// SIGTRAP or SIGSYS queued on the thread by the kernel since we took it: ours (a trapped call,
+/// a trap of our making), never the app's. Its own and other senders' signals are not counted.
+pub(crate) fn own_signals(before: &[Pending], now: &[Pending]) -> Vec<Pending> {
+    let mut left: Vec<Pending> = before.to_vec();
+    let mut ours = Vec::new();
+    for &p in now {
+        if let Some(i) = left.iter().position(|&b| b == p) {
+            left.remove(i);
+        } else if matches!(p.0, libc::SIGTRAP | libc::SIGSYS) && p.1 > 0 {
+            ours.push(p);
+        }
+    }
+    ours
+}
+
+/// Take out of the thread's queue what [`own_signals`] finds, with the thread's own state in
+/// place: everything else blocked, let it dequeue ours, drop it, catch it again.
+fn drain_own_signals(s: &mut Session, pass: &mut i32) -> Result<(), InjectError> {
+    let tid = s.tid;
+    let now = raw::pending_signals(tid).map_err(pt("PEEKSIGINFO"))?;
+    let ours = own_signals(&s.pending_before, &now);
+    if ours.is_empty() {
+        return Ok(());
+    }
+    if *pass != 0 {
+        // At a signal-delivery stop for a foreign signal: deliver it first, then drain.
+        pass_and_retrap(s, *pass)?;
+        *pass = 0;
+    }
+    let own_mask = get_sigmask(tid).map_err(pt("GETSIGMASK"))?;
+    for (sig, _) in ours {
+        set_sigmask(tid, !bit(sig)).map_err(pt("SETSIGMASK"))?;
+        resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+        match wait(s)? {
+            Stop::Signal(got) if got == sig => {
+                // Dropped: resumed without it, and caught again before any user code runs.
+                interrupt(tid).map_err(pt("INTERRUPT"))?;
+                resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+                match wait(s)? {
+                    Stop::Event(_) => {}
+                    Stop::Signal(other) => *pass = other,
+                    other => return Err(unexpected(other)),
+                }
+            }
+            Stop::Event(_) => {}
+            Stop::Signal(other) => *pass = other,
+            other => return Err(unexpected(other)),
+        }
+    }
+    set_sigmask(tid, own_mask).map_err(pt("SETSIGMASK"))
 }

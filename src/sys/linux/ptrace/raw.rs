@@ -5,14 +5,20 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::super::procfs;
-
 // Constants that not every libc version exports on every target.
 pub(crate) const PTRACE_EVENT_EXEC: i32 = 4;
 pub(crate) const PTRACE_EVENT_STOP: i32 = 128;
 const PTRACE_O_TRACESYSGOOD: usize = 1;
 const PTRACE_O_TRACEEXEC: usize = 0x10;
+/// The options every thread is seized with.
+pub(crate) const SEIZE_OPTIONS: usize = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC;
+/// The tracee's seccomp filters do not run while set (include/uapi/linux/ptrace.h).
+pub(crate) const PTRACE_O_SUSPEND_SECCOMP: usize = 1 << 21;
 const PTRACE_SYSEMU: libc::c_uint = 31;
+const PTRACE_SETOPTIONS: libc::c_uint = 0x4200;
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 
 fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
     // SAFETY: only requests whose addr/data are integers or point to memory owned by the caller
@@ -27,13 +33,111 @@ fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<l
 /// Attach without a signal: unlike `PTRACE_ATTACH`'s SIGSTOP, which a program could see,
 /// `PTRACE_SEIZE` leaves the thread running, untouched, until we [`interrupt`] it.
 pub(crate) fn seize(tid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SEIZE, tid, 0, SEIZE_OPTIONS).map(drop)
+}
+
+/// Replace a stopped tracee's ptrace options (`SEIZE_OPTIONS` plus or minus others).
+pub(crate) fn set_options(tid: i32, options: usize) -> io::Result<()> {
+    ptrace(PTRACE_SETOPTIONS, tid, 0, options).map(drop)
+}
+
+/// Where a thread at a syscall stop is (`PTRACE_GET_SYSCALL_INFO`, Linux 5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyscallStop {
+    Entry {
+        nr: u64,
+    },
+    /// The call's own result, as it will reach the program (not a rolled-back register).
+    Exit {
+        rval: i64,
+    },
+    Other,
+}
+
+/// `struct ptrace_syscall_info` (include/uapi/linux/ptrace.h): op, pad, arch, pc, sp, union.
+#[repr(C)]
+struct SyscallInfo {
+    op: u8,
+    pad: [u8; 3],
+    arch: u32,
+    instruction_pointer: u64,
+    stack_pointer: u64,
+    data: [u64; 8],
+}
+
+pub(crate) fn syscall_info(tid: i32) -> io::Result<SyscallStop> {
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: SyscallInfo = unsafe { std::mem::zeroed() };
     ptrace(
-        libc::PTRACE_SEIZE,
+        PTRACE_GET_SYSCALL_INFO,
         tid,
-        0,
-        PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC,
-    )
-    .map(drop)
+        std::mem::size_of::<SyscallInfo>(),
+        &mut info as *mut SyscallInfo as usize,
+    )?;
+    Ok(match info.op {
+        1 => SyscallStop::Entry { nr: info.data[0] },
+        2 => SyscallStop::Exit {
+            rval: info.data[0] as i64,
+        },
+        _ => SyscallStop::Other,
+    })
+}
+
+/// One signal waiting in a thread's own queue: (signo, si_code).
+pub(crate) type Pending = (i32, i32);
+
+/// The signals queued for this thread alone (not the process-wide queue), oldest first
+/// (`PTRACE_PEEKSIGINFO`).
+pub(crate) fn pending_signals(tid: i32) -> io::Result<Vec<Pending>> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    loop {
+        let args = Args {
+            off: out.len() as u64,
+            flags: 0,
+            nr: BATCH as i32,
+        };
+        // SAFETY: plain data; all-zero is valid.
+        let mut buf: [libc::siginfo_t; BATCH] = unsafe { std::mem::zeroed() };
+        let n = ptrace(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const Args as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        out.extend(buf[..n.min(BATCH)].iter().map(|i| (i.si_signo, i.si_code)));
+        if n < BATCH {
+            return Ok(out);
+        }
+    }
+}
+
+/// A thread's rseq registration (`PTRACE_GET_RSEQ_CONFIGURATION`, Linux 5.13): the address of
+/// its `struct rseq` and the signature that must precede every abort handler. None: none.
+pub(crate) fn rseq_configuration(tid: i32) -> io::Result<Option<(u64, u32)>> {
+    #[repr(C)]
+    struct Conf {
+        rseq_abi_pointer: u64,
+        rseq_abi_size: u32,
+        signature: u32,
+        flags: u32,
+        pad: u32,
+    }
+    // SAFETY: plain data; all-zero is valid.
+    let mut conf: Conf = unsafe { std::mem::zeroed() };
+    ptrace(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<Conf>(),
+        &mut conf as *mut Conf as usize,
+    )?;
+    Ok((conf.rseq_abi_pointer != 0).then_some((conf.rseq_abi_pointer, conf.signature)))
 }
 
 /// Stop a seized thread with a `PTRACE_EVENT_STOP`, from inside the kernel's signal handling
@@ -51,8 +155,6 @@ pub(crate) fn detach(tid: i32, sig: i32) -> io::Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Resume {
     Cont,
-    /// One instruction, then a SIGTRAP stop. Over a syscall instruction: after the syscall.
-    SingleStep,
     /// Until the next syscall entry or exit.
     Syscall,
     /// Until the next syscall entry, which is then skipped.
@@ -62,7 +164,6 @@ pub(crate) enum Resume {
 pub(crate) fn resume(tid: i32, how: Resume, sig: i32) -> io::Result<()> {
     let req = match how {
         Resume::Cont => libc::PTRACE_CONT,
-        Resume::SingleStep => libc::PTRACE_SINGLESTEP,
         Resume::Syscall => libc::PTRACE_SYSCALL,
         Resume::Sysemu => PTRACE_SYSEMU,
     };
@@ -152,47 +253,6 @@ pub(crate) fn waitpid(tid: i32, nohang: bool) -> io::Result<Option<Stop>> {
             return Err(e);
         }
         return Ok((r != 0).then(|| decode(status)));
-    }
-}
-
-/// The next stop of `tid`, blocking. Only for a thread that is about to stop and is not a group
-/// leader with siblings: a killed leader's exit is not reported while traced sibling threads
-/// wait, as zombies, for us to reap them, so this could hang on it; use [`wait_stop`] there.
-pub(crate) fn wait_stop_blocking(tid: i32) -> io::Result<Stop> {
-    waitpid(tid, false).map(|s| s.unwrap_or(Stop::Gone(0)))
-}
-
-/// The next stop of `tid`, waiting as long as it takes but noticing when it died (see
-/// [`wait_stop_blocking`]): polls, briskly for a while (a stop usually arrives within
-/// microseconds), then sleeping between looks.
-pub(crate) fn wait_stop(tid: i32) -> io::Result<Stop> {
-    let start = Instant::now();
-    let spin = Duration::from_millis(2);
-    let mut next_check = spin;
-    loop {
-        if let Some(s) = waitpid(tid, true)? {
-            return Ok(s);
-        }
-        let waited = start.elapsed();
-        if waited < spin {
-            std::thread::yield_now();
-            continue;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-        if waited >= next_check {
-            next_check += Duration::from_millis(2);
-            if is_dead(tid) {
-                return Ok(Stop::Gone(0));
-            }
-        }
-    }
-}
-
-/// Whether a thread has exited (a zombie, or gone from /proc).
-pub(crate) fn is_dead(tid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
-        Ok(stat) => matches!(procfs::parse_state(&stat), Some('Z') | Some('X') | None),
-        Err(_) => true,
     }
 }
 
