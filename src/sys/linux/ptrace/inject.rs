@@ -29,15 +29,22 @@
 //!   return to user mode, at the syscall instruction, makes the kernel clear the thread's
 //!   `rseq_cs` instead, so the registers given back are the kernel's own fix-up: pc at the abort
 //!   handler (what CRIU does when it dumps such a thread).
-//! - While we work, the thread's signals are blocked with `PTRACE_SETSIGMASK` (all but the
-//!   synchronous ones, which the kernel forces anyway), so a signal arriving meanwhile stays
-//!   pending, untouched, until we restore the mask and let go. But `PTRACE_SETSIGMASK` also
-//!   clears TIF_RESTORE_SIGMASK: for a thread interrupted in a call with a temporary mask (ppoll,
-//!   epoll_pwait with a mask, ...) the real mask would never come back. Such a thread is avoided
-//!   when another can be used; otherwise its mask is left alone and any signal that does reach
-//!   it while we work is delivered right away, with its own registers and mask back in place,
-//!   and the thread caught again at the handler's first instruction (nothing of its user code
-//!   runs).
+//! - While one of our calls runs, the thread's signals are blocked with `PTRACE_SETSIGMASK` (all
+//!   but the synchronous ones, which the kernel forces anyway), so a signal arriving meanwhile
+//!   stays pending, untouched; its own mask goes back with its registers. Between calls, the
+//!   pending interrupt is taken before any signal is dequeued, so such a signal waits until we
+//!   let go. But `PTRACE_SETSIGMASK` also clears TIF_RESTORE_SIGMASK: for a thread interrupted in
+//!   a call with a temporary mask (ppoll, epoll_pwait with a mask, ...) the real mask would never
+//!   come back. Such a thread is avoided when another can be used; otherwise its mask is left
+//!   alone and any signal that does reach it while we work is delivered right away, with its own
+//!   registers and mask back in place, and the thread caught again at the handler's first
+//!   instruction (nothing of its user code runs).
+//! - x86_64 decides on restarting an interrupted call after the stop inside `get_signal`, so the
+//!   thread's own registers can go back at our call's exit stop, with an interrupt pending that
+//!   brings it to an event stop on the way out, before any user instruction: our registers are
+//!   in place only from the start of each call to its exit stop, the only moment a tracer killed
+//!   by SIGKILL can leave them behind. (aarch64 decides before, see arch/aarch64.rs: there they
+//!   go back at an event stop.)
 //! - A foreign signal that shows up as a signal-delivery stop is never dropped: it is delivered
 //!   as above. A fault caused by our own instruction (impossible with a checked instruction, but
 //!   handled) is suppressed and reported. Before the thread is let go, its own signal queue
@@ -246,7 +253,7 @@ struct Session {
     /// The thread's own registers: what it gets back.
     base: Option<Regs>,
     extra: Option<Extra>,
-    /// Its own signal mask, when we replaced it.
+    /// Its own signal mask, while we replaced it.
     orig_mask: Option<u64>,
     /// Whether to block signals (false for threads with a temporary mask, see the module doc).
     may_mask: bool,
@@ -323,7 +330,7 @@ impl<'a> Injector<'a> {
             base: None,
             extra: None,
             orig_mask: None,
-            may_mask: true,
+            may_mask: false,
             insn: 0,
             filters,
             pending_before: Vec::new(),
@@ -670,19 +677,15 @@ fn retrap_signalled(p: &mut StoppedProcess) -> bool {
     false
 }
 
-/// Take the thread's own state as the one to restore, and block its signals if allowed. The
-/// thread is at an event stop. Returns the thread's own syscall instruction, if usable.
+/// Take the thread's own state as the one to restore. The thread is at an event stop. Returns
+/// the thread's own syscall instruction, if usable.
 fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
     let tid = s.tid;
     s.pending_before = raw::pending_signals(tid).map_err(pt("PEEKSIGINFO"))?;
     let mut regs = arch::get_regs(tid).map_err(pt("GETREGS"))?;
     let mut own = regs.own_insn_candidate().filter(|&a| is_insn(&s.mem, a));
-    let temporary_mask = arch::may_have_temporary_mask(&regs);
-    s.orig_mask = None;
-    if !temporary_mask {
-        // Before anything runs (the settling below does), so that a signal arriving now waits.
-        block_signals(s)?;
-    }
+    // Settling (below) runs the kernel's signal-return path, which puts a temporary mask away.
+    s.may_mask = !arch::may_have_temporary_mask(&regs);
     if arch::REWINDS_BEFORE_STOP && is_insn(&s.mem, regs.pc()) {
         match settle(s)? {
             Some(r) => {
@@ -692,16 +695,12 @@ fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
             // A signal was delivered on the way: start over from the handler's entry.
             None => return capture(s),
         }
-        // Settling ran the kernel's signal-return path, which put any temporary mask away.
-        if temporary_mask {
-            block_signals(s)?;
-        }
+        s.may_mask = true;
     }
     if let Some(abort) = rseq_abort_target(s, &regs)? {
         regs.set_pc(abort);
         s.dirty = true;
     }
-    s.may_mask = s.orig_mask.is_some();
     s.base = Some(regs);
     s.extra = Some(arch::get_extra(tid).map_err(pt("GETREGSET"))?);
     Ok(own)
@@ -769,7 +768,11 @@ fn rseq_abort_target(s: &Session, regs: &Regs) -> Result<Option<u64>, InjectErro
     Ok(Some(abort))
 }
 
+/// Block the thread's signals for a call (see the module doc), keeping its own mask to put back.
 fn block_signals(s: &mut Session) -> Result<(), InjectError> {
+    if !s.may_mask || s.orig_mask.is_some() {
+        return Ok(());
+    }
     let mask = get_sigmask(s.tid).map_err(pt("GETSIGMASK"))?;
     s.orig_mask = Some(mask);
     s.dirty = true;
@@ -791,11 +794,7 @@ fn settle(s: &mut Session) -> Result<Option<Regs>, InjectError> {
             Stop::Syscall => break,
             Stop::Event(_) => resume(tid, Resume::Sysemu, 0).map_err(pt("SYSEMU"))?,
             Stop::Signal(sig) => {
-                // Still the thread's own registers: with its own mask back, deliver it as the
-                // kernel would.
-                if let Some(m) = s.orig_mask.take() {
-                    set_sigmask(tid, m).map_err(pt("SETSIGMASK"))?;
-                }
+                // Still the thread's own registers: deliver it as the kernel would.
                 pass_and_retrap(s, sig)?;
                 return Ok(None);
             }
@@ -870,7 +869,7 @@ fn put_back(s: &mut Session) -> Result<(), InjectError> {
     if let Some(e) = &s.extra {
         arch::set_extra(tid, e).map_err(pt("SETREGSET"))?;
     }
-    if let Some(m) = s.orig_mask {
+    if let Some(m) = s.orig_mask.take() {
         set_sigmask(tid, m).map_err(pt("SETSIGMASK"))?;
     }
     s.dirty = false;
@@ -888,6 +887,7 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
     'call: loop {
         let mut regs = s.base.ok_or(InjectError::Finished)?;
         regs.prepare_call(s.insn, nr as u64, args);
+        block_signals(s)?;
         s.dirty = true;
         arch::set_regs(tid, &regs).map_err(pt("SETREGS"))?;
         resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?;
@@ -920,6 +920,10 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                     }
                     SyscallStop::Exit { rval } if began => {
                         s.calls += 1;
+                        if !interrupted && !arch::REWINDS_BEFORE_STOP {
+                            back_to_own_registers(s)?;
+                            return Ok(rval);
+                        }
                         if !interrupted {
                             return Ok(rval);
                         }
@@ -976,6 +980,31 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
             }
         }
     }
+}
+
+/// x86_64, at our call's exit stop: the thread's own registers back at once, and on to an event
+/// stop before it runs any user instruction (see the module doc). A signal met on the way is
+/// delivered as the kernel would, the thread caught again at the handler's entry.
+fn back_to_own_registers(s: &mut Session) -> Result<(), InjectError> {
+    let tid = s.tid;
+    interrupt(tid).map_err(pt("INTERRUPT"))?;
+    put_back(s)?;
+    loop {
+        resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+        match wait(s)? {
+            Stop::Event(_) => break,
+            Stop::Signal(sig) => {
+                s.in_get_signal = true;
+                pass_and_retrap(s, sig)?;
+                let _ = capture(s)?;
+                break;
+            }
+            Stop::Syscall | Stop::OtherEvent(_) => interrupt(tid).map_err(pt("INTERRUPT"))?,
+            other => return Err(unexpected(other)),
+        }
+    }
+    s.in_get_signal = true;
+    Ok(())
 }
 
 /// Give the injecting thread back its own registers, mask and memory, at a stop inside
