@@ -356,14 +356,20 @@ impl Output {
 /// Runs the `ptyreap` binary with `args`, stdin from /dev/null, NO_COLOR=1; kills it and panics
 /// after 60 s.
 pub fn ptyreap(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-        .args(args)
+    ptyreap_with(args, |_| {})
+}
+
+/// `ptyreap`, after `configure` had its say on the command (an environment variable, a
+/// pre_exec hook).
+pub fn ptyreap_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
+    cmd.args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning ptyreap");
+        .stderr(Stdio::piped());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().expect("spawning ptyreap");
     // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
     let drain = |mut r: Box<dyn Read + Send>| {
         thread::spawn(move || {
@@ -509,4 +515,168 @@ pub fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// A running `ptyreap-victim` (see `victim.rs` for its flags), killed on drop.
+pub struct Victim {
+    pub pid: i32,
+    /// The CLONE_FILES sibling (`--share-files`), or 0.
+    pub sibling: i32,
+    child: Child,
+    dir: PathBuf,
+    seq: u64,
+}
+
+/// Per thread: its blocked, pending and (process-wide) ignored and caught signals, as
+/// /proc/PID/task/TID/status shows them.
+pub type SignalState = Vec<(i32, String)>;
+
+impl Victim {
+    /// Starts the victim with `args` and waits for its ready file.
+    pub fn spawn(args: &[&str]) -> Victim {
+        let dir = temp_dir("victim");
+        let ready = dir.join("ready");
+        let child = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"))
+            .args(args)
+            .arg("--ready")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawning ptyreap-victim");
+        let mut v = Victim {
+            pid: child.id() as i32,
+            sibling: 0,
+            child,
+            dir,
+            seq: 0,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(text) = fs::read_to_string(&ready) {
+                let f = fields(&text);
+                v.sibling = f["sibling"].parse().expect("sibling pid");
+                break;
+            }
+            if let Some(status) = v.child.try_wait().expect("waiting for the victim") {
+                panic!("ptyreap-victim {args:?} exited ({status}) before it was ready");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ptyreap-victim {args:?} not ready"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        v
+    }
+
+    /// Asks the main thread for its status (SIGUSR1) and waits for the answer; None when it
+    /// does not answer within 5 s.
+    pub fn status(&mut self) -> Option<std::collections::HashMap<String, String>> {
+        // SAFETY: kill(2) of our child.
+        unsafe { libc::kill(self.pid, libc::SIGUSR1) };
+        let path = self.dir.join("ready.status");
+        let want = self.seq + 1;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(text) = fs::read_to_string(&path) {
+                let f = fields(&text);
+                if f.get("seq").and_then(|s| s.parse::<u64>().ok()) == Some(want) {
+                    self.seq = want;
+                    return Some(f);
+                }
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// The masters (PTY master fds from 100) still open.
+    pub fn masters_open(&self) -> Vec<i32> {
+        ptmx_fds(self.pid).into_iter().filter(|&fd| fd >= 100).collect()
+    }
+
+    /// The tid of the thread named `name`.
+    pub fn thread_named(&self, name: &str) -> Option<i32> {
+        fs::read_dir(format!("/proc/{}/task", self.pid))
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|tid| {
+                fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.pid))
+                    .is_ok_and(|c| c.trim() == name)
+            })
+    }
+
+    pub fn signal_state(&self) -> SignalState {
+        let mut out: SignalState = fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .map(|tid| {
+                        let st =
+                            fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid))
+                                .unwrap_or_default();
+                        let keep: Vec<&str> = st
+                            .lines()
+                            .filter(|l| {
+                                ["SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:"]
+                                    .iter()
+                                    .any(|k| l.starts_with(k))
+                            })
+                            .collect();
+                        (tid, keep.join(" "))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// What the CLONE_FILES sibling wrote when its poll ended, if it ended.
+    pub fn sibling_report(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join("ready.sibling")).ok()
+    }
+
+    /// Alive, no thread stopped or traced, every thread's signal state as `before`, the main
+    /// thread answering, and none of ptyreap's SIGTRAP/SIGSYS delivered. Returns the status.
+    pub fn assert_healthy(
+        &mut self,
+        before: &SignalState,
+    ) -> std::collections::HashMap<String, String> {
+        if let Some(status) = self.child.try_wait().expect("waiting for the victim") {
+            panic!("the victim died: {status}");
+        }
+        assert_running(self.pid);
+        assert_eq!(&self.signal_state(), before, "signal state changed");
+        let status = self
+            .status()
+            .expect("the victim's main thread no longer answers");
+        assert_eq!(
+            status["sigtrap"], "0",
+            "a SIGTRAP reached the app: {status:?}"
+        );
+        assert_eq!(
+            status["sigsys"], "0",
+            "a SIGSYS reached the app: {status:?}"
+        );
+        status
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `key=value` words of a line.
+fn fields(text: &str) -> std::collections::HashMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

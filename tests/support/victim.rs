@@ -16,9 +16,11 @@
 //!   counts calls (`sigtrap` in the status).
 //! - SIGSYS always has a counting handler that, like a sandbox emulating a trapped call, makes the
 //!   call return -EPERM (`sigsys` in the status).
+//! - `--never-opened`: the masters' slaves are never opened (no POLLHUP: a poll on them blocks).
 //! - `--share-files`: a child made with `clone(CLONE_FILES)` (no CLONE_THREAD: its own process,
-//!   the same fd table) that waits in `poll()` on every master; `sibling` in the ready file. When
-//!   the poll returns it writes what ended it to `FILE.sibling`.
+//!   the same fd table) that waits in `poll()` (POLLIN) on every master; `sibling` in the ready
+//!   file. When the poll returns it writes what ended it to `FILE.sibling`.
+//! - `--strict-thread`: one more thread that enters strict seccomp mode and blocks in `read()`.
 //! - `--ready FILE` (required).
 //!
 //! The main thread blocks SIGUSR2 and SIGWINCH (a mask to compare), then loops in `nanosleep`.
@@ -75,6 +77,8 @@ mod linux {
         filter_calls: Vec<String>,
         sigtrap: String,
         share_files: bool,
+        never_opened: bool,
+        strict_thread: bool,
         ready: String,
     }
 
@@ -98,6 +102,8 @@ mod linux {
                 "--filter-calls" => a.filter_calls = value().split(',').map(String::from).collect(),
                 "--sigtrap" => a.sigtrap = value(),
                 "--share-files" => a.share_files = true,
+                "--never-opened" => a.never_opened = true,
+                "--strict-thread" => a.strict_thread = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
             }
@@ -108,8 +114,9 @@ mod linux {
         a
     }
 
-    /// A master whose slave was opened and closed again: POLLHUP, nobody holds the slave.
-    fn hung_up_master(at: i32, cloexec: bool) {
+    /// A master whose slave was opened and closed again: POLLHUP, nobody holds the slave (or,
+    /// with `never_opened`, a slave nobody ever opened).
+    fn hung_up_master(at: i32, cloexec: bool, never_opened: bool) {
         // SAFETY: plain libc calls on fds we own.
         unsafe {
             let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
@@ -120,11 +127,13 @@ mod linux {
             if name.is_null() {
                 die("ptsname");
             }
-            let s = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
-            if s < 0 {
-                die("opening the slave");
+            if !never_opened {
+                let s = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+                if s < 0 {
+                    die("opening the slave");
+                }
+                libc::close(s);
             }
-            libc::close(s);
             let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
             if libc::dup3(m, at, flags) != at {
                 die("dup3");
@@ -307,9 +316,9 @@ mod linux {
         let mut fds: Vec<libc::pollfd> = (0..s.masters)
             .map(|i| libc::pollfd {
                 fd: FIRST_FD + i,
-                // A hung-up master would report POLLHUP at once: ask for nothing, so only an fd
-                // closed under the poll (POLLNVAL is always reported) ends it.
-                events: 0,
+                // Never-opened slaves: nothing to read, no hang-up; only an fd closed under the
+                // poll (POLLNVAL) or a slave opened and closed ends the wait.
+                events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
@@ -370,7 +379,7 @@ mod linux {
     pub fn main() {
         let a = parse();
         for i in 0..a.masters {
-            hung_up_master(FIRST_FD + i, a.cloexec);
+            hung_up_master(FIRST_FD + i, a.cloexec, a.never_opened);
         }
         handle(
             libc::SIGUSR1,
@@ -407,6 +416,29 @@ mod linux {
         } else {
             0
         };
+        if a.strict_thread {
+            let mut p = [0; 2];
+            // SAFETY: pipe writes two fds; the write end stays open (never written), so the
+            // strict thread's read blocks for good.
+            if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
+                die("pipe");
+            }
+            let read_end = p[0];
+            std::thread::Builder::new()
+                .name("strict".into())
+                .spawn(move || {
+                    let mut byte = 0u8;
+                    // SAFETY: after PR_SET_SECCOMP strict, only read/write/exit/sigreturn are
+                    // allowed: nothing but read runs here.
+                    unsafe {
+                        libc::prctl(libc::PR_SET_SECCOMP, 1);
+                        loop {
+                            libc::read(read_end, &mut byte as *mut u8 as *mut libc::c_void, 1);
+                        }
+                    }
+                })
+                .unwrap_or_else(|_| die("spawning the strict thread"));
+        }
         let listener = a
             .seccomp
             .as_deref()

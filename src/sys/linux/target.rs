@@ -15,6 +15,7 @@ pub struct Target {
 
 pub fn open(pid: i32) -> Result<Target, UserError> {
     crate::sys::checks::plausible_pid(pid)?;
+    same_pid_namespace_as_proc(pid)?;
     let no_such = || crate::sys::checks::no_such_process(pid);
     let stat = procfs::read_stat(pid).map_err(|_| no_such())?;
     let name = stat.comm.clone();
@@ -51,6 +52,23 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
         start_time: stat.start_time,
         pidfd,
     })
+}
+
+/// /proc must be of our own pid namespace (`nsenter -p` without `-m` leaves the old one):
+/// otherwise /proc/PID is another process than the one `pid` names for us.
+fn same_pid_namespace_as_proc(pid: i32) -> Result<(), UserError> {
+    let Ok(pidfd) = Pidfd::open(pid) else {
+        return Ok(()); // no such process for us: the checks below say so
+    };
+    match super::preflight::pid_seen_by_proc(&pidfd) {
+        Some(seen) if seen != pid => Err(UserError::failure(format!(
+            "pid {pid}: ptyreap runs in another pid namespace than the /proc it reads (there \
+             that process is {}): run it where /proc belongs to its own namespace (nsenter \
+             with both -p and -m, or unshare with --mount-proc); nothing was changed",
+            if seen > 0 { format!("pid {seen}") } else { "not visible".into() }
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub fn not_permitted(pid: i32, name: &str) -> UserError {

@@ -1054,7 +1054,8 @@ fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
             // stop first. The pending interrupt traps before any signal is dequeued.
             let patience = Instant::now() + STUCK_PATIENCE;
             interrupt(tid).map_err(pt("INTERRUPT"))?;
-            let mut stopped = matches!(raw::syscall_info(tid), Ok(_));
+            // Only a tracee in a stop answers ptrace requests: at a syscall-exit stop, or stuck.
+            let mut stopped = raw::syscall_info(tid).is_ok();
             loop {
                 if stopped {
                     resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
