@@ -142,7 +142,7 @@ fn seccomp_filters_that_cannot_be_read_are_refused() {
         |cmd| {
             use std::os::unix::process::CommandExt;
             // SAFETY: only prctl and seccomp between fork and exec, on a static program.
-            unsafe { cmd.pre_exec(|| allow_all_filter()) };
+            unsafe { cmd.pre_exec(allow_all_filter) };
         },
     );
     assert_eq!(out.code, 1, "{out:?}");

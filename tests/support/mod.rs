@@ -593,7 +593,10 @@ impl Victim {
 
     /// The masters (PTY master fds from 100) still open.
     pub fn masters_open(&self) -> Vec<i32> {
-        ptmx_fds(self.pid).into_iter().filter(|&fd| fd >= 100).collect()
+        ptmx_fds(self.pid)
+            .into_iter()
+            .filter(|&fd| fd >= 100)
+            .collect()
     }
 
     /// The tid of the thread named `name`.

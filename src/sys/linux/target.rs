@@ -65,7 +65,11 @@ fn same_pid_namespace_as_proc(pid: i32) -> Result<(), UserError> {
             "pid {pid}: ptyreap runs in another pid namespace than the /proc it reads (there \
              that process is {}): run it where /proc belongs to its own namespace (nsenter \
              with both -p and -m, or unshare with --mount-proc); nothing was changed",
-            if seen > 0 { format!("pid {seen}") } else { "not visible".into() }
+            if seen > 0 {
+                format!("pid {seen}")
+            } else {
+                "not visible".into()
+            }
         ))),
         _ => Ok(()),
     }
