@@ -496,3 +496,25 @@ fn proc_of_another_pid_namespace_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another pid namespace"), "{stderr}");
 }
+
+/// A process whose main thread exited while another runs on: named plainly, left alone.
+#[test]
+fn a_process_whose_main_thread_exited_is_left_alone() {
+    if !require_root() {
+        return;
+    }
+    let mut v = Victim::spawn(&["--leader-exits"]);
+    assert!(support::wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", v.pid)).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    }));
+    let out = reap(v.pid, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("main thread has exited") && !out.stderr.contains("not permitted"),
+        "{out:?}"
+    );
+    assert!(v.status().is_some(), "the process no longer answers");
+}

@@ -21,6 +21,8 @@
 //!   the same fd table) that waits in `poll()` (POLLIN) on every master; `sibling` in the ready
 //!   file. When the poll returns it writes what ended it to `FILE.sibling`.
 //! - `--strict-thread`: one more thread that enters strict seccomp mode and blocks in `read()`.
+//! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
+//!   (`pthread_exit`): the leader is a zombie while the process lives on.
 //! - `--ready FILE` (required).
 //!
 //! The main thread blocks SIGUSR2 and SIGWINCH (a mask to compare), then loops in `nanosleep`.
@@ -79,6 +81,7 @@ mod linux {
         share_files: bool,
         never_opened: bool,
         strict_thread: bool,
+        leader_exits: bool,
         ready: String,
     }
 
@@ -104,6 +107,7 @@ mod linux {
                 "--share-files" => a.share_files = true,
                 "--never-opened" => a.never_opened = true,
                 "--strict-thread" => a.strict_thread = true,
+                "--leader-exits" => a.leader_exits = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
             }
@@ -462,6 +466,20 @@ mod linux {
             &a.ready,
             &format!("pid={pid} sibling={sibling_pid} first_fd={FIRST_FD}\n"),
         );
+        if a.leader_exits {
+            // The main loop goes on in another thread; the leader becomes a zombie.
+            let masters = a.masters;
+            let ready = a.ready.clone();
+            std::thread::spawn(move || serve(masters, &ready, 0));
+            // SAFETY: the raw exit ends only the calling (main) thread, without unwinding (which
+            // pthread_exit would try through Rust's frames); the process lives on in the other.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+        }
+        serve(a.masters, &a.ready, sibling_pid);
+    }
+
+    /// Answer SIGUSR1 with a status file until SIGTERM.
+    fn serve(masters: i32, ready: &str, sibling_pid: i32) {
         let mut seq = 0u64;
         while !QUIT.load(SeqCst) {
             let ts = libc::timespec {
@@ -472,12 +490,12 @@ mod linux {
             unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
             if REPORT.swap(false, SeqCst) {
                 seq += 1;
-                let open: Vec<String> = open_masters(a.masters)
+                let open: Vec<String> = open_masters(masters)
                     .iter()
                     .map(|fd| fd.to_string())
                     .collect();
                 write_atomically(
-                    &format!("{}.status", a.ready),
+                    &format!("{ready}.status"),
                     &format!(
                         "seq={seq} sigtrap={} sigsys={} notified={} open={}\n",
                         SIGTRAPS.load(SeqCst),

@@ -19,6 +19,13 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
     let no_such = || crate::sys::checks::no_such_process(pid);
     let stat = procfs::read_stat(pid).map_err(|_| no_such())?;
     let name = stat.comm.clone();
+    if matches!(stat.state, 'Z' | 'X') && live_threads(pid) > 0 {
+        return Err(UserError::failure(format!(
+            "pid {pid} ({name}): its main thread has exited while other threads run on; the \
+             kernel shows no fds for such a process in /proc/{pid}/fd, so ptyreap cannot judge \
+             them and leaves it alone"
+        )));
+    }
     if matches!(stat.state, 'Z' | 'X') {
         return Err(UserError::failure(format!(
             "pid {pid} ({name}) is a zombie: its fds are already closed, so it holds no PTY; \
@@ -52,6 +59,21 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
         start_time: stat.start_time,
         pidfd,
     })
+}
+
+/// Threads of `pid` other than its leader that are not zombies themselves.
+fn live_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&tid| tid != pid)
+                .filter(|&tid| {
+                    !matches!(procfs::thread_state(pid, tid), None | Some('Z') | Some('X'))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// /proc must be of our own pid namespace (`nsenter -p` without `-m` leaves the old one):

@@ -705,3 +705,51 @@ fn inject_exec_during_attach() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     assert_untouched(pid);
 }
+
+/// Only a SIGTRAP or SIGSYS the kernel queued since the thread was taken counts as ours; the
+/// app's own (sent with kill, SI_USER = 0, or queued before) never does.
+#[test]
+fn inject_own_signals_are_told_from_the_apps() {
+    use super::inject::own_signals;
+    const TRAP_BRKPT: i32 = 1;
+    const SYS_SECCOMP: i32 = 1;
+    let before = [(libc::SIGUSR1, 0), (libc::SIGTRAP, TRAP_BRKPT)];
+    let now = [
+        (libc::SIGUSR1, 0),
+        (libc::SIGTRAP, TRAP_BRKPT),
+        (libc::SIGSYS, SYS_SECCOMP),
+        (libc::SIGTRAP, 0),
+        (libc::SIGUSR2, 0),
+    ];
+    assert_eq!(
+        own_signals(&before, &now),
+        vec![(libc::SIGSYS, SYS_SECCOMP)]
+    );
+    let twice = [(libc::SIGTRAP, TRAP_BRKPT), (libc::SIGTRAP, TRAP_BRKPT)];
+    assert_eq!(
+        own_signals(&before, &twice),
+        vec![(libc::SIGTRAP, TRAP_BRKPT)],
+        "the one queued before stays the app's"
+    );
+    assert!(own_signals(&now, &now).is_empty());
+}
+
+/// The kernel's rseq fix-up: inside [start, start + post_commit_offset) go to the abort handler.
+#[test]
+fn inject_rseq_abort_follows_the_kernel() {
+    use super::inject::RseqCs;
+    let mut raw = [0u8; 32];
+    raw[8..16].copy_from_slice(&0x1000u64.to_ne_bytes());
+    raw[16..24].copy_from_slice(&0x40u64.to_ne_bytes());
+    raw[24..32].copy_from_slice(&0x2004u64.to_ne_bytes());
+    let cs = RseqCs::from_bytes(&raw);
+    assert_eq!(cs.abort_for(0x1000), Some(0x2004));
+    assert_eq!(cs.abort_for(0x103f), Some(0x2004));
+    assert_eq!(
+        cs.abort_for(0x1040),
+        None,
+        "the commit instruction is past the section"
+    );
+    assert_eq!(cs.abort_for(0xfff), None);
+    assert_eq!(cs.abort_for(0x2004), None);
+}
