@@ -161,6 +161,8 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         fresh_snapshot
     };
     interrupt::catch();
+    // Targets refused or failed as a whole: their one line (printed here) says it all.
+    let mut whole_target_errors = 0;
     for (report, target) in reports.iter_mut().zip(&targets) {
         if let Some(sig) = interrupt::received() {
             for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
@@ -175,6 +177,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
             Err(err) => {
                 eprintln!("ptyreap: {err}");
+                whole_target_errors += 1;
                 for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
                     if row.action == Action::Close {
                         row.result = Some(model::Outcome::Failed);
@@ -203,7 +206,10 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             summary.released, summary.planned, before.system.in_use, after.in_use
         );
     }
-    if summary.released < summary.planned {
+    let only_whole_target_errors = summary.released == 0
+        && summary.changed == 0
+        && whole_target_errors == reports.len();
+    if summary.released < summary.planned && !only_whole_target_errors {
         // one plain line for scripts too: the table or the JSON says which and why
         eprintln!(
             "ptyreap: released {} of {} planned master(s): {} changed since they were checked, \

@@ -21,6 +21,7 @@ pub mod nr {
     pub const DUP3: i64 = 24;
     pub const CLOSE_RANGE: i64 = 436;
     pub const GETPID: i64 = 172;
+    pub const FUTEX: i64 = 98;
     pub const RT_SIGSUSPEND: i64 = 133;
     pub const PSELECT6: i64 = 72;
     pub const PPOLL: i64 = 73;

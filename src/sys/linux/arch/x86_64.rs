@@ -14,6 +14,7 @@ pub mod nr {
     pub const DUP3: i64 = 292;
     pub const CLOSE_RANGE: i64 = 436;
     pub const GETPID: i64 = 39;
+    pub const FUTEX: i64 = 202;
     pub const RT_SIGSUSPEND: i64 = 130;
     pub const PSELECT6: i64 = 270;
     pub const PPOLL: i64 = 271;

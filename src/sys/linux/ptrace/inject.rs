@@ -535,7 +535,8 @@ fn scratch_area(maps: &[gadget::Mapping], sp: u64) -> Option<u64> {
 }
 
 /// Pick the thread to work on: stopped by our interrupt (or a group stop), 64-bit; preferably one
-/// whose mask we may replace, then one sitting after its own syscall instruction.
+/// whose mask we may replace, then one sitting after its own syscall instruction, then one
+/// waiting on a futex.
 fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<usize, InjectError> {
     let mut best: Option<(u32, usize)> = None;
     let (mut compat, mut strict) = (false, false);
@@ -563,7 +564,14 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
         let rewound = arch::REWINDS_BEFORE_STOP && is_insn(mem, regs.pc());
         let mask_ok = rewound || !arch::may_have_temporary_mask(&regs);
         let own = rewound || regs.own_insn_candidate().is_some_and(|a| is_insn(mem, a));
-        let score = 4 * u32::from(mask_ok) + 2 * u32::from(own) + u32::from(t.tid != p.pid());
+        // Should ptyreap's tracer be killed during a call, the thread returns from its own
+        // syscall with our call's result: harmless for a futex wait (spurious wake-ups are part
+        // of its contract; every waiter checks again), not for a read (a 0 reads as EOF).
+        let forgiving = regs.current_syscall() == Some(arch::nr::FUTEX as u64);
+        let score = 8 * u32::from(mask_ok)
+            + 4 * u32::from(own)
+            + 2 * u32::from(forgiving)
+            + u32::from(t.tid != p.pid());
         if best.is_none_or(|(b, _)| score > b) {
             best = Some((score, i));
         }
