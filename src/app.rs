@@ -206,9 +206,8 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             summary.released, summary.planned, before.system.in_use, after.in_use
         );
     }
-    let only_whole_target_errors = summary.released == 0
-        && summary.changed == 0
-        && whole_target_errors == reports.len();
+    let only_whole_target_errors =
+        summary.released == 0 && summary.changed == 0 && whole_target_errors == reports.len();
     if summary.released < summary.planned && !only_whole_target_errors {
         // one plain line for scripts too: the table or the JSON says which and why
         eprintln!(

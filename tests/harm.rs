@@ -299,6 +299,27 @@ fn frozen_cgroups_are_refused_before_anything_is_touched() {
             "v2={v2}: {out:?}"
         );
         assert_eq!(v.masters_open(), vec![100, 101], "v2={v2}");
+        // The watchdog logs the refusal and carries on.
+        let pid = v.pid.to_string();
+        let watch = ptyreap(&[
+            "watch",
+            "--pid",
+            &pid,
+            "--once",
+            "--warn",
+            "0",
+            "--reap",
+            "0",
+            "--min-idle",
+            "0",
+            "--no-notify",
+        ]);
+        assert_eq!(watch.code, 0, "v2={v2}: {watch:?}");
+        assert!(
+            watch.stderr.contains("reap_failed") && watch.stderr.contains("is frozen by"),
+            "v2={v2}: {watch:?}"
+        );
+        assert_eq!(v.masters_open(), vec![100, 101], "v2={v2}");
         cg.freeze(false);
         let status = v.assert_healthy(&before);
         assert_eq!(status["open"], "100,101");
