@@ -695,6 +695,8 @@ fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
     // Settling (below) runs the kernel's signal-return path, which puts a temporary mask away.
     s.may_mask = !arch::may_have_temporary_mask(&regs);
     if arch::REWINDS_BEFORE_STOP && is_insn(&s.mem, regs.pc()) {
+        // Before the settling runs the thread, so that a signal arriving now waits.
+        block_signals(s)?;
         match settle(s)? {
             Some(r) => {
                 regs = r;
@@ -802,7 +804,11 @@ fn settle(s: &mut Session) -> Result<Option<Regs>, InjectError> {
             Stop::Syscall => break,
             Stop::Event(_) => resume(tid, Resume::Sysemu, 0).map_err(pt("SYSEMU"))?,
             Stop::Signal(sig) => {
-                // Still the thread's own registers: deliver it as the kernel would.
+                // Still the thread's own registers: with its own mask back, deliver it as the
+                // kernel would.
+                if let Some(m) = s.orig_mask.take() {
+                    set_sigmask(tid, m).map_err(pt("SETSIGMASK"))?;
+                }
                 pass_and_retrap(s, sig)?;
                 return Ok(None);
             }
