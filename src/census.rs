@@ -73,12 +73,14 @@ mod tests {
     #[test]
     fn counts_and_instances() {
         let snapshot = Snapshot {
+            visibility: Default::default(),
             system: SystemUsage {
                 in_use: 5,
                 limit: 4096,
                 limit_source: "x".into(),
                 reserve: None,
                 instances: None,
+                unreadable_processes: 0,
             },
             processes: vec![
                 ProcessPtys {

@@ -76,6 +76,50 @@ pub struct ProcessPtys {
 pub struct Snapshot {
     pub processes: Vec<ProcessPtys>,
     pub system: SystemUsage,
+    /// Who the scan could not see: a verdict resting on "nobody else holds it" waits for this.
+    pub visibility: Visibility,
+}
+
+/// The processes a scan could not read, and why. While any could not be, "no process holds the
+/// slave" and "no other process holds the master" are only what ptyreap could see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Visibility {
+    /// Processes whose fds could not be read: (pid, why).
+    pub unreadable: Vec<(i32, String)>,
+    /// Processes that could not even be listed, and why (another pid namespace, `hidepid`).
+    pub hidden: Option<String>,
+}
+
+impl Visibility {
+    pub fn complete(&self) -> bool {
+        self.unreadable.is_empty() && self.hidden.is_none()
+    }
+
+    /// The gap, in words, with the way to close it; None when complete.
+    pub fn gap(&self) -> Option<String> {
+        if self.complete() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if !self.unreadable.is_empty() {
+            let n = self.unreadable.len();
+            let mut why: Vec<&str> = self.unreadable.iter().map(|(_, w)| w.as_str()).collect();
+            why.sort_unstable();
+            why.dedup();
+            parts.push(format!(
+                "{n} process{} could not be read ({})",
+                if n == 1 { "" } else { "es" },
+                why.join(", ")
+            ));
+        }
+        if let Some(h) = &self.hidden {
+            parts.push(h.clone());
+        }
+        Some(format!(
+            "{}: run ptyreap as root, from the initial pid namespace, to see them all",
+            parts.join("; ")
+        ))
+    }
 }
 
 impl Snapshot {
@@ -110,6 +154,7 @@ impl Snapshot {
     /// its other fds on the same master (aliases). Both backends use this, so the verdict sees
     /// the same evidence on every OS.
     pub fn join(&self, pid: i32, ev: &mut Evidence) {
+        ev.unseen = self.visibility.gap();
         let Some(pty) = ev.pty else { return };
         let others = |holders: Vec<Holder>| -> Vec<Holder> {
             holders.into_iter().filter(|h| h.pid != pid).collect()
@@ -157,6 +202,8 @@ pub struct SystemUsage {
     pub reserve: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<DevptsInstance>>,
+    /// Processes whose fds the scan could not read (their PTYs are not counted above as held).
+    pub unreadable_processes: usize,
 }
 
 /// One devpts instance: a private one (a container's, or `mount -o newinstance`) can be exhausted
@@ -221,6 +268,12 @@ pub struct Evidence {
     pub guarded: bool,
     /// Why the evidence is incomplete, if it is.
     pub missing: Option<String>,
+    /// Processes the scan could not see (see [`Visibility`]): holders of the slave or the master
+    /// may hide among them.
+    pub unseen: Option<String>,
+    /// What ptyreap knows may use the PTY without being able to see how (an io_uring instance
+    /// with PTY masters registered, another process blocked in read() on its copy).
+    pub blind_spots: Vec<String>,
 }
 
 impl Evidence {

@@ -67,7 +67,19 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
         return verdict(Verdict::Live, format!("{because}; {idle_text}"));
     }
 
-    // From here on nobody else holds the slave and no session owns it.
+    // From here on nobody else holds the slave and no session owns it — as far as we can see.
+    if let Some(gap) = &ev.unseen {
+        return verdict(
+            Verdict::Unknown,
+            format!("no process ptyreap can see holds {slave}, but {gap}"),
+        );
+    }
+    if let Some(blind) = ev.blind_spots.first() {
+        return verdict(
+            Verdict::Unknown,
+            format!("no process holds {slave}, but {blind}: kept"),
+        );
+    }
     let Some(idle) = idle_s else {
         return verdict(
             Verdict::Unknown,
@@ -263,6 +275,27 @@ mod tests {
         let j = judge(&ev, &policy(0), NOW);
         assert_eq!(j.verdict, Verdict::Orphaned);
         assert!(j.reason.contains("both ends (slave fds 8)"), "{}", j.reason);
+    }
+
+    #[test]
+    fn partial_visibility_makes_unknown() {
+        let mut ev = orphan(3600);
+        ev.unseen = Some("2 processes could not be read (permission): run as root".into());
+        let j = judge(&ev, &policy(600), NOW);
+        assert_eq!(j.verdict, Verdict::Unknown, "{}", j.reason);
+        assert!(j.reason.contains("could not be read"), "{}", j.reason);
+        // positive evidence stays: a held slave is live whatever else is unseen
+        ev.slave_holders = vec![Holder {
+            pid: 9,
+            name: "cat".into(),
+            fds: vec![0],
+        }];
+        assert_eq!(judge(&ev, &policy(600), NOW).verdict, Verdict::Live);
+        let mut blind = orphan(3600);
+        blind.blind_spots = vec!["pid 7 (reader) blocks in read() on its copy".into()];
+        let j = judge(&blind, &policy(600), NOW);
+        assert_eq!(j.verdict, Verdict::Unknown);
+        assert!(j.reason.contains("blocks in read()"), "{}", j.reason);
     }
 
     #[test]

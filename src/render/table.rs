@@ -74,6 +74,14 @@ pub fn system(sys: &SystemUsage) -> String {
         let _ = write!(out, ", {reserve} reserved for the initial devpts instance");
     }
     out.push('\n');
+    if sys.unreadable_processes > 0 {
+        let n = sys.unreadable_processes;
+        let _ = writeln!(
+            out,
+            "  could not read the fds of {n} process{}: PTYs they hold are not seen (run as root)",
+            if n == 1 { "" } else { "es" }
+        );
+    }
     for inst in sys.instances.iter().flatten() {
         let at = inst.mount.as_deref().unwrap_or("(not mounted here)");
         let used = inst

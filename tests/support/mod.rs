@@ -534,16 +534,25 @@ pub type SignalState = Vec<(i32, String)>;
 impl Victim {
     /// Starts the victim with `args` and waits for its ready file.
     pub fn spawn(args: &[&str]) -> Victim {
+        Victim::spawn_as(None, args)
+    }
+
+    /// The same, as user `uid` (root only).
+    pub fn spawn_as(uid: Option<u32>, args: &[&str]) -> Victim {
         let dir = temp_dir("victim");
         let ready = dir.join("ready");
-        let child = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"));
+        cmd.args(args)
             .arg("--ready")
             .arg(&ready)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawning ptyreap-victim");
+            .stdout(Stdio::null());
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd.spawn().expect("spawning ptyreap-victim");
         let mut v = Victim {
             pid: child.id() as i32,
             sibling: 0,

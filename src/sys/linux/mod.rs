@@ -30,13 +30,20 @@ pub fn snapshot() -> anyhow::Result<Snapshot> {
 
 /// A snapshot whose system usage also lists the devpts instances mounted where `pids` live.
 pub fn snapshot_for(pids: &[i32]) -> anyhow::Result<Snapshot> {
-    let processes = scan::scan()?;
-    let system = system::usage(&processes, pids);
-    Ok(Snapshot { processes, system })
+    let (processes, visibility) = scan::scan()?;
+    let mut system = system::usage(&processes, pids);
+    system.unreadable_processes = visibility.unreadable.len();
+    Ok(Snapshot {
+        processes,
+        system,
+        visibility,
+    })
 }
 
 /// The system's usage now, for the devpts instances a recent snapshot saw (and those where
 /// `pids` live), without scanning every process again.
 pub fn usage_now(recent: &Snapshot, pids: &[i32]) -> anyhow::Result<crate::model::SystemUsage> {
-    Ok(system::usage(&recent.processes, pids))
+    let mut system = system::usage(&recent.processes, pids);
+    system.unreadable_processes = recent.visibility.unreadable.len();
+    Ok(system)
 }

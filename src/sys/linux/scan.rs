@@ -9,28 +9,70 @@
 
 use super::pidfd::Pidfd;
 use super::pty::{self, PTY_SLAVE_MAJOR};
-use crate::model::{MasterRef, ProcessPtys, PtyId, SlaveRef};
+use crate::model::{MasterRef, ProcessPtys, PtyId, SlaveRef, Visibility};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Every process (but ourselves) that holds a PTY master or slave, sorted by pid.
-pub fn scan() -> io::Result<Vec<ProcessPtys>> {
+/// Every process (but ourselves) that holds a PTY master or slave, sorted by pid; and who
+/// could not be seen (a process whose fds are unreadable is recorded, never taken for one that
+/// holds nothing).
+pub fn scan() -> io::Result<(Vec<ProcessPtys>, Visibility)> {
     let proc_dir = open_dir(c"/proc", None)?;
     let pids = list_pids(&proc_dir)?;
     let own = std::process::id() as i32;
     let states = crate::parallel::for_each_shared(
         &pids,
-        || (Scratch::new(), Vec::new()),
-        |(scratch, out), &pid| {
-            if pid != own {
-                out.extend(scan_process(&proc_dir, pid, scratch));
+        || (Scratch::new(), Vec::new(), Vec::new()),
+        |(scratch, out, unreadable), &pid| {
+            if pid == own {
+                return;
+            }
+            match scan_process(&proc_dir, pid, scratch) {
+                Ok(found) => out.extend(found),
+                Err(why) => unreadable.push((pid, why)),
             }
         },
     );
-    let mut found: Vec<ProcessPtys> = states.into_iter().flat_map(|(_, out)| out).collect();
+    let mut found = Vec::new();
+    let mut visibility = Visibility::default();
+    for (_, out, unreadable) in states {
+        found.extend(out);
+        visibility.unreadable.extend(unreadable);
+    }
     found.sort_by_key(|p| p.pid);
-    Ok(found)
+    visibility.unreadable.sort_unstable();
+    visibility.hidden = hidden_processes();
+    Ok((found, visibility))
+}
+
+/// `PROC_PID_INIT_INO` (include/linux/proc_ns.h): the inode of the initial pid namespace.
+const INITIAL_PID_NS: u64 = 0xEFFF_FFFC;
+
+/// Processes /proc does not even list for us: those outside our pid namespace when it is not
+/// the initial one, or other users' under `hidepid=invisible`.
+fn hidden_processes() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
+    if ns != INITIAL_PID_NS {
+        return Some("processes outside ptyreap's pid namespace cannot be seen".into());
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let hides = super::procfs::parse_mountinfo(&mounts).iter().any(|m| {
+            m.mount_point == "/proc"
+                && m.fstype == "proc"
+                && matches!(
+                    m.super_option("hidepid"),
+                    Some("2" | "invisible" | "4" | "ptraceable")
+                )
+        });
+        if hides {
+            return Some("/proc is mounted with hidepid: other users' processes are hidden".into());
+        }
+    }
+    None
 }
 
 /// Buffers reused across processes by one worker.
@@ -114,9 +156,18 @@ pub fn classify_link(link: &[u8]) -> LinkKind {
     LinkKind::Other
 }
 
-fn scan_process(proc_dir: &OwnedFd, pid: i32, scratch: &mut Scratch) -> Option<ProcessPtys> {
+/// One process's PTY fds (None: it holds none); Err(why) when its fds cannot be read and it may
+/// hold some (kernel threads, zombies and processes gone meanwhile hold none).
+fn scan_process(
+    proc_dir: &OwnedFd,
+    pid: i32,
+    scratch: &mut Scratch,
+) -> Result<Option<ProcessPtys>, String> {
     let mut path = itoa_path(pid, b"/fd");
-    let fd_dir = open_dir(cstr(&mut path), Some(proc_dir)).ok()?;
+    let fd_dir = match open_dir(cstr(&mut path), Some(proc_dir)) {
+        Ok(dir) => dir,
+        Err(e) => return unreadable(pid, &e),
+    };
     let mut masters: Vec<(RawFd, bool)> = Vec::new();
     let mut slaves = Vec::new();
     let mut event_queues = Vec::new();
@@ -149,16 +200,32 @@ fn scan_process(proc_dir: &OwnedFd, pid: i32, scratch: &mut Scratch) -> Option<P
         }
     });
     if masters.is_empty() && slaves.is_empty() {
-        return None;
+        return Ok(None);
     }
     let masters = identify_masters(proc_dir, &fd_dir, pid, &masters);
-    Some(ProcessPtys {
+    Ok(Some(ProcessPtys {
         pid,
         name: read_comm(proc_dir, pid).unwrap_or_else(|| "?".into()),
         masters,
         slaves,
         event_queues,
-    })
+    }))
+}
+
+/// Why `pid`'s fds could not be read, if it may hold any.
+fn unreadable(pid: i32, e: &io::Error) -> Result<Option<ProcessPtys>, String> {
+    if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) {
+        return Ok(None); // gone meanwhile
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    match stat.as_deref().and_then(super::procfs::parse_stat) {
+        None => Ok(None), // gone meanwhile
+        Some(s) if s.is_kernel_thread() || matches!(s.state, 'Z' | 'X') => Ok(None),
+        Some(_) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            Err("permission".into())
+        }
+        Some(_) => Err(format!("{e}")),
+    }
 }
 
 /// The PTY of each master: exactly, on a pidfd copy; else (not permitted) from fdinfo's
@@ -392,7 +459,7 @@ mod tests {
             .stdin(std::process::Stdio::from(master))
             .spawn()
             .unwrap();
-        let found = scan().unwrap();
+        let (found, _) = scan().unwrap();
         child.kill().ok();
         child.wait().ok();
         let me = found

@@ -69,6 +69,7 @@ pub fn usage(seen: &[ProcessPtys], also: &[i32]) -> SystemUsage {
         limit_source: LIMIT_SOURCE.into(),
         reserve: read_u64("/proc/sys/kernel/pty/reserve"),
         instances: Some(instances.into_values().collect()),
+        unreadable_processes: 0,
     }
 }
 

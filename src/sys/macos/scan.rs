@@ -77,6 +77,7 @@ pub fn snapshot() -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         processes,
         system: usage(&devfs),
+        visibility: Default::default(),
     })
 }
 
@@ -89,6 +90,7 @@ pub fn usage(devfs: &Devfs) -> SystemUsage {
         limit_source: LIMIT_SOURCE.into(),
         reserve: None,
         instances: None,
+        unreadable_processes: 0,
     }
 }
 
