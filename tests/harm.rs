@@ -539,3 +539,28 @@ fn a_process_whose_main_thread_exited_is_left_alone() {
     );
     assert!(v.status().is_some(), "the process no longer answers");
 }
+
+/// A SIGTRAP the app blocks and has pending stays pending, untouched, and does not hold the reap.
+#[test]
+fn a_pending_blocked_sigtrap_stays_the_apps() {
+    if !require_root() {
+        return;
+    }
+    let mut v = Victim::spawn(&["--block-trap"]);
+    // SAFETY: a thread-directed SIGTRAP to our child's main thread, which blocks it.
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_tgkill, v.pid, v.pid, libc::SIGTRAP) },
+        0
+    );
+    let before = v.signal_state();
+    assert!(
+        before
+            .iter()
+            .any(|(_, st)| st.contains("SigPnd:\t0000000000000010")),
+        "{before:?}"
+    );
+    let out = reap(v.pid, &[]);
+    all_closed(&out);
+    let status = v.assert_healthy(&before);
+    assert_eq!(status["open"], "");
+}

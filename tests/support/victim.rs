@@ -21,6 +21,7 @@
 //!   the same fd table) that waits in `poll()` (POLLIN) on every master; `sibling` in the ready
 //!   file. When the poll returns it writes what ended it to `FILE.sibling`.
 //! - `--strict-thread`: one more thread that enters strict seccomp mode and blocks in `read()`.
+//! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
 //!   (`pthread_exit`): the leader is a zombie while the process lives on.
 //! - `--ready FILE` (required).
@@ -82,6 +83,7 @@ mod linux {
         never_opened: bool,
         strict_thread: bool,
         leader_exits: bool,
+        block_trap: bool,
         ready: String,
     }
 
@@ -108,6 +110,7 @@ mod linux {
                 "--never-opened" => a.never_opened = true,
                 "--strict-thread" => a.strict_thread = true,
                 "--leader-exits" => a.leader_exits = true,
+                "--block-trap" => a.block_trap = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
             }
@@ -459,6 +462,9 @@ mod linux {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGUSR2);
             libc::sigaddset(&mut set, libc::SIGWINCH);
+            if a.block_trap {
+                libc::sigaddset(&mut set, libc::SIGTRAP);
+            }
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         }
         let pid = std::process::id();

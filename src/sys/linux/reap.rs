@@ -65,7 +65,8 @@ fn read_tracer(fd: OwnedFd, deadline: Duration, hard_deadline: Duration) -> Trac
             .collect()
     };
     loop {
-        let injecting = text.contains(&PHASE_INJECTING) && !text.contains(&PHASE_RESTORED);
+        // Once it began, never ended: it restores, then unlocks and closes its pins.
+        let injecting = text.contains(&PHASE_INJECTING);
         let end = start + if injecting { hard_deadline } else { deadline };
         let left = end.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
@@ -307,6 +308,12 @@ fn reap_stopped(
     }
     let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
         .map_err(|e| attach_error(target, e))?;
+    // Inside the stop (so a tracer ended while attaching can never leave a slave locked): from
+    // here to the end nobody can open these slaves.
+    phase(PHASE_INJECTING);
+    for (_, p) in &mut pins {
+        p.lock();
+    }
 
     // 3. re-verify inside the stop
     let mut go: Vec<usize> = Vec::new();
@@ -337,7 +344,6 @@ fn reap_stopped(
     }
 
     // 4. release
-    phase(PHASE_INJECTING);
     let run = match stopped.injector() {
         Ok(mut inj) => {
             let released = release(&mut inj, rows, &go, keeper, &target.pidfd);
@@ -494,13 +500,11 @@ fn pin(pidfd: &Pidfd, row: &MasterRow) -> Result<Pinned, String> {
         }
         slaves.push((sfd, slave));
     }
-    let mut pinned = Pinned {
+    Ok(Pinned {
         master,
         slaves,
         was_locked: None,
-    };
-    pinned.lock();
-    Ok(pinned)
+    })
 }
 
 /// KCMP_FILE (include/uapi/linux/kcmp.h): do two fds refer to the same open file?

@@ -236,7 +236,7 @@ pub fn run(prog: &[Insn], call: &Call) -> Result<u32, BadProgram> {
     Err(BadProgram("no return".into()))
 }
 
-/// What the thread's filters (most recent first, as the kernel lists them) do to `call`.
+/// What the thread's filters do to `call`: every one runs, the most severe verdict wins.
 pub fn evaluate(filters: &[Vec<Insn>], call: &Call) -> Result<Action, BadProgram> {
     let mut worst: Option<u32> = None;
     for prog in filters {
@@ -273,7 +273,8 @@ pub fn parse_mode(status: &str) -> Mode {
 
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 
-/// The filters of a stopped tracee, most recent first (`PTRACE_SECCOMP_GET_FILTER`).
+/// The filters of a stopped tracee, oldest first (`PTRACE_SECCOMP_GET_FILTER` index 0 is the
+/// first installed). The order does not change the verdict: every filter runs.
 pub fn read_filters(tid: i32) -> io::Result<Vec<Vec<Insn>>> {
     let mut out = Vec::new();
     for index in 0usize.. {

@@ -32,6 +32,8 @@ pub mod nr {
 }
 
 /// `svc #0`, little-endian.
+/// No second system-call instruction for another ABI here.
+pub const COMPAT_SYSCALL_INSN: Option<&[u8]> = None;
 pub const SYSCALL_INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4];
 pub const INSN_ALIGN: u64 = 4;
 

@@ -25,6 +25,9 @@ pub mod nr {
 }
 
 pub const SYSCALL_INSN: &[u8] = &[0x0f, 0x05];
+/// `int 0x80`: a 64-bit thread can make 32-bit system calls with it. Its restart after our stop
+/// would use the 64-bit restart number (TS_COMPAT is gone by then): such a thread is not used.
+pub const COMPAT_SYSCALL_INSN: Option<&[u8]> = Some(&[0xcd, 0x80]);
 /// Instructions may start at any byte.
 pub const INSN_ALIGN: u64 = 1;
 

@@ -232,7 +232,7 @@ enum Filters {
     None,
     /// `PTRACE_O_SUSPEND_SECCOMP` set on the thread: the filters do not run.
     Suspended,
-    /// The filters, most recent first, evaluated over each call before it is made.
+    /// The filters, evaluated over each call before it is made.
     Evaluated(Vec<Vec<seccomp::Insn>>),
 }
 
@@ -561,6 +561,10 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
             strict = true;
             continue;
         }
+        if in_compat_call(mem, &regs) {
+            compat = true;
+            continue;
+        }
         let rewound = arch::REWINDS_BEFORE_STOP && is_insn(mem, regs.pc());
         let mask_ok = rewound || !arch::may_have_temporary_mask(&regs);
         let own = rewound || regs.own_insn_candidate().is_some_and(|a| is_insn(mem, a));
@@ -578,10 +582,25 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
     }
     match best {
         Some((_, i)) => Ok(i),
-        None if compat => Err(InjectError::Unsupported("32-bit process")),
+        None if compat => Err(InjectError::Unsupported(
+            "32-bit process, or a thread in a 32-bit system call",
+        )),
         None if strict => Err(InjectError::SeccompStrict),
         None => Err(InjectError::NoUsableThread),
     }
+}
+
+/// A thread inside a system call it made with the other ABI's instruction (x86_64 `int 0x80`).
+fn in_compat_call(mem: &File, regs: &Regs) -> bool {
+    let Some(insn) = arch::COMPAT_SYSCALL_INSN else {
+        return false;
+    };
+    let mut b = vec![0u8; insn.len()];
+    regs.current_syscall().is_some()
+        && mem
+            .read_exact_at(&mut b, regs.pc().wrapping_sub(insn.len() as u64))
+            .is_ok()
+        && b == insn
 }
 
 fn find_gadget(pid: i32, mem: &File) -> Result<u64, InjectError> {
@@ -786,7 +805,9 @@ fn block_signals(s: &mut Session) -> Result<(), InjectError> {
     let mask = get_sigmask(s.tid).map_err(pt("GETSIGMASK"))?;
     s.orig_mask = Some(mask);
     s.dirty = true;
-    let block = !SYNCHRONOUS | (mask & SYNCHRONOUS & !bit(libc::SIGTRAP));
+    // The synchronous signals keep the app's own setting: forcing one the app blocks would reset
+    // its handler, and one it blocks must not be dequeued while we work.
+    let block = !SYNCHRONOUS | (mask & SYNCHRONOUS);
     set_sigmask(s.tid, block).map_err(pt("SETSIGMASK"))
 }
 
@@ -883,8 +904,9 @@ fn put_back(s: &mut Session) -> Result<(), InjectError> {
     if let Some(e) = &s.extra {
         arch::set_extra(tid, e).map_err(pt("SETREGSET"))?;
     }
-    if let Some(m) = s.orig_mask.take() {
+    if let Some(m) = s.orig_mask {
         set_sigmask(tid, m).map_err(pt("SETSIGMASK"))?;
+        s.orig_mask = None;
     }
     s.dirty = false;
     Ok(())
@@ -898,7 +920,8 @@ fn is_restart(ret: i64) -> bool {
 /// One call, between its syscall-entry and -exit stops, within [`CALL_DEADLINE`].
 fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
     let tid = s.tid;
-    'call: loop {
+    // Each round delivers one foreign signal first: bounded, so a flood cannot hold the target.
+    'call: for _round in 0..MAX_SIGNAL_ROUNDS {
         let mut regs = s.base.ok_or(InjectError::Finished)?;
         regs.prepare_call(s.insn, nr as u64, args);
         block_signals(s)?;
@@ -967,10 +990,14 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                     s.in_get_signal = true;
                     let info = get_siginfo(tid).map_err(pt("GETSIGINFO"))?;
                     let now = arch::get_regs(tid).map_err(pt("GETREGS"))?;
+                    // A fault of our instruction: synchronous, from the kernel, at our pc, and not
+                    // one that was already queued for the app before we took the thread.
+                    let queued_before = s.pending_before.contains(&(sig, info.si_code));
                     if !began
                         && SYNCHRONOUS & bit(sig) != 0
                         && info.si_code > 0
                         && now.pc() == s.insn
+                        && !queued_before
                     {
                         return Err(InjectError::Fault {
                             signal: sig,
@@ -994,7 +1021,13 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
             }
         }
     }
+    Err(InjectError::Unexpected(format!(
+        "signals kept arriving: syscall {nr} not made after {MAX_SIGNAL_ROUNDS} deliveries"
+    )))
 }
+
+/// How many foreign signals one call may deliver before it gives up (see `run_call`).
+const MAX_SIGNAL_ROUNDS: usize = 64;
 
 /// x86_64, at our call's exit stop: the thread's own registers back at once, and on to an event
 /// stop before it runs any user instruction (see the module doc). A signal met on the way is
@@ -1028,32 +1061,28 @@ fn restore(p: &mut StoppedProcess, session: &mut Option<Session>) -> Result<(), 
     let Some(mut s) = session.take() else {
         return Ok(());
     };
-    let result = restore_session(&mut s);
+    let (pass, result) = restore_session(&mut s);
     let state = match &result {
         Err(InjectError::Exited) => ThreadState::Gone,
-        // Not at a stop: the release waits for it like any thread never seen stopped.
-        Err(InjectError::Stuck { .. }) => ThreadState::Running,
-        Ok(pass) => ThreadState::Stopped {
-            event: *pass == 0,
-            pass: *pass,
-        },
-        // Best effort done; detach it as it is.
-        Err(_) => ThreadState::Stopped {
-            event: false,
-            pass: 0,
+        // At a stop in get_signal with its own registers (or as near as could be): detach it
+        // with the signal it was about to take, whatever else went wrong.
+        _ => ThreadState::Stopped {
+            event: pass == 0 && result.is_ok(),
+            pass,
         },
     };
     p.set_thread_state(s.idx, state);
-    result.map(drop)
+    result
 }
 
-/// How long a thread that did not come back from an injected call is waited for before the
-/// restore gives up: it holds our registers, so it is given every chance to come back (the
-/// tracer's parent never ends a tracer that is restoring).
-const STUCK_PATIENCE: Duration = Duration::from_secs(60);
-
-/// Returns the signal to pass on when detaching (the thread is at its signal-delivery stop).
-fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
+/// Puts the thread back (see [`restore`]). Returns the signal to pass on when detaching (the
+/// thread is then at that signal's delivery stop), and the first problem met.
+///
+/// A thread that does not come back to a stop (held by the kernel: a cgroup v1 freezer, an
+/// unkillable wait) still has our registers: it is waited for, however long it takes, and put
+/// back when it stops. Letting go of it, or letting the tracing thread end, would run it on with
+/// them; the tracer's parent never ends a tracer in this state.
+fn restore_session(s: &mut Session) -> (i32, Result<(), InjectError>) {
     let tid = s.tid;
     let mut problem = None;
     for (addr, old) in s.saved_mem.drain(..).rev() {
@@ -1066,33 +1095,15 @@ fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
         if !s.in_get_signal {
             // At a syscall-exit stop, or not stopped at all (stuck): continue into an event
             // stop first. The pending interrupt traps before any signal is dequeued.
-            let patience = Instant::now() + STUCK_PATIENCE;
-            interrupt(tid).map_err(pt("INTERRUPT"))?;
-            // Only a tracee in a stop answers ptrace requests: at a syscall-exit stop, or stuck.
-            let mut stopped = raw::syscall_info(tid).is_ok();
-            loop {
-                if stopped {
-                    resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
-                }
-                let stop = wait_stop_until(tid, patience)
-                    .map_err(pt("wait"))?
-                    .ok_or(InjectError::Stuck { tid })?;
-                stopped = true;
-                match stop {
-                    Stop::Event(_) => break,
-                    Stop::Signal(sig) => {
-                        pass = sig;
-                        break;
-                    }
-                    Stop::Syscall | Stop::OtherEvent(_) => {
-                        interrupt(tid).map_err(pt("INTERRUPT"))?;
-                    }
-                    other => return Err(unexpected(other)),
-                }
+            match stop_in_get_signal(tid) {
+                Ok(sig) => pass = sig,
+                Err(e) => return (0, Err(e)),
             }
             s.in_get_signal = true;
         }
-        put_back(s)?;
+        if let Err(e) = put_back(s) {
+            return (pass, Err(e));
+        }
     }
     if let Err(e) = drain_own_signals(s, &mut pass) {
         problem.get_or_insert(e);
@@ -1105,9 +1116,36 @@ fn restore_session(s: &mut Session) -> Result<i32, InjectError> {
             });
         }
     }
-    match problem {
-        Some(e) => Err(e),
-        None => Ok(pass),
+    (pass, problem.map_or(Ok(()), Err))
+}
+
+/// From a syscall-exit stop, or from no stop at all: on to a stop inside get_signal, waiting as
+/// long as it takes (see [`restore_session`]). Returns the signal of a signal-delivery stop.
+fn stop_in_get_signal(tid: i32) -> Result<i32, InjectError> {
+    interrupt(tid).map_err(pt("INTERRUPT"))?;
+    // Only a tracee in a stop answers ptrace requests: at a syscall-exit stop, or stuck.
+    let mut stopped = raw::syscall_info(tid).is_ok();
+    loop {
+        if stopped {
+            resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+        }
+        let stop = loop {
+            if let Some(stop) =
+                wait_stop_until(tid, Instant::now() + Duration::from_secs(1)).map_err(pt("wait"))?
+            {
+                break stop;
+            }
+            // Still held by the kernel: ask again (an interrupt that found it unwakeable may
+            // take once it can be woken).
+            interrupt(tid).map_err(pt("INTERRUPT"))?;
+        };
+        stopped = true;
+        match stop {
+            Stop::Event(_) => return Ok(0),
+            Stop::Signal(sig) => return Ok(sig),
+            Stop::Syscall | Stop::OtherEvent(_) => interrupt(tid).map_err(pt("INTERRUPT"))?,
+            other => return Err(unexpected(other)),
+        }
     }
 }
 
@@ -1127,7 +1165,8 @@ pub(crate) fn own_signals(before: &[Pending], now: &[Pending]) -> Vec<Pending> {
 }
 
 /// Take out of the thread's queue what [`own_signals`] finds, with the thread's own state in
-/// place: everything else blocked, let it dequeue ours, drop it, catch it again.
+/// place: everything but that signal blocked, let the thread dequeue it, drop it, catch the
+/// thread again before any user instruction; the thread's own mask comes back on every path.
 fn drain_own_signals(s: &mut Session, pass: &mut i32) -> Result<(), InjectError> {
     let tid = s.tid;
     let now = raw::pending_signals(tid).map_err(pt("PEEKSIGINFO"))?;
@@ -1141,24 +1180,35 @@ fn drain_own_signals(s: &mut Session, pass: &mut i32) -> Result<(), InjectError>
         *pass = 0;
     }
     let own_mask = get_sigmask(tid).map_err(pt("GETSIGMASK"))?;
-    for (sig, _) in ours {
-        set_sigmask(tid, !bit(sig)).map_err(pt("SETSIGMASK"))?;
-        resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
-        match wait(s)? {
-            Stop::Signal(got) if got == sig => {
-                // Dropped: resumed without it, and caught again before any user code runs.
-                interrupt(tid).map_err(pt("INTERRUPT"))?;
+    let drained = (|| {
+        for (sig, _) in ours {
+            // A few rounds: a blocked synchronous signal of the app's may be dequeued first
+            // (dequeue_synchronous_signal does not look at the mask); it is handed back.
+            for _ in 0..8 {
+                set_sigmask(tid, !bit(sig)).map_err(pt("SETSIGMASK"))?;
+                // No interrupt pending: get_signal dequeues the signal we saw queued.
                 resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+                let (got, deliver) = match wait(s)? {
+                    Stop::Signal(got) if got == sig => (true, 0),
+                    Stop::Signal(other) => (false, other),
+                    Stop::Event(_) => (false, 0),
+                    other => return Err(unexpected(other)),
+                };
+                // Ours is dropped; the app's is handed back (blocked, the kernel queues it
+                // again); and the thread is caught before it runs any user instruction.
+                interrupt(tid).map_err(pt("INTERRUPT"))?;
+                resume(tid, Resume::Cont, deliver).map_err(pt("CONT"))?;
                 match wait(s)? {
                     Stop::Event(_) => {}
-                    Stop::Signal(other) => *pass = other,
                     other => return Err(unexpected(other)),
                 }
+                if got {
+                    break;
+                }
             }
-            Stop::Event(_) => {}
-            Stop::Signal(other) => *pass = other,
-            other => return Err(unexpected(other)),
         }
-    }
-    set_sigmask(tid, own_mask).map_err(pt("SETSIGMASK"))
+        Ok(())
+    })();
+    let restored = set_sigmask(tid, own_mask).map_err(pt("SETSIGMASK"));
+    drained.and(restored)
 }
