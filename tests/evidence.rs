@@ -7,6 +7,7 @@ mod support;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 
+use std::time::Duration;
 use support::{ptyreap, ptyreap_with, require_root, tty_index, Victim};
 
 const NOBODY: u32 = 65534;
@@ -83,4 +84,218 @@ fn what_the_scan_cannot_see_makes_unknown() {
     assert_eq!(masters(&root.json())[0]["verdict"], "live", "{root:?}");
     assert!(v.status().is_some());
     drop(slave);
+}
+
+/// tmux (libevent's poll backend) spins on a pane master whose command exited while its
+/// pipe-pane consumer does not read: it never waits in poll(), so only catching its next poll()
+/// sees that it watches the master. Such masters are `tracked`; a plain reap keeps them;
+/// `--include-tracked` merges them, and the resize that would have killed tmux after a close
+/// leaves it running, its other panes echoing.
+#[test]
+fn a_busy_tmux_server_keeps_its_pane_masters() {
+    if !require_root() {
+        return;
+    }
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is not installed and CI is set (.ci/run installs it)"
+        );
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let dir = support::temp_dir("tmux");
+    let sock = dir.join("sock");
+    let tmux = |args: &[&str]| -> String {
+        let out = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(["-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("running tmux");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    struct Server<F: Fn(&[&str]) -> String>(F);
+    impl<F: Fn(&[&str]) -> String> Drop for Server<F> {
+        fn drop(&mut self) {
+            (self.0)(&["kill-server"]);
+        }
+    }
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "cat",
+    ]);
+    let server = Server(tmux);
+    let tmux = &server.0;
+    let server_pid: i32 = tmux(&["display", "-p", "#{pid}"]).parse().unwrap();
+    for _ in 0..2 {
+        let pane = tmux(&[
+            "split-window",
+            "-t",
+            "t",
+            "-P",
+            "-F",
+            "#{pane_id}",
+            "sh -c 'sleep 1; yes | head -c 3000000; exit 0'",
+        ]);
+        // a consumer that never reads: the pipe fills, the pane's output cannot all be written
+        tmux(&["pipe-pane", "-t", &pane, "exec sleep 100000"]);
+    }
+    tmux(&["select-layout", "-t", "t", "even-vertical"]);
+    // both commands have exited and the server spins (running, not waiting)
+    let spinning = support::wait_for(Duration::from_secs(20), || {
+        let panes = tmux(&["list-panes", "-t", "t", "-F", "#{pane_pid}"]);
+        let alive = panes
+            .lines()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .count();
+        alive == 1 && ptmx_count(server_pid) == 3
+    });
+    assert!(
+        spinning,
+        "the tmux scenario did not settle: {}",
+        tmux(&["list-panes", "-a"])
+    );
+    let pid = server_pid.to_string();
+    let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+    let rows = masters(&dry.json());
+    let tracked: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["verdict"] == "tracked").collect();
+    assert_eq!(tracked.len(), 2, "{rows:#?}");
+    for r in &tracked {
+        assert!(
+            r["watched_by"].to_string().contains("(caught while busy)"),
+            "{r}"
+        );
+    }
+    let plain = ptyreap(&["--pid", &pid, "--min-idle", "0", "--yes", "--json"]);
+    assert_eq!(plain.code, 0, "{plain:?}");
+    assert_eq!(
+        ptmx_count(server_pid),
+        3,
+        "a plain reap released a tracked master"
+    );
+    let merged = ptyreap(&[
+        "--pid",
+        &pid,
+        "--min-idle",
+        "0",
+        "--yes",
+        "--include-tracked",
+        "--json",
+    ]);
+    assert_eq!(merged.code, 0, "{merged:?}");
+    let results: Vec<String> = masters(&merged.json())
+        .iter()
+        .filter(|r| r["verdict"] == "tracked")
+        .map(|r| format!("{}/{}", r["action"], r["result"]))
+        .collect();
+    assert!(
+        results.contains(&"\"close\"/\"closed\"".to_string())
+            && results.contains(&"\"keep\"/\"kept\"".to_string()),
+        "{results:?}"
+    );
+    // the resize that makes tmux fatal() when TIOCSWINSZ fails
+    tmux(&["resize-window", "-t", "t", "-x", "100", "-y", "30"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::path::Path::new(&format!("/proc/{server_pid}")).exists(),
+        "the tmux server died after the resize"
+    );
+    // the first pane still echoes
+    let first = tmux(&["list-panes", "-t", "t", "-F", "#{pane_id}"])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    tmux(&["send-keys", "-t", &first, "still-echoing", "Enter"]);
+    assert!(support::wait_for(Duration::from_secs(5), || tmux(&[
+        "capture-pane",
+        "-p",
+        "-t",
+        &first
+    ])
+    .contains("still-echoing")));
+}
+
+fn ptmx_count(pid: i32) -> usize {
+    support::ptmx_fds(pid).len()
+}
+
+/// Threads spinning in poll() and select() on hung-up masters never wait in them: caught at
+/// their next call, within the bound; a thread spinning in pure computation costs the bound and
+/// nothing more; afterwards no thread is traced or stopped and the target runs on.
+#[test]
+fn busy_poll_loops_are_caught_within_the_bound() {
+    if !require_root() {
+        return;
+    }
+    let mut v = Victim::spawn(&["--spin-poll", "2", "--spin-select", "--spin-compute"]);
+    let before = v.signal_state();
+    let pid = v.pid.to_string();
+    let t = std::time::Instant::now();
+    let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+    let took = t.elapsed();
+    assert_eq!(dry.code, 0, "{dry:?}");
+    for r in masters(&dry.json()) {
+        assert_eq!(r["verdict"], "tracked", "{r}");
+        let by = r["watched_by"].to_string();
+        let polls = by.matches("poll() in thread").count();
+        assert!(
+            polls == 2 && by.contains("select() in thread") && by.contains("(caught while busy)"),
+            "{by}"
+        );
+    }
+    // only a guard against a hang: the compute thread is given up on at the bound
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    support::assert_running(v.pid);
+    let status = v.assert_healthy(&before);
+    assert_eq!(status["open"], "100,101");
+}
+
+/// A dry run changes nothing: every blocked thread sits in the same call with the same
+/// arguments, stack and pc (/proc/PID/task/TID/syscall), and the fd table is the same.
+#[test]
+fn a_dry_run_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let f = support::Fixture::spawn(&["--orphans", "3", "--tracked", "1", "--threads", "4"]);
+    let look = || -> (Vec<String>, Vec<(String, String)>) {
+        let mut calls: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", f.pid))
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path().join("syscall")).unwrap_or_default())
+            .collect();
+        calls.sort();
+        let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/fd", f.pid))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let link = std::fs::read_link(e.path()).unwrap_or_default();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    link.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        fds.sort();
+        (calls, fds)
+    };
+    let before = look();
+    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--dry-run"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(look(), before, "a dry run changed the target");
 }

@@ -21,6 +21,9 @@
 //!   the same fd table) that waits in `poll()` (POLLIN) on every master; `sibling` in the ready
 //!   file. When the poll returns it writes what ended it to `FILE.sibling`.
 //! - `--strict-thread`: one more thread that enters strict seccomp mode and blocks in `read()`.
+//! - `--spin-poll N`: N threads that spin in `poll()` on every master (hung up, so each poll
+//!   returns at once: a busy loop, never waiting); `--spin-select`: one more spinning in `select()`;
+//!   `--spin-compute`: one more spinning in pure computation, no system calls.
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
 //!   (`pthread_exit`): the leader is a zombie while the process lives on.
@@ -51,6 +54,8 @@ mod linux {
     static NOTIFIED: AtomicU64 = AtomicU64::new(0);
     static REPORT: AtomicBool = AtomicBool::new(false);
     static QUIT: AtomicBool = AtomicBool::new(false);
+    /// Threads that are up and in their loops (the ready file waits for all of them).
+    static STARTED: AtomicU64 = AtomicU64::new(0);
 
     const FIRST_FD: i32 = 100;
 
@@ -84,6 +89,9 @@ mod linux {
         strict_thread: bool,
         leader_exits: bool,
         block_trap: bool,
+        spin_poll: i32,
+        spin_select: bool,
+        spin_compute: bool,
         ready: String,
     }
 
@@ -111,6 +119,11 @@ mod linux {
                 "--strict-thread" => a.strict_thread = true,
                 "--leader-exits" => a.leader_exits = true,
                 "--block-trap" => a.block_trap = true,
+                "--spin-poll" => {
+                    a.spin_poll = value().parse().unwrap_or_else(|_| usage("--spin-poll N"))
+                }
+                "--spin-select" => a.spin_select = true,
+                "--spin-compute" => a.spin_compute = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
             }
@@ -314,6 +327,47 @@ mod linux {
         }
     }
 
+    /// A busy poll loop: POLLIN on every master; hung up, each poll returns at once.
+    fn spin_poll(masters: i32) {
+        STARTED.fetch_add(1, SeqCst);
+        let mut fds: Vec<libc::pollfd> = (0..masters)
+            .map(|i| libc::pollfd {
+                fd: FIRST_FD + i,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        loop {
+            // SAFETY: a valid pollfd array.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        }
+    }
+
+    /// The same with select(): a hung-up master is always readable.
+    fn spin_select(masters: i32) {
+        STARTED.fetch_add(1, SeqCst);
+        loop {
+            // SAFETY: fd_set is plain data, filled by FD_SET; select with a timeout.
+            unsafe {
+                let mut set: libc::fd_set = std::mem::zeroed();
+                for i in 0..masters {
+                    libc::FD_SET(FIRST_FD + i, &mut set);
+                }
+                let mut tv = libc::timeval {
+                    tv_sec: 1,
+                    tv_usec: 0,
+                };
+                libc::select(
+                    FIRST_FD + masters,
+                    &mut set,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    &mut tv,
+                );
+            }
+        }
+    }
+
     /// The CLONE_FILES sibling: polls every master until something happens to one.
     extern "C" fn sibling(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: arg is the `Sibling` the parent keeps alive (it never returns before us).
@@ -423,6 +477,34 @@ mod linux {
         } else {
             0
         };
+        for i in 0..a.spin_poll {
+            let n = a.masters;
+            std::thread::Builder::new()
+                .name(format!("spin-poll-{i}"))
+                .spawn(move || spin_poll(n))
+                .unwrap_or_else(|_| die("spawning a poll spinner"));
+        }
+        if a.spin_select {
+            let n = a.masters;
+            std::thread::Builder::new()
+                .name("spin-select".into())
+                .spawn(move || spin_select(n))
+                .unwrap_or_else(|_| die("spawning the select spinner"));
+        }
+        if a.spin_compute {
+            std::thread::Builder::new()
+                .name("spin-compute".into())
+                .spawn(|| {
+                    STARTED.fetch_add(1, SeqCst);
+                    let mut x = 1u64;
+                    loop {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+                .unwrap_or_else(|_| die("spawning the compute spinner"));
+        }
         if a.strict_thread {
             let mut p = [0; 2];
             // SAFETY: pipe writes two fds; the write end stays open (never written), so the
@@ -467,6 +549,12 @@ mod linux {
             }
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         }
+        let spinners = a.spin_poll as u64 + u64::from(a.spin_select) + u64::from(a.spin_compute);
+        while STARTED.load(SeqCst) < spinners {
+            std::thread::yield_now();
+        }
+        // and past the thread start-up, which runs with every signal blocked
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let pid = std::process::id();
         write_atomically(
             &a.ready,

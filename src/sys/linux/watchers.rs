@@ -9,9 +9,12 @@
 //!   and its arguments in /proc/PID/task/TID/syscall; the pollfd array or fd_sets are then read
 //!   from the target's memory (process_vm_readv).
 //!
-//! A thread that is busy (not waiting) at this instant is not seen; see README's limits.
+//! - A thread that is running rather than waiting (a poll loop spinning on a hung-up master,
+//!   whose every poll returns at once) is caught at its next poll-family call: traced alone,
+//!   untouched, for at most 200 ms (ptrace/peek.rs).
 
 use super::procfs;
+use super::ptrace::peek;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IoSliceMut;
 
@@ -46,12 +49,22 @@ pub fn watchers(
             }
         }
     }
-    for (tid, call, fds) in waiting_poll_sets(pid) {
+    let waiting = waiting_poll_sets(pid);
+    for (tid, call, fds) in &waiting {
         for fd in fds.intersection(masters) {
             found
                 .entry(*fd)
                 .or_default()
                 .push(format!("{call}() in thread {tid}"));
+        }
+    }
+    let waiting_tids: BTreeSet<i32> = waiting.iter().map(|(tid, _, _)| *tid).collect();
+    for (tid, (call, fds)) in busy_poll_sets(pid, &waiting_tids) {
+        for fd in fds.intersection(masters) {
+            found
+                .entry(*fd)
+                .or_default()
+                .push(format!("{call}() in thread {tid} (caught while busy)"));
         }
     }
     for list in found.values_mut() {
@@ -117,6 +130,32 @@ fn waiting_poll_sets(pid: i32) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
         }
     }
     out
+}
+
+/// The poll sets of threads that are running rather than waiting: a poll() loop that still
+/// watches a hung-up master never waits (every poll returns at once with POLLHUP), so it is
+/// caught at its next poll-family call instead, each such thread traced alone for at most
+/// [`peek::BUSY_BOUND`], all at once (see ptrace/peek.rs). Threads asleep in other calls (futex,
+/// read, epoll_wait, ...) are not looping and are left alone.
+fn busy_poll_sets(pid: i32, waiting: &BTreeSet<i32>) -> Vec<(i32, (&'static str, BTreeSet<i32>))> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let running: Vec<i32> = tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|tid| !waiting.contains(tid))
+        .filter(|&tid| procfs::thread_state(pid, tid) == Some('R'))
+        .collect();
+    if running.is_empty() {
+        return Vec::new();
+    }
+    let wanted = |nr: u64| PollCall::from_nr(nr as i64).is_some();
+    let read = |_tid: i32, nr: u64, args: [u64; 6]| {
+        let call = PollCall::from_nr(nr as i64)?;
+        Some((call.name(), call.read_fds(pid, &args)?))
+    };
+    peek::next_calls(&running, peek::BUSY_BOUND, &wanted, &read)
 }
 
 /// poll and select exist as system calls on x86_64 only; aarch64 has just ppoll and pselect6.

@@ -946,7 +946,7 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
             };
             match stop {
                 Stop::Syscall => match raw::syscall_info(tid).map_err(pt("GET_SYSCALL_INFO"))? {
-                    SyscallStop::Entry { nr: entered } => {
+                    SyscallStop::Entry { nr: entered, .. } => {
                         if entered != nr as u64 {
                             return Err(InjectError::Unexpected(format!(
                                 "entered syscall {entered} instead of {nr}"

@@ -46,6 +46,7 @@ pub(crate) fn set_options(tid: i32, options: usize) -> io::Result<()> {
 pub(crate) enum SyscallStop {
     Entry {
         nr: u64,
+        args: [u64; 6],
     },
     /// The call's own result, as it will reach the program (not a rolled-back register).
     Exit {
@@ -75,7 +76,17 @@ pub(crate) fn syscall_info(tid: i32) -> io::Result<SyscallStop> {
         &mut info as *mut SyscallInfo as usize,
     )?;
     Ok(match info.op {
-        1 => SyscallStop::Entry { nr: info.data[0] },
+        1 => SyscallStop::Entry {
+            nr: info.data[0],
+            args: [
+                info.data[1],
+                info.data[2],
+                info.data[3],
+                info.data[4],
+                info.data[5],
+                info.data[6],
+            ],
+        },
         2 => SyscallStop::Exit {
             rval: info.data[0] as i64,
         },
