@@ -271,6 +271,8 @@ pub struct Evidence {
     /// Processes the scan could not see (see [`Visibility`]): holders of the slave or the master
     /// may hide among them.
     pub unseen: Option<String>,
+    /// Who opened it (None: unknown): decides the default method of an orphan.
+    pub opened_by: Option<OpenedBy>,
     /// What ptyreap knows may use the PTY without being able to see how (an io_uring instance
     /// with PTY masters registered, another process blocked in read() on its copy).
     pub blind_spots: Vec<String>,
@@ -279,6 +281,32 @@ pub struct Evidence {
 impl Evidence {
     pub fn watched(&self) -> bool {
         !self.watched_by.is_empty()
+    }
+}
+
+/// Who opened a master, as far as the times tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OpenedBy {
+    /// The PTY is older than the process: it came with fork (node-pty's inheritable masters);
+    /// the program itself never saw the number.
+    #[serde(rename = "inherited")]
+    Inherited,
+    /// The PTY was made after the process started: the program opened (or received) it.
+    #[serde(rename = "self")]
+    SelfOpened,
+}
+
+impl OpenedBy {
+    /// From the PTY's creation and the process's start (seconds since the epoch, fractions
+    /// included): None when they are too close to tell (`margin` apart at most).
+    pub fn from_times(created: f64, process_started: f64, margin: f64) -> Option<OpenedBy> {
+        if created + margin < process_started {
+            Some(OpenedBy::Inherited)
+        } else if created > process_started + margin {
+            Some(OpenedBy::SelfOpened)
+        } else {
+            None
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Verdicts + the user's choices (`--fd`, `--include-tracked`, `--method`) → what to release, and
 //! how. Pure logic; the reaper only executes what this decided (after re-verifying each fd).
 
-use crate::model::{Action, Evidence, Judgement, MasterRow, Method, Verdict};
+use crate::model::{Action, Evidence, Judgement, MasterRow, Method, OpenedBy, Verdict};
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Default)]
@@ -10,7 +10,8 @@ pub struct Choices {
     /// one of its fds is named.
     pub fds: Option<BTreeSet<i32>>,
     pub include_tracked: bool,
-    /// `--method`; None means the default: close for orphaned masters, merge for tracked ones.
+    /// `--method`; None means the default, from the evidence: close for orphans the process
+    /// inherited, merge for those it opened itself (or where that is unknown) and tracked ones.
     pub method: Option<Method>,
 }
 
@@ -24,7 +25,8 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
         .into_iter()
         .map(|(evidence, judgement)| {
             let method = match judgement.verdict {
-                Verdict::Orphaned | Verdict::Stale => Some(choices.method.unwrap_or(Method::Close)),
+                Verdict::Orphaned => Some(choices.method.unwrap_or(default_for(&evidence))),
+                Verdict::Stale => Some(choices.method.unwrap_or(Method::Close)),
                 Verdict::Tracked if choices.include_tracked => {
                     Some(choices.method.unwrap_or(Method::Merge))
                 }
@@ -34,6 +36,10 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
                 }
                 _ => None,
             };
+            let mut judgement = judgement;
+            if judgement.verdict == Verdict::Orphaned && choices.method.is_none() {
+                judgement.reason += why_default(&evidence);
+            }
             MasterRow {
                 evidence,
                 judgement,
@@ -52,6 +58,25 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
     rows.sort_by_key(|r| r.evidence.fd);
     choose_merge_keeper(&mut rows);
     rows
+}
+
+/// The default method for an orphan: `close` only where the program never saw the number (it
+/// inherited the PTY); where it opened the PTY itself, it may still resize or close that number
+/// later, and after a close the number may belong to another file: `merge` keeps every number a
+/// hung-up master (a wrong guess costs one PTY, never the app).
+fn default_for(ev: &Evidence) -> Method {
+    match ev.opened_by {
+        Some(OpenedBy::Inherited) => Method::Close,
+        _ => Method::Merge,
+    }
+}
+
+fn why_default(ev: &Evidence) -> &'static str {
+    match ev.opened_by {
+        Some(OpenedBy::Inherited) => "; close: inherited, the program never saw this fd",
+        Some(OpenedBy::SelfOpened) => "; merge: the program opened it and may still use the number",
+        None => "; merge: who opened it is unknown",
+    }
 }
 
 /// `merge` dup2()s one master over the others. The keeper is an existing merged group if the
@@ -131,9 +156,14 @@ mod tests {
     use super::*;
 
     fn row(fd: i32, verdict: Verdict) -> (Evidence, Judgement) {
+        opened(fd, verdict, Some(OpenedBy::Inherited))
+    }
+
+    fn opened(fd: i32, verdict: Verdict, by: Option<OpenedBy>) -> (Evidence, Judgement) {
         (
             Evidence {
                 fd,
+                opened_by: by,
                 ..Evidence::default()
             },
             Judgement {
@@ -174,6 +204,63 @@ mod tests {
                 (8, Action::Keep, None),
             ]
         );
+    }
+
+    /// A program that opened the PTY itself may still use the number: merge, one keeper.
+    #[test]
+    fn orphans_the_program_opened_are_merged_by_default() {
+        let rows = plan(
+            vec![
+                opened(3, Verdict::Orphaned, Some(OpenedBy::SelfOpened)),
+                opened(4, Verdict::Orphaned, None),
+                opened(5, Verdict::Orphaned, Some(OpenedBy::Inherited)),
+            ],
+            &Choices::default(),
+        );
+        assert_eq!(
+            actions(&rows),
+            vec![
+                (3, Action::Keep, None),
+                (4, Action::Close, Some(Method::Merge)),
+                (5, Action::Close, Some(Method::Close)),
+            ]
+        );
+        assert!(rows[0]
+            .judgement
+            .reason
+            .contains("merge: the program opened it"));
+        assert!(rows[1]
+            .judgement
+            .reason
+            .contains("merge: who opened it is unknown"));
+        assert!(rows[2].judgement.reason.contains("close: inherited"));
+        assert_eq!(merge_keeper(&rows), Some(3));
+        // --method still decides
+        let forced = plan(
+            vec![opened(3, Verdict::Orphaned, Some(OpenedBy::SelfOpened))],
+            &Choices {
+                method: Some(Method::Close),
+                ..Choices::default()
+            },
+        );
+        assert_eq!(
+            actions(&forced),
+            vec![(3, Action::Close, Some(Method::Close))]
+        );
+    }
+
+    #[test]
+    fn opened_by_from_times() {
+        assert_eq!(
+            OpenedBy::from_times(100.0, 200.0, 0.05),
+            Some(OpenedBy::Inherited)
+        );
+        assert_eq!(
+            OpenedBy::from_times(300.0, 200.0, 0.05),
+            Some(OpenedBy::SelfOpened)
+        );
+        assert_eq!(OpenedBy::from_times(200.01, 200.0, 0.05), None);
+        assert_eq!(OpenedBy::from_times(199.99, 200.0, 0.05), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
             "--min-idle",
             "0",
             "--yes",
+            "--method",
+            "close",
             "--json",
         ]);
         assert_eq!(out.code, 0, "{out:?}");
@@ -50,6 +52,8 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
                 "--min-idle",
                 "0",
                 "--yes",
+                "--method",
+                "close",
                 "--json",
             ])
             .stdin(Stdio::null())

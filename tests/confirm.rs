@@ -35,8 +35,11 @@ impl OnTerminal {
         // SAFETY: fresh fds from openpty.
         let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
-        cmd.args(args)
-            .env("TERM", "xterm")
+        cmd.args(args);
+        if !args.contains(&"--method") {
+            cmd.args(["--method", "close"]); // the close path is under test
+        }
+        cmd.env("TERM", "xterm")
             .env_remove("NO_COLOR")
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))

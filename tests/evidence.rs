@@ -299,3 +299,57 @@ fn a_dry_run_changes_nothing() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(look(), before, "a dry run changed the target");
 }
+
+/// Who opened it decides the default: the child's copies are older than the child (inherited,
+/// the program never saw them): close. The parent opened its own: merge, into one keeper, and a
+/// second run leaves it at one.
+#[test]
+fn inherited_masters_are_closed_and_own_ones_merged() {
+    if !require_root() {
+        return;
+    }
+    let v = Victim::spawn(&["--open-after-ms", "300", "--masters", "3", "--fork-child"]);
+    let child = v.child_pid.to_string();
+    let parent = v.pid.to_string();
+    let dry = |pid: &str| {
+        masters(&ptyreap(&["--pid", pid, "--min-idle", "0", "--dry-run", "--json"]).json())
+    };
+    for r in dry(&child) {
+        assert_eq!(r["opened_by"], "inherited", "{r}");
+        assert_eq!(r["method"], "close", "{r}");
+        assert!(
+            r["reason"].as_str().unwrap().contains("close: inherited"),
+            "{r}"
+        );
+    }
+    let own = dry(&parent);
+    for r in &own {
+        assert_eq!(r["opened_by"], "self", "{r}");
+    }
+    let methods: Vec<String> = own
+        .iter()
+        .map(|r| format!("{}/{}", r["action"], r["method"]))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "\"keep\"/null",
+            "\"close\"/\"merge\"",
+            "\"close\"/\"merge\""
+        ],
+        "{own:#?}"
+    );
+    for _ in 0..2 {
+        let out = ptyreap(&["--pid", &parent, "--min-idle", "0", "--yes", "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        // every number is still a master, all on one PTY: one keeper
+        let fds = support::ptmx_fds(v.pid);
+        assert_eq!(fds, vec![100, 101, 102]);
+        let ptys: std::collections::BTreeSet<Option<u32>> =
+            fds.iter().map(|&fd| tty_index(v.pid, fd)).collect();
+        assert_eq!(ptys.len(), 1, "more than one kept PTY: {ptys:?}");
+    }
+    let out = ptyreap(&["--pid", &child, "--min-idle", "0", "--yes", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(support::ptmx_fds(v.child_pid).is_empty());
+}

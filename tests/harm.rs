@@ -16,6 +16,10 @@ use support::{ptyreap, ptyreap_with, require_root, Output, Victim};
 fn reap(pid: i32, extra: &[&str]) -> Output {
     let pid = pid.to_string();
     let mut args = vec!["--pid", &pid, "--min-idle", "0", "--yes", "--json"];
+    // the engine is under test here: close, unless a test names its method
+    if !extra.contains(&"--method") {
+        args.extend_from_slice(&["--method", "close"]);
+    }
     args.extend_from_slice(extra);
     ptyreap(&args)
 }
@@ -94,7 +98,16 @@ fn seccomp_filters_are_evaluated_when_they_cannot_be_suspended() {
         let before = v.signal_state();
         let pid = v.pid.to_string();
         let out = ptyreap_with(
-            &["--pid", &pid, "--min-idle", "0", "--yes", "--json"],
+            &[
+                "--pid",
+                &pid,
+                "--min-idle",
+                "0",
+                "--yes",
+                "--method",
+                "close",
+                "--json",
+            ],
             no_suspend,
         );
         assert_eq!(out.code, 1, "{action}: {out:?}");
@@ -118,7 +131,16 @@ fn seccomp_filters_are_evaluated_when_they_cannot_be_suspended() {
         let before = v.signal_state();
         let pid = v.pid.to_string();
         let out = ptyreap_with(
-            &["--pid", &pid, "--min-idle", "0", "--yes", "--json"],
+            &[
+                "--pid",
+                &pid,
+                "--min-idle",
+                "0",
+                "--yes",
+                "--method",
+                "close",
+                "--json",
+            ],
             no_suspend,
         );
         all_closed(&out);
@@ -138,7 +160,16 @@ fn seccomp_filters_that_cannot_be_read_are_refused() {
     let before = v.signal_state();
     let pid = v.pid.to_string();
     let out = ptyreap_with(
-        &["--pid", &pid, "--min-idle", "0", "--yes", "--json"],
+        &[
+            "--pid",
+            &pid,
+            "--min-idle",
+            "0",
+            "--yes",
+            "--method",
+            "close",
+            "--json",
+        ],
         |cmd| {
             use std::os::unix::process::CommandExt;
             // SAFETY: only prctl and seccomp between fork and exec, on a static program.

@@ -50,7 +50,18 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
     let before = ptmx_fds(f.pid);
     assert_eq!(before, f.masters());
     let pid = f.pid.to_string();
-    let out = ptyreap(&["--pid", &pid, "--dry-run", "--min-idle", "0", "--json"]);
+    // --method close: the verdicts are under test, and every orphan's action then reads close
+    // (by default those the fixture opened itself are merged, one of them kept)
+    let out = ptyreap(&[
+        "--pid",
+        &pid,
+        "--dry-run",
+        "--min-idle",
+        "0",
+        "--method",
+        "close",
+        "--json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
     let rows = rows(&doc);
@@ -258,7 +269,15 @@ fn the_json_schema_is_complete() {
 fn the_table_reads_at_a_glance() {
     let f = Fixture::spawn(&["--orphans", "2", "--live", "1"]);
     let pid = f.pid.to_string();
-    let out = ptyreap(&["--pid", &pid, "--dry-run", "--min-idle", "0"]);
+    let out = ptyreap(&[
+        "--pid",
+        &pid,
+        "--dry-run",
+        "--min-idle",
+        "0",
+        "--method",
+        "close",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let text = &out.stdout;
     assert!(text.starts_with("PTYs in use: "), "{text}");

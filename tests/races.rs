@@ -125,7 +125,7 @@ fn a_reused_pid_is_never_touched() {
         include_stale: None,
     };
     let mut report =
-        ptyreap::pipeline::judge_target(&target, &snapshot, &policy, &Default::default()).unwrap();
+        ptyreap::pipeline::judge_target(&target, &snapshot, &policy, &close_choices()).unwrap();
     assert_eq!(
         report
             .masters
@@ -143,4 +143,12 @@ fn a_reused_pid_is_never_touched() {
     );
     assert_eq!(ptmx_fds(f.pid), before);
     assert_running(f.pid);
+}
+
+/// The close path is what these races exercise (the default merges what the fixture opened).
+fn close_choices() -> ptyreap::plan::Choices {
+    ptyreap::plan::Choices {
+        method: Some(ptyreap::model::Method::Close),
+        ..Default::default()
+    }
 }

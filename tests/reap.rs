@@ -66,6 +66,8 @@ fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
         "--min-idle",
         "0",
         "--yes",
+        "--method",
+        "close",
         "--json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -292,6 +294,8 @@ fn every_holder_of_a_shared_master_is_reaped_when_named() {
         "--min-idle",
         "0",
         "--yes",
+        "--method",
+        "close",
         "--json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -314,6 +318,8 @@ fn every_holder_of_a_shared_master_is_reaped_when_named() {
         "--min-idle",
         "0",
         "--yes",
+        "--method",
+        "close",
         "--json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -343,6 +349,8 @@ fn a_target_churning_fds_loses_only_verified_masters() {
             "--min-idle",
             "2s",
             "--yes",
+            "--method",
+            "close",
             "--json",
         ]);
         // 1: every planned fd `changed` (an orphan's number reused between look and stop)
@@ -382,7 +390,15 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
     let before = ptmx_fds(f.pid);
     let pid = nix::unistd::Pid::from_raw(f.pid);
     nix::sys::ptrace::seize(pid, nix::sys::ptrace::Options::empty()).expect("seize");
-    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes"]);
+    let out = ptyreap(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--method",
+        "close",
+    ]);
     let _ = nix::sys::ptrace::detach(pid, None);
     assert_eq!(out.code, 1, "{out:?}");
     // SAFETY: gettid has no preconditions; the tracer is this thread

@@ -46,7 +46,15 @@ fn no_tracers_left() {
 fn calibrate() -> Duration {
     let f = Fixture::spawn(&["--orphans", "200", "--live", "1", "--threads", "4"]);
     let t = std::time::Instant::now();
-    let out = support::ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--yes"]);
+    let out = support::ptyreap(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--method",
+        "close",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     t.elapsed()
 }

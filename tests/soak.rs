@@ -32,7 +32,16 @@ fn soak(rounds: usize) {
     let pid = f.pid.to_string();
     let (mut closed_total, mut rounds_with_work) = (0, 0);
     for round in 0..rounds {
-        let out = ptyreap(&["--pid", &pid, "--min-idle", "0", "--yes", "--json"]);
+        let out = ptyreap(&[
+            "--pid",
+            &pid,
+            "--min-idle",
+            "0",
+            "--yes",
+            "--method",
+            "close",
+            "--json",
+        ]);
         // 1 or 3: a master leaked while we looked turned out, inside the stop, to be still in
         // use by its child (`changed`, left alone); never `failed`
         assert!(matches!(out.code, 0 | 1 | 3), "round {round}: {out:?}");

@@ -13,6 +13,10 @@ use support::{ptmx_fds, Fixture};
 fn watch(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
     cmd.arg("watch").args(args).stdin(Stdio::null());
+    // the close path is under test (the default merges what the fixture opened itself)
+    if !args.contains(&"--method") {
+        cmd.args(["--method", "close"]);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -154,6 +158,7 @@ fn spawn_watch(args: &[&str], state: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ptyreap"))
         .arg("watch")
         .args(args)
+        .args(["--method", "close"])
         .env("PTYREAP_STATE_DIR", state)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

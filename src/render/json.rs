@@ -51,6 +51,7 @@ fn master(r: &MasterRow) -> Value {
         "target_slave_fds": ev.target_slave_fds,
         "other_master_holders": ev.other_master_holders,
         "fd_table_shared_with": ev.fd_table_shared_with,
+        "opened_by": ev.opened_by,
         "aliases": ev.aliases,
         "watched": ev.watched(),
         "watched_by": ev.watched_by,

@@ -264,6 +264,14 @@ fn evidence_lines(r: &MasterRow) -> String {
         line("fd table shared with", holders(&ev.fd_table_shared_with));
     }
     line("aliases", format!("{:?}", ev.aliases));
+    line(
+        "opened by",
+        match ev.opened_by {
+            Some(crate::model::OpenedBy::Inherited) => "inherited (older than the process)".into(),
+            Some(crate::model::OpenedBy::SelfOpened) => "the process itself".into(),
+            None => "unknown".to_string(),
+        },
+    );
     line("session", opt(ev.session.map(|s| s.to_string())));
     line(
         "foreground group",

@@ -464,6 +464,8 @@ pub fn spawn_reap(pid: i32) -> Child {
             "--min-idle",
             "0",
             "--yes",
+            "--method",
+            "close",
             "--json",
         ])
         .stdin(Stdio::null())
@@ -522,6 +524,8 @@ pub struct Victim {
     pub pid: i32,
     /// The CLONE_FILES sibling (`--share-files`), or 0.
     pub sibling: i32,
+    /// The child that inherited the masters (`--fork-child`), or 0.
+    pub child_pid: i32,
     child: Child,
     dir: PathBuf,
     seq: u64,
@@ -556,6 +560,7 @@ impl Victim {
         let mut v = Victim {
             pid: child.id() as i32,
             sibling: 0,
+            child_pid: 0,
             child,
             dir,
             seq: 0,
@@ -565,6 +570,7 @@ impl Victim {
             if let Ok(text) = fs::read_to_string(&ready) {
                 let f = fields(&text);
                 v.sibling = f["sibling"].parse().expect("sibling pid");
+                v.child_pid = f["child"].parse().expect("child pid");
                 break;
             }
             if let Some(status) = v.child.try_wait().expect("waiting for the victim") {

@@ -24,6 +24,10 @@
 //! - `--spin-poll N`: N threads that spin in `poll()` on every master (hung up, so each poll
 //!   returns at once: a busy loop, never waiting); `--spin-select`: one more spinning in `select()`;
 //!   `--spin-compute`: one more spinning in pure computation, no system calls.
+//! - `--open-after-ms N`: wait N ms before opening the masters (so the process is clearly older
+//!   than its PTYs: they are its own).
+//! - `--fork-child`: 200 ms later, a child that inherits every master and just sleeps; `child` in
+//!   the ready file (its copies are inherited: older than it).
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
 //!   (`pthread_exit`): the leader is a zombie while the process lives on.
@@ -90,6 +94,8 @@ mod linux {
         leader_exits: bool,
         block_trap: bool,
         spin_poll: i32,
+        open_after_ms: u64,
+        fork_child: bool,
         spin_select: bool,
         spin_compute: bool,
         ready: String,
@@ -123,6 +129,12 @@ mod linux {
                     a.spin_poll = value().parse().unwrap_or_else(|_| usage("--spin-poll N"))
                 }
                 "--spin-select" => a.spin_select = true,
+                "--open-after-ms" => {
+                    a.open_after_ms = value()
+                        .parse()
+                        .unwrap_or_else(|_| usage("--open-after-ms N"))
+                }
+                "--fork-child" => a.fork_child = true,
                 "--spin-compute" => a.spin_compute = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
@@ -327,6 +339,23 @@ mod linux {
         }
     }
 
+    /// 200 ms after the masters were made, a child that inherits them all and sleeps until its
+    /// parent goes (the node-pty leak: a child holding masters it never saw).
+    fn fork_inheritor() -> i32 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: fork while single-threaded; the child only sleeps and exits.
+        match unsafe { libc::fork() } {
+            -1 => die("fork"),
+            0 => unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                loop {
+                    libc::pause();
+                }
+            },
+            pid => pid,
+        }
+    }
+
     /// A busy poll loop: POLLIN on every master; hung up, each poll returns at once.
     fn spin_poll(masters: i32) {
         STARTED.fetch_add(1, SeqCst);
@@ -439,9 +468,13 @@ mod linux {
 
     pub fn main() {
         let a = parse();
+        if a.open_after_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(a.open_after_ms));
+        }
         for i in 0..a.masters {
             hung_up_master(FIRST_FD + i, a.cloexec, a.never_opened);
         }
+        let child_pid = if a.fork_child { fork_inheritor() } else { 0 };
         handle(
             libc::SIGUSR1,
             on_usr1 as extern "C" fn(libc::c_int) as usize,
@@ -558,7 +591,7 @@ mod linux {
         let pid = std::process::id();
         write_atomically(
             &a.ready,
-            &format!("pid={pid} sibling={sibling_pid} first_fd={FIRST_FD}\n"),
+            &format!("pid={pid} sibling={sibling_pid} child={child_pid} first_fd={FIRST_FD}\n"),
         );
         if a.leader_exits {
             // The main loop goes on in another thread; the leader becomes a zombie.

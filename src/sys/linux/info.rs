@@ -28,6 +28,22 @@ pub fn process_info(pid: i32) -> ProcessInfo {
     }
 }
 
+/// When a process started, in seconds since the epoch with fraction, from its start time in
+/// clock ticks since boot (field 22 of /proc/PID/stat): boot is now on the real-time clock less
+/// now on the boot-time clock, to the nanosecond (`btime` of /proc/stat is whole seconds).
+pub fn started_at_precise(ticks: u64) -> Option<f64> {
+    let now = |clock| {
+        // SAFETY: clock_gettime writes one timespec.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+            .then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+    };
+    let boot = now(libc::CLOCK_REALTIME)? - now(libc::CLOCK_BOOTTIME)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + ticks as f64 / hz as f64)
+}
+
 /// Start time: boot time (`btime` of /proc/stat) + field 22 of /proc/PID/stat in clock ticks.
 fn started_at(pid: i32) -> Option<i64> {
     let ticks = start_time(pid)?;

@@ -6,7 +6,11 @@ use super::pty;
 use super::target::{self, Target};
 use super::watchers;
 use crate::exit_code::UserError;
-use crate::model::{Evidence, Snapshot};
+use crate::model::{Evidence, OpenedBy, Snapshot};
+
+/// How far apart a PTY's creation and the process's start must be to say who opened it: the
+/// start is known to a clock tick (10 ms), a fork and the PTY's creation can be that close.
+const OPENED_BY_MARGIN: f64 = 0.05;
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 
@@ -29,6 +33,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             );
         }
     }
+    let started = super::info::started_at_precise(target.start_time);
     let mut out = Vec::with_capacity(own.masters.len());
     for m in &own.masters {
         let mut ev = Evidence {
@@ -48,6 +53,8 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                     ev.foreground_pgrp = pty::foreground_pgrp(copy.as_fd());
                     ev.unread_bytes = pty::unread_bytes(copy.as_fd());
                     ev.hung_up = pty::hung_up(copy.as_fd());
+                    ev.opened_by = started
+                        .and_then(|s| OpenedBy::from_times(node.created, s, OPENED_BY_MARGIN));
                 }
                 Err(e) => ev.missing = Some(format!("fd {} is no longer a PTY master ({e})", m.fd)),
             },

@@ -30,6 +30,8 @@ pub struct SlaveNode {
     /// used (the kernel updates atime/mtime at most every 8 s; ctime changes only with owner or
     /// mode, which happens at setup — so taking the max errs on the side of "recent").
     pub last_io: i64,
+    /// When the node was made (its ctime, seconds with fraction): the PTY's creation.
+    pub created: f64,
     pub path: Option<String>,
 }
 
@@ -67,6 +69,7 @@ pub fn slave_node(master: BorrowedFd<'_>, want_path: bool) -> io::Result<SlaveNo
             index,
         },
         last_io: st.st_atime.max(st.st_mtime).max(st.st_ctime),
+        created: st.st_ctime as f64 + st.st_ctime_nsec as f64 * 1e-9,
         path,
     })
 }
