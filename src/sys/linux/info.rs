@@ -35,8 +35,8 @@ pub fn started_at_precise(ticks: u64) -> Option<f64> {
     let now = |clock| {
         // SAFETY: clock_gettime writes one timespec.
         let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
-            .then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+        let ok = unsafe { libc::clock_gettime(clock, &mut ts) } == 0;
+        ok.then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
     };
     let boot = now(libc::CLOCK_REALTIME)? - now(libc::CLOCK_BOOTTIME)?;
     // SAFETY: sysconf has no preconditions.
