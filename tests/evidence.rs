@@ -353,3 +353,37 @@ fn inherited_masters_are_closed_and_own_ones_merged() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(support::ptmx_fds(v.child_pid).is_empty());
 }
+
+/// Another process blocked in read() on its copy of the master uses the PTY in a way no idle
+/// time shows: the row says so and keeps it.
+#[test]
+fn a_reader_in_another_process_keeps_the_master() {
+    if !require_root() {
+        return;
+    }
+    let v = Victim::spawn(&[
+        "--never-opened",
+        "--masters",
+        "1",
+        "--fork-child",
+        "--child-reads",
+    ]);
+    let child = v.child_pid;
+    assert!(support::wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{child}/syscall"))
+            .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_read)))
+    }));
+    let pid = v.pid.to_string();
+    let doc = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]).json();
+    let r = &masters(&doc)[0];
+    assert_eq!(r["verdict"], "unknown", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains(&format!(
+            "pid {child} (ptyreap-victim) thread {child} blocks in read()"
+        )),
+        "{r}"
+    );
+    let out = ptyreap(&["--pid", &pid, "--min-idle", "0", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(v.masters_open(), vec![100]);
+}

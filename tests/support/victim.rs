@@ -28,6 +28,7 @@
 //!   than its PTYs: they are its own).
 //! - `--fork-child`: 200 ms later, a child that inherits every master and just sleeps; `child` in
 //!   the ready file (its copies are inherited: older than it).
+//! - `--child-reads`: that child blocks in `read()` on its copy of the first master.
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
 //!   (`pthread_exit`): the leader is a zombie while the process lives on.
@@ -96,6 +97,7 @@ mod linux {
         spin_poll: i32,
         open_after_ms: u64,
         fork_child: bool,
+        child_reads: bool,
         spin_select: bool,
         spin_compute: bool,
         ready: String,
@@ -135,6 +137,7 @@ mod linux {
                         .unwrap_or_else(|_| usage("--open-after-ms N"))
                 }
                 "--fork-child" => a.fork_child = true,
+                "--child-reads" => a.child_reads = true,
                 "--spin-compute" => a.spin_compute = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
@@ -341,15 +344,20 @@ mod linux {
 
     /// 200 ms after the masters were made, a child that inherits them all and sleeps until its
     /// parent goes (the node-pty leak: a child holding masters it never saw).
-    fn fork_inheritor() -> i32 {
+    fn fork_inheritor(reads: bool) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(200));
         // SAFETY: fork while single-threaded; the child only sleeps and exits.
         match unsafe { libc::fork() } {
             -1 => die("fork"),
             0 => unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let mut buf = [0u8; 64];
                 loop {
-                    libc::pause();
+                    if reads {
+                        libc::read(FIRST_FD, buf.as_mut_ptr().cast(), buf.len());
+                    } else {
+                        libc::pause();
+                    }
                 }
             },
             pid => pid,
@@ -474,7 +482,11 @@ mod linux {
         for i in 0..a.masters {
             hung_up_master(FIRST_FD + i, a.cloexec, a.never_opened);
         }
-        let child_pid = if a.fork_child { fork_inheritor() } else { 0 };
+        let child_pid = if a.fork_child {
+            fork_inheritor(a.child_reads)
+        } else {
+            0
+        };
         handle(
             libc::SIGUSR1,
             on_usr1 as extern "C" fn(libc::c_int) as usize,

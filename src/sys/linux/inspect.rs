@@ -14,6 +14,27 @@ const OPENED_BY_MARGIN: f64 = 0.05;
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 
+/// What may use the PTY where ptyreap cannot look: registered with the target's io_uring, or read
+/// by another holder of the master (see `watchers`).
+fn blind_spots(ev: &mut Evidence, uring: &[i32]) {
+    if let Some(fd) = uring.first() {
+        ev.blind_spots.push(format!(
+            "the target's io_uring instance (fd {fd}) has PTY masters registered, and which ones \
+             cannot be told"
+        ));
+    }
+    for h in &ev.other_master_holders {
+        for (tid, fd) in watchers::blocked_readers(h.pid) {
+            if h.fds.contains(&fd) {
+                ev.blind_spots.push(format!(
+                    "pid {} ({}) thread {tid} blocks in read() on its copy (fd {fd})",
+                    h.pid, h.name
+                ));
+            }
+        }
+    }
+}
+
 pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, UserError> {
     let pid = target.pid;
     let Some(own) = snapshot.process(pid) else {
@@ -23,6 +44,16 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
     let mut watched = watchers::watchers(pid, &master_fds, &own.event_queues);
     // A process sharing the fd table is part of the target for every purpose here: its waits
     // watch the same fds, and it is no "other holder" (closing in one closes in both).
+    // A thread of the target blocked in read() on a master is the app using it.
+    for (tid, fd) in watchers::blocked_readers(pid) {
+        if master_fds.contains(&fd) {
+            watched
+                .entry(fd)
+                .or_default()
+                .push(format!("read() in thread {tid}"));
+        }
+    }
+    let uring = watchers::io_uring_with_masters(pid);
     let sharers = preflight::fd_table_sharers(pid, snapshot);
     for (sharer, name) in &sharers {
         for (fd, by) in watchers::watchers(*sharer, &master_fds, &[]) {
@@ -76,6 +107,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             .partition(|h| sharers.iter().any(|(p, _)| *p == h.pid));
         ev.fd_table_shared_with = shared;
         ev.other_master_holders = others;
+        blind_spots(&mut ev, &uring);
         out.push(ev);
     }
     Ok(out)

@@ -132,6 +132,63 @@ fn waiting_poll_sets(pid: i32) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
     out
 }
 
+/// (tid, fd) for every thread of `pid` blocked in `read()`/`readv()` on an fd: a reader of a
+/// master uses the PTY however idle it looks.
+pub fn blocked_readers(pid: i32) -> Vec<(i32, i32)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let read_calls = [libc::SYS_read, libc::SYS_readv];
+    tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+            let (nr, args) = procfs::parse_syscall(&text)?;
+            read_calls.contains(&nr).then_some((tid, args[0] as i32))
+        })
+        .collect()
+}
+
+/// PTY masters registered with one of the target's io_uring instances (`UserFiles:` in its
+/// fdinfo lists each registered file's path): requests on them are invisible to every other
+/// check, and which master a registration is cannot be told from the path. The io_uring fds
+/// that have any.
+pub fn io_uring_with_masters(pid: i32) -> Vec<i32> {
+    super::scan::fds_linked_to(pid, b"anon_inode:[io_uring]")
+        .into_iter()
+        .filter(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            registered_masters(&info)
+        })
+        .collect()
+}
+
+/// Whether an io_uring fdinfo's `UserFiles:` list holds a PTY master (`/dev/ptmx`,
+/// `/dev/pts/ptmx`).
+pub fn registered_masters(fdinfo: &str) -> bool {
+    let mut in_files = false;
+    for line in fdinfo.lines() {
+        if line.starts_with("UserFiles:") {
+            in_files = true;
+            continue;
+        }
+        if in_files {
+            let Some((index, path)) = line.trim_start().split_once(": ") else {
+                break;
+            };
+            if index.parse::<u32>().is_err() {
+                break;
+            }
+            if path.ends_with("ptmx") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// The poll sets of threads that are running rather than waiting: a poll() loop that still
 /// watches a hung-up master never waits (every poll returns at once with POLLHUP), so it is
 /// caught at its next poll-family call instead, each such thread traced alone for at most
@@ -278,6 +335,16 @@ mod tests {
             raw.extend_from_slice(&0i16.to_ne_bytes());
         }
         assert_eq!(pollfds_from_bytes(&raw), [5, 12].into());
+    }
+
+    #[test]
+    fn io_uring_registered_files() {
+        let info =
+            "pos:\t0\nflags:\t02\nUserFiles:\t2\n    0: /tmp/x\n    1: /dev/ptmx\nUserBufs:\t0\n";
+        assert!(registered_masters(info));
+        let none = "UserFiles:\t1\n    0: /dev/null\nUserBufs:\t0\n    0: 0x1000/4096\n";
+        assert!(!registered_masters(none));
+        assert!(!registered_masters("pos:\t0\n"));
     }
 
     #[test]
