@@ -31,9 +31,15 @@ Examples:
   sudo ptyreap report --pid 1234 --output r.json  a snapshot for a bug report
 
 Verdicts: orphaned (released), fresh (idle < --min-idle, kept), tracked (the app's event loop \
-still watches it; kept unless --include-tracked), merged (shares its open file with other fds), \
-live (a process holds the slave, or it is a session's terminal; never released unless stale), \
-stale (live but silent for --include-stale), unknown (not enough evidence; kept).
+still watches it -- an epoll set, a thread in poll/select, or one caught at its next poll while \
+busy; kept unless --include-tracked), merged (shares its open file with other fds), live (a \
+process holds the slave, or it is a session's terminal; never released unless stale), stale \
+(live but silent for --include-stale), unknown (not enough evidence -- a process ptyreap could \
+not read, an io_uring registration, another process reading its copy; kept).
+
+Default method: close for orphans the process inherited (older than the process: it never saw \
+the number), merge for those it opened itself or where that is unknown (the number stays a \
+hung-up master; one PTY per process is kept) and for tracked ones.
 
 Exit codes: 0 done or nothing to do, 1 error (nothing released), 2 usage, 3 partial, \
 4 not confirmed (declined, or a prompt was needed and stdin is not a terminal).";
@@ -87,7 +93,8 @@ pub struct Cli {
     #[arg(long)]
     pub include_tracked: bool,
 
-    /// How to release each fd [default: close for orphaned masters, merge for tracked ones]
+    /// How to release each fd [default: close for inherited orphans, merge for the process's own
+    /// and for tracked ones]
     #[arg(long, value_enum, value_name = "METHOD")]
     pub method: Option<Method>,
 
