@@ -753,3 +753,44 @@ fn inject_rseq_abort_follows_the_kernel() {
     assert_eq!(cs.abort_for(0xfff), None);
     assert_eq!(cs.abort_for(0x2004), None);
 }
+
+/// A busy poll loop (its poll returns at once, it never waits) is caught at its next poll with
+/// its fd set read, on both architectures (ppoll on aarch64); a thread spinning without system
+/// calls is given up on at the bound; neither is left traced or stopped.
+#[test]
+fn inject_peek_catches_a_busy_poll_loop() {
+    use super::peek;
+    let mut t = Target::spawn("spinpoll");
+    let ready = fields(&t.expect("ready"));
+    let fd: i32 = ready["fd"].parse().unwrap();
+    let pid = t.pid;
+    let named = |n: &str| threads(pid).into_iter().find(|x| x.1 == n).map(|x| x.0);
+    let deadline = Instant::now() + PATIENCE;
+    while named("t-spin-poll").is_none() || named("t-compute").is_none() {
+        assert!(Instant::now() < deadline, "workers never named");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let spinner = tid_of(pid, "t-spin-poll");
+    let computer = tid_of(pid, "t-compute");
+    let poll_calls = [libc::SYS_ppoll as u64];
+    #[cfg(target_arch = "x86_64")]
+    let poll_calls = [poll_calls[0], libc::SYS_poll as u64];
+    let wanted = |nr: u64| poll_calls.contains(&nr);
+    let read = |tid: i32, _nr: u64, args: [u64; 6]| {
+        let mut raw = [0u8; 8];
+        let mem = std::fs::File::open(format!("/proc/{pid}/task/{tid}/mem")).ok()?;
+        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut raw, args[0]).ok()?;
+        Some(i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]))
+    };
+    let t0 = Instant::now();
+    let found = peek::next_calls(
+        &[spinner, computer],
+        Duration::from_millis(500),
+        &wanted,
+        &read,
+    );
+    assert_eq!(found, vec![(spinner, fd)], "the poll loop's fd");
+    assert!(t0.elapsed() < PATIENCE);
+    assert_untouched(pid);
+    drop(t);
+}

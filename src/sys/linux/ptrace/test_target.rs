@@ -144,6 +144,7 @@ pub fn run(role: &str) {
         "tempmask" => tempmask(arg),
         "sigtrap" => sigtrap(arg),
         "exec" => exec_loop(),
+        "spinpoll" => spin_poll(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -409,6 +410,35 @@ fn exec_loop() {
         panic!("exec: {e}");
     });
     let _ = t.join();
+}
+
+/// A thread ("t-spin-poll") in a busy poll loop: the pipe's write end is closed, so every
+/// ppoll/poll returns POLLHUP at once and the thread never waits; another ("t-compute") spins
+/// without system calls.
+fn spin_poll() {
+    let mut p = [0; 2];
+    // SAFETY: pipe writes two fds.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    // SAFETY: closing our own write end.
+    unsafe { libc::close(p[1]) };
+    let fd = p[0];
+    worker("t-spin-poll", move || loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+    });
+    worker("t-compute", || {
+        let mut x = 1u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    });
+    report(format!("ready fd={fd}"));
+    commands(|_, _| {});
 }
 
 fn sigtrap(how: &str) {
