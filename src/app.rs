@@ -5,7 +5,7 @@ use crate::cli::{self, Cli};
 use crate::exit_code::{ExitCode, UserError};
 use crate::model::{self, Action, TargetReport};
 use crate::render::{self, Style};
-use crate::{census, confirm, interrupt, pipeline, plan, report, sys, verdict, watch};
+use crate::{census, confirm, interrupt, output, pipeline, plan, report, sys, verdict, watch};
 use anyhow::Result;
 
 pub fn run(cli: &Cli) -> Result<ExitCode> {
@@ -14,12 +14,16 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Some(cli::Command::Report(args)) => return report::run(args),
         Some(cli::Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "ptyreap", &mut std::io::stdout());
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "ptyreap", &mut text);
+            output::print_bytes(&text);
             return Ok(ExitCode::Success);
         }
         Some(cli::Command::Man) => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            let mut text = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut text)?;
+            output::print_bytes(&text);
             return Ok(ExitCode::Success);
         }
         None => {}
@@ -41,9 +45,9 @@ fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
     let snapshot = sys::snapshot()?;
     let census = census::census(&snapshot);
     if cli.json {
-        println!("{}", render::json::census(&census));
+        output::println(&render::json::census(&census).to_string());
     } else {
-        print!("{}", render::table::census(&census, style));
+        output::print(&render::table::census(&census, style));
     }
     Ok(ExitCode::Success)
 }
@@ -111,13 +115,14 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
                 system,
                 reports,
             );
-            println!("{doc}");
+            output::println(&doc.to_string());
         } else {
-            print!("{}", render::table::system(system));
+            let mut text = render::table::system(system);
             for t in reports {
-                println!();
-                print!("{}", render::table::target(t, style));
+                text.push('\n');
+                text.push_str(&render::table::target(t, style));
             }
+            output::print(&text);
         }
     };
     if cli.dry_run || planned == 0 {
@@ -198,7 +203,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             "before": before.system.in_use,
             "after": after.in_use,
         });
-        println!("{doc}");
+        output::println(&doc.to_string());
     } else {
         print(&reports, &after, false);
         eprintln!(

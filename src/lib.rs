@@ -14,6 +14,7 @@ pub mod exit_code;
 pub mod interrupt;
 pub mod model;
 pub mod notify;
+pub mod output;
 pub mod parallel;
 pub mod pipeline;
 pub mod plan;

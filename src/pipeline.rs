@@ -42,11 +42,12 @@ fn not_a_master(target: &sys::Target, fd: i32, masters: &[i32]) -> UserError {
     let list = if masters.is_empty() {
         "none".to_string()
     } else {
+        // numerically: 3,4,10, never 10,3,4
         masters
             .iter()
-            .map(i32::to_string)
             .collect::<BTreeSet<_>>()
             .into_iter()
+            .map(i32::to_string)
             .collect::<Vec<_>>()
             .join(",")
     };

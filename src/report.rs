@@ -78,7 +78,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let mut text = serde_json::to_string_pretty(&doc)?;
     text.push('\n');
     match &args.output {
-        None => print!("{text}"),
+        None => crate::output::print(&text),
         Some(path) => {
             write_new_file(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
             eprintln!("ptyreap: report written to {}", path.display());

@@ -246,7 +246,7 @@ impl Log {
             for (k, v) in fields {
                 obj.insert((*k).into(), v.clone());
             }
-            println!("{}", Value::Object(obj));
+            crate::output::println(&Value::Object(obj).to_string());
         } else {
             let mut line = format!("ptyreap-watch: {time} {event}");
             for (k, v) in fields {

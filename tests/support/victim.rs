@@ -29,6 +29,7 @@
 //! - `--fork-child`: 200 ms later, a child that inherits every master and just sleeps; `child` in
 //!   the ready file (its copies are inherited: older than it).
 //! - `--child-reads`: that child blocks in `read()` on its copy of the first master.
+//! - `--name NAME`: the process's name (comm), escape sequences and all.
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
 //!   (`pthread_exit`): the leader is a zombie while the process lives on.
@@ -98,6 +99,7 @@ mod linux {
         open_after_ms: u64,
         fork_child: bool,
         child_reads: bool,
+        name: Option<String>,
         spin_select: bool,
         spin_compute: bool,
         ready: String,
@@ -138,6 +140,7 @@ mod linux {
                 }
                 "--fork-child" => a.fork_child = true,
                 "--child-reads" => a.child_reads = true,
+                "--name" => a.name = Some(value()),
                 "--spin-compute" => a.spin_compute = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
@@ -476,6 +479,11 @@ mod linux {
 
     pub fn main() {
         let a = parse();
+        if let Some(name) = &a.name {
+            let c = std::ffi::CString::new(name.as_str()).unwrap_or_else(|_| usage("--name"));
+            // SAFETY: PR_SET_NAME with a NUL-terminated string (the kernel keeps 15 bytes).
+            unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+        }
         if a.open_after_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(a.open_after_ms));
         }

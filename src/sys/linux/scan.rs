@@ -303,7 +303,9 @@ fn read_tty_index(proc_dir: &OwnedFd, pid: i32, fd: RawFd) -> Option<u32> {
 }
 
 fn read_comm(proc_dir: &OwnedFd, pid: i32) -> Option<String> {
-    read_small(proc_dir, &format!("{pid}/comm")).map(|s| s.trim_end_matches('\n').to_string())
+    // A process names itself: escaped, so that printing it can never drive a terminal.
+    read_small(proc_dir, &format!("{pid}/comm"))
+        .map(|s| crate::output::escaped(s.trim_end_matches('\n')))
 }
 
 /// Reads a small /proc file relative to the /proc directory fd.

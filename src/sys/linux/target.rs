@@ -18,7 +18,7 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
     same_pid_namespace_as_proc(pid)?;
     let no_such = || crate::sys::checks::no_such_process(pid);
     let stat = procfs::read_stat(pid).map_err(|_| no_such())?;
-    let name = stat.comm.clone();
+    let name = crate::output::escaped(&stat.comm);
     if matches!(stat.state, 'Z' | 'X') && live_threads(pid) > 0 {
         return Err(UserError::failure(format!(
             "pid {pid} ({name}): its main thread has exited while other threads run on; the \
