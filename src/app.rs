@@ -5,7 +5,9 @@ use crate::cli::{self, Cli};
 use crate::exit_code::{ExitCode, UserError};
 use crate::model::{self, Action, TargetReport};
 use crate::render::{self, Style};
-use crate::{census, confirm, interrupt, output, pipeline, plan, report, sys, verdict, watch};
+use crate::{
+    census, confirm, interrupt, output, pipeline, plan, ptys, report, sys, verdict, watch,
+};
 use anyhow::Result;
 
 pub fn run(cli: &Cli) -> Result<ExitCode> {
@@ -70,6 +72,14 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
         }
         found.into_iter().for_each(&mut add);
     }
+    if cli.all {
+        let own = std::process::id() as i32;
+        snapshot
+            .processes
+            .iter()
+            .filter(|p| !p.masters.is_empty() && p.pid != own)
+            .for_each(|p| add(p.pid));
+    }
     if cli.top {
         let census = census::census(snapshot);
         match census.processes.first() {
@@ -94,7 +104,12 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     }
     for pid in pids {
         if !targets.iter().any(|t| t.pid == pid) {
-            targets.push(sys::open_target(pid)?);
+            match sys::open_target(pid) {
+                Ok(t) => targets.push(t),
+                // --all: a process that exited, or that may not be inspected, is not a target
+                Err(_) if cli.all => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     if cli.fd.is_some() && targets.len() > 1 {
@@ -104,17 +119,43 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         ))
         .into());
     }
-    let mut reports = build_reports(cli, &targets, &snapshot)?;
+    let mut reports = if cli.all {
+        // one by one: a process that exits while being inspected drops out
+        let mut kept = Vec::new();
+        let mut reports = Vec::new();
+        for t in targets {
+            if let Ok(mut r) = build_reports(cli, std::slice::from_ref(&t), &snapshot) {
+                reports.append(&mut r);
+                kept.push(t);
+            }
+        }
+        targets = kept;
+        reports
+    } else {
+        build_reports(cli, &targets, &snapshot)?
+    };
+    let mut ptys = ptys::account(&mut reports);
+    if cli.all {
+        // only the processes, and the rows, that free a PTY
+        let keep: Vec<bool> = reports.iter_mut().map(ptys::only_what_frees).collect();
+        let mut k = keep.iter();
+        targets.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = keep.iter();
+        reports.retain(|_| *k.next().unwrap_or(&false));
+        ptys = ptys::account(&mut reports);
+    }
     let planned = count_planned(&reports);
     let print = |reports: &[TargetReport], system: &model::SystemUsage, dry_run: bool| {
         if cli.json {
-            let doc = render::json::inspection(
+            let mut doc = render::json::inspection(
                 dry_run,
                 cli.method,
                 cli.min_idle.as_secs(),
                 system,
                 reports,
             );
+            let would_free = ptys::account(&mut reports.to_vec()).would_free;
+            doc["ptys"] = serde_json::json!({"would_free": would_free, "freed": null});
             output::println(&doc.to_string());
         } else {
             let mut text = render::table::system(system);
@@ -133,7 +174,10 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
                 if planned == 0 {
                     "Nothing to release.".to_string()
                 } else {
-                    format!("Dry run: would release {planned} master(s); nothing was changed.")
+                    format!(
+                        "Dry run: would free {}; nothing was changed.",
+                        ptys::describe(&ptys)
+                    )
                 }
             );
         }
@@ -203,12 +247,24 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             "before": before.system.in_use,
             "after": after.in_use,
         });
+        let planned_ptys = ptys::account(&mut reports.clone()).would_free;
+        doc["ptys"] = serde_json::json!({
+            "would_free": planned_ptys,
+            "freed": ptys::freed(&reports),
+        });
         output::println(&doc.to_string());
     } else {
         print(&reports, &after, false);
         eprintln!(
-            "Released {} of {} planned master(s); PTYs in use: {} -> {}.",
-            summary.released, summary.planned, before.system.in_use, after.in_use
+            "Released {} of {} planned master cop{}; freed {} of {} PTY{}; PTYs in use: {} -> {}.",
+            summary.released,
+            summary.planned,
+            if summary.planned == 1 { "y" } else { "ies" },
+            ptys::freed(&reports),
+            ptys.would_free,
+            if ptys.would_free == 1 { "" } else { "s" },
+            before.system.in_use,
+            after.in_use
         );
     }
     let only_whole_target_errors =

@@ -16,6 +16,16 @@ pub fn census(snapshot: &Snapshot) -> Census {
             }
         }
     }
+    // how many processes hold each PTY's master
+    let mut master_holders: HashMap<crate::model::PtyId, Vec<i32>> = HashMap::new();
+    for p in &snapshot.processes {
+        for pty in p.masters.iter().filter_map(|m| m.pty) {
+            let pids = master_holders.entry(pty).or_default();
+            if !pids.contains(&p.pid) {
+                pids.push(p.pid);
+            }
+        }
+    }
     let mut processes: Vec<ProcessCount> = snapshot
         .processes
         .iter()
@@ -25,6 +35,7 @@ pub fn census(snapshot: &Snapshot) -> Census {
             name: p.name.clone(),
             masters: p.masters.len(),
             orphaned: orphaned(p, &slave_holders),
+            ptys_only_here: only_here(p, &master_holders),
         })
         .collect();
     processes.sort_by(|a, b| b.masters.cmp(&a.masters).then(a.pid.cmp(&b.pid)));
@@ -32,6 +43,13 @@ pub fn census(snapshot: &Snapshot) -> Census {
         system: snapshot.system.clone(),
         processes,
     }
+}
+
+fn only_here(p: &ProcessPtys, master_holders: &HashMap<crate::model::PtyId, Vec<i32>>) -> usize {
+    let mine: std::collections::BTreeSet<_> = p.masters.iter().filter_map(|m| m.pty).collect();
+    mine.into_iter()
+        .filter(|pty| master_holders.get(pty).is_some_and(|pids| pids == &[p.pid]))
+        .count()
 }
 
 fn orphaned(p: &ProcessPtys, slave_holders: &HashMap<crate::model::PtyId, Vec<i32>>) -> usize {

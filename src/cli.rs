@@ -69,6 +69,11 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["pids", "names"])]
     pub top: bool,
 
+    /// Every process holding a master whose PTY the plan would free: the machine's whole leak
+    /// in one step (each process stopped on its own, one at a time)
+    #[arg(long, conflicts_with_all = ["pids", "names", "top"])]
+    pub all: bool,
+
     /// Show the verdicts and the plan; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -191,7 +196,7 @@ pub struct ReportArgs {
 
 impl Cli {
     pub fn has_target(&self) -> bool {
-        self.top || !self.pids.is_empty() || !self.names.is_empty()
+        self.top || self.all || !self.pids.is_empty() || !self.names.is_empty()
     }
 
     /// Flags that only mean something for a target, for a clear usage error without one.

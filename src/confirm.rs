@@ -37,8 +37,9 @@ pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
         })
         .collect();
     let n = planned.len();
+    let frees = crate::ptys::account(&mut reports.to_vec());
     let choice = Select::new()
-        .with_prompt(format!("Release {n} PTY master(s)?"))
+        .with_prompt(format!("Free {}?", crate::ptys::describe(&frees)))
         .items(&[
             format!("Reap all {n}"),
             "Choose which…".to_string(),

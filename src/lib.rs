@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod plan;
 #[cfg(all(test, target_os = "linux"))]
 mod proptests;
+pub mod ptys;
 pub mod render;
 pub mod report;
 pub mod sys;

@@ -228,6 +228,8 @@ pub struct ProcessCount {
     /// Masters whose slave no other process holds and that are no session's terminal: the ones
     /// that look leaked (the per-fd verdict adds idleness and event-loop checks).
     pub orphaned: usize,
+    /// PTYs whose master no other process holds: what quitting this process would free.
+    pub ptys_only_here: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -395,6 +397,9 @@ pub struct MasterRow {
     pub detail: Option<String>,
     /// The fd the other `merge` fds are dup2()ed onto (kept).
     pub merge_keeper: bool,
+    /// For a planned row: whether releasing it (with the other planned rows) frees its PTY, i.e.
+    /// every copy of the master is planned (see ptys.rs). None until counted.
+    pub frees_pty: Option<bool>,
 }
 
 /// One inspected (and maybe reaped) process.

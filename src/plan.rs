@@ -52,6 +52,7 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
                 result: None,
                 detail: None,
                 merge_keeper: false,
+                frees_pty: None,
             }
         })
         .collect();

@@ -59,6 +59,7 @@ fn master(r: &MasterRow) -> Value {
         "action": r.action,
         "method": if r.action == Action::Close { r.method } else { None },
         "result": r.result,
+        "frees_pty": r.frees_pty,
         "detail": r.detail,
     })
 }

@@ -109,6 +109,7 @@ pub fn census(c: &Census, style: &Style) -> String {
         ("NAME", false),
         ("MASTERS", true),
         ("ORPHANED", true),
+        ("PTYS ONLY HERE", true),
     ]);
     for p in &c.processes {
         let sgr = if p.orphaned > 0 { "33" } else { "" };
@@ -117,6 +118,7 @@ pub fn census(c: &Census, style: &Style) -> String {
             (p.name.clone(), ""),
             (p.masters.to_string(), ""),
             (p.orphaned.to_string(), sgr),
+            (p.ptys_only_here.to_string(), ""),
         ]);
     }
     out.push_str(&t.render(style, ""));

@@ -541,8 +541,25 @@ impl Victim {
         Victim::spawn_as(None, args)
     }
 
+    /// The victim in a private devpts instance (see `Fixture::spawn_private_devpts`): its PTYs
+    /// are counted exactly, whatever else runs.
+    pub fn spawn_private_devpts(args: &[&str], max: u32) -> Victim {
+        let options =
+            std::ffi::CString::new(format!("newinstance,ptmxmode=0666,max={max}")).unwrap();
+        Victim::spawn_with(None, args, move |cmd| {
+            // SAFETY: only raw syscalls on prepared strings between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || private_devpts(&options));
+            }
+        })
+    }
+
     /// The same, as user `uid` (root only).
     pub fn spawn_as(uid: Option<u32>, args: &[&str]) -> Victim {
+        Victim::spawn_with(uid, args, |_| {})
+    }
+
+    fn spawn_with(uid: Option<u32>, args: &[&str], configure: impl FnOnce(&mut Command)) -> Victim {
         let dir = temp_dir("victim");
         let ready = dir.join("ready");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"));
@@ -556,6 +573,7 @@ impl Victim {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
             cmd.uid(uid).gid(uid);
         }
+        configure(&mut cmd);
         let child = cmd.spawn().expect("spawning ptyreap-victim");
         let mut v = Victim {
             pid: child.id() as i32,
