@@ -50,10 +50,28 @@ pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
     match choice {
         Ok(Some(0)) => Answer::Proceed,
         Ok(Some(1)) => {
-            let labels: Vec<String> = planned
+            // Hundreds of fds: one choice per process and verdict (groups.rs), not per fd.
+            let items: Vec<Vec<(usize, usize)>> = if planned.len() > MAX_SINGLE_CHOICES {
+                reports
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, report)| {
+                        crate::groups::choices(&report.masters)
+                            .into_iter()
+                            .map(move |g| g.into_iter().map(|m| (t, m)).collect())
+                    })
+                    .collect()
+            } else {
+                planned.iter().map(|&p| vec![p]).collect()
+            };
+            let labels: Vec<String> = items
                 .iter()
-                .map(|&(t, m)| label(&reports[t], &reports[t].masters[m]))
+                .map(|group| match group.as_slice() {
+                    [(t, m)] => label(&reports[*t], &reports[*t].masters[*m]),
+                    many => group_label(reports, many),
+                })
                 .collect();
+            let n = items.len();
             let picked = MultiSelect::new()
                 .with_prompt("Space toggles, Enter confirms")
                 .items(&labels)
@@ -61,9 +79,11 @@ pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
                 .interact_opt();
             match picked {
                 Ok(Some(picked)) if !picked.is_empty() => {
-                    for (i, &(t, m)) in planned.iter().enumerate() {
+                    for (i, group) in items.iter().enumerate() {
                         if !picked.contains(&i) {
-                            keep_by_choice(&mut reports[t].masters[m]);
+                            for &(t, m) in group {
+                                keep_by_choice(&mut reports[t].masters[m]);
+                            }
                         }
                     }
                     Answer::Proceed
@@ -75,6 +95,28 @@ pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
         Ok(_) => Answer::Declined("cancelled: nothing was changed".into()),
         Err(e) => Answer::Declined(format!("could not ask ({e}): nothing was changed")),
     }
+}
+
+/// More planned fds than this, and the checklist offers groups.
+const MAX_SINGLE_CHOICES: usize = 20;
+
+/// "pid 812 (node): 486 orphaned masters, fds 12–497, close".
+fn group_label(reports: &[TargetReport], group: &[(usize, usize)]) -> String {
+    let (t, _) = group[0];
+    let rows: Vec<MasterRow> = group
+        .iter()
+        .map(|&(t, m)| reports[t].masters[m].clone())
+        .collect();
+    let r = &rows[0];
+    format!(
+        "pid {} ({}): {} {} masters, fds {}, {}",
+        reports[t].pid,
+        reports[t].name,
+        rows.len(),
+        r.judgement.verdict.as_str(),
+        crate::groups::fd_span(&rows),
+        r.method.map_or("close", |m| m.as_str())
+    )
 }
 
 fn label(t: &TargetReport, r: &MasterRow) -> String {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod confirm;
 pub mod duration;
 pub mod exit_code;
+pub mod groups;
 pub mod interrupt;
 pub mod model;
 pub mod notify;

@@ -123,7 +123,7 @@ fn enter_reaps_all() {
     }
     let f = Fixture::spawn(&["--orphans", "3", "--live", "1"]);
     let mut t = OnTerminal::start(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
-    t.wait_for_text("Release 3 PTY master(s)?");
+    t.wait_for_text("Free 3 PTYs (3 master copies in 1 process)?");
     t.type_keys("\r");
     assert_eq!(t.exit_code(), 0);
     assert_eq!(ptmx_fds(f.pid), f.fds("live"));
@@ -134,7 +134,7 @@ fn cancel_changes_nothing() {
     let f = Fixture::spawn(&["--orphans", "3"]);
     let before = ptmx_fds(f.pid);
     let mut t = OnTerminal::start(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
-    t.wait_for_text("Release 3 PTY master(s)?");
+    t.wait_for_text("Free 3 PTYs (3 master copies in 1 process)?");
     t.type_keys("\x1b[B\x1b[B\r"); // down, down: "Cancel"
     assert_eq!(t.exit_code(), 4);
     assert_eq!(ptmx_fds(f.pid), before);
@@ -148,7 +148,7 @@ fn choose_reaps_only_the_chosen() {
     let f = Fixture::spawn(&["--orphans", "3"]);
     let orphans = f.fds("orphans");
     let mut t = OnTerminal::start(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
-    t.wait_for_text("Release 3 PTY master(s)?");
+    t.wait_for_text("Free 3 PTYs (3 master copies in 1 process)?");
     t.type_keys("\x1b[B\r"); // "Choose which…"
     t.wait_for_text("Space toggles");
     t.type_keys(" \r"); // untick the first, confirm
@@ -157,5 +157,38 @@ fn choose_reaps_only_the_chosen() {
         ptmx_fds(f.pid),
         vec![orphans[0]],
         "only the unticked one is left"
+    );
+}
+
+/// Hundreds of fds: the checklist offers one choice per process and verdict, not one per fd.
+#[test]
+fn the_checklist_offers_groups() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--orphans", "30", "--tracked", "2"]);
+    let (orphans, tracked) = (f.fds("orphans"), f.fds("tracked"));
+    let mut t = OnTerminal::start(&[
+        "--pid",
+        &f.pid.to_string(),
+        "--min-idle",
+        "0",
+        "--include-tracked",
+    ]);
+    t.wait_for_text("Free ");
+    t.type_keys("\x1b[B\r"); // "Choose which…"
+    t.wait_for_text("Space toggles");
+    t.wait_for_text("30 orphaned masters, fds");
+    t.wait_for_text("2 tracked masters, fds");
+    t.type_keys(" \r"); // untick the orphans' group, confirm
+    assert_eq!(t.exit_code(), 0);
+    let left = ptmx_fds(f.pid);
+    assert!(
+        orphans.iter().all(|fd| left.contains(fd)),
+        "an orphan was released: {left:?}"
+    );
+    assert!(
+        tracked.iter().all(|fd| !left.contains(fd)),
+        "the tracked group was not released: {left:?}"
     );
 }

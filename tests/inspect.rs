@@ -310,3 +310,46 @@ fn the_table_reads_at_a_glance() {
     );
     assert!(census.stdout.contains(&pid));
 }
+
+/// 490 leaked masters are a handful of lines, not a wall; `-v` and `--json` show every one.
+#[test]
+fn hundreds_of_masters_at_a_glance() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--orphans", "490", "--live", "1"]);
+    let pid = f.pid.to_string();
+    let args = [
+        "--pid",
+        pid.as_str(),
+        "--dry-run",
+        "--min-idle",
+        "0",
+        "--method",
+        "close",
+    ];
+    let out = ptyreap(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines = out.stdout.lines().count();
+    assert!(lines < 12, "{lines} lines: {}", out.stdout);
+    let first = f.fds("orphans")[0];
+    let last = *f.fds("orphans").last().unwrap();
+    assert!(
+        out.stdout.contains(&format!("fds {first}–{last} (490)")),
+        "{}",
+        out.stdout
+    );
+    let mut verbose = args.to_vec();
+    verbose.push("-v");
+    let v = ptyreap(&verbose);
+    let rows = v
+        .stdout
+        .lines()
+        .filter(|l| l.contains("orphaned") && l.contains("/dev/pts/"))
+        .count();
+    assert_eq!(rows, 490, "-v lists every row");
+    let mut json = args.to_vec();
+    json.push("--json");
+    let doc = ptyreap(&json).json();
+    assert_eq!(doc["targets"][0]["masters"].as_array().unwrap().len(), 491);
+}

@@ -191,22 +191,65 @@ pub fn target(t: &TargetReport, style: &Style) -> String {
     }
     head.push(("REASON", false));
     let mut table = Table::new(head);
-    for r in &t.masters {
+    // Without -v, a run of rows of one shape is one line (groups.rs).
+    let runs = if style.verbose {
+        (0..t.masters.len()).map(|i| i..i + 1).collect()
+    } else {
+        crate::groups::runs(&t.masters)
+    };
+    for run in runs {
+        let rows = &t.masters[run.clone()];
+        let r = &rows[0];
+        let grouped = rows.len() >= crate::groups::MIN_RUN;
+        if !grouped && rows.len() > 1 {
+            for single in run.clone() {
+                push_row(&mut table, &t.masters[single], reaped, None);
+            }
+            continue;
+        }
+        push_row(&mut table, r, reaped, grouped.then_some(rows));
+    }
+    out.push_str(&table.render(style, "  "));
+    if style.verbose {
+        for r in &t.masters {
+            out.push_str(&evidence_lines(r));
+        }
+    }
+    out
+}
+
+/// One table line: a row, or (`group`) a run of rows of one shape.
+fn push_row(table: &mut Table, r: &MasterRow, reaped: bool, group: Option<&[MasterRow]>) {
+    {
         let ev = &r.evidence;
         let action = match (r.action, r.method) {
             (Action::Close, Some(m)) => m.as_str().to_string(),
             (Action::Close, None) => "close".into(),
             (Action::Keep, _) => "keep".into(),
         };
+        let (fd, pty, slave, idle) = match group {
+            Some(rows) => (
+                format!("fds {}", crate::groups::fd_span(rows)),
+                String::new(),
+                String::new(),
+                crate::groups::idle_span(rows),
+            ),
+            None => (
+                ev.fd.to_string(),
+                ev.pty.map_or("?".into(), |p| p.index.to_string()),
+                ev.slave_path.clone().unwrap_or_else(|| "?".into()),
+                r.judgement.idle_s.map_or("?".into(), human),
+            ),
+        };
         let mut row = vec![
-            (ev.fd.to_string(), ""),
-            (ev.pty.map_or("?".into(), |p| p.index.to_string()), ""),
-            (ev.slave_path.clone().unwrap_or_else(|| "?".into()), ""),
+            (fd, ""),
+            (pty, ""),
+            (slave, ""),
             (
                 r.judgement.verdict.as_str().to_string(),
                 verdict_color(r.judgement.verdict),
             ),
-            (r.judgement.idle_s.map_or("?".into(), human), ""),
+            (idle, ""),
             (action, if r.action == Action::Close { "1" } else { "" }),
         ];
         if reaped {
@@ -218,20 +261,16 @@ pub fn target(t: &TargetReport, style: &Style) -> String {
             };
             row.push((text.to_string(), sgr));
         }
-        let mut reason = r.judgement.reason.clone();
+        let mut reason = match group {
+            Some(rows) => crate::groups::shared_reason(rows),
+            None => r.judgement.reason.clone(),
+        };
         if let Some(detail) = &r.detail {
             let _ = write!(reason, " [{detail}]");
         }
         row.push((reason, ""));
         table.push(row);
     }
-    out.push_str(&table.render(style, "  "));
-    if style.verbose {
-        for r in &t.masters {
-            out.push_str(&evidence_lines(r));
-        }
-    }
-    out
 }
 
 /// `--verbose`: everything behind a verdict, one fd per paragraph.
