@@ -7,6 +7,21 @@ use std::collections::HashMap;
 /// its holder holds the slave and the slave is no session's controlling terminal (the full
 /// verdict adds idleness and the event-loop check).
 pub fn census(snapshot: &Snapshot) -> Census {
+    census_at(snapshot, now())
+}
+
+/// Seconds since the epoch, with fraction.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How far back a leak rate looks.
+const RATE_WINDOW_S: f64 = 24.0 * 3600.0;
+
+/// The census as of `now` (seconds since the epoch).
+pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
     let mut slave_holders: HashMap<_, Vec<i32>> = HashMap::new();
     for p in &snapshot.processes {
         for s in &p.slaves {
@@ -36,13 +51,71 @@ pub fn census(snapshot: &Snapshot) -> Census {
             masters: p.masters.len(),
             orphaned: orphaned(p, &slave_holders),
             ptys_only_here: only_here(p, &master_holders),
+            leak_per_hour: leak_per_hour(p, now),
         })
         .collect();
     processes.sort_by(|a, b| b.masters.cmp(&a.masters).then(a.pid.cmp(&b.pid)));
-    Census {
-        system: snapshot.system.clone(),
-        processes,
+    let mut system = snapshot.system.clone();
+    system.exhausted_in_s = exhausted_in(snapshot, now);
+    Census { system, processes }
+}
+
+/// Over the last 24 h, or the process's life if shorter.
+fn window(p: &ProcessPtys, now: f64) -> f64 {
+    p.started
+        .map_or(RATE_WINDOW_S, |s| (now - s).clamp(1.0, RATE_WINDOW_S))
+}
+
+/// The process's PTYs made within its window, per hour: its leak rate, from the masters'
+/// creation times (the slave nodes' ctimes).
+fn leak_per_hour(p: &ProcessPtys, now: f64) -> f64 {
+    let w = window(p, now);
+    let recent: std::collections::BTreeSet<_> = p
+        .masters
+        .iter()
+        .filter(|m| m.created.is_some_and(|c| c >= now - w))
+        .filter_map(|m| m.pty)
+        .collect();
+    (recent.len() as f64 * 3600.0 / w * 10.0).round() / 10.0
+}
+
+/// At the current rate, seconds until the first limit is reached: the global one, or a devpts
+/// instance's own `max=` (counting that instance's PTYs alone). Every PTY counts once, however
+/// many processes hold copies; the window is the longest of its holders' (at most 24 h).
+fn exhausted_in(snapshot: &Snapshot, now: f64) -> Option<u64> {
+    let mut created: HashMap<crate::model::PtyId, f64> = HashMap::new();
+    let mut w: f64 = 0.0;
+    for p in &snapshot.processes {
+        let pw = window(p, now);
+        for m in &p.masters {
+            if let (Some(pty), Some(c)) = (m.pty, m.created) {
+                if c >= now - pw {
+                    created.insert(pty, c);
+                    w = w.max(pw);
+                }
+            }
+        }
     }
+    if created.is_empty() || w <= 0.0 {
+        return None;
+    }
+    let rate = |n: usize| n as f64 / w; // per second
+    let sys = &snapshot.system;
+    let mut soonest: Option<f64> = None;
+    let mut consider = |remaining: f64, per_s: f64| {
+        if per_s > 0.0 {
+            let t = (remaining.max(0.0)) / per_s;
+            soonest = Some(soonest.map_or(t, |s: f64| s.min(t)));
+        }
+    };
+    consider(sys.limit as f64 - sys.in_use as f64, rate(created.len()));
+    for inst in sys.instances.iter().flatten() {
+        if let (Some(max), Some(used)) = (inst.max, inst.in_use) {
+            let here = created.keys().filter(|p| p.devpts == inst.devpts).count();
+            consider(max as f64 - used as f64, rate(here));
+        }
+    }
+    soonest.map(|t| t.round() as u64)
 }
 
 fn only_here(p: &ProcessPtys, master_holders: &HashMap<crate::model::PtyId, Vec<i32>>) -> usize {
@@ -85,6 +158,7 @@ mod tests {
             fd,
             pty: Some(p),
             session: None,
+            created: None,
         }
     }
 
@@ -99,6 +173,7 @@ mod tests {
                 reserve: None,
                 instances: None,
                 unreadable_processes: 0,
+                exhausted_in_s: None,
             },
             processes: vec![
                 ProcessPtys {
@@ -120,6 +195,7 @@ mod tests {
                         pty: pty(26, 3),
                     }],
                     event_queues: vec![],
+                    started: None,
                 },
                 ProcessPtys {
                     pid: 20,
@@ -130,6 +206,7 @@ mod tests {
                         pty: pty(26, 1),
                     }],
                     event_queues: vec![],
+                    started: None,
                 },
                 ProcessPtys {
                     pid: 30,
@@ -137,6 +214,7 @@ mod tests {
                     masters: vec![master(9, pty(26, 7))],
                     slaves: vec![],
                     event_queues: vec![],
+                    started: None,
                 },
             ],
         };

@@ -49,6 +49,8 @@ pub struct MasterRef {
     pub pty: Option<PtyId>,
     /// The session whose controlling terminal the slave is, if any.
     pub session: Option<i32>,
+    /// When its PTY was made (the slave node's ctime, seconds since the epoch), if known.
+    pub created: Option<f64>,
 }
 
 /// A slave fd as the machine-wide scan sees it.
@@ -69,6 +71,8 @@ pub struct ProcessPtys {
     /// the watched check need not list a 10,000-fd table twice. Empty where the backend looks
     /// them up itself.
     pub event_queues: Vec<i32>,
+    /// When the process started (seconds since the epoch), if known.
+    pub started: Option<f64>,
 }
 
 /// Every PTY fd on the machine (that we may see), and the system's PTY usage.
@@ -204,6 +208,9 @@ pub struct SystemUsage {
     pub instances: Option<Vec<DevptsInstance>>,
     /// Processes whose fds the scan could not read (their PTYs are not counted above as held).
     pub unreadable_processes: usize,
+    /// At the current rate, when the first limit (global, or an instance's `max=`) is reached;
+    /// None when nothing grows (or not computed: only the census does).
+    pub exhausted_in_s: Option<u64>,
 }
 
 /// One devpts instance: a private one (a container's, or `mount -o newinstance`) can be exhausted
@@ -230,6 +237,8 @@ pub struct ProcessCount {
     pub orphaned: usize,
     /// PTYs whose master no other process holds: what quitting this process would free.
     pub ptys_only_here: usize,
+    /// Its PTYs made over the last 24 h (or its life, if shorter), per hour.
+    pub leak_per_hour: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]

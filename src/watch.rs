@@ -106,11 +106,24 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
                     ("masters", json!(p.masters)),
                     ("orphaned", json!(p.orphaned)),
                     ("warn", json!(args.warn)),
+                    ("leak_per_hour", json!(p.leak_per_hour)),
+                    ("exhausted_in_s", json!(c.system.exhausted_in_s)),
                 ],
             );
             if !args.no_notify && state.notify_due(p.pid) {
+                let pace = match (p.leak_per_hour > 0.0, c.system.exhausted_in_s) {
+                    (true, Some(s)) => format!(
+                        " It leaks {}; at this rate PTYs run out in ~{}.",
+                        crate::render::table::rate(p.leak_per_hour),
+                        crate::duration::human(s.max(1))
+                    ),
+                    (true, None) => {
+                        format!(" It leaks {}.", crate::render::table::rate(p.leak_per_hour))
+                    }
+                    _ => String::new(),
+                };
                 let body = format!(
-                    "{} (pid {}) holds {} PTY masters, {} look orphaned. Inspect: sudo ptyreap --pid {} --dry-run",
+                    "{} (pid {}) holds {} PTY masters, {} look orphaned.{pace} Inspect: sudo ptyreap --pid {} --dry-run",
                     p.name, p.pid, p.masters, p.orphaned, p.pid
                 );
                 match notify::send("PTY leak", &body) {

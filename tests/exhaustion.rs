@@ -68,3 +68,44 @@ fn an_exhausted_instance_is_recovered_without_a_terminal() {
     let c = f.check();
     assert_eq!(c["errors"], serde_json::json!([]), "{c}");
 }
+
+/// Time to exhaustion: a fixture leaking one master every 100 ms in a private devpts instance of
+/// `max=512`: the census reports its leak rate and when the instance runs out, each within 10 %
+/// of the truth (10 per second; the instance's free PTYs at that pace).
+#[test]
+fn the_leak_rate_and_time_to_exhaustion_are_told() {
+    if !support::require_root() {
+        return;
+    }
+    let f = support::Fixture::spawn_private_devpts(&["--leak-every-ms", "100"], 512);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let out = support::ptyreap(&["--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let row = doc["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == f.pid)
+        .unwrap_or_else(|| panic!("the fixture is not in the census: {doc}"))
+        .clone();
+    let rate = row["leak_per_hour"].as_f64().unwrap();
+    assert!(
+        (rate - 36_000.0).abs() <= 3_600.0,
+        "leak rate {rate}/h, want 36000/h within 10 %"
+    );
+    let used = support::ptys_in_use_seen_by(f.pid) as f64;
+    let truth = (512.0 - used) / 10.0;
+    let told = doc["system"]["exhausted_in_s"].as_f64().unwrap();
+    assert!(
+        (told - truth).abs() <= (truth * 0.1).max(1.0),
+        "exhausted in {told} s, want {truth} s within 10 % (1 s at least: whole seconds)"
+    );
+    let human = support::ptyreap(&[]);
+    assert!(human.stdout.contains("/h"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("runs out of PTYs in ~"),
+        "{}",
+        human.stdout
+    );
+}

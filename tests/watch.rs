@@ -66,6 +66,17 @@ fn once_warns_and_reaps_only_orphans() {
     assert_eq!(warned.len(), 1, "{ev:?}");
     assert_eq!(warned[0]["pid"], f.pid);
     assert_eq!(warned[0]["masters"], 9);
+    // the pace: 9 PTYs made within the fixture's few seconds of life is a fast leak
+    assert!(
+        warned[0]["leak_per_hour"].as_f64().unwrap() > 100.0,
+        "{:?}",
+        warned[0]
+    );
+    assert!(
+        warned[0]["exhausted_in_s"].as_u64().is_some(),
+        "{:?}",
+        warned[0]
+    );
     let reaped = of(&ev, "reaped");
     assert_eq!(reaped.len(), 6, "{ev:?}");
     assert!(reaped
@@ -104,7 +115,10 @@ fn human_log_lines_are_greppable() {
         .find(|l| l.contains(" over_warn "))
         .expect("an over_warn line");
     assert!(
-        line.contains(&format!("pid={pid} ")) && line.contains("masters=3"),
+        line.contains(&format!("pid={pid} "))
+            && line.contains("masters=3")
+            && line.contains("leak_per_hour=")
+            && line.contains("exhausted_in_s="),
         "{line}"
     );
     assert_eq!(ptmx_fds(f.pid).len(), 3, "no --reap: nothing released");

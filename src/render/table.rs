@@ -110,6 +110,7 @@ pub fn census(c: &Census, style: &Style) -> String {
         ("MASTERS", true),
         ("ORPHANED", true),
         ("PTYS ONLY HERE", true),
+        ("LEAK", true),
     ]);
     for p in &c.processes {
         let sgr = if p.orphaned > 0 { "33" } else { "" };
@@ -119,9 +120,20 @@ pub fn census(c: &Census, style: &Style) -> String {
             (p.masters.to_string(), ""),
             (p.orphaned.to_string(), sgr),
             (p.ptys_only_here.to_string(), ""),
+            (
+                rate(p.leak_per_hour),
+                if p.leak_per_hour > 0.0 { "33" } else { "" },
+            ),
         ]);
     }
     out.push_str(&t.render(style, ""));
+    if let Some(s) = c.system.exhausted_in_s {
+        let _ = writeln!(
+            out,
+            "\nAt this rate the system runs out of PTYs in ~{}.",
+            human(s.max(1))
+        );
+    }
     let orphaned: usize = c.processes.iter().map(|p| p.orphaned).sum();
     if orphaned > 0 {
         let _ = writeln!(
@@ -130,6 +142,17 @@ pub fn census(c: &Census, style: &Style) -> String {
         );
     }
     out
+}
+
+/// "+21/h", "+0.4/h", or nothing when not growing.
+pub fn rate(per_hour: f64) -> String {
+    if per_hour <= 0.0 {
+        String::new()
+    } else if per_hour < 10.0 {
+        format!("+{per_hour:.1}/h")
+    } else {
+        format!("+{:.0}/h", per_hour)
+    }
 }
 
 fn verdict_color(v: Verdict) -> &'static str {

@@ -203,12 +203,19 @@ fn scan_process(
         return Ok(None);
     }
     let masters = identify_masters(proc_dir, &fd_dir, pid, &masters);
+    // its start, for its leak rate (only for holders of masters: one small read each)
+    let started = (!masters.is_empty())
+        .then(|| read_small(proc_dir, &format!("{pid}/stat")))
+        .flatten()
+        .and_then(|s| super::procfs::parse_stat(&s))
+        .and_then(|s| super::info::started_at_precise(s.start_time));
     Ok(Some(ProcessPtys {
         pid,
         name: read_comm(proc_dir, pid).unwrap_or_else(|| "?".into()),
         masters,
         slaves,
         event_queues,
+        started,
     }))
 }
 
@@ -247,6 +254,7 @@ fn identify_masters(
                         fd,
                         pty: Some(node.pty),
                         session: pty::session(copy.as_fd()),
+                        created: Some(node.created),
                     };
                 }
             }
@@ -262,6 +270,7 @@ fn identify_masters(
                 fd,
                 pty,
                 session: None,
+                created: None,
             }
         })
         .collect()

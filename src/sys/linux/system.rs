@@ -70,6 +70,7 @@ pub fn usage(seen: &[ProcessPtys], also: &[i32]) -> SystemUsage {
         reserve: read_u64("/proc/sys/kernel/pty/reserve"),
         instances: Some(instances.into_values().collect()),
         unreadable_processes: 0,
+        exhausted_in_s: None,
     }
 }
 

@@ -91,6 +91,7 @@ pub fn usage(devfs: &Devfs) -> SystemUsage {
         reserve: None,
         instances: None,
         unreadable_processes: 0,
+        exhausted_in_s: None,
     }
 }
 
@@ -152,6 +153,7 @@ pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
                         .slave_rdev(index)
                         .and_then(|rdev| ctty.get(&rdev))
                         .map(|&(sid, _)| sid),
+                    created: None,
                 })
                 .collect(),
             slaves: f
@@ -164,6 +166,7 @@ pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
                 .collect(),
             // inspect lists the target's kqueues itself (with their knotes)
             event_queues: Vec::new(),
+            started: None,
         })
         .collect();
     processes.sort_by_key(|p| p.pid);
