@@ -84,20 +84,9 @@ fn seccomp_filters_are_evaluated_when_they_cannot_be_suspended() {
     if !require_root() {
         return;
     }
-    let no_suspend = |cmd: &mut std::process::Command| {
-        cmd.env("PTYREAP_TEST_NO_SUSPEND_SECCOMP", "1");
-    };
-    let refused = [
-        ("kill", "would kill the process"),
-        ("trap", "would trap it (SIGSYS)"),
-        ("errno", "would fail it with errno 1"),
-        ("notify", "would hand it to a supervisor"),
-    ];
-    for (action, says) in refused {
-        let mut v = Victim::spawn(&["--seccomp", action]);
-        let before = v.signal_state();
-        let pid = v.pid.to_string();
-        let out = ptyreap_with(
+    let reap_no_suspend = |pid: i32| {
+        let pid = pid.to_string();
+        ptyreap_with(
             &[
                 "--pid",
                 &pid,
@@ -108,8 +97,21 @@ fn seccomp_filters_are_evaluated_when_they_cannot_be_suspended() {
                 "close",
                 "--json",
             ],
-            no_suspend,
-        );
+            |cmd| {
+                cmd.env("PTYREAP_TEST_NO_SUSPEND_SECCOMP", "1");
+            },
+        )
+    };
+    let refused = [
+        ("kill", "would kill the process"),
+        ("trap", "would trap it (SIGSYS)"),
+        ("errno", "would fail it with errno 1"),
+        ("notify", "would hand it to a supervisor"),
+    ];
+    for (action, says) in refused {
+        let mut v = Victim::spawn(&["--seccomp", action]);
+        let before = v.signal_state();
+        let out = reap_no_suspend(v.pid);
         assert_eq!(out.code, 1, "{action}: {out:?}");
         for (fd, result, detail) in rows(&out) {
             assert_eq!(result, "failed", "{action}: fd {fd}");
@@ -129,20 +131,7 @@ fn seccomp_filters_are_evaluated_when_they_cannot_be_suspended() {
     ] {
         let mut v = Victim::spawn(args);
         let before = v.signal_state();
-        let pid = v.pid.to_string();
-        let out = ptyreap_with(
-            &[
-                "--pid",
-                &pid,
-                "--min-idle",
-                "0",
-                "--yes",
-                "--method",
-                "close",
-                "--json",
-            ],
-            no_suspend,
-        );
+        let out = reap_no_suspend(v.pid);
         all_closed(&out);
         let status = v.assert_healthy(&before);
         assert_eq!(status["open"], "", "{args:?}");
@@ -485,7 +474,9 @@ fn the_slave_is_locked_during_the_window_and_restored() {
     if !require_root() {
         return;
     }
-    let mut v = Victim::spawn(&["--masters", "1"]);
+    // Many masters: the lock is taken inside the stop, and held until every pin is let go, so
+    // with 200 of them it lasts long enough to be seen from another thread.
+    let mut v = Victim::spawn(&["--masters", "200"]);
     let before = v.signal_state();
     // Our own copy of the master, to watch its lock (it keeps the PTY allocated: fine here).
     let copy = Pidfd::open(v.pid).unwrap().get_fd(100).unwrap();

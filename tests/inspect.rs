@@ -299,7 +299,8 @@ fn the_table_reads_at_a_glance() {
         "NO_COLOR or no terminal: no escape codes"
     );
     assert!(
-        out.stderr.contains("Dry run: would release 2 master(s)"),
+        out.stderr
+            .contains("Dry run: would free 2 PTYs (2 master copies in 1 process)"),
         "{}",
         out.stderr
     );

@@ -66,37 +66,7 @@ fn start_host(dir: &std::path::Path, module: &std::path::Path, kill: &[usize]) -
     .stdout(Stdio::piped());
     // SAFETY: only raw syscalls between fork and exec (a private devpts instance).
     unsafe {
-        cmd.pre_exec(|| {
-            let check = |r: libc::c_int| {
-                if r == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            };
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                c"devpts".as_ptr(),
-                c"/dev/pts".as_ptr(),
-                c"devpts".as_ptr(),
-                0,
-                c"newinstance,ptmxmode=0666,max=32".as_ptr().cast(),
-            ))?;
-            check(libc::mount(
-                c"/dev/pts/ptmx".as_ptr(),
-                c"/dev/ptmx".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))
-        });
+        cmd.pre_exec(|| support::private_devpts(c"newinstance,ptmxmode=0666,max=32"));
     }
     let mut child = cmd.spawn().expect("spawning node");
     let stdout = child.stdout.take().unwrap();

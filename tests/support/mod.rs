@@ -185,7 +185,9 @@ impl Drop for Fixture {
 
 /// In a child between fork and exec: a new mount namespace with a private devpts instance on
 /// /dev/pts and /dev/ptmx bound to its ptmx.
-fn private_devpts(options: &std::ffi::CStr) -> std::io::Result<()> {
+/// Between fork and exec: a new mount namespace whose /dev/pts is a new devpts instance mounted
+/// with `options`, and /dev/ptmx bound to its ptmx.
+pub fn private_devpts(options: &std::ffi::CStr) -> std::io::Result<()> {
     let check = |r: libc::c_int| {
         if r == 0 {
             Ok(())
