@@ -6,7 +6,7 @@ use crate::exit_code::{ExitCode, UserError};
 use crate::model::{self, Action, TargetReport};
 use crate::render::{self, Style};
 use crate::{
-    census, confirm, interrupt, output, pipeline, plan, ptys, report, sys, verdict, watch,
+    census, confirm, interrupt, limit, output, pipeline, plan, ptys, report, sys, verdict, watch,
 };
 use anyhow::Result;
 
@@ -21,6 +21,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             output::print_bytes(&text);
             return Ok(ExitCode::Success);
         }
+        Some(cli::Command::Limit { set, json }) => return limit::run(*set, *json),
         Some(cli::Command::Man) => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();

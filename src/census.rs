@@ -70,13 +70,28 @@ fn window(p: &ProcessPtys, now: f64) -> f64 {
 /// creation times (the slave nodes' ctimes).
 fn leak_per_hour(p: &ProcessPtys, now: f64) -> f64 {
     let w = window(p, now);
-    let recent: std::collections::BTreeSet<_> = p
-        .masters
-        .iter()
-        .filter(|m| m.created.is_some_and(|c| c >= now - w))
-        .filter_map(|m| m.pty)
-        .collect();
-    (recent.len() as f64 * 3600.0 / w * 10.0).round() / 10.0
+    let mut recent: HashMap<crate::model::PtyId, f64> = HashMap::new();
+    for m in &p.masters {
+        if let (Some(pty), Some(c)) = (m.pty, m.created) {
+            if c >= now - w {
+                recent.insert(pty, c);
+            }
+        }
+    }
+    let span = pace_span(recent.values().copied(), w, now);
+    (recent.len() as f64 * 3600.0 / span * 10.0).round() / 10.0
+}
+
+/// The time over which PTYs made at `created` were made: from the first of them to now, once
+/// there are a few (a leak that began after the process did is measured from its beginning), else
+/// the whole window (one new terminal in an old process is no leak).
+fn pace_span(created: impl Iterator<Item = f64>, window: f64, now: f64) -> f64 {
+    let times: Vec<f64> = created.collect();
+    if times.len() < 3 {
+        return window;
+    }
+    let first = times.iter().copied().fold(f64::INFINITY, f64::min);
+    (now - first).clamp(1.0, window)
 }
 
 /// At the current rate, seconds until the first limit is reached: the global one, or a devpts
@@ -99,7 +114,8 @@ fn exhausted_in(snapshot: &Snapshot, now: f64) -> Option<u64> {
     if created.is_empty() || w <= 0.0 {
         return None;
     }
-    let rate = |n: usize| n as f64 / w; // per second
+    let span = pace_span(created.values().copied(), w, now);
+    let rate = |n: usize| n as f64 / span; // per second
     let sys = &snapshot.system;
     let mut soonest: Option<f64> = None;
     let mut consider = |remaining: f64, per_s: f64| {
@@ -141,6 +157,15 @@ fn orphaned(p: &ProcessPtys, slave_holders: &HashMap<crate::model::PtyId, Vec<i3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_is_measured_from_the_leak_s_beginning() {
+        // a steady leak that began 10 s ago in a process an hour old: 30 PTYs over 10 s
+        let times = (0..30).map(|i| 1000.0 + i as f64 / 3.0);
+        assert_eq!(pace_span(times, 3600.0, 1010.0), 10.0);
+        // one new terminal: the whole window, not a burst
+        assert_eq!(pace_span([1009.0].into_iter(), 3600.0, 1010.0), 3600.0);
+    }
     use crate::model::{DevId, MasterRef, PtyId, SlaveRef, SystemUsage};
 
     fn pty(instance: u32, index: u32) -> PtyId {

@@ -126,6 +126,15 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout: ptyreap man | man -l -
     Man,
+    /// Show the PTY limit and its use; --set N changes it until reboot (root)
+    Limit {
+        /// The new limit (Linux: kernel.pty.max, 1 to 1048576; macOS: kern.tty.ptmx_max, at most 999)
+        #[arg(long, value_name = "N")]
+        set: Option<u64>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const WATCH_ABOUT: &str = "\

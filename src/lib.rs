@@ -13,6 +13,7 @@ pub mod duration;
 pub mod exit_code;
 pub mod groups;
 pub mod interrupt;
+pub mod limit;
 pub mod model;
 pub mod notify;
 pub mod output;

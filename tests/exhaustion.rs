@@ -109,3 +109,64 @@ fn the_leak_rate_and_time_to_exhaustion_are_told() {
         human.stdout
     );
 }
+
+/// `ptyreap limit` shows the limit; `--set N` changes it (root), says how to keep it, and refuses
+/// values the kernel does not take; the real sysctl is put back afterwards.
+#[test]
+fn the_limit_is_shown_and_set_until_reboot() {
+    if !support::require_root() {
+        return;
+    }
+    const MAX: &str = "/proc/sys/kernel/pty/max";
+    let read = || -> u64 {
+        std::fs::read_to_string(MAX)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(MAX, format!("{}\n", self.0));
+        }
+    }
+    let was = read();
+    let _restore = Restore(was);
+    let shown = support::ptyreap(&["limit", "--json"]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert_eq!(shown.json()["limit"], was);
+    assert_eq!(shown.json()["limit_source"], MAX);
+    let human = support::ptyreap(&["limit"]);
+    assert!(human.stdout.starts_with("PTYs in use: "), "{human:?}");
+
+    let want = (was + 1).to_string();
+    let set = support::ptyreap(&["limit", "--set", &want]);
+    assert_eq!(set.code, 0, "{set:?}");
+    assert_eq!(read(), was + 1);
+    assert!(
+        set.stdout.contains(&format!("set to {want} (was {was}"))
+            && set.stdout.contains("until reboot")
+            && set.stdout.contains("/etc/sysctl.d/"),
+        "{set:?}"
+    );
+    for bad in ["0", "1048577"] {
+        let out = support::ptyreap(&["limit", "--set", bad]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{bad}: one plain line: {out:?}"
+        );
+        assert_eq!(read(), was + 1, "{bad}: changed the limit");
+    }
+    let as_user = support::ptyreap_with(&["limit", "--set", "4096"], |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(65534).gid(65534);
+    });
+    assert_eq!(as_user.code, 1, "{as_user:?}");
+    assert!(as_user.stderr.contains("needs root"), "{as_user:?}");
+    let back = support::ptyreap(&["limit", "--set", &was.to_string()]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(read(), was);
+}
