@@ -6,6 +6,7 @@
 //! the exit code.
 
 pub mod app;
+pub mod asar;
 pub mod census;
 pub mod cli;
 pub mod confirm;
@@ -13,6 +14,7 @@ pub mod duration;
 pub mod exit_code;
 pub mod groups;
 pub mod interrupt;
+pub mod leaks;
 pub mod limit;
 pub mod model;
 pub mod notify;

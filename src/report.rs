@@ -19,6 +19,24 @@ use std::time::Duration;
 /// The idle threshold the report's verdicts use (the one-shot command's default).
 const MIN_IDLE: Duration = Duration::from_secs(600);
 
+/// What upstream needs to know about the app: the node-pty it ships and whether that version is
+/// known to leak here (leaks.rs).
+fn app_facts(info: &crate::model::ProcessInfo) -> serde_json::Value {
+    let exe = info.exe.as_deref().map(Path::new);
+    let os = if cfg!(target_os = "macos") {
+        "macos"
+    } else {
+        "linux"
+    };
+    match crate::leaks::node_pty_of(exe, &info.cmdline) {
+        Some((version, found_in)) => json!({
+            "node_pty": {"version": version, "found_in": found_in},
+            "known_leaks": crate::leaks::known_leaks(&version, os),
+        }),
+        None => json!({"node_pty": null, "known_leaks": []}),
+    }
+}
+
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let target = sys::open_target(args.pid)?;
     let snapshot = sys::snapshot()?;
@@ -69,6 +87,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             "masters": inspection["targets"][0]["masters"].as_array().map_or(0, Vec::len),
             "verdicts": counts,
         },
+        "app": app_facts(&info),
         "masters": inspection["targets"][0]["masters"].take(),
         "min_idle_s": MIN_IDLE.as_secs(),
         "system": snapshot.system,

@@ -159,3 +159,49 @@ fn report_of_a_missing_pid_is_one_line() {
     assert_eq!(out.code, 1);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 }
+
+/// The report names the node-pty an app ships, read out of its `resources/app.asar` without
+/// running anything: an "Electron app" here is a copy of the victim binary with an asar beside.
+#[test]
+fn the_report_names_the_node_pty_an_app_ships() {
+    if !support::require_root() {
+        return;
+    }
+    let dir = support::temp_dir("asar-app");
+    std::fs::create_dir_all(dir.join("resources")).unwrap();
+    let archive = ptyreap::asar::build(&[
+        ("package.json", br#"{"name":"leaky-app","version":"3.2.1"}"#),
+        (
+            "node_modules/node-pty/package.json",
+            br#"{"name":"node-pty","version":"1.1.0"}"#,
+        ),
+    ]);
+    std::fs::write(dir.join("resources/app.asar"), archive).unwrap();
+    let exe = dir.join("leaky-app");
+    std::fs::copy(env!("CARGO_BIN_EXE_ptyreap-victim"), &exe).unwrap();
+    let ready = dir.join("ready");
+    let mut child = std::process::Command::new(&exe)
+        .args(["--masters", "1", "--ready"])
+        .arg(&ready)
+        .spawn()
+        .unwrap();
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(10),
+        || ready.exists()
+    ));
+    let out = support::ptyreap(&["report", "--pid", &child.id().to_string()]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["app"]["node_pty"]["version"], "1.1.0", "{doc:#}");
+    assert!(
+        doc["app"]["node_pty"]["found_in"]
+            .as_str()
+            .unwrap()
+            .contains("app.asar:node_modules/node-pty/package.json"),
+        "{doc:#}"
+    );
+    // known to leak on macOS only
+    assert_eq!(doc["app"]["known_leaks"], serde_json::json!([]));
+}
