@@ -387,3 +387,25 @@ fn a_reader_in_another_process_keeps_the_master() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(v.masters_open(), vec![100]);
 }
+
+/// Masters registered with the target's io_uring are used where no other look can see: kept,
+/// and the row says why.
+#[test]
+fn masters_registered_with_io_uring_are_kept() {
+    if !require_root() {
+        return;
+    }
+    let v = Victim::spawn(&["--uring", "--masters", "2"]);
+    let pid = v.pid.to_string();
+    let doc = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]).json();
+    for r in masters(&doc) {
+        assert_eq!(r["verdict"], "unknown", "{r}");
+        assert!(
+            r["reason"].as_str().unwrap().contains("io_uring instance"),
+            "{r}"
+        );
+    }
+    let out = ptyreap(&["--pid", &pid, "--min-idle", "0", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(v.masters_open(), vec![100, 101]);
+}

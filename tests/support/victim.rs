@@ -29,6 +29,7 @@
 //! - `--fork-child`: 200 ms later, a child that inherits every master and just sleeps; `child` in
 //!   the ready file (its copies are inherited: older than it).
 //! - `--child-reads`: that child blocks in `read()` on its copy of the first master.
+//! - `--uring`: an io_uring instance with every master registered as a fixed file.
 //! - `--name NAME`: the process's name (comm), escape sequences and all.
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
@@ -100,6 +101,7 @@ mod linux {
         fork_child: bool,
         child_reads: bool,
         name: Option<String>,
+        uring: bool,
         spin_select: bool,
         spin_compute: bool,
         ready: String,
@@ -141,6 +143,7 @@ mod linux {
                 "--fork-child" => a.fork_child = true,
                 "--child-reads" => a.child_reads = true,
                 "--name" => a.name = Some(value()),
+                "--uring" => a.uring = true,
                 "--spin-compute" => a.spin_compute = true,
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
@@ -367,6 +370,33 @@ mod linux {
         }
     }
 
+    /// An io_uring instance with every master registered (IORING_REGISTER_FILES): requests on
+    /// them would be invisible to every other look at the process.
+    fn register_with_io_uring(masters: i32) {
+        // struct io_uring_params is 120 bytes; zero asks for the defaults.
+        let mut params = [0u8; 120];
+        // SAFETY: io_uring_setup with a valid params buffer; the ring fd is kept for good.
+        let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
+        if ring < 0 {
+            die("io_uring_setup");
+        }
+        let fds: Vec<i32> = (0..masters).map(|i| FIRST_FD + i).collect();
+        const IORING_REGISTER_FILES: libc::c_long = 2;
+        // SAFETY: io_uring_register with an array of `masters` fds.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring,
+                IORING_REGISTER_FILES,
+                fds.as_ptr(),
+                fds.len(),
+            )
+        };
+        if r < 0 {
+            die("io_uring_register");
+        }
+    }
+
     /// A busy poll loop: POLLIN on every master; hung up, each poll returns at once.
     fn spin_poll(masters: i32) {
         STARTED.fetch_add(1, SeqCst);
@@ -489,6 +519,9 @@ mod linux {
         }
         for i in 0..a.masters {
             hung_up_master(FIRST_FD + i, a.cloexec, a.never_opened);
+        }
+        if a.uring {
+            register_with_io_uring(a.masters);
         }
         let child_pid = if a.fork_child {
             fork_inheritor(a.child_reads)
