@@ -637,8 +637,8 @@ fn inject_keeps_temporary_signal_masks() {
     }
 }
 
-/// SIGTRAP ignored: each call takes syscall stops instead of a step, and the disposition
-/// stays. SIGTRAP handled: single steps, the handler neither reset nor run.
+/// SIGTRAP ignored or handled: calls run between syscall stops (nothing is ever single-stepped),
+/// the disposition stays, and the handler is neither reset nor run.
 #[test]
 fn inject_sigtrap_dispositions_kept() {
     for how in ["ignore", "handler"] {
