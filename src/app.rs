@@ -208,6 +208,8 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         for (report, fresh) in reports.iter_mut().zip(fresh) {
             refresh(report, fresh);
         }
+        // a copy may have been inherited meanwhile: count what frees a PTY again
+        ptys::account(&mut reports);
         fresh_snapshot
     };
     interrupt::catch();

@@ -91,6 +91,12 @@ fn pace_span(created: impl Iterator<Item = f64>, window: f64, now: f64) -> f64 {
         return window;
     }
     let first = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = times.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // still going (spread over most of the time since the first), not a burst (an IDE restoring
+    // its terminals at once): only then is the pace measured from the first
+    if last - first < 0.5 * (now - first) {
+        return window;
+    }
     (now - first).clamp(1.0, window)
 }
 
@@ -165,6 +171,9 @@ mod tests {
         assert_eq!(pace_span(times, 3600.0, 1010.0), 10.0);
         // one new terminal: the whole window, not a burst
         assert_eq!(pace_span([1009.0].into_iter(), 3600.0, 1010.0), 3600.0);
+        // three opened together 10 s ago (terminals restored at start): a burst, no pace
+        let burst = [1000.0, 1000.1, 1000.2].into_iter();
+        assert_eq!(pace_span(burst, 3600.0, 1010.0), 3600.0);
     }
     use crate::model::{DevId, MasterRef, PtyId, SlaveRef, SystemUsage};
 

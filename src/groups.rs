@@ -16,18 +16,25 @@ fn shape(r: &MasterRow) -> impl PartialEq + '_ {
     let ev = &r.evidence;
     let pids = |h: &[crate::model::Holder]| h.iter().map(|h| h.pid).collect::<Vec<_>>();
     (
-        r.judgement.verdict,
-        r.action,
-        r.method,
-        r.result,
-        r.detail.as_deref(),
-        pids(&ev.slave_holders),
-        pids(&ev.other_master_holders),
-        ev.watched_by.len(),
-        ev.target_slave_fds.is_empty(),
-        ev.aliases.is_empty(),
-        r.frees_pty,
-        r.merge_keeper,
+        (
+            r.judgement.verdict,
+            r.action,
+            r.method,
+            r.result,
+            r.detail.as_deref(),
+            pids(&ev.slave_holders),
+            pids(&ev.other_master_holders),
+        ),
+        (
+            ev.watched_by.len(),
+            ev.target_slave_fds.is_empty(),
+            ev.aliases.is_empty(),
+            r.frees_pty,
+            r.merge_keeper,
+            // the reason without what is the row's alone: rows with different reasons never
+            // merge
+            shared_reason(std::slice::from_ref(r)),
+        ),
     )
 }
 
@@ -84,22 +91,24 @@ pub fn shared_reason(rows: &[MasterRow]) -> String {
 /// The planned rows of one process grouped for the checklist: by verdict and method (not only
 /// consecutive ones), in fd order. Each group: its row indices.
 pub fn choices(rows: &[MasterRow]) -> Vec<Vec<usize>> {
-    let mut out: Vec<(
+    type Key = (
         crate::model::Verdict,
         Option<crate::model::Method>,
-        Vec<usize>,
-    )> = Vec::new();
+        Option<bool>,
+    );
+    let mut out: Vec<(Key, Vec<usize>)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         if r.action != Action::Close {
             continue;
         }
-        let key = (r.judgement.verdict, r.method);
-        match out.iter_mut().find(|(v, m, _)| (*v, *m) == key) {
-            Some((_, _, idx)) => idx.push(i),
-            None => out.push((key.0, key.1, vec![i])),
+        // copies that free a PTY and copies that do not are separate choices
+        let key = (r.judgement.verdict, r.method, r.frees_pty);
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, idx)) => idx.push(i),
+            None => out.push((key, vec![i])),
         }
     }
-    out.into_iter().map(|(_, _, idx)| idx).collect()
+    out.into_iter().map(|(_, idx)| idx).collect()
 }
 
 #[cfg(test)]

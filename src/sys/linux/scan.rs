@@ -153,6 +153,19 @@ pub fn classify_link(link: &[u8]) -> LinkKind {
     if link.first() == Some(&b'/') && !last.is_empty() && last.iter().all(u8::is_ascii_digit) {
         return LinkKind::MaybeSlave;
     }
+    // a slave bind-mounted under another name (a container's /dev/console, /dev/tty1): the
+    // device says, not the name; the devices every process has open are not worth a stat
+    const COMMON: [&[u8]; 6] = [
+        b"/dev/null",
+        b"/dev/zero",
+        b"/dev/urandom",
+        b"/dev/random",
+        b"/dev/full",
+        b"/dev/tty",
+    ];
+    if link.starts_with(b"/dev/") && !COMMON.contains(&link) {
+        return LinkKind::MaybeSlave;
+    }
     LinkKind::Other
 }
 
@@ -164,41 +177,25 @@ fn scan_process(
     scratch: &mut Scratch,
 ) -> Result<Option<ProcessPtys>, String> {
     let mut path = itoa_path(pid, b"/fd");
-    let fd_dir = match open_dir(cstr(&mut path), Some(proc_dir)) {
+    let mut fd_dir = match open_dir(cstr(&mut path), Some(proc_dir)) {
         Ok(dir) => dir,
         Err(e) => return unreadable(pid, &e),
     };
-    let mut masters: Vec<(RawFd, bool)> = Vec::new();
-    let mut slaves = Vec::new();
-    let mut event_queues = Vec::new();
-    for_each_dirent(&fd_dir, &mut scratch.dents, |name| {
-        let Some(fd) = parse_fd(name.to_bytes()) else {
-            return;
-        };
-        let link = &mut scratch.link;
-        // SAFETY: name is NUL-terminated, link is a valid buffer of its length.
-        let n = unsafe {
-            libc::readlinkat(
-                fd_dir.as_raw_fd(),
-                name.as_ptr(),
-                link.as_mut_ptr().cast(),
-                link.len(),
-            )
-        };
-        if n <= 0 {
-            return; // closed meanwhile
+    let mut found = read_fds(&fd_dir, scratch);
+    if found.entries == 0 {
+        // A main thread that exited (pthread_exit) leaves /proc/PID/fd empty while the other
+        // threads still hold the process's fds: read them through one of those.
+        if let Some(dir) = live_thread_fd_dir(proc_dir, pid) {
+            found = read_fds(&dir, scratch);
+            fd_dir = dir;
         }
-        match classify_link(&link[..n as usize]) {
-            LinkKind::Master { on_devpts } => masters.push((fd, on_devpts)),
-            LinkKind::MaybeSlave => {
-                if let Some(pty) = stat_slave(&fd_dir, name) {
-                    slaves.push(SlaveRef { fd, pty });
-                }
-            }
-            LinkKind::EventPoll => event_queues.push(fd),
-            LinkKind::Other => {}
-        }
-    });
+    }
+    let Found {
+        masters,
+        slaves,
+        event_queues,
+        ..
+    } = found;
     if masters.is_empty() && slaves.is_empty() {
         return Ok(None);
     }
@@ -217,6 +214,75 @@ fn scan_process(
         event_queues,
         started,
     }))
+}
+
+/// What one fd directory holds of interest.
+struct Found {
+    masters: Vec<(RawFd, bool)>,
+    slaves: Vec<SlaveRef>,
+    event_queues: Vec<i32>,
+    /// Every fd listed, of any kind.
+    entries: usize,
+}
+
+fn read_fds(fd_dir: &OwnedFd, scratch: &mut Scratch) -> Found {
+    let mut f = Found {
+        masters: Vec::new(),
+        slaves: Vec::new(),
+        event_queues: Vec::new(),
+        entries: 0,
+    };
+    let link = &mut scratch.link;
+    for_each_dirent(fd_dir, &mut scratch.dents, |name| {
+        let Some(fd) = parse_fd(name.to_bytes()) else {
+            return;
+        };
+        f.entries += 1;
+        // SAFETY: name is NUL-terminated, link is a valid buffer of its length.
+        let n = unsafe {
+            libc::readlinkat(
+                fd_dir.as_raw_fd(),
+                name.as_ptr(),
+                link.as_mut_ptr().cast(),
+                link.len(),
+            )
+        };
+        if n <= 0 {
+            return; // closed meanwhile
+        }
+        match classify_link(&link[..n as usize]) {
+            LinkKind::Master { on_devpts } => f.masters.push((fd, on_devpts)),
+            LinkKind::MaybeSlave => {
+                if let Some(pty) = stat_slave(fd_dir, name) {
+                    f.slaves.push(SlaveRef { fd, pty });
+                }
+            }
+            LinkKind::EventPoll => f.event_queues.push(fd),
+            LinkKind::Other => {}
+        }
+    });
+    f
+}
+
+/// The fd directory of a live thread of `pid` whose leader is a zombie (None otherwise).
+fn live_thread_fd_dir(proc_dir: &OwnedFd, pid: i32) -> Option<OwnedFd> {
+    let stat = read_small(proc_dir, &format!("{pid}/stat"))?;
+    if super::procfs::parse_stat(&stat)?.state != 'Z' {
+        return None;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let live = tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&tid| {
+            tid != pid
+                && !matches!(
+                    super::procfs::thread_state(pid, tid),
+                    None | Some('Z') | Some('X')
+                )
+        })?;
+    let path = std::ffi::CString::new(format!("{pid}/task/{live}/fd")).ok()?;
+    open_dir(&path, Some(proc_dir)).ok()
 }
 
 /// Why `pid`'s fds could not be read, if it may hold any.
@@ -445,6 +511,7 @@ mod tests {
             LinkKind::EventPoll
         );
         assert_eq!(classify_link(b"/dev/null"), LinkKind::Other);
+        assert_eq!(classify_link(b"/dev/console"), LinkKind::MaybeSlave);
         assert_eq!(classify_link(b"/tmp/x (deleted)"), LinkKind::Other);
         assert_eq!(classify_link(b""), LinkKind::Other);
     }

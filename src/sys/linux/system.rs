@@ -88,7 +88,8 @@ fn devpts_mounts(mountinfo: &str) -> Vec<Mount> {
 fn instance(m: &Mount, reachable_at: &str) -> DevptsInstance {
     DevptsInstance {
         devpts: m.dev,
-        mount: Some(m.mount_point.clone()),
+        // a path a holder's namespace chose: escaped before it can reach a terminal
+        mount: Some(crate::output::escaped(&m.mount_point)),
         in_use: count_ptys(reachable_at, m.dev),
         max: m.super_option("max").and_then(|v| v.parse().ok()),
     }

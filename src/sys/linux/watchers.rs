@@ -169,9 +169,12 @@ pub fn io_uring_with_masters(pid: i32) -> Vec<i32> {
 /// `/dev/pts/ptmx`).
 pub fn registered_masters(fdinfo: &str) -> bool {
     let mut in_files = false;
+    let mut listed = 0;
+    let mut count = 0u64;
     for line in fdinfo.lines() {
-        if line.starts_with("UserFiles:") {
+        if let Some(n) = line.strip_prefix("UserFiles:") {
             in_files = true;
+            count = n.trim().parse().unwrap_or(0);
             continue;
         }
         if in_files {
@@ -181,12 +184,15 @@ pub fn registered_masters(fdinfo: &str) -> bool {
             if index.parse::<u32>().is_err() {
                 break;
             }
+            listed += 1;
             if path.ends_with("ptmx") {
                 return true;
             }
         }
     }
-    false
+    // The kernel lists the files only when it gets the ring's lock at once (a submission under
+    // way, an SQPOLL thread): files registered but not listed may be masters.
+    count > 0 && listed == 0
 }
 
 /// The poll sets of threads that are running rather than waiting: a poll() loop that still
@@ -345,6 +351,9 @@ mod tests {
         let none = "UserFiles:\t1\n    0: /dev/null\nUserBufs:\t0\n    0: 0x1000/4096\n";
         assert!(!registered_masters(none));
         assert!(!registered_masters("pos:\t0\n"));
+        // registered, but not listed (the ring's lock was busy): may be masters
+        assert!(registered_masters("UserFiles:\t3\nUserBufs:\t0\n"));
+        assert!(!registered_masters("UserFiles:\t0\nUserBufs:\t0\n"));
     }
 
     #[test]

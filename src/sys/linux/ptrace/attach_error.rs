@@ -157,8 +157,9 @@ pub(super) fn tracer_of(pid: i32) -> Option<(i32, String)> {
     if tpid == 0 {
         return None;
     }
+    // a name the tracer chose: escaped before it can reach a terminal
     let name = std::fs::read_to_string(format!("/proc/{tpid}/comm"))
-        .map(|s| s.trim_end().to_string())
+        .map(|s| crate::output::escaped(s.trim_end()))
         .unwrap_or_else(|_| "?".to_string());
     Some((tpid, name))
 }

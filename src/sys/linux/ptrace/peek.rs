@@ -11,9 +11,11 @@
 //! untouched. Should ptyreap die meanwhile, the kernel ends syscall tracing with the tracer:
 //! nothing is left behind.
 //!
-//! Each thread is traced by a thread of ours made for it, which detaches it; a thread that could
-//! not be detached (it never stopped again within the bound) is let go by the kernel when that
-//! thread of ours exits.
+//! Each thread is traced by a thread of ours made for it, which detaches it; a thread that does
+//! not come to a stop within the bound (asleep in another call) is not interrupted again — that
+//! would end its sleep, and an `epoll_wait` would return EINTR — but let go by the kernel when
+//! that thread of ours exits. Only a thread running at the instant of the look is interrupted at
+//! all.
 
 use std::time::{Duration, Instant};
 
@@ -31,76 +33,106 @@ pub fn next_calls<T: Send>(
     wanted: &(dyn Fn(u64) -> bool + Sync),
     read: &(dyn Fn(i32, u64, [u64; 6]) -> Option<T> + Sync),
 ) -> Vec<(i32, T)> {
-    std::thread::scope(|scope| {
+    let (found, seized): (Vec<(i32, Option<T>)>, Vec<i32>) = std::thread::scope(|scope| {
         let handles: Vec<_> = tids
             .iter()
             .map(|&tid| scope.spawn(move || (tid, next_call(tid, bound, wanted, read))))
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .filter_map(|(tid, found)| found.map(|f| (tid, f)))
-            .collect()
-    })
+        let done: Vec<(i32, (Option<T>, bool))> =
+            handles.into_iter().filter_map(|h| h.join().ok()).collect();
+        let seized = done
+            .iter()
+            .filter(|(_, (_, s))| *s)
+            .map(|(t, _)| *t)
+            .collect();
+        (done.into_iter().map(|(t, (f, _))| (t, f)).collect(), seized)
+    });
+    // A thread of ours lets go of its tracee when it exits, a little after `join` returns: wait
+    // (bounded) until none is traced any more, so that a reap right after finds it free.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for tid in seized {
+        while traced(tid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    found
+        .into_iter()
+        .filter_map(|(tid, f)| f.map(|f| (tid, f)))
+        .collect()
 }
 
+/// Whether `tid` is still traced by anyone (TracerPid in its status).
+fn traced(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|v| v.trim() != "0")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the thread is running now (not asleep in a call, which an interrupt would end).
+fn running(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|s| super::super::procfs::parse_stat(&s))
+        .is_some_and(|s| s.state == 'R')
+}
+
+/// The thread's next wanted call, and whether it was seized (and so must be let go).
 fn next_call<T>(
     tid: i32,
     bound: Duration,
     wanted: &dyn Fn(u64) -> bool,
     read: &dyn Fn(i32, u64, [u64; 6]) -> Option<T>,
-) -> Option<T> {
-    raw::seize(tid).ok()?;
-    let deadline = Instant::now() + bound;
-    if interrupt(tid).is_err() {
-        let _ = raw::detach(tid, 0);
-        return None;
+) -> (Option<T>, bool) {
+    if raw::seize(tid).is_err() {
+        return (None, false);
     }
-    let mut found = None;
-    let mut giving_up = false;
+    let deadline = Instant::now() + bound;
+    // An interrupt ends an interruptible sleep (epoll_wait would return EINTR): only a thread
+    // that is running at this instant is taken into a stop.
+    if !running(tid) || interrupt(tid).is_err() {
+        let _ = raw::detach(tid, 0);
+        return (None, true);
+    }
     loop {
-        let limit = if giving_up {
-            Instant::now() + Duration::from_millis(500)
-        } else {
-            deadline
-        };
-        let stop = match wait_stop_until(tid, limit) {
+        let stop = match wait_stop_until(tid, deadline) {
             Ok(Some(stop)) => stop,
-            Ok(None) if !giving_up => {
-                // Bound reached: take it into a stop to let go of it.
-                giving_up = true;
-                let _ = interrupt(tid);
-                continue;
-            }
-            // Never stopped again: let go when this thread of ours exits (module doc).
-            _ => return found,
+            // Bound reached with the thread running or asleep in some call: it is not
+            // interrupted again (that would end its sleep); it is let go when this thread of
+            // ours exits, which takes it out of any traced stop it reaches meanwhile.
+            _ => return (None, true),
         };
         let pass = match stop {
-            Stop::Gone(_) => return found,
+            Stop::Gone(_) => return (None, true),
             // A group stop: the process was stopped by a signal; leave it so.
             Stop::Event(sig) if sig != libc::SIGTRAP => {
                 let _ = raw::detach(tid, 0);
-                return found;
+                return (None, true);
             }
             Stop::Signal(sig) => sig,
-            Stop::Syscall if !giving_up => {
+            Stop::Syscall => {
                 if let Ok(SyscallStop::Entry { nr, args }) = raw::syscall_info(tid) {
                     if wanted(nr) {
-                        found = read(tid, nr, args);
+                        let found = read(tid, nr, args);
                         let _ = raw::detach(tid, 0);
-                        return found;
+                        return (found, true);
                     }
                 }
                 0
             }
             _ => 0,
         };
-        if giving_up {
+        if Instant::now() >= deadline {
+            // at a stop, past the bound: let go here, with the signal it was about to take
             let _ = raw::detach(tid, pass);
-            return found;
+            return (None, true);
         }
         if resume(tid, Resume::Syscall, pass).is_err() {
-            return found;
+            return (None, true);
         }
     }
 }
