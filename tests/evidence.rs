@@ -294,10 +294,17 @@ fn a_dry_run_changes_nothing() {
         fds.sort();
         (calls, fds)
     };
+    let eintr = f.check()["epoll_eintr"].clone();
     let before = look();
     let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--dry-run"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(look(), before, "a dry run changed the target");
+    // no thread was interrupted: an epoll_wait interrupted by a ptrace stop returns EINTR
+    assert_eq!(
+        f.check()["epoll_eintr"],
+        eintr,
+        "a dry run interrupted an epoll_wait"
+    );
 }
 
 /// Who opened it decides the default: the child's copies are older than the child (inherited,
