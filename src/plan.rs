@@ -97,6 +97,20 @@ fn choose_merge_keeper(rows: &mut [MasterRow]) {
     if existing.is_some() {
         return; // the merge target is that group; the reaper dup2()s onto its lowest fd
     }
+    // A hung-up master the plan keeps anyway (tracked, not included): merging onto it keeps no
+    // PTY more than was kept already. Hung up only: a slave never opened could still be, and
+    // the merged fds would then read a live session.
+    let kept_anyway = rows.iter().position(|r| {
+        r.judgement.verdict == Verdict::Tracked
+            && r.action == Action::Keep
+            && r.evidence.hung_up == Some(true)
+    });
+    if let Some(k) = kept_anyway {
+        let row = &mut rows[k];
+        row.merge_keeper = true;
+        row.judgement.reason += "; the keeper the merged fds now share (kept anyway)";
+        return;
+    }
     let Some(keeper) = rows.iter().position(|r| r.method == Some(Method::Merge)) else {
         return;
     };
@@ -248,6 +262,43 @@ mod tests {
             actions(&forced),
             vec![(3, Action::Close, Some(Method::Close))]
         );
+    }
+
+    /// A hung-up master kept anyway (tracked) is the keeper: every orphan's PTY is freed.
+    #[test]
+    fn a_master_kept_anyway_is_the_keeper() {
+        let mut tracked = opened(9, Verdict::Tracked, Some(OpenedBy::SelfOpened));
+        tracked.0.hung_up = Some(true);
+        let rows = plan(
+            vec![
+                opened(3, Verdict::Orphaned, Some(OpenedBy::SelfOpened)),
+                opened(4, Verdict::Orphaned, Some(OpenedBy::SelfOpened)),
+                tracked,
+            ],
+            &Choices::default(),
+        );
+        assert_eq!(
+            actions(&rows),
+            vec![
+                (3, Action::Close, Some(Method::Merge)),
+                (4, Action::Close, Some(Method::Merge)),
+                (9, Action::Keep, None),
+            ]
+        );
+        assert_eq!(merge_keeper(&rows), Some(9));
+        assert!(rows[2].judgement.reason.contains("keeper"));
+        // one never opened is not: it could still become a live session
+        let mut fresh = opened(9, Verdict::Tracked, Some(OpenedBy::SelfOpened));
+        fresh.0.hung_up = Some(false);
+        let rows = plan(
+            vec![
+                opened(3, Verdict::Orphaned, None),
+                opened(4, Verdict::Orphaned, None),
+                fresh,
+            ],
+            &Choices::default(),
+        );
+        assert_eq!(merge_keeper(&rows), Some(3));
     }
 
     #[test]
