@@ -204,9 +204,21 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         snapshot
     } else {
         let fresh_snapshot = sys::snapshot_for(&pids)?;
-        let fresh = build_reports(cli, &targets, &fresh_snapshot)?;
-        for (report, fresh) in reports.iter_mut().zip(fresh) {
-            refresh(report, fresh);
+        // one by one: a target that exited during the prompt leaves its rows `changed`, and the
+        // others go on
+        for (report, target) in reports.iter_mut().zip(&targets) {
+            match build_reports(cli, std::slice::from_ref(target), &fresh_snapshot) {
+                Ok(mut fresh) if !fresh.is_empty() => refresh(report, fresh.remove(0)),
+                Ok(_) => {}
+                Err(e) => {
+                    for row in report.masters.iter_mut() {
+                        if row.action == Action::Close && row.result.is_none() {
+                            row.result = Some(model::Outcome::Changed);
+                            row.detail = Some(format!("changed since the plan: {}", e.message));
+                        }
+                    }
+                }
+            }
         }
         // a copy may have been inherited meanwhile: count what frees a PTY again
         ptys::account(&mut reports);
