@@ -44,15 +44,6 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
     let mut watched = watchers::watchers(pid, &master_fds, &own.event_queues);
     // A process sharing the fd table is part of the target for every purpose here: its waits
     // watch the same fds, and it is no "other holder" (closing in one closes in both).
-    // A thread of the target blocked in read() on a master is the app using it.
-    for (tid, fd) in watchers::blocked_readers(pid) {
-        if master_fds.contains(&fd) {
-            watched
-                .entry(fd)
-                .or_default()
-                .push(format!("read() in thread {tid}"));
-        }
-    }
     let uring = watchers::io_uring_with_masters(pid);
     let sharers = preflight::fd_table_sharers(pid, snapshot);
     for (sharer, name) in &sharers {

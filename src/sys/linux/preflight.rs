@@ -94,16 +94,11 @@ pub fn frozen_message(pid: i32, name: &str, by: &str) -> String {
 
 /// Threads of `pid` in strict seccomp mode.
 pub fn strict_seccomp_threads(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut tids: Vec<i32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    procfs::list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
         .filter(|&tid| super::seccomp::mode(pid, tid).ok() == Some(super::seccomp::Mode::Strict))
-        .collect();
-    tids.sort_unstable();
-    tids
+        .collect()
 }
 
 /// KCMP_FILES (include/uapi/linux/kcmp.h): do two processes share one fd table?

@@ -199,6 +199,29 @@ pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     Ok(tids)
 }
 
+/// The threads of `pid` other than its leader that have not exited (not zombies).
+pub fn live_threads(pid: i32) -> Vec<i32> {
+    list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&tid| tid != pid && !matches!(thread_state(pid, tid), None | Some('Z' | 'X')))
+        .collect()
+}
+
+/// (tid, call, arguments) of every thread of `pid` blocked in a system call
+/// (/proc/PID/task/TID/syscall; running threads and those blocked outside a call are left out).
+pub fn task_syscalls(pid: i32) -> Vec<(i32, i64, [u64; 6])> {
+    list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|tid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+            let (nr, args) = parse_syscall(&text)?;
+            Some((tid, nr, args))
+        })
+        .collect()
+}
+
 /// `Key:` of /proc/PID/status, or of /proc/PID/task/TID/status with a `tid`.
 pub fn read_status_field(pid: i32, tid: Option<i32>, key: &str) -> Option<String> {
     let path = match tid {

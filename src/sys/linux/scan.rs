@@ -270,17 +270,7 @@ fn live_thread_fd_dir(proc_dir: &OwnedFd, pid: i32) -> Option<OwnedFd> {
     if super::procfs::parse_stat(&stat)?.state != 'Z' {
         return None;
     }
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let live = tasks
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&tid| {
-            tid != pid
-                && !matches!(
-                    super::procfs::thread_state(pid, tid),
-                    None | Some('Z') | Some('X')
-                )
-        })?;
+    let live = *super::procfs::live_threads(pid).first()?;
     let path = std::ffi::CString::new(format!("{pid}/task/{live}/fd")).ok()?;
     open_dir(&path, Some(proc_dir)).ok()
 }

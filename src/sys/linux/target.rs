@@ -63,17 +63,7 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
 
 /// Threads of `pid` other than its leader that are not zombies themselves.
 fn live_threads(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|&tid| tid != pid)
-                .filter(|&tid| {
-                    !matches!(procfs::thread_state(pid, tid), None | Some('Z') | Some('X'))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    procfs::live_threads(pid).len()
 }
 
 /// /proc must be of our own pid namespace (`nsenter -p` without `-m` leaves the old one):

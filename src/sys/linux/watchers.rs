@@ -49,7 +49,18 @@ pub fn watchers(
             }
         }
     }
-    let waiting = waiting_poll_sets(pid);
+    // one look at every thread's current call serves the poll sets and the readers
+    let calls = procfs::task_syscalls(pid);
+    // a thread blocked in read() on a master is the app using it
+    for (tid, fd) in readers_in(&calls) {
+        if masters.contains(&fd) {
+            found
+                .entry(fd)
+                .or_default()
+                .push(format!("read() in thread {tid}"));
+        }
+    }
+    let waiting = waiting_poll_sets(pid, &calls);
     for (tid, call, fds) in &waiting {
         for fd in fds.intersection(masters) {
             found
@@ -107,46 +118,31 @@ fn epoll_entry_master(pid: i32, epfd: i32, tfd: i32, masters: &BTreeSet<i32>) ->
 }
 
 /// (tid, call name, fds) for every thread of `pid` waiting in a poll-family call.
-fn waiting_poll_sets(pid: i32) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for tid in tasks
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-    {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
-            continue;
-        };
-        let Some((nr, args)) = procfs::parse_syscall(&text) else {
-            continue;
-        };
-        let Some(call) = PollCall::from_nr(nr) else {
-            continue;
-        };
-        if let Some(fds) = call.read_fds(pid, &args) {
-            out.push((tid, call.name(), fds));
-        }
-    }
-    out
+fn waiting_poll_sets(
+    pid: i32,
+    calls: &[(i32, i64, [u64; 6])],
+) -> Vec<(i32, &'static str, BTreeSet<i32>)> {
+    calls
+        .iter()
+        .filter_map(|&(tid, nr, args)| {
+            let call = PollCall::from_nr(nr)?;
+            Some((tid, call.name(), call.read_fds(pid, &args)?))
+        })
+        .collect()
 }
 
 /// (tid, fd) for every thread of `pid` blocked in `read()`/`readv()` on an fd: a reader of a
 /// master uses the PTY however idle it looks.
 pub fn blocked_readers(pid: i32) -> Vec<(i32, i32)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
+    readers_in(&procfs::task_syscalls(pid))
+}
+
+fn readers_in(calls: &[(i32, i64, [u64; 6])]) -> Vec<(i32, i32)> {
     let read_calls = [libc::SYS_read, libc::SYS_readv];
-    tasks
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|tid| {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-            let (nr, args) = procfs::parse_syscall(&text)?;
-            read_calls.contains(&nr).then_some((tid, args[0] as i32))
-        })
+    calls
+        .iter()
+        .filter(|(_, nr, _)| read_calls.contains(nr))
+        .map(|&(tid, _, args)| (tid, args[0] as i32))
         .collect()
 }
 
@@ -201,12 +197,9 @@ pub fn registered_masters(fdinfo: &str) -> bool {
 /// [`peek::BUSY_BOUND`], all at once (see ptrace/peek.rs). Threads asleep in other calls (futex,
 /// read, epoll_wait, ...) are not looping and are left alone.
 fn busy_poll_sets(pid: i32, waiting: &BTreeSet<i32>) -> Vec<(i32, (&'static str, BTreeSet<i32>))> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let running: Vec<i32> = tasks
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    let running: Vec<i32> = procfs::list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
         .filter(|tid| !waiting.contains(tid))
         .filter(|&tid| procfs::thread_state(pid, tid) == Some('R'))
         .collect();

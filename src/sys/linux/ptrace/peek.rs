@@ -19,6 +19,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::super::procfs;
 use super::raw::{self, interrupt, resume, wait_stop_until, Resume, Stop, SyscallStop};
 
 /// How long a thread is watched for its next call of interest.
@@ -63,22 +64,12 @@ pub fn next_calls<T: Send>(
 
 /// Whether `tid` is still traced by anyone (TracerPid in its status).
 fn traced(tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .map(|v| v.trim() != "0")
-        })
-        .unwrap_or(false)
+    procfs::read_status_field(tid, None, "TracerPid").is_some_and(|v| v.trim() != "0")
 }
 
 /// Whether the thread is running now (not asleep in a call, which an interrupt would end).
 fn running(tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{tid}/stat"))
-        .ok()
-        .and_then(|s| super::super::procfs::parse_stat(&s))
-        .is_some_and(|s| s.state == 'R')
+    procfs::thread_state(tid, tid) == Some('R')
 }
 
 /// The thread's next wanted call, and whether it was seized (and so must be let go).
