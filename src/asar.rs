@@ -139,17 +139,21 @@ pub fn build(files: &[(&str, &[u8])]) -> Vec<u8> {
             serde_json::json!({"size": bytes.len(), "offset": data.len().to_string()});
         data.extend_from_slice(bytes);
     }
-    let json = index.to_string().into_bytes();
-    let padded = json.len().next_multiple_of(4);
-    let header = 8 + padded as u32; // payload size word + string length word + string
+    let mut out = with_header(index.to_string().as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// The two pickles that begin an archive, around `json` (whatever it says), padded to 4 bytes.
+pub fn with_header(json: &[u8]) -> Vec<u8> {
+    let header = 8 + json.len().next_multiple_of(4) as u32; // payload size + string length + string
     let mut out = Vec::new();
     out.extend_from_slice(&4u32.to_le_bytes());
     out.extend_from_slice(&header.to_le_bytes());
     out.extend_from_slice(&(header - 4).to_le_bytes());
     out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&json);
+    out.extend_from_slice(json);
     out.resize(8 + header as usize, 0);
-    out.extend_from_slice(&data);
     out
 }
 
@@ -202,22 +206,13 @@ mod tests {
 
     #[test]
     fn asar_unpacked_files_are_read_beside_the_archive() {
-        let mut archive = build(&[("x", b"x")]);
+        let archive = build(&[("x", b"x")]);
         // mark a file unpacked by hand, the way electron/asar does
         let (index, _) = parse_header(&archive, archive.len() as u64).unwrap();
         let mut index = index;
         index["files"]["node_modules"] = serde_json::json!({"files": {"node-pty": {"files": {
             "package.json": {"size": 9, "unpacked": true}}}}});
-        let json = index.to_string().into_bytes();
-        let header = 8 + json.len().next_multiple_of(4) as u32;
-        let mut fresh = Vec::new();
-        fresh.extend_from_slice(&4u32.to_le_bytes());
-        fresh.extend_from_slice(&header.to_le_bytes());
-        fresh.extend_from_slice(&(header - 4).to_le_bytes());
-        fresh.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        fresh.extend_from_slice(&json);
-        fresh.resize(8 + header as usize, 0);
-        archive = fresh;
+        let archive = with_header(index.to_string().as_bytes());
         let (dir, path) = write(&archive);
         let beside = dir.0.join("app.asar.unpacked/node_modules/node-pty");
         std::fs::create_dir_all(&beside).unwrap();
@@ -250,28 +245,13 @@ mod tests {
             r#"{"size": 1, "offset": "18446744073709551615"}"#,
             r#"{"size": -1, "offset": "x"}"#,
         ] {
-            let json = format!(r#"{{"files": {{"f": {entry}}}}}"#).into_bytes();
-            let header = 8 + json.len().next_multiple_of(4) as u32;
-            let mut a = Vec::new();
-            a.extend_from_slice(&4u32.to_le_bytes());
-            a.extend_from_slice(&header.to_le_bytes());
-            a.extend_from_slice(&(header - 4).to_le_bytes());
-            a.extend_from_slice(&(json.len() as u32).to_le_bytes());
-            a.extend_from_slice(&json);
-            a.resize(8 + header as usize, 0);
+            let a = with_header(format!(r#"{{"files": {{"f": {entry}}}}}"#).as_bytes());
             let (_d, p) = write(&a);
             assert!(read_file(&p, "f").is_err(), "{entry}");
         }
         // deep nesting: serde_json's recursion limit, an error
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
-        let header = 8 + deep.len().next_multiple_of(4) as u32;
-        let mut a = Vec::new();
-        a.extend_from_slice(&4u32.to_le_bytes());
-        a.extend_from_slice(&header.to_le_bytes());
-        a.extend_from_slice(&(header - 4).to_le_bytes());
-        a.extend_from_slice(&(deep.len() as u32).to_le_bytes());
-        a.extend_from_slice(&deep);
-        a.resize(8 + header as usize, 0);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let a = with_header(deep.as_bytes());
         assert!(parse_header(&a, a.len() as u64).is_err());
     }
 }

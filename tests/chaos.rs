@@ -26,16 +26,7 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
     let span = {
         let f = Fixture::spawn(&["--orphans", "120", "--live", "1", "--threads", "2"]);
         let t = std::time::Instant::now();
-        let out = support::ptyreap(&[
-            "--pid",
-            &f.pid.to_string(),
-            "--min-idle",
-            "0",
-            "--yes",
-            "--method",
-            "close",
-            "--json",
-        ]);
+        let out = support::reap_closing(f.pid, &["--json"]);
         assert_eq!(out.code, 0, "{out:?}");
         t.elapsed()
     };
@@ -46,16 +37,8 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
         let sig = signals[(rng.next() % 3) as usize];
         let delay = Duration::from_micros(rng.next() % (span.as_micros() as u64 + 1));
         let child = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-            .args([
-                "--pid",
-                &f.pid.to_string(),
-                "--min-idle",
-                "0",
-                "--yes",
-                "--method",
-                "close",
-                "--json",
-            ])
+            .args(support::reap_args(f.pid))
+            .arg("--json")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

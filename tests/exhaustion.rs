@@ -29,17 +29,9 @@ fn an_exhausted_instance_is_recovered_without_a_terminal() {
 
     // no controlling terminal (setsid), stdin /dev/null, no prompt possible
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
-    cmd.args([
-        "--pid",
-        &f.pid.to_string(),
-        "--min-idle",
-        "0",
-        "--yes",
-        "--method",
-        "close",
-    ])
-    .stdin(Stdio::null())
-    .env("NO_COLOR", "1");
+    cmd.args(support::reap_args(f.pid))
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1");
     // SAFETY: setsid between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

@@ -11,7 +11,7 @@ mod support;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{ptyreap, ptyreap_with, require_root, Output, Victim};
+use support::{ptyreap, require_root, Output, Victim};
 
 fn reap(pid: i32, extra: &[&str]) -> Output {
     let pid = pid.to_string();
@@ -85,22 +85,9 @@ fn seccomp_filters_are_evaluated_when_they_cannot_be_suspended() {
         return;
     }
     let reap_no_suspend = |pid: i32| {
-        let pid = pid.to_string();
-        ptyreap_with(
-            &[
-                "--pid",
-                &pid,
-                "--min-idle",
-                "0",
-                "--yes",
-                "--method",
-                "close",
-                "--json",
-            ],
-            |cmd| {
-                cmd.env("PTYREAP_TEST_NO_SUSPEND_SECCOMP", "1");
-            },
-        )
+        support::reap_closing_with(pid, &["--json"], |cmd| {
+            cmd.env("PTYREAP_TEST_NO_SUSPEND_SECCOMP", "1");
+        })
     };
     let refused = [
         ("kill", "would kill the process"),
@@ -147,24 +134,11 @@ fn seccomp_filters_that_cannot_be_read_are_refused() {
     }
     let mut v = Victim::spawn(&["--seccomp", "trap"]);
     let before = v.signal_state();
-    let pid = v.pid.to_string();
-    let out = ptyreap_with(
-        &[
-            "--pid",
-            &pid,
-            "--min-idle",
-            "0",
-            "--yes",
-            "--method",
-            "close",
-            "--json",
-        ],
-        |cmd| {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only prctl and seccomp between fork and exec, on a static program.
-            unsafe { cmd.pre_exec(allow_all_filter) };
-        },
-    );
+    let out = support::reap_closing_with(v.pid, &["--json"], |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only prctl and seccomp between fork and exec, on a static program.
+        unsafe { cmd.pre_exec(allow_all_filter) };
+    });
     assert_eq!(out.code, 1, "{out:?}");
     for (fd, result, detail) in rows(&out) {
         assert_eq!(result, "failed", "fd {fd}");

@@ -60,16 +60,7 @@ fn reap_closes_exactly_the_orphans_and_the_target_runs_on() {
     );
     let before = support::ptys_in_use_seen_by(f.pid);
     let baseline = f.check();
-    let out = ptyreap(&[
-        "--pid",
-        &f.pid.to_string(),
-        "--min-idle",
-        "0",
-        "--yes",
-        "--method",
-        "close",
-        "--json",
-    ]);
+    let out = support::reap_closing(f.pid, &["--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
     assert_eq!(doc["dry_run"], false);
@@ -390,15 +381,7 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
     let before = ptmx_fds(f.pid);
     let pid = nix::unistd::Pid::from_raw(f.pid);
     nix::sys::ptrace::seize(pid, nix::sys::ptrace::Options::empty()).expect("seize");
-    let out = ptyreap(&[
-        "--pid",
-        &f.pid.to_string(),
-        "--min-idle",
-        "0",
-        "--yes",
-        "--method",
-        "close",
-    ]);
+    let out = support::reap_closing(f.pid, &[]);
     let _ = nix::sys::ptrace::detach(pid, None);
     assert_eq!(out.code, 1, "{out:?}");
     // SAFETY: gettid has no preconditions; the tracer is this thread

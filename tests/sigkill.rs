@@ -46,15 +46,7 @@ fn no_tracers_left() {
 fn calibrate() -> Duration {
     let f = Fixture::spawn(&["--orphans", "200", "--live", "1", "--threads", "4"]);
     let t = std::time::Instant::now();
-    let out = support::ptyreap(&[
-        "--pid",
-        &f.pid.to_string(),
-        "--min-idle",
-        "0",
-        "--yes",
-        "--method",
-        "close",
-    ]);
+    let out = support::reap_closing(f.pid, &[]);
     assert_eq!(out.code, 0, "{out:?}");
     t.elapsed()
 }

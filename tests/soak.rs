@@ -10,7 +10,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{assert_running, ptmx_fds, ptyreap, Fixture};
+use support::{assert_running, ptmx_fds, Fixture};
 
 fn soak(rounds: usize) {
     if !support::require_root() {
@@ -29,19 +29,9 @@ fn soak(rounds: usize) {
     ]);
     let keep = [f.fds("live")[0], f.ready["stream"].as_i64().unwrap() as i32];
     let baseline = f.check();
-    let pid = f.pid.to_string();
     let (mut closed_total, mut rounds_with_work) = (0, 0);
     for round in 0..rounds {
-        let out = ptyreap(&[
-            "--pid",
-            &pid,
-            "--min-idle",
-            "0",
-            "--yes",
-            "--method",
-            "close",
-            "--json",
-        ]);
+        let out = support::reap_closing(f.pid, &["--json"]);
         // 1 or 3: a master leaked while we looked turned out, inside the stop, to be still in
         // use by its child (`changed`, left alone); never `failed`
         assert!(matches!(out.code, 0 | 1 | 3), "round {round}: {out:?}");

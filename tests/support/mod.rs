@@ -355,6 +355,35 @@ impl Output {
     }
 }
 
+/// The reap most tests run: `--pid PID --min-idle 0 --yes --method close` (the close path; the
+/// default merges what the fixture opened itself).
+pub fn reap_args(pid: i32) -> Vec<String> {
+    [
+        "--pid",
+        &pid.to_string(),
+        "--min-idle",
+        "0",
+        "--yes",
+        "--method",
+        "close",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `ptyreap` with [`reap_args`] and then `extra`.
+pub fn reap_closing(pid: i32, extra: &[&str]) -> Output {
+    reap_closing_with(pid, extra, |_| {})
+}
+
+/// The same, after `configure` had its say on the command.
+pub fn reap_closing_with(pid: i32, extra: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
+    let mut args = reap_args(pid);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ptyreap_with(&args, configure)
+}
+
 /// Runs the `ptyreap` binary with `args`, stdin from /dev/null, NO_COLOR=1; kills it and panics
 /// after 60 s.
 pub fn ptyreap(args: &[&str]) -> Output {
@@ -460,16 +489,8 @@ impl Rng {
 /// `ptyreap --pid PID --min-idle 0 --yes --json` started in its own process group, output piped.
 pub fn spawn_reap(pid: i32) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--min-idle",
-            "0",
-            "--yes",
-            "--method",
-            "close",
-            "--json",
-        ])
+        .args(reap_args(pid))
+        .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
