@@ -155,7 +155,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
                 system,
                 reports,
             );
-            let would_free = ptys::account(&mut reports.to_vec()).would_free;
+            let would_free = ptys::counted(reports).would_free;
             doc["ptys"] = serde_json::json!({"would_free": would_free, "freed": null});
             output::println(&doc.to_string());
         } else {
@@ -221,7 +221,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             }
         }
         // a copy may have been inherited meanwhile: count what frees a PTY again
-        ptys::account(&mut reports);
+        ptys = ptys::account(&mut reports);
         fresh_snapshot
     };
     interrupt::catch();
@@ -262,9 +262,8 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             "before": before.system.in_use,
             "after": after.in_use,
         });
-        let planned_ptys = ptys::account(&mut reports.clone()).would_free;
         doc["ptys"] = serde_json::json!({
-            "would_free": planned_ptys,
+            "would_free": ptys.would_free,
             "freed": ptys::freed(&reports),
         });
         output::println(&doc.to_string());

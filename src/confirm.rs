@@ -37,7 +37,7 @@ pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
         })
         .collect();
     let n = planned.len();
-    let frees = crate::ptys::account(&mut reports.to_vec());
+    let frees = crate::ptys::counted(reports);
     let choice = Select::new()
         .with_prompt(format!("Free {}?", crate::ptys::describe(&frees)))
         .items(&[

@@ -111,6 +111,27 @@ pub fn account(reports: &mut [TargetReport]) -> PtyCount {
     count
 }
 
+/// The count of reports already marked by [`account`], read off the marks.
+pub fn counted(reports: &[TargetReport]) -> PtyCount {
+    let planned = |t: &TargetReport| {
+        t.masters
+            .iter()
+            .filter(|r| r.action == Action::Close)
+            .count()
+    };
+    let freeing: BTreeSet<PtyId> = reports
+        .iter()
+        .flat_map(|t| &t.masters)
+        .filter(|r| r.action == Action::Close && r.frees_pty == Some(true))
+        .filter_map(|r| r.evidence.pty)
+        .collect();
+    PtyCount {
+        would_free: freeing.len(),
+        copies: reports.iter().map(planned).sum(),
+        processes: reports.iter().filter(|t| planned(t) > 0).count(),
+    }
+}
+
 /// PTYs freed by a reap: those every planned copy of which was released.
 pub fn freed(reports: &[TargetReport]) -> usize {
     let mut state: BTreeMap<PtyId, bool> = BTreeMap::new();
@@ -224,6 +245,7 @@ mod tests {
             }
         );
         assert_eq!(describe(&c), "1 PTY (3 master copies in 3 processes)");
+        assert_eq!(counted(&all), c, "the marks tell the same count");
         // one process alone frees nothing, and says who else holds it
         let mut one = vec![target(10, vec![row(3, 7, &shared(10), true)])];
         let c = account(&mut one);

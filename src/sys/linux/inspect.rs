@@ -11,12 +11,13 @@ use crate::model::{Evidence, OpenedBy, Snapshot};
 /// How far apart a PTY's creation and the process's start must be to say who opened it: the
 /// start is known to a clock tick (10 ms), a fork and the PTY's creation can be that close.
 const OPENED_BY_MARGIN: f64 = 0.05;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsFd;
 
 /// What may use the PTY where ptyreap cannot look: registered with the target's io_uring, or read
 /// by another holder of the master (see `watchers`).
-fn blind_spots(ev: &mut Evidence, uring: &[i32]) {
+/// `readers` remembers each holder's blocked readers: one look per holder, not one per master.
+fn blind_spots(ev: &mut Evidence, uring: &[i32], readers: &mut HashMap<i32, Vec<(i32, i32)>>) {
     if let Some(fd) = uring.first() {
         ev.blind_spots.push(format!(
             "the target's io_uring instance (fd {fd}) has PTY masters registered, and which ones \
@@ -24,7 +25,10 @@ fn blind_spots(ev: &mut Evidence, uring: &[i32]) {
         ));
     }
     for h in &ev.other_master_holders {
-        for (tid, fd) in watchers::blocked_readers(h.pid) {
+        let theirs = readers
+            .entry(h.pid)
+            .or_insert_with(|| watchers::blocked_readers(h.pid));
+        for &(tid, fd) in theirs.iter() {
             if h.fds.contains(&fd) {
                 ev.blind_spots.push(format!(
                     "pid {} ({}) thread {tid} blocks in read() on its copy (fd {fd})",
@@ -56,6 +60,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         }
     }
     let started = super::info::started_at_precise(target.start_time);
+    let mut readers = HashMap::new();
     let mut out = Vec::with_capacity(own.masters.len());
     for m in &own.masters {
         let mut ev = Evidence {
@@ -98,7 +103,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             .partition(|h| sharers.iter().any(|(p, _)| *p == h.pid));
         ev.fd_table_shared_with = shared;
         ev.other_master_holders = others;
-        blind_spots(&mut ev, &uring);
+        blind_spots(&mut ev, &uring, &mut readers);
         out.push(ev);
     }
     Ok(out)
