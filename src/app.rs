@@ -138,11 +138,11 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     let mut ptys = ptys::account(&mut reports);
     if cli.all {
         // only the processes, and the rows, that free a PTY
-        let keep: Vec<bool> = reports.iter_mut().map(ptys::only_what_frees).collect();
-        let mut k = keep.iter();
-        targets.retain(|_| *k.next().unwrap_or(&false));
-        let mut k = keep.iter();
-        reports.retain(|_| *k.next().unwrap_or(&false));
+        (targets, reports) = targets
+            .into_iter()
+            .zip(reports)
+            .filter_map(|(t, mut r)| ptys::only_what_frees(&mut r).then_some((t, r)))
+            .unzip();
         ptys = ptys::account(&mut reports);
     }
     let planned = count_planned(&reports);

@@ -70,16 +70,18 @@ fn window(p: &ProcessPtys, now: f64) -> f64 {
 /// creation times (the slave nodes' ctimes).
 fn leak_per_hour(p: &ProcessPtys, now: f64) -> f64 {
     let w = window(p, now);
-    let mut recent: HashMap<crate::model::PtyId, f64> = HashMap::new();
-    for m in &p.masters {
-        if let (Some(pty), Some(c)) = (m.pty, m.created) {
-            if c >= now - w {
-                recent.insert(pty, c);
-            }
-        }
-    }
+    let recent: HashMap<crate::model::PtyId, f64> = recent_ptys(p, now).collect();
     let span = pace_span(recent.values().copied(), w, now);
     (recent.len() as f64 * 3600.0 / span * 10.0).round() / 10.0
+}
+
+/// The process's PTYs made within its window, with when.
+fn recent_ptys(p: &ProcessPtys, now: f64) -> impl Iterator<Item = (crate::model::PtyId, f64)> + '_ {
+    let since = now - window(p, now);
+    p.masters
+        .iter()
+        .filter_map(|m| m.pty.zip(m.created))
+        .filter(move |&(_, c)| c >= since)
 }
 
 /// The time over which PTYs made at `created` were made: from the first of them to now, once
@@ -107,15 +109,11 @@ fn exhausted_in(snapshot: &Snapshot, now: f64) -> Option<u64> {
     let mut created: HashMap<crate::model::PtyId, f64> = HashMap::new();
     let mut w: f64 = 0.0;
     for p in &snapshot.processes {
-        let pw = window(p, now);
-        for m in &p.masters {
-            if let (Some(pty), Some(c)) = (m.pty, m.created) {
-                if c >= now - pw {
-                    created.insert(pty, c);
-                    w = w.max(pw);
-                }
-            }
+        let mut recent = recent_ptys(p, now).peekable();
+        if recent.peek().is_some() {
+            w = w.max(window(p, now));
         }
+        created.extend(recent);
     }
     if created.is_empty() || w <= 0.0 {
         return None;
