@@ -46,7 +46,10 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
 
 fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
     let snapshot = sys::snapshot()?;
-    let census = census::census(&snapshot);
+    let mut census = census::census(&snapshot);
+    for p in &mut census.processes {
+        p.not_releasable_because = sys::release_refusal_of(p.pid, &p.name, &snapshot);
+    }
     if cli.json {
         output::println(&render::json::census(&census).to_string());
     } else {
@@ -141,7 +144,10 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         (targets, reports) = targets
             .into_iter()
             .zip(reports)
-            .filter_map(|(t, mut r)| ptys::only_what_frees(&mut r).then_some((t, r)))
+            .filter_map(|(t, mut r)| {
+                // a process it cannot release is shown with the reason, not dropped silently
+                (ptys::only_what_frees(&mut r) || r.withheld > 0).then_some((t, r))
+            })
             .unzip();
         ptys = ptys::account(&mut reports);
     }
@@ -167,8 +173,20 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             output::print(&text);
         }
     };
+    // Processes it cannot release in: said before any prompt, one line each.
+    let refusals: Vec<String> = reports
+        .iter()
+        .filter(|r| r.withheld > 0)
+        .filter_map(|r| r.not_releasable_because.clone())
+        .collect();
     if cli.dry_run || planned == 0 {
         print(&reports, &snapshot.system, cli.dry_run);
+        for why in &refusals {
+            eprintln!("ptyreap: {why}");
+        }
+        if !cli.dry_run && !refusals.is_empty() {
+            return Ok(ExitCode::Failure);
+        }
         if !cli.json {
             eprintln!(
                 "{}",
@@ -183,6 +201,9 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             );
         }
         return Ok(ExitCode::Success);
+    }
+    for why in &refusals {
+        eprintln!("ptyreap: {why}");
     }
 
     if !cli.yes {
@@ -297,6 +318,14 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             interrupt::name(sig)
         );
         return Ok(ExitCode::for_signal(sig));
+    }
+    if !refusals.is_empty() {
+        // some processes could not be released at all: never "all released"
+        return Ok(if summary.released > 0 {
+            ExitCode::Partial
+        } else {
+            ExitCode::Failure
+        });
     }
     Ok(summary.exit_code())
 }

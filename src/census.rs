@@ -52,6 +52,7 @@ pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
             orphaned: orphaned(p, &slave_holders),
             ptys_only_here: only_here(p, &master_holders),
             leak_per_hour: leak_per_hour(p, now),
+            not_releasable_because: None,
         })
         .collect();
     processes.sort_by(|a, b| b.masters.cmp(&a.masters).then(a.pid.cmp(&b.pid)));

@@ -239,6 +239,9 @@ pub struct ProcessCount {
     pub ptys_only_here: usize,
     /// Its PTYs made over the last 24 h (or its life, if shorter), per hour.
     pub leak_per_hour: f64,
+    /// Why ptyreap cannot release fds in it (macOS code signing, a frozen cgroup, ...); None when
+    /// nothing known up front stands in the way.
+    pub not_releasable_because: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -418,6 +421,11 @@ pub struct TargetReport {
     pub name: String,
     pub masters: Vec<MasterRow>,
     pub stopped_us: Option<u64>,
+    /// Why ptyreap cannot release fds in this process, known before any plan is shown; its rows
+    /// are then all `keep` (see `pipeline::withhold`).
+    pub not_releasable_because: Option<String>,
+    /// How many rows the plan would have released, had the process been releasable.
+    pub withheld: usize,
 }
 
 /// What a bug report says about a process besides its PTYs.

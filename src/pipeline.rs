@@ -2,7 +2,7 @@
 //! Shared by the one-shot command, the watchdog and the report.
 
 use crate::exit_code::UserError;
-use crate::model::{Snapshot, TargetReport};
+use crate::model::{Action, Snapshot, TargetReport};
 use crate::{plan, sys, verdict};
 use std::collections::BTreeSet;
 
@@ -30,12 +30,32 @@ pub fn judge_target(
             (ev, j)
         })
         .collect();
-    Ok(TargetReport {
+    let mut report = TargetReport {
         pid: target.pid,
         name: target.name.clone(),
         masters: plan::plan(judged, choices),
         stopped_us: None,
-    })
+        not_releasable_because: None,
+        withheld: 0,
+    };
+    if let Some(why) = sys::release_refusal(target, snapshot) {
+        withhold(&mut report, why);
+    }
+    Ok(report)
+}
+
+/// A process ptyreap cannot release fds in (known before asking): the plan offers nothing in it,
+/// so no prompt is shown for it; `withheld` counts what it would have released.
+pub fn withhold(report: &mut TargetReport, why: String) {
+    for row in report.masters.iter_mut() {
+        row.merge_keeper = false;
+        if row.action == Action::Close {
+            row.action = Action::Keep;
+            row.method = None;
+            report.withheld += 1;
+        }
+    }
+    report.not_releasable_because = Some(why);
 }
 
 fn not_a_master(target: &sys::Target, fd: i32, masters: &[i32]) -> UserError {

@@ -219,6 +219,8 @@ mod tests {
             name: "node".into(),
             masters,
             stopped_us: None,
+            not_releasable_because: None,
+            withheld: 0,
         }
     }
 

@@ -177,6 +177,18 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
             )
         }
     };
+    if let Some(why) = &report.not_releasable_because {
+        let orphaned = report
+            .masters
+            .iter()
+            .any(|r| r.judgement.verdict == crate::model::Verdict::Orphaned);
+        if orphaned {
+            return log.event(
+                "reap_failed",
+                &[who[0].clone(), who[1].clone(), ("why", json!(why))],
+            );
+        }
+    }
     // the watchdog releases orphaned masters only, whatever else the plan would allow
     for row in report.masters.iter_mut() {
         if row.action == Action::Close && row.judgement.verdict != crate::model::Verdict::Orphaned {

@@ -293,8 +293,51 @@ fn frozen_cgroups_are_refused_before_anything_is_touched() {
             "v2={v2}: {out:?}"
         );
         assert_eq!(v.masters_open(), vec![100, 101], "v2={v2}");
-        // The watchdog logs the refusal and carries on.
+        // Known before asking: the dry run, the JSON and the census say it, the plan offers
+        // nothing there, and without --yes no prompt is shown (this run has no terminal).
         let pid = v.pid.to_string();
+        let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+        assert_eq!(dry.code, 0, "v2={v2}: {dry:?}");
+        let t = &dry.json()["targets"][0];
+        assert_eq!(t["releasable"], false, "v2={v2}: {t}");
+        assert!(
+            t["not_releasable_because"]
+                .as_str()
+                .is_some_and(|w| w.contains("is frozen by")),
+            "v2={v2}: {t}"
+        );
+        let masters = t["masters"].as_array().unwrap();
+        assert!(!masters.is_empty());
+        assert!(masters.iter().all(|m| m["action"] == "keep"), "{t}");
+        let table = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run"]);
+        assert!(
+            table.stdout.contains("cannot release here") && table.stdout.contains("is frozen by"),
+            "v2={v2}: {table:?}"
+        );
+        let asked = ptyreap(&["--pid", &pid, "--min-idle", "0"]);
+        assert_eq!(asked.code, 1, "v2={v2}: {asked:?}");
+        assert!(
+            asked.stderr.contains("is frozen by") && !asked.stderr.contains("terminal"),
+            "no prompt, and no complaint about a missing terminal: {asked:?}"
+        );
+        let census = ptyreap(&["--json"]);
+        let line = census.json()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == v.pid)
+            .cloned()
+            .unwrap();
+        assert_eq!(line["releasable"], false, "{line}");
+        let census_table = ptyreap(&[]);
+        assert!(
+            census_table
+                .stdout
+                .contains("ptyreap cannot release PTYs in these processes"),
+            "{census_table:?}"
+        );
+        assert_eq!(v.masters_open(), vec![100, 101], "v2={v2}");
+        // The watchdog logs the refusal and carries on.
         let watch = ptyreap(&[
             "watch",
             "--pid",

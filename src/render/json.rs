@@ -4,7 +4,16 @@ use crate::model::{Action, Census, MasterRow, Method, SystemUsage, TargetReport}
 use serde_json::{json, Value};
 
 pub fn census(c: &Census) -> Value {
-    json!({ "system": c.system, "processes": c.processes })
+    let processes: Vec<Value> = c
+        .processes
+        .iter()
+        .map(|p| {
+            let mut v = json!(p);
+            v["releasable"] = json!(p.not_releasable_because.is_none());
+            v
+        })
+        .collect();
+    json!({ "system": c.system, "processes": processes })
 }
 
 /// The inspect / reap document.
@@ -29,6 +38,8 @@ fn target(t: &TargetReport) -> Value {
         "pid": t.pid,
         "name": t.name,
         "stopped_us": t.stopped_us,
+        "releasable": t.not_releasable_because.is_none(),
+        "not_releasable_because": t.not_releasable_because,
         "masters": t.masters.iter().map(master).collect::<Vec<_>>(),
     })
 }

@@ -114,9 +114,15 @@ pub fn census(c: &Census, style: &Style) -> String {
     ]);
     for p in &c.processes {
         let sgr = if p.orphaned > 0 { "33" } else { "" };
+        // marked: ptyreap cannot release fds in it (the reason follows the table)
+        let name = if p.not_releasable_because.is_some() {
+            format!("{} *", p.name)
+        } else {
+            p.name.clone()
+        };
         t.push(vec![
             (p.pid.to_string(), ""),
-            (p.name.clone(), ""),
+            (name, ""),
             (p.masters.to_string(), ""),
             (p.orphaned.to_string(), sgr),
             (p.ptys_only_here.to_string(), ""),
@@ -127,6 +133,17 @@ pub fn census(c: &Census, style: &Style) -> String {
         ]);
     }
     out.push_str(&t.render(style, ""));
+    let refused: Vec<_> = c
+        .processes
+        .iter()
+        .filter_map(|p| p.not_releasable_because.as_ref().map(|why| (p, why)))
+        .collect();
+    if !refused.is_empty() {
+        out.push_str("\n* ptyreap cannot release PTYs in these processes:\n");
+        for (p, why) in refused {
+            let _ = writeln!(out, "  {} ({}): {}", p.pid, p.name, why);
+        }
+    }
     if let Some(s) = c.system.exhausted_in_s {
         let _ = writeln!(
             out,
@@ -200,6 +217,13 @@ pub fn target(t: &TargetReport, style: &Style) -> String {
         return out;
     }
     let _ = writeln!(out, ": {}", verdict_counts(&t.masters));
+    if let Some(why) = &t.not_releasable_because {
+        let _ = writeln!(
+            out,
+            "  {} {why}",
+            style.paint("cannot release here, so nothing is offered:", "31")
+        );
+    }
     let reaped = t.masters.iter().any(|r| r.result.is_some());
     let mut head = vec![
         ("FD", true),

@@ -17,6 +17,17 @@ mod target;
 pub mod watchers;
 
 pub use info::{process_info, start_time};
+
+/// Why fds cannot be released in `target`, known before any plan is shown; None when nothing
+/// known up front stands in the way (see `preflight.rs`).
+pub fn release_refusal(target: &Target, _snapshot: &Snapshot) -> Option<String> {
+    preflight::release_refusal(target.pid, &target.name)
+}
+
+/// The same, for a census line (a pid not opened as a target).
+pub fn release_refusal_of(pid: i32, name: &str, _snapshot: &Snapshot) -> Option<String> {
+    preflight::release_refusal(pid, name)
+}
 pub use inspect::inspect;
 pub use reap::reap;
 pub use target::{open as open_target, processes_named, Target};

@@ -92,6 +92,25 @@ pub fn frozen_message(pid: i32, name: &str, by: &str) -> String {
     )
 }
 
+/// Why ptyreap cannot release fds in `pid` whatever the plan (a frozen cgroup, strict seccomp),
+/// or None. Asked before any plan is shown, and again before the target is touched.
+pub fn release_refusal(pid: i32, name: &str) -> Option<String> {
+    if let Some(by) = frozen_by(pid) {
+        return Some(frozen_message(pid, name, &by));
+    }
+    let strict = strict_seccomp_threads(pid);
+    if !strict.is_empty() {
+        let tids: Vec<String> = strict.iter().map(|t| t.to_string()).collect();
+        return Some(format!(
+            "pid {pid} ({name}): thread {} runs in strict seccomp mode, where any call but \
+             read, write and exit kills the process: ptyreap cannot release its fds (quit the \
+             app to free them); nothing was changed",
+            tids.join(", ")
+        ));
+    }
+    None
+}
+
 /// Threads of `pid` in strict seccomp mode.
 pub fn strict_seccomp_threads(pid: i32) -> Vec<i32> {
     procfs::list_tasks(pid)

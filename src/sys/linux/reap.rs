@@ -119,20 +119,9 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
 /// The refusals made before anything is touched (see `preflight.rs`).
 fn preflight_checks(target: &Target, rows: &[MasterRow]) -> Result<(), UserError> {
     let (pid, name) = (target.pid, &target.name);
-    if let Some(by) = preflight::frozen_by(pid) {
-        return Err(UserError::failure(preflight::frozen_message(
-            pid, name, &by,
-        )));
-    }
-    let strict = preflight::strict_seccomp_threads(pid);
-    if !strict.is_empty() {
-        let tids: Vec<String> = strict.iter().map(|t| t.to_string()).collect();
-        return Err(UserError::failure(format!(
-            "pid {pid} ({name}): thread {} runs in strict seccomp mode, where any call but \
-             read, write and exit kills the process: ptyreap cannot release its fds (quit the \
-             app to free them); nothing was changed",
-            tids.join(", ")
-        )));
+    // checked when the plan was made too; looked at again, as the prompt may have taken minutes
+    if let Some(why) = preflight::release_refusal(pid, name) {
+        return Err(UserError::failure(why));
     }
     let mut sharers: Vec<(i32, String)> = rows
         .iter()

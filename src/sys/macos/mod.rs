@@ -24,6 +24,7 @@
 pub mod arch;
 pub mod ffi;
 pub mod logic;
+pub mod releasable;
 
 #[cfg(target_os = "macos")]
 mod info;
@@ -51,4 +52,6 @@ pub use reap::reap;
 #[cfg(target_os = "macos")]
 pub use scan::snapshot;
 #[cfg(target_os = "macos")]
-pub use target::{open as open_target, processes_named, Target};
+pub use target::{
+    open as open_target, processes_named, release_refusal, release_refusal_of, Target,
+};

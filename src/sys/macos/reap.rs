@@ -46,6 +46,11 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         finish_kept(rows);
         return Ok(Duration::ZERO);
     }
+    // platform binaries and hardened tasks are refused before anything (see releasable.rs):
+    // setting a thread state in them is fatal to ptyreap, with the app's threads suspended
+    if let Some(why) = target::refused_now(target) {
+        return Err(UserError::failure(why));
+    }
     let _blocked = SignalBlock::new();
     let nothing = |why: String| {
         UserError::failure(format!(

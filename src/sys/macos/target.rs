@@ -3,7 +3,10 @@
 
 use super::ffi;
 use super::libproc;
+use super::logic::{Arch, TargetCode};
+use super::releasable::{self, Facts, Machine};
 use crate::exit_code::UserError;
+use crate::model::Snapshot;
 
 #[derive(Debug)]
 pub struct Target {
@@ -95,4 +98,77 @@ pub fn processes_named(name: &str) -> Vec<i32> {
             by_info || libproc::exe_path(pid).is_some_and(|p| super::scan::file_name(&p) == name)
         })
         .collect()
+}
+
+extern "C" {
+    // libsystem_kernel (bsd/sys/csr.h): 0 when the SIP configuration allows `mask`.
+    fn csr_check(mask: u32) -> i32;
+}
+
+/// bsd/sys/csr.h
+const CSR_ALLOW_TASK_FOR_PID: u32 = 1 << 2;
+
+/// What decides whether fds can be released in `pid`, read from outside (releasable.rs).
+fn facts(pid: i32) -> Facts {
+    let info = libproc::bsd_info(pid).ok();
+    let code = libproc::arch_info(pid)
+        .ok()
+        .zip(info)
+        .map(|(arch, info)| TargetCode {
+            cputype: arch.p_cputype,
+            cpusubtype: arch.p_cpusubtype,
+            rosetta: info.pbi_flags & ffi::PROC_FLAG_ROSETTA != 0,
+            self_translated: libproc::self_translated(),
+        });
+    Facts {
+        is_root: is_root(),
+        cs_flags: libproc::codesign_flags(pid),
+        // SAFETY: a plain syscall wrapper taking an integer mask.
+        sip_restricts_debugging: unsafe { csr_check(CSR_ALLOW_TASK_FOR_PID) } != 0,
+        code,
+    }
+}
+
+/// Why fds cannot be released in `target`, with the ways out; None when nothing known up front
+/// stands in the way.
+pub fn release_refusal(target: &Target, snapshot: &Snapshot) -> Option<String> {
+    release_refusal_of(target.pid, &target.name, snapshot)
+}
+
+/// Looked at again just before the target is touched (the plan may be minutes old); the numbers
+/// for the ways out are read only when refused.
+pub fn refused_now(target: &Target) -> Option<String> {
+    let (pid, name) = (target.pid, &target.name);
+    let refusal = releasable::decide(&facts(pid), Arch::ours(), pid, name)?;
+    Some(refusal_message(
+        &refusal,
+        pid,
+        name,
+        super::scan::snapshot().ok().as_ref(),
+    ))
+}
+
+pub fn release_refusal_of(pid: i32, name: &str, snapshot: &Snapshot) -> Option<String> {
+    let refusal = releasable::decide(&facts(pid), Arch::ours(), pid, name)?;
+    Some(refusal_message(&refusal, pid, name, Some(snapshot)))
+}
+
+fn refusal_message(
+    refusal: &releasable::Refusal,
+    pid: i32,
+    name: &str,
+    snapshot: Option<&Snapshot>,
+) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "ptyreap".into());
+    let machine = Machine {
+        limit: snapshot.map_or(super::releasable::PTMX_MAX_HARD, |s| s.system.limit),
+        in_use: snapshot.map_or(0, |s| s.system.in_use),
+        masters: snapshot
+            .and_then(|s| s.process(pid))
+            .map_or(0, |p| p.masters.len()),
+        exe: &exe,
+    };
+    releasable::message(refusal, pid, name, &machine)
 }
