@@ -36,6 +36,69 @@ fn recovers_when_it_can_and_says_so_when_it_cannot() {
     }
     recovers_an_exhausted_instance_without_a_terminal();
     says_so_when_ptys_stay_exhausted();
+    raises_the_limit_when_it_is_the_limit_that_is_reached();
+}
+
+const PTY_MAX: &str = "/proc/sys/kernel/pty/max";
+
+fn read_number(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Puts kernel.pty.max back however the test ends.
+struct RestoreMax(u64);
+
+impl Drop for RestoreMax {
+    fn drop(&mut self) {
+        std::fs::write(PTY_MAX, format!("{}\n", self.0)).unwrap();
+    }
+}
+
+/// The system's own limit reached (kernel.pty.max lowered to what is in use) and nothing the
+/// script may reap: it raises the limit, until reboot, and a PTY opens again. With --no-raise it
+/// leaves the limit alone and exits 1.
+fn raises_the_limit_when_it_is_the_limit_that_is_reached() {
+    let f = Fixture::spawn(&["--live", "1"]);
+    let original = read_number(PTY_MAX);
+    let _restore = RestoreMax(original);
+    let in_use = read_number("/proc/sys/kernel/pty/nr");
+    std::fs::write(PTY_MAX, format!("{in_use}\n")).unwrap();
+    assert!(
+        nix_openpty().is_err(),
+        "no PTY opens with the limit at {in_use}"
+    );
+
+    let out = emergency(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--no-raise"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(read_number(PTY_MAX), in_use, "--no-raise changed the limit");
+
+    let out = emergency(&["--pid", &f.pid.to_string(), "--min-idle", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let raised = read_number(PTY_MAX);
+    assert!(raised >= in_use + 1024, "raised to {raised}");
+    assert!(
+        text.contains(&format!(
+            "raising it from {in_use} to {raised} (until reboot)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("PTYs are available again"), "{text}");
+    assert!(nix_openpty().is_ok(), "a PTY opens again");
+    assert_eq!(support::ptmx_fds(f.pid).len(), 1, "the live session kept");
+}
+
+/// Opens (and closes) one PTY master.
+fn nix_openpty() -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ptmx")
+        .map(drop)
 }
 
 fn recovers_an_exhausted_instance_without_a_terminal() {

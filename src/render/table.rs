@@ -73,6 +73,12 @@ pub fn system(sys: &SystemUsage) -> String {
     if let Some(reserve) = sys.reserve {
         let _ = write!(out, ", {reserve} reserved for the initial devpts instance");
     }
+    // Linux keeps `reserve` PTYs for the initial devpts instance: every other one is full at
+    // limit - reserve
+    let usable = sys.limit.saturating_sub(sys.reserve.unwrap_or(0));
+    if sys.limit > 0 && sys.in_use >= usable {
+        out.push_str("  FULL: no new PTY can be opened (ptyreap limit --set N raises the limit)");
+    }
     out.push('\n');
     if sys.unreadable_processes > 0 {
         let n = sys.unreadable_processes;
