@@ -236,6 +236,7 @@ pub struct KeventExtinfo {
 // ---- bsd/sys/codesign.h, osfmk/kern/cs_blobs.h ------------------------------------------------
 
 pub const CS_OPS_STATUS: u32 = 0;
+pub const CS_OPS_ENTITLEMENTS_BLOB: u32 = 7;
 pub const CS_GET_TASK_ALLOW: u32 = 0x0000_0004;
 pub const CS_RUNTIME: u32 = 0x0001_0000;
 pub const CS_PLATFORM_BINARY: u32 = 0x0400_0000;
@@ -382,7 +383,7 @@ pub const EXCEPTION_STATE: u32 = 2;
 /// 64-bit exception codes (the `mach_exc` subsystem instead of `exc`).
 pub const MACH_EXCEPTION_CODES: u32 = 0x8000_0000;
 /// `subsystem mach_exc 2405`: raise = 2405, raise_state = 2406, raise_state_identity = 2407.
-pub const MACH_EXCEPTION_RAISE_STATE_ID: i32 = 2406;
+pub const MACH_EXCEPTION_RAISE_STATE_MSGH_ID: i32 = 2406;
 
 /// `mach_msg_header_t` (osfmk/mach/message.h).
 #[repr(C)]
@@ -421,6 +422,76 @@ pub struct ExceptionNotice {
     pub exception: i32,
     pub code: [i64; 2],
 }
+
+/// MIG replies carry the request's id + 100.
+pub const MIG_REPLY_ID_OFFSET: i32 = 100;
+/// `NDR_record` (osfmk/mach/ndr.h): little-endian integers, ASCII, IEEE floats.
+pub const NDR_RECORD: [u8; 8] = [0, 0, 0, 0, 1, 0, 0, 0];
+/// `__Reply__mach_exception_raise_state_t` (pack 4) up to its state: Head 0, NDR 24, RetCode 32,
+/// flavor 36, new_stateCnt 40, new_state 44; sent with only `new_stateCnt` words of state.
+pub const EXC_REPLY_STATE_OFFSET: usize = 44;
+
+/// The reply to an EXCEPTION_STATE request that resumes the faulting thread with `state`
+/// (`flavor`, `state.len()` words): the kernel applies it with `thread_setstatus` and the thread
+/// returns to user space there. Sent on the request's reply right (its remote port, with the
+/// disposition it came with), as MIG's server code does. None for a message too short to be a
+/// request.
+pub fn exception_reply(request: &[u8], flavor: i32, state: &[u32]) -> Option<Vec<u8>> {
+    if request.len() < std::mem::size_of::<MachMsgHeader>() {
+        return None;
+    }
+    // SAFETY: the length is checked; read_unaligned copes with any alignment.
+    let head: MachMsgHeader = unsafe { std::ptr::read_unaligned(request.as_ptr().cast()) };
+    let size = EXC_REPLY_STATE_OFFSET + 4 * state.len();
+    let mut out = Vec::with_capacity(size);
+    let remote_bits = head.msgh_bits & 0x1f; // MACH_MSGH_BITS_REMOTE
+    out.extend_from_slice(&remote_bits.to_ne_bytes()); // local disposition 0
+    out.extend_from_slice(&(size as u32).to_ne_bytes());
+    out.extend_from_slice(&head.msgh_remote_port.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes()); // no local port: no reply to the reply
+    out.extend_from_slice(&0u32.to_ne_bytes()); // no voucher
+    out.extend_from_slice(&(head.msgh_id + MIG_REPLY_ID_OFFSET).to_ne_bytes());
+    out.extend_from_slice(&NDR_RECORD);
+    out.extend_from_slice(&0i32.to_ne_bytes()); // RetCode: KERN_SUCCESS
+    out.extend_from_slice(&flavor.to_ne_bytes());
+    out.extend_from_slice(&(state.len() as u32).to_ne_bytes());
+    for w in state {
+        out.extend_from_slice(&w.to_ne_bytes());
+    }
+    Some(out)
+}
+
+// ---- osfmk/mach/thread_info.h ------------------------------------------------------------------
+
+pub const THREAD_BASIC_INFO: u32 = 3;
+pub const THREAD_IDENTIFIER_INFO: u32 = 4;
+
+/// `struct thread_basic_info`: user_time and system_time are `time_value_t` (two int32 each).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadBasicInfo {
+    pub user_time: [i32; 2],
+    pub system_time: [i32; 2],
+    pub cpu_usage: i32,
+    pub policy: i32,
+    pub run_state: i32,
+    pub flags: i32,
+    /// The thread's user suspend count (`user_stop_count`): what thread_suspend raises.
+    pub suspend_count: i32,
+    pub sleep_time: i32,
+}
+pub const THREAD_BASIC_INFO_COUNT: u32 = 10;
+
+/// `struct thread_identifier_info`: `thread_id` is unique system-wide for the boot, unlike a
+/// port name, so another process can name the same thread.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadIdentifierInfo {
+    pub thread_id: u64,
+    pub thread_handle: u64,
+    pub dispatch_qaddr: u64,
+}
+pub const THREAD_IDENTIFIER_INFO_COUNT: u32 = 6;
 
 pub fn parse_exception(msg: &[u8]) -> Option<ExceptionNotice> {
     if msg.len() < std::mem::size_of::<ExcRaiseStateHead>() {
@@ -617,6 +688,47 @@ mod tests {
     }
 
     #[test]
+    fn thread_info_layouts() {
+        assert_eq!(
+            size_of::<ThreadBasicInfo>(),
+            4 * THREAD_BASIC_INFO_COUNT as usize
+        );
+        assert_eq!(offset_of!(ThreadBasicInfo, run_state), 24);
+        assert_eq!(offset_of!(ThreadBasicInfo, suspend_count), 32);
+        assert_eq!(
+            size_of::<ThreadIdentifierInfo>(),
+            4 * THREAD_IDENTIFIER_INFO_COUNT as usize
+        );
+    }
+
+    #[test]
+    fn the_exception_reply_resumes_with_the_given_state() {
+        let mut req = vec![0u8; 120];
+        // MACH_MSGH_BITS(remote = MACH_MSG_TYPE_PORT_SEND_ONCE 18, local = MOVE_SEND 17) | COMPLEX? no
+        req[0..4].copy_from_slice(&(18u32 | (17 << 8)).to_ne_bytes());
+        req[8..12].copy_from_slice(&0x1303u32.to_ne_bytes()); // the reply right
+        req[12..16].copy_from_slice(&0x2207u32.to_ne_bytes()); // our exception port
+        req[20..24].copy_from_slice(&2406i32.to_ne_bytes());
+        let state: Vec<u32> = (0..68).collect();
+        let reply = exception_reply(&req, ARM_THREAD_STATE64, &state).unwrap();
+        assert_eq!(reply.len(), 44 + 68 * 4);
+        let word = |at: usize| u32::from_ne_bytes(reply[at..at + 4].try_into().unwrap());
+        assert_eq!(word(0), 18, "remote disposition kept, no local");
+        assert_eq!(word(4) as usize, reply.len());
+        assert_eq!(word(8), 0x1303);
+        assert_eq!(word(12), 0);
+        assert_eq!(word(16), 0);
+        assert_eq!(word(20) as i32, 2506);
+        assert_eq!(&reply[24..32], &NDR_RECORD);
+        assert_eq!(word(32), 0);
+        assert_eq!(word(36) as i32, ARM_THREAD_STATE64);
+        assert_eq!(word(40), 68);
+        assert_eq!(word(44), 0);
+        assert_eq!(word(44 + 67 * 4), 67);
+        assert_eq!(exception_reply(&req[..20], 6, &state), None);
+    }
+
+    #[test]
     fn an_exception_message_is_parsed_from_raw_bytes() {
         let mut msg = vec![0u8; 200];
         msg[20..24].copy_from_slice(&2406i32.to_ne_bytes());
@@ -629,7 +741,7 @@ mod tests {
         shifted.extend_from_slice(&msg);
         for bytes in [&msg[..], &shifted[1..]] {
             let n = parse_exception(bytes).unwrap();
-            assert_eq!(n.msgh_id, MACH_EXCEPTION_RAISE_STATE_ID);
+            assert_eq!(n.msgh_id, MACH_EXCEPTION_RAISE_STATE_MSGH_ID);
             assert_eq!(n.exception, EXC_BAD_ACCESS);
             assert_eq!(n.code, [1, 0x5eed_0000]);
         }

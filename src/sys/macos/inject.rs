@@ -1,12 +1,14 @@
-//! Running one libsystem call (close, dup2) inside the target, without writing its code or its
-//! data: a thread of ours is created in the target (`thread_create`), given a stack of its own
-//! (`mach_vm_allocate`), a pc at the function, the arguments in registers and a return address
-//! at an unmapped sentinel, and an exception port of ours. When the function returns, the
-//! `ret` faults at the sentinel: we receive that exception, read the return register, and
-//! terminate the thread before anything else can handle the fault. A fault anywhere else means
-//! the call failed (libc's error path writes errno into thread-local storage, which a bare
-//! thread lacks). The app's own threads stay suspended by the caller meanwhile; ours is the only
-//! one that runs.
+//! Running libsystem calls (close, dup2) inside the target, without writing its code or its
+//! data: one thread of ours is created in the target (`thread_create`, held), given a stack of
+//! its own (`mach_vm_allocate`) and an exception port of ours. Each call sets its pc at the
+//! function, the arguments in registers and a return address at an unmapped sentinel, and
+//! resumes it; when the function returns, the `ret` faults at the sentinel: we receive that
+//! exception, read the return register, suspend the thread again and answer the exception, so it
+//! waits, parked, for the next call. One thread serves every call (490 closes are 490
+//! resume/fault round trips, not 490 thread creations); Drop terminates it. A fault anywhere
+//! else means the call failed (libc's error path stores errno, then faults reading the TSD
+//! base, which a bare thread lacks). The app's own threads stay suspended by the caller
+//! meanwhile; ours is the only one that runs.
 //!
 //! Safety of the addresses: the dyld shared cache is mapped at one slide per boot, so libsystem's
 //! functions sit at the same address in every process that maps the same cache; the caller checks
@@ -117,7 +119,14 @@ impl Function {
     }
 }
 
-/// Runs calls in one target. Owns our exception port and the stack it allocated there.
+/// Runs calls in one target on one thread of ours. Owns that thread, our exception port and the
+/// stack it allocated there.
+///
+/// The thread is created, given its exception port and a first state (parked at the sentinel)
+/// in `new`, before the caller suspends anything: it is created held, so nothing runs. Each
+/// `call` sets its state, resumes it, catches the fault at the sentinel, suspends it again and
+/// answers the exception (with the state it faulted in): between calls it is parked by a
+/// suspension, never inside an exception whose handler could die with us. Drop terminates it.
 pub struct Injector<'t> {
     task: &'t Port,
     pid: i32,
@@ -125,10 +134,14 @@ pub struct Injector<'t> {
     exc: ReceivePort,
     stack: u64,
     timeout: Duration,
+    thread: RemoteThread,
+    /// The thread can take no more calls (a call timed out or the thread was lost).
+    spent: Option<String>,
 }
 
 impl<'t> Injector<'t> {
-    /// Checks the sentinel and the functions in the target, and allocates the stack.
+    /// Checks the sentinel and the functions in the target, allocates the stack and creates our
+    /// thread, parked.
     pub fn new(
         task: &'t Port,
         (pid, name): (i32, &str),
@@ -181,45 +194,57 @@ impl<'t> Injector<'t> {
                 kern_name(kr)
             ));
         }
-        Ok(Injector {
+        let thread = match RemoteThread::create(task) {
+            Ok(t) => t,
+            Err(kr) => {
+                // SAFETY: the stack just allocated; nothing runs on it.
+                unsafe { mach2::vm::mach_vm_deallocate(task.name(), stack, STACK_SIZE) };
+                return Err(format!("thread_create: {}", kern_name(kr)));
+            }
+        };
+        let injector = Injector {
             task,
             pid,
             name: name.to_string(),
             exc,
             stack,
             timeout,
-        })
-    }
-
-    /// Calls `f(args…)` on a new thread of ours in the target; its integer return value.
-    pub fn call(&self, f: Function, args: &[u64]) -> Result<u64, CallError> {
-        let mut thread = RemoteThread::create(self.task)
-            .map_err(|kr| CallError::Mach(format!("thread_create: {}", kern_name(kr))))?;
-        let initial = get_state(&thread)
-            .map_err(|kr| CallError::Mach(format!("thread_get_state: {}", kern_name(kr))))?;
-        let top = self.stack + STACK_SIZE;
-        let state = self.prepare(&initial, f.addr, args, top)?;
+            thread,
+            spent: None,
+        };
         // SAFETY: our thread; a send right of ours (copied by the call).
         let kr = unsafe {
             mach2::thread_act::thread_set_exception_ports(
-                thread.name(),
+                injector.thread.name(),
                 ffi::EXC_MASK_OURS,
-                self.exc.name(),
+                injector.exc.name(),
                 (ffi::EXCEPTION_STATE | ffi::MACH_EXCEPTION_CODES) as _,
                 FLAVOR,
             )
         };
         if kr != KERN_SUCCESS {
-            return Err(CallError::Mach(format!(
-                "thread_set_exception_ports: {}",
-                kern_name(kr)
-            )));
+            return Err(format!("thread_set_exception_ports: {}", kern_name(kr)));
         }
-        let mut state = state;
-        // SAFETY: `state` is COUNT words of this flavor.
+        // parked at the sentinel: were it ever resumed by anyone, it would only fault to us
+        let initial = get_state(&injector.thread)
+            .map_err(|kr| format!("thread_get_state: {}", kern_name(kr)))?;
+        let parked = injector
+            .prepare(&initial, SENTINEL, &[], injector.stack + STACK_SIZE)
+            .map_err(|e| e.to_string())?;
+        injector.set_state(parked).map_err(|e| e.to_string())?;
+        Ok(injector)
+    }
+
+    /// Our thread, to keep out of the app's suspension and to announce to the guardian.
+    pub fn thread(&self) -> &Port {
+        self.thread.port()
+    }
+
+    fn set_state(&self, mut state: State) -> Result<(), CallError> {
+        // SAFETY: `state` is COUNT words of this flavor, for our own thread.
         let kr = unsafe {
             mach2::thread_act::thread_set_state(
-                thread.name(),
+                self.thread.name(),
                 FLAVOR,
                 (&mut state as *mut State).cast(),
                 COUNT,
@@ -230,9 +255,22 @@ impl<'t> Injector<'t> {
                 kr, self.pid, &self.name,
             )));
         }
-        // SAFETY: our thread, created suspended.
-        let kr = unsafe { mach2::thread_act::thread_resume(thread.name()) };
+        Ok(())
+    }
+
+    /// Calls `f(args…)` on our thread in the target; its integer return value.
+    pub fn call(&mut self, f: Function, args: &[u64]) -> Result<u64, CallError> {
+        if let Some(why) = &self.spent {
+            return Err(CallError::Mach(format!("not attempted: {why}")));
+        }
+        let initial = get_state(&self.thread)
+            .map_err(|kr| CallError::Mach(format!("thread_get_state: {}", kern_name(kr))))?;
+        let state = self.prepare(&initial, f.addr, args, self.stack + STACK_SIZE)?;
+        self.set_state(state)?;
+        // SAFETY: our thread, suspended once (created held, or parked after the last call).
+        let kr = unsafe { mach2::thread_act::thread_resume(self.thread.name()) };
         if kr != KERN_SUCCESS {
+            self.spent = Some(format!("thread_resume: {}", kern_name(kr)));
             return Err(CallError::Mach(format!("thread_resume: {}", kern_name(kr))));
         }
         let mut buf = AlignedBuf([0u8; ffi::EXC_MSG_BUFFER]);
@@ -250,9 +288,13 @@ impl<'t> Injector<'t> {
                 MACH_PORT_NULL,
             )
         };
+        // Parked again before anything else: a fault answered below then leaves it held.
+        // SAFETY: our thread.
+        unsafe { mach2::thread_act::thread_suspend(self.thread.name()) };
         if mr != KERN_SUCCESS {
-            thread.terminate();
-            self.drain();
+            // Still inside the call (a close() waiting behind a reader in fileproc_drain): it
+            // will finish in the kernel and stay held; Drop terminates it.
+            self.spent = Some("an earlier call did not return in time".into());
             return Err(if mr == mach2::message::MACH_RCV_TIMED_OUT {
                 CallError::TimedOut
             } else {
@@ -260,16 +302,56 @@ impl<'t> Injector<'t> {
             });
         }
         let notice = ffi::parse_exception(&buf.0);
-        let last = get_state(&thread);
-        // Terminate before releasing the message: destroying its reply right first would let
-        // the kernel pass the fault on to the app's own handlers.
-        thread.terminate();
-        // SAFETY: a message we received into `buf`.
-        unsafe { mach_msg_destroy(header) };
+        let last = get_state(&self.thread);
+        // Answer the exception with the state it faulted in: the thread leaves the exception
+        // and stays parked by the suspension above. Never destroy it unanswered: the kernel
+        // would pass the fault on to the app's own handlers.
+        let answered = last.as_ref().ok().and_then(|state| {
+            // SAFETY: State is plain 32-bit words.
+            let words = unsafe {
+                std::slice::from_raw_parts((state as *const State).cast::<u32>(), COUNT as usize)
+            };
+            ffi::exception_reply(&buf.0, FLAVOR, words)
+        });
+        let sent = answered.is_some_and(|mut reply| {
+            // SAFETY: a complete reply message of `reply.len()` bytes, sent on the request's
+            // send-once reply right.
+            let mr = unsafe {
+                mach_msg(
+                    reply.as_mut_ptr().cast(),
+                    mach2::message::MACH_SEND_MSG,
+                    reply.len() as u32,
+                    0,
+                    MACH_PORT_NULL,
+                    0,
+                    MACH_PORT_NULL,
+                )
+            };
+            mr == KERN_SUCCESS
+        });
+        if sent {
+            // the request's voucher right is ours once its reply right has been used
+            // SAFETY: reads the header we received.
+            let voucher = unsafe { (*header).msgh_voucher_port };
+            if voucher != MACH_PORT_NULL {
+                // SAFETY: a send right the kernel gave us with the request.
+                unsafe {
+                    mach2::mach_port::mach_port_deallocate(mach2::traps::mach_task_self(), voucher)
+                };
+            }
+        }
+        if !sent {
+            // Terminate before releasing the message: destroying its reply right first would
+            // let the kernel pass the fault on to the app's own handlers.
+            self.thread.terminate();
+            // SAFETY: a message we received into `buf` and did not send on.
+            unsafe { mach_msg_destroy(header) };
+            self.spent = Some("our thread could not be parked again".into());
+        }
         let last =
             last.map_err(|kr| CallError::Mach(format!("thread_get_state: {}", kern_name(kr))))?;
         let exception = notice
-            .filter(|n| n.msgh_id == ffi::MACH_EXCEPTION_RAISE_STATE_ID)
+            .filter(|n| n.msgh_id == ffi::MACH_EXCEPTION_RAISE_STATE_MSGH_ID)
             .map(|n| n.exception)
             .unwrap_or(-1);
         match returned(&last) {
@@ -319,36 +401,13 @@ impl<'t> Injector<'t> {
         }
         Ok(state)
     }
-
-    /// Discards any exception that arrived after a time-out, so the next call reads its own.
-    fn drain(&self) {
-        let mut buf = AlignedBuf([0u8; ffi::EXC_MSG_BUFFER]);
-        let header = buf.0.as_mut_ptr().cast::<mach_msg_header_t>();
-        loop {
-            // SAFETY: as in `call`, with a zero time-out.
-            let mr = unsafe {
-                mach_msg(
-                    header,
-                    MACH_RCV_MSG | MACH_RCV_TIMEOUT,
-                    0,
-                    ffi::EXC_MSG_BUFFER as u32,
-                    self.exc.name(),
-                    0,
-                    MACH_PORT_NULL,
-                )
-            };
-            if mr != KERN_SUCCESS {
-                return;
-            }
-            // SAFETY: a message we received.
-            unsafe { mach_msg_destroy(header) };
-        }
-    }
 }
 
 impl Drop for Injector<'_> {
     fn drop(&mut self) {
-        // SAFETY: the stack we allocated in the target; no thread of ours runs on it any more.
+        self.thread.terminate();
+        // SAFETY: the stack we allocated in the target; our thread no longer runs on it (a
+        // thread held inside a call dies on its way back to user space, without touching it).
         unsafe { mach2::vm::mach_vm_deallocate(self.task.name(), self.stack, STACK_SIZE) };
     }
 }

@@ -194,6 +194,43 @@ pub fn codesign_flags(pid: i32) -> Option<u32> {
     (r == 0).then_some(flags)
 }
 
+/// The process's entitlements blob (`CS_OPS_ENTITLEMENTS_BLOB`: an 8-byte big-endian header,
+/// magic and total length, then the XML plist); empty when it has none, None when unreadable.
+/// A buffer too small gets ERANGE and the header with the length needed.
+pub fn entitlements(pid: i32) -> Option<Vec<u8>> {
+    let mut head = [0u8; 8];
+    // SAFETY: `head` holds 8 bytes.
+    let r = unsafe {
+        csops(
+            pid,
+            ffi::CS_OPS_ENTITLEMENTS_BLOB,
+            head.as_mut_ptr().cast(),
+            8,
+        )
+    };
+    if r == 0 {
+        return Some(Vec::new());
+    }
+    if last_error().raw_os_error() != Some(libc::ERANGE) {
+        return None;
+    }
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if !(8..=1 << 20).contains(&len) {
+        return None;
+    }
+    let mut blob = vec![0u8; len];
+    // SAFETY: `blob` holds `len` bytes.
+    let r = unsafe {
+        csops(
+            pid,
+            ffi::CS_OPS_ENTITLEMENTS_BLOB,
+            blob.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    (r == 0).then_some(blob)
+}
+
 /// Whether ptyreap itself runs translated by Rosetta (`sysctl.proc_translated`).
 pub fn self_translated() -> bool {
     let mut value: i32 = 0;

@@ -4,6 +4,8 @@
 //! or a thread of the app suspended.
 
 use super::ffi;
+use super::guardian::Guardian;
+use super::guardian_log::Record;
 use super::logic::SharedCache;
 use mach2::kern_return::{kern_return_t, KERN_SUCCESS};
 use mach2::mach_types::{task_t, thread_act_t};
@@ -18,6 +20,51 @@ extern "C" {
     pub fn thread_terminate(target_act: thread_act_t) -> kern_return_t;
     // osfmk/mach/mach_traps.h
     pub fn pid_for_task(task: mach_port_t, pid: *mut i32) -> kern_return_t;
+    // osfmk/mach/thread_act.defs
+    fn thread_info(
+        target_act: thread_act_t,
+        flavor: u32,
+        thread_info_out: *mut i32,
+        thread_info_out_cnt: *mut mach_msg_type_number_t,
+    ) -> kern_return_t;
+}
+
+/// `MACH_SEND_INVALID_DEST` (osfmk/mach/message.h): the thread's port is a dead name.
+const MACH_SEND_INVALID_DEST: kern_return_t = 0x1000_0003;
+
+/// Whether a call on a thread failed because the thread has exited (its port is dead or gone).
+pub fn thread_exited(kr: kern_return_t) -> bool {
+    matches!(
+        kr,
+        mach2::kern_return::KERN_TERMINATED
+            | mach2::kern_return::KERN_INVALID_ARGUMENT
+            | mach2::kern_return::KERN_INVALID_NAME
+            | MACH_SEND_INVALID_DEST
+    )
+}
+
+fn info_of<T: Default>(thread: &Port, flavor: u32, count: u32) -> Option<T> {
+    let mut info = T::default();
+    let mut n = count;
+    // SAFETY: `info` holds `count` words of this flavor.
+    let kr = unsafe { thread_info(thread.name(), flavor, (&mut info as *mut T).cast(), &mut n) };
+    (kr == KERN_SUCCESS).then_some(info)
+}
+
+/// The thread's id, unique system-wide for the boot (other processes name it the same).
+pub fn thread_id(thread: &Port) -> Option<u64> {
+    info_of::<ffi::ThreadIdentifierInfo>(
+        thread,
+        ffi::THREAD_IDENTIFIER_INFO,
+        ffi::THREAD_IDENTIFIER_INFO_COUNT,
+    )
+    .map(|i| i.thread_id)
+}
+
+/// The thread's user suspend count.
+pub fn suspend_count(thread: &Port) -> Option<i32> {
+    info_of::<ffi::ThreadBasicInfo>(thread, ffi::THREAD_BASIC_INFO, ffi::THREAD_BASIC_INFO_COUNT)
+        .map(|i| i.suspend_count)
 }
 
 /// A send right (task or thread port) we own.
@@ -122,6 +169,9 @@ pub fn threads(task: &Port) -> Result<Vec<Port>, kern_return_t> {
     if kr != KERN_SUCCESS {
         return Err(kr);
     }
+    if count == 0 || list.is_null() {
+        return Ok(Vec::new()); // nothing was mapped into our space
+    }
     // SAFETY: the kernel gave us `count` thread names at `list`.
     let ports = unsafe { std::slice::from_raw_parts(list, count as usize) }
         .iter()
@@ -215,55 +265,36 @@ pub fn protection_at(task: &Port, addr: u64) -> Option<i32> {
 }
 
 /// The app's threads, each suspended once by us (`thread_suspend`, not `task_suspend`: a
-/// suspended task would hold the thread we create in it too). Drop resumes them.
+/// suspended task would hold the thread we create in it too). Each suspension is announced to
+/// the guardian first (guardian.rs), so a death of ptyreap leaves nothing suspended. Drop
+/// resumes them.
 pub struct Suspension {
     threads: Vec<Port>,
+    /// Our own thread in the app: never suspended with the app's.
+    ours: mach_port_t,
     started: Option<Instant>,
     resumed: bool,
 }
 
 impl Suspension {
-    /// Suspends every thread of the task, re-listing until no new thread appears (a running
-    /// thread may create one between the listing and its suspension). Gives up after `limit`.
-    pub fn all(task: &Port, limit: Duration) -> Result<Suspension, String> {
+    /// Suspends every thread of the task but `ours`, re-listing until no new thread appears (a
+    /// running thread may create one between the listing and its suspension). Gives up after
+    /// `limit`.
+    pub fn all(
+        task: &Port,
+        ours: mach_port_t,
+        guardian: &mut Guardian,
+        limit: Duration,
+    ) -> Result<Suspension, String> {
         let deadline = Instant::now() + limit;
         let mut held = Suspension {
             threads: Vec::new(),
+            ours,
             started: None,
             resumed: false,
         };
         loop {
-            let listed = threads(task).map_err(|kr| {
-                format!(
-                    "cannot list the target's threads: {}",
-                    super::logic::kern_name(kr)
-                )
-            })?;
-            let mut new = 0;
-            for t in listed {
-                if held.threads.iter().any(|h| h.name() == t.name()) {
-                    continue; // same name: the same thread (drop releases the extra reference)
-                }
-                // SAFETY: a thread port we own.
-                let kr = unsafe { mach2::thread_act::thread_suspend(t.name()) };
-                match kr {
-                    KERN_SUCCESS => {
-                        held.started.get_or_insert_with(Instant::now);
-                        held.threads.push(t);
-                        new += 1;
-                    }
-                    // exited meanwhile
-                    mach2::kern_return::KERN_TERMINATED
-                    | mach2::kern_return::KERN_INVALID_ARGUMENT => {}
-                    kr => {
-                        return Err(format!(
-                            "cannot suspend a thread of the target: {}",
-                            super::logic::kern_name(kr)
-                        ))
-                    }
-                }
-            }
-            if new == 0 {
+            if held.catch_up(task, guardian)? == 0 {
                 return Ok(held);
             }
             if Instant::now() > deadline {
@@ -272,6 +303,45 @@ impl Suspension {
                 );
             }
         }
+    }
+
+    /// Suspends the threads that appeared since the last listing (the kernel creates workqueue
+    /// threads unsuspended even now); returns how many. Called before each call and before
+    /// resuming.
+    pub fn catch_up(&mut self, task: &Port, guardian: &mut Guardian) -> Result<usize, String> {
+        let listed = threads(task).map_err(|kr| {
+            format!(
+                "cannot list the target's threads: {}",
+                super::logic::kern_name(kr)
+            )
+        })?;
+        let mut new = 0;
+        for t in listed {
+            if t.name() == self.ours || self.threads.iter().any(|h| h.name() == t.name()) {
+                continue; // same name: the same thread (drop releases the extra reference)
+            }
+            let (Some(thread_id), Some(count)) = (thread_id(&t), suspend_count(&t)) else {
+                continue; // exited between the listing and now
+            };
+            guardian.announce(Record::Suspending { thread_id, count })?;
+            // SAFETY: a thread port we own.
+            let kr = unsafe { mach2::thread_act::thread_suspend(t.name()) };
+            match kr {
+                KERN_SUCCESS => {
+                    self.started.get_or_insert_with(Instant::now);
+                    self.threads.push(t);
+                    new += 1;
+                }
+                kr if thread_exited(kr) => {}
+                kr => {
+                    return Err(format!(
+                        "cannot suspend a thread of the target: {}",
+                        super::logic::kern_name(kr)
+                    ))
+                }
+            }
+        }
+        Ok(new)
     }
 
     /// Resumes every thread; returns how long the first one was suspended.
@@ -306,10 +376,22 @@ pub struct RemoteThread {
 }
 
 impl RemoteThread {
+    /// A new thread in the task, held (suspend count 1). Every signal is blocked in our thread
+    /// around the creation: the new thread inherits that mask, so the app's process-directed
+    /// signals (SIGCHLD, SIGWINCH, ...) can never be delivered to ours.
     pub fn create(task: &Port) -> Result<RemoteThread, kern_return_t> {
         let mut th: thread_act_t = MACH_PORT_NULL;
-        // SAFETY: out-pointer; the new thread starts suspended.
-        let kr = unsafe { thread_create(task.name(), &mut th) };
+        // SAFETY: sigset manipulation on our own thread; the old mask is restored below.
+        let kr = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            // out-pointer; the new thread starts suspended
+            let kr = thread_create(task.name(), &mut th);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            kr
+        };
         if kr != KERN_SUCCESS {
             return Err(kr);
         }
@@ -321,6 +403,10 @@ impl RemoteThread {
 
     pub fn name(&self) -> thread_act_t {
         self.port.name()
+    }
+
+    pub fn port(&self) -> &Port {
+        &self.port
     }
 
     pub fn terminate(&mut self) {

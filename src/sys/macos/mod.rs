@@ -23,9 +23,12 @@
 
 pub mod arch;
 pub mod ffi;
+pub mod guardian_log;
 pub mod logic;
 pub mod releasable;
 
+#[cfg(target_os = "macos")]
+mod guardian;
 #[cfg(target_os = "macos")]
 mod info;
 #[cfg(target_os = "macos")]

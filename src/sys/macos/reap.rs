@@ -1,25 +1,31 @@
-//! Reaping on macOS: DESIGN.md's safety protocol with the Mach task APIs.
+//! Reaping on macOS with the Mach task APIs, step by step:
 //!
-//! 1. Signals that would kill us are blocked until the end: dying inside the window would leave
-//!    the app's threads suspended.
+//! 1. Up front (releasable.rs): platform binaries and hardened tasks are refused, since setting a
+//!    thread state in them is fatal to ptyreap; then signals that would end us are blocked.
 //! 2. The task port (`task_for_pid`; refusals explained by `logic::task_port_refusal`), checked to
 //!    still be our pid with the same start time. The target must be plain arm64/x86_64 like us
 //!    (not arm64e, not Rosetta), map the same dyld shared cache at the same slide, and hold
 //!    libsystem's close/dup2 at our addresses with our bytes.
-//! 3. Every thread of the app is suspended with `thread_suspend` (re-listing until no new one
-//!    appears); `task_suspend` would also hold the thread we create.
-//! 4. Inside the suspension every planned fd is re-verified with libproc: still the same PTY
+//! 3. The guardian (guardian.rs), a process that resumes the app should ptyreap die inside the
+//!    window; then our one thread, created held, its exception port and a parked state set —
+//!    all before anything of the app's is suspended.
+//! 4. Every thread of the app but ours is suspended with `thread_suspend`, each announced to the
+//!    guardian first (re-listing until no new one appears); `task_suspend` would hold ours too.
+//! 5. Inside the suspension every planned fd is re-verified with libproc: still the same PTY
 //!    master, not guarded; a stale one still silent; a pair's slave fds still that PTY's slave;
 //!    the merge keeper and the /dev/null source still what they were. Anything else: `changed`.
-//! 5. Each release is one call on a fresh thread of ours (`inject.rs`), with a time-out; a
-//!    time-out stops the remaining calls.
-//! 6. The app's threads are resumed (the guard does it on every path), every port released, and
-//!    each result checked again from outside.
+//! 6. Each release is one call on our thread (`inject.rs`), with a time-out, after re-listing
+//!    the app's threads (the kernel starts workqueue threads unsuspended). A time-out stops the
+//!    remaining calls; a close() left waiting behind the app's own reader is re-checked after.
+//! 7. The app's threads are resumed (the guard does it on every path), our thread terminated,
+//!    every port released, the guardian told, and each result checked again from outside.
 //!
 //! A thread that was inside a system call when suspended finishes it in the kernel and is held
 //! on its way back to user space: the app runs none of its own code while we work.
 
 use super::ffi;
+use super::guardian::Guardian;
+use super::guardian_log::Record;
 use super::inject::{CallError, Function, Injector};
 use super::inspect::slave_last_io;
 use super::libproc;
@@ -141,23 +147,38 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         return Ok(Duration::ZERO);
     }
 
-    let injector = Injector::new(
+    // 3. the guardian first (it outlives us: dropped last, it is told all was put back), then
+    // our thread, created held with its exception port and a parked state, before anything of
+    // the app's is suspended
+    let mut guardian = Guardian::start(target.pid).map_err(nothing)?;
+    let mut injector = Injector::new(
         &task,
         (target.pid, &target.name),
         &[close, dup2],
         CALL_TIMEOUT,
     )
     .map_err(nothing)?;
+    let ours = mach::thread_id(injector.thread())
+        .ok_or_else(|| nothing("cannot identify our thread".into()))?;
+    guardian
+        .announce(Record::Ours { thread_id: ours })
+        .map_err(nothing)?;
     let devfs = Devfs::read();
 
-    // 3. suspend the app's threads
-    let suspension = Suspension::all(&task, SUSPEND_TIMEOUT).map_err(nothing)?;
+    // 4. suspend the app's threads (not ours), each announced to the guardian first
+    let mut suspension = Suspension::all(
+        &task,
+        injector.thread().name(),
+        &mut guardian,
+        SUSPEND_TIMEOUT,
+    )
+    .map_err(nothing)?;
     if !target.still_alive() {
         drop(suspension);
         return Err(target::no_such(target.pid));
     }
 
-    // 4. re-verify inside the suspension
+    // 5. re-verify inside the suspension
     let mut go: Vec<usize> = Vec::new();
     for &i in &planned {
         match verify(target.pid, &rows[i], &devfs) {
@@ -191,9 +212,16 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         }
     }
 
-    // 5. release, one call per fd (and per slave fd of a pair)
+    // 6. release, one call per fd (and per slave fd of a pair), on our one thread
     let mut stop_all: Option<String> = None;
+    let mut may_complete: Vec<usize> = Vec::new();
     for &i in &go {
+        if stop_all.is_none() {
+            // threads the kernel started meanwhile (workqueue threads appear unsuspended)
+            if let Err(why) = suspension.catch_up(&task, &mut guardian) {
+                stop_all = Some(why);
+            }
+        }
         if let Some(why) = &stop_all {
             rows[i].result = Some(Outcome::Failed);
             rows[i].detail = Some(format!("not attempted: {why}"));
@@ -225,7 +253,20 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
                     failure = Some(format!("{}({fd}) returned {}", fn_name(method), v as i32));
                     break;
                 }
-                Err(e @ (CallError::TimedOut | CallError::Refused(_) | CallError::Mach(_))) => {
+                Err(CallError::TimedOut) => {
+                    // close() waits in fileproc_drain for a thread of the app inside a read or
+                    // ioctl on this fd: it finishes by itself once that returns
+                    let why = format!(
+                        "{}({fd}) was still waiting for a thread of the app inside a call on \
+                         this fd when ptyreap's time ran out",
+                        fn_name(method)
+                    );
+                    stop_all = Some(why.clone());
+                    failure = Some(why);
+                    may_complete.push(i);
+                    break;
+                }
+                Err(e @ (CallError::Refused(_) | CallError::Mach(_))) => {
                     let why = format!("{}({fd}): {e}", fn_name(method));
                     stop_all = Some(why.clone());
                     failure = Some(why);
@@ -247,13 +288,55 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         }
     }
 
-    // 6. resume, release, check from outside
+    // 7. resume (after a last re-listing), release, check from outside
+    let _ = suspension.catch_up(&task, &mut guardian);
     let stopped_for = suspension.resume();
     drop(injector);
+    drop(guardian);
     drop(task);
     verify_after(target.pid, rows, keeper, devnull_rdev, &devfs);
+    recheck_pending(target.pid, rows, &may_complete, &devfs);
     finish_kept(rows);
     Ok(stopped_for)
+}
+
+/// How long a close() left waiting behind a reader is watched for, after the window.
+const PENDING_RECHECK: Duration = Duration::from_secs(1);
+
+/// A call that was still waiting in the kernel when its time ran out may complete once the app
+/// runs again: look again for a while, and say which way it went.
+fn recheck_pending(pid: i32, rows: &mut [MasterRow], pending: &[usize], devfs: &Devfs) {
+    if pending.is_empty() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + PENDING_RECHECK;
+    let mut open: Vec<usize> = pending.to_vec();
+    loop {
+        open.retain(|&i| {
+            let row = &rows[i];
+            master_index(pid, row.evidence.fd, devfs).ok() == row.evidence.pty.map(|p| p.index)
+        });
+        for &i in pending.iter().filter(|i| !open.contains(i)) {
+            rows[i].result = Some(Outcome::Closed);
+            rows[i].detail = Some(
+                "the call completed after the window, once the app's own call on this fd \
+                 returned"
+                    .into(),
+            );
+        }
+        if open.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &i in &open {
+        let fd = rows[i].evidence.fd;
+        let detail = rows[i].detail.take().unwrap_or_default();
+        rows[i].detail = Some(format!(
+            "{detail}; it may still complete when that call returns: check again with \
+             `ptyreap --pid {pid} --fd {fd} --dry-run`"
+        ));
+    }
 }
 
 fn fn_name(method: Method) -> &'static str {

@@ -7,10 +7,13 @@
 //!   (`CS_PLATFORM_BINARY`) is refused outright — even where SIP would hand out its task port,
 //!   `thread_set_state` on it raises a fatal `kGUARD_EXC_THREAD_SET_STATE` on the *caller*
 //!   (xnu thread_act.c `thread_set_state_allowed`), which would kill ptyreap inside the window
-//!   with the app's threads suspended. An app with the hardened runtime (`CS_RUNTIME`, every
-//!   notarized app) and no `get-task-allow` is hardened the same way (`TFRO_HARDENED`), and while
-//!   System Integrity Protection restricts debugging (`csr_check(CSR_ALLOW_TASK_FOR_PID)` fails)
-//!   macOS refuses its task port even to root.
+//!   inside the window. The same guard covers `TFRO_HARDENED` tasks, which exec marks for the
+//!   web-browser-engine entitlements (`com.apple.developer.web-browser-engine.*`, kern_exec.c),
+//!   read here from the entitlements blob (`CS_OPS_ENTITLEMENTS_BLOB`). An app with the hardened
+//!   runtime (`CS_RUNTIME`, every notarized app) and no `get-task-allow` is not guarded so, but
+//!   while System Integrity Protection restricts debugging (`csr_check(CSR_ALLOW_TASK_FOR_PID)`
+//!   fails) macOS refuses its task port even to root; with that restriction lifted
+//!   (`csrutil enable --without debug`) it is releasable.
 //! - **the code's architecture**: arm64e (pointer authentication) refuses foreign thread states;
 //!   Rosetta-translated code has none ptyreap could set; a ptyreap of the other architecture
 //!   cannot call into it (`logic::arch_refusal`).
@@ -19,6 +22,15 @@
 
 use super::ffi;
 use super::logic::{self, Arch, TargetCode};
+
+/// The entitlement prefix exec turns into `TFRO_HARDENED` (bsd/kern/kern_exec.c).
+pub const BROWSER_ENGINE_ENTITLEMENT: &[u8] = b"com.apple.developer.web-browser-engine.";
+
+/// Whether an entitlements blob names a web-browser engine.
+pub fn names_browser_engine(blob: &[u8]) -> bool {
+    blob.windows(BROWSER_ENGINE_ENTITLEMENT.len())
+        .any(|w| w == BROWSER_ENGINE_ENTITLEMENT)
+}
 
 /// xnu's hard cap on `kern.tty.ptmx_max` (bsd/kern/tty_ptmx.c `PTMX_MAX_HARD`).
 pub const PTMX_MAX_HARD: u64 = 999;
@@ -31,6 +43,8 @@ pub struct Facts {
     pub cs_flags: Option<u32>,
     /// SIP restricts debugging: `csr_check(CSR_ALLOW_TASK_FOR_PID)` is not 0.
     pub sip_restricts_debugging: bool,
+    /// Its entitlements name a web-browser engine (`TFRO_HARDENED`); None when unreadable.
+    pub browser_engine: Option<bool>,
     /// None when its architecture could not be read.
     pub code: Option<TargetCode>,
 }
@@ -42,11 +56,13 @@ pub enum Refusal {
     /// Its code-signing status could not be read (it may have exited).
     Unreadable,
     PlatformBinary,
-    /// Hardened runtime without get-task-allow; `sip` says whether SIP's debugging restriction
-    /// is what refuses its task port (else the hardened task's thread states do).
-    Hardened {
-        sip: bool,
-    },
+    /// A hardened task (`TFRO_HARDENED`: browser-engine entitlements).
+    BrowserEngine,
+    /// Hardened runtime whose entitlements could not be read: whether it is a hardened task is
+    /// unknown.
+    EntitlementsUnreadable,
+    /// Hardened runtime without get-task-allow, while SIP restricts debugging.
+    HardenedUnderSip,
     /// arm64e, Rosetta, another architecture: `logic::arch_refusal`'s words.
     Code(String),
 }
@@ -68,10 +84,15 @@ pub fn decide(facts: &Facts, ours: Arch, pid: i32, name: &str) -> Option<Refusal
     if flags & ffi::CS_PLATFORM_BINARY != 0 {
         return Some(Refusal::PlatformBinary);
     }
-    if flags & ffi::CS_RUNTIME != 0 && flags & ffi::CS_GET_TASK_ALLOW == 0 {
-        return Some(Refusal::Hardened {
-            sip: facts.sip_restricts_debugging,
-        });
+    if facts.browser_engine == Some(true) {
+        return Some(Refusal::BrowserEngine);
+    }
+    let hardened_runtime = flags & ffi::CS_RUNTIME != 0 && flags & ffi::CS_GET_TASK_ALLOW == 0;
+    if hardened_runtime && facts.sip_restricts_debugging {
+        return Some(Refusal::HardenedUnderSip);
+    }
+    if flags & ffi::CS_RUNTIME != 0 && facts.browser_engine.is_none() {
+        return Some(Refusal::EntitlementsUnreadable);
     }
     let Some(code) = &facts.code else {
         return Some(Refusal::Unreadable);
@@ -110,14 +131,18 @@ pub fn message(refusal: &Refusal, pid: i32, name: &str, m: &Machine<'_>) -> Stri
             "{who} is an Apple platform binary: macOS kills any process that sets its thread \
              state, so ptyreap never touches it"
         ),
-        Refusal::Hardened { sip: true } => format!(
+        Refusal::BrowserEngine => format!(
+            "{who} carries a web-browser-engine entitlement, which makes it a hardened task: \
+             macOS kills any process that sets its thread state, so ptyreap never touches it"
+        ),
+        Refusal::EntitlementsUnreadable => format!(
+            "cannot read the entitlements of {who}, so whether macOS guards its thread state \
+             (which would kill ptyreap inside the window) is unknown; ptyreap will not touch it"
+        ),
+        Refusal::HardenedUnderSip => format!(
             "macOS refuses to let any process, even root, control {who}: it is built with the \
              hardened runtime (as every notarized app is) without get-task-allow, and System \
              Integrity Protection forbids debugging it"
-        ),
-        Refusal::Hardened { sip: false } => format!(
-            "{who} is built with the hardened runtime without get-task-allow: macOS kills any \
-             process that sets its thread state, so ptyreap never touches it"
         ),
         Refusal::Code(why) => why.clone(),
     };
@@ -138,7 +163,7 @@ pub fn message(refusal: &Refusal, pid: i32, name: &str, m: &Machine<'_>) -> Stri
         m.masters,
         if m.masters == 1 { "" } else { "s" }
     ));
-    if *refusal == (Refusal::Hardened { sip: true }) {
+    if *refusal == Refusal::HardenedUnderSip {
         ways.push(
             "to release them without quitting it: start up in Recovery, run `csrutil enable \
              --without debug`, restart (undo it the same way with `csrutil enable`)"
@@ -174,6 +199,7 @@ mod tests {
             is_root,
             cs_flags,
             sip_restricts_debugging: sip,
+            browser_engine: Some(false),
             code: plain_arm64(),
         }
     }
@@ -225,8 +251,38 @@ mod tests {
                 ),
                 Some("PlatformBinary"),
             ),
-            (facts(true, Some(HARDENED), true), Some("Hardened sip")),
-            (facts(true, Some(HARDENED), false), Some("Hardened")),
+            (facts(true, Some(HARDENED), true), Some("HardenedUnderSip")),
+            // SIP's debugging restriction lifted: a notarized app is releasable
+            (facts(true, Some(HARDENED), false), None),
+            // ... unless it is a hardened task, or that cannot be told
+            (
+                Facts {
+                    browser_engine: Some(true),
+                    ..facts(true, Some(HARDENED), false)
+                },
+                Some("BrowserEngine"),
+            ),
+            (
+                Facts {
+                    browser_engine: Some(true),
+                    ..facts(true, Some(SIGNED), true)
+                },
+                Some("BrowserEngine"),
+            ),
+            (
+                Facts {
+                    browser_engine: None,
+                    ..facts(true, Some(HARDENED), false)
+                },
+                Some("EntitlementsUnreadable"),
+            ),
+            (
+                Facts {
+                    browser_engine: None,
+                    ..facts(true, Some(SIGNED), false)
+                },
+                None,
+            ),
             (
                 with_code(facts(true, Some(SIGNED), true), arm64e),
                 Some("arm64e"),
@@ -252,8 +308,9 @@ mod tests {
                 Some(Refusal::NotRoot) => Some("NotRoot".to_string()),
                 Some(Refusal::Unreadable) => Some("Unreadable".into()),
                 Some(Refusal::PlatformBinary) => Some("PlatformBinary".into()),
-                Some(Refusal::Hardened { sip: true }) => Some("Hardened sip".into()),
-                Some(Refusal::Hardened { sip: false }) => Some("Hardened".into()),
+                Some(Refusal::BrowserEngine) => Some("BrowserEngine".into()),
+                Some(Refusal::EntitlementsUnreadable) => Some("EntitlementsUnreadable".into()),
+                Some(Refusal::HardenedUnderSip) => Some("HardenedUnderSip".into()),
                 Some(Refusal::Code(why)) => Some(why.clone()),
             };
             match (want, &shown) {
@@ -275,12 +332,7 @@ mod tests {
 
     #[test]
     fn the_seed_case_ranks_the_ways_out_with_this_machines_numbers() {
-        let m = message(
-            &Refusal::Hardened { sip: true },
-            812,
-            "Claude",
-            &machine(511),
-        );
+        let m = message(&Refusal::HardenedUnderSip, 812, "Claude", &machine(511));
         let raise = m.find("(1) raise the PTY limit now").expect(&m);
         let quit = m.find("(2) quit Claude when convenient").expect(&m);
         let csr = m.find("(3) to release them without quitting").expect(&m);
@@ -305,13 +357,14 @@ mod tests {
 
     #[test]
     fn at_the_cap_raising_is_not_offered_and_only_sip_suggests_recovery() {
-        let m = message(&Refusal::Hardened { sip: true }, 1, "App", &machine(999));
+        let m = message(&Refusal::HardenedUnderSip, 1, "App", &machine(999));
         assert!(!m.contains("limit --set"), "{m}");
         assert!(m.contains("(1) quit App"), "{m}");
         assert!(m.contains("(2) to release them"), "{m}");
         for r in [
             Refusal::PlatformBinary,
-            Refusal::Hardened { sip: false },
+            Refusal::BrowserEngine,
+            Refusal::EntitlementsUnreadable,
             Refusal::Unreadable,
             Refusal::Code("pid 1 (App) is an arm64e process".into()),
         ] {
@@ -326,6 +379,16 @@ mod tests {
             ..machine(511)
         };
         assert!(message(&Refusal::PlatformBinary, 1, "A", &one).ends_with("its 1 PTY master"));
+    }
+
+    #[test]
+    fn browser_engine_entitlements_are_found_in_the_blob() {
+        let plist = b"\xfa\xde\x71\x71\0\0\0\x90<plist><dict><key>com.apple.developer.web-browser-engine.webcontent</key><true/></dict></plist>";
+        assert!(names_browser_engine(plist));
+        assert!(!names_browser_engine(
+            b"<key>com.apple.security.cs.allow-jit</key><true/>"
+        ));
+        assert!(!names_browser_engine(b""));
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn facts(pid: i32) -> Facts {
         cs_flags: libproc::codesign_flags(pid),
         // SAFETY: a plain syscall wrapper taking an integer mask.
         sip_restricts_debugging: unsafe { csr_check(CSR_ALLOW_TASK_FOR_PID) } != 0,
+        browser_engine: libproc::entitlements(pid).map(|b| releasable::names_browser_engine(&b)),
         code,
     }
 }
