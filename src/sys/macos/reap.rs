@@ -212,6 +212,20 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         }
     }
 
+    // The macOS workflow's check of the error path (a close that fails faults inside libc, and
+    // the same thread must then serve the real calls): never set outside it.
+    if std::env::var_os("PTYREAP_TEST_CLOSE_INVALID_FD").is_some() {
+        let bad = i32::MAX;
+        let r = injector.call(close, &[bad as u64]);
+        eprintln!(
+            "ptyreap: test: close({bad}) in the target: {}",
+            match r {
+                Ok(v) => format!("returned {}", v as i32),
+                Err(e) => e.to_string(),
+            }
+        );
+    }
+
     // 6. release, one call per fd (and per slave fd of a pair), on our one thread
     let mut stop_all: Option<String> = None;
     let mut may_complete: Vec<usize> = Vec::new();
