@@ -25,6 +25,7 @@ pub mod arch;
 pub mod ffi;
 pub mod logic;
 pub mod releasable;
+pub mod waits;
 
 #[cfg(target_os = "macos")]
 mod info;
