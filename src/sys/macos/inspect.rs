@@ -2,7 +2,8 @@
 //! same-user targets without root): a fresh look at each master fd (still the same PTY? guarded?
 //! shared?), the slave node's times for the last I/O, the machine-wide scan for the other
 //! holders, and the target's kqueues (fd kqueues, the workqueue kqueue, the workloops) for
-//! whether its event loop still watches the fd.
+//! whether its event loop still watches the fd. With the task port (root), also the threads
+//! waiting in select()/poll(), read from their registers and memory (`waiters.rs`).
 //!
 //! What macOS cannot tell from outside: the unread bytes and POLLHUP (both need the fd itself),
 //! so `unread_bytes` and `hung_up` stay unknown.
@@ -10,8 +11,10 @@
 use super::ffi;
 use super::libproc;
 use super::logic;
+use super::mach;
 use super::scan::Devfs;
 use super::target::{self, Target};
+use super::waiters;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Holder, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
@@ -172,7 +175,9 @@ impl Kqueue {
 }
 
 /// Every knote on one of `fds` in the target's kqueues: its fd kqueues, its libdispatch
-/// workqueue kqueue and its workloop kqueues.
+/// workqueue kqueue and its workloop kqueues; then, when we can have its task port (as root, and
+/// macOS grants it), the threads waiting in select()/poll() on them (`waiters.rs`). Without the
+/// task port those are silently out of sight, as on a system that cannot show them.
 pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
     let mut w = Watchers {
         by_fd: BTreeMap::new(),
@@ -217,6 +222,23 @@ pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
             }
             Err(e) if kq.vanished(&e) => {}
             Err(e) => unreadable(kq.label(), &e),
+        }
+    }
+    // only root gets task ports of other processes; a refusal is no news (SIP, platform binary)
+    let task = target::is_root()
+        .then(|| mach::task_for_pid(pid).ok())
+        .flatten();
+    if let Some(task) = task {
+        if mach::pid_of(&task) == Some(pid) {
+            let waits = waiters::waits(&task, fds);
+            for (fd, labels) in waits.by_fd {
+                found.entry(fd).or_default().extend(labels);
+            }
+            if let Some(why) = waits.unreadable {
+                w.unreadable.get_or_insert_with(|| {
+                    format!("{why}, so whether its event loop still watches this master is unknown")
+                });
+            }
         }
     }
     w.by_fd = found;
