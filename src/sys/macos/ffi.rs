@@ -29,6 +29,14 @@ pub const PROC_PIDFDVNODEPATHINFO: i32 = 2;
 pub const PROC_PIDFDKQUEUE_EXTINFO: i32 = 9;
 /// proc_info_private.h: the kernel never reports more knotes than this per kqueue.
 pub const PROC_PIDFDKQUEUE_KNOTES_MAX: usize = 1024 * 128;
+/// proc_info_private.h: a `proc_pidinfo` flavor listing the ids (`kqueue_id_t`, a u64) of the
+/// process's dynamic kqueues: libdispatch's workloops, which have no fd. Returns the number of ids
+/// (possibly more than fit), capped at PROC_PIDDYNKQUEUES_MAX.
+pub const PROC_PIDLISTDYNKQUEUES: i32 = 27;
+pub const PROC_PIDDYNKQUEUES_MAX: usize = 1024 * 128;
+/// proc_info_private.h: a `proc_piddynkqueueinfo` flavor, the `kevent_extinfo` array of one
+/// dynamic kqueue (like PROC_PIDFDKQUEUE_EXTINFO for an fd kqueue).
+pub const PROC_PIDDYNKQUEUE_EXTINFO: i32 = 1;
 
 /// `proc_fdinfo.proc_fdtype` values.
 pub const PROX_FDTYPE_VNODE: u32 = 1;
@@ -232,6 +240,45 @@ pub struct KeventExtinfo {
     pub kqext_sfflags: i32,
     pub kqext_reserved: [u64; 2],
 }
+
+// ---- bsd/sys/poll.h, bsd/sys/_types/_fd_def.h, bsd/sys/syslimits.h -------------------------
+
+/// `struct pollfd`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollFd {
+    pub fd: i32,
+    pub events: i16,
+    pub revents: i16,
+}
+
+/// Bits per word of an `fd_set` (`__DARWIN_NFDBITS`: its words are `__int32_t`; fd n is bit n % 32
+/// of word n / 32).
+pub const NFDBITS: usize = 32;
+/// poll() refuses more entries than this with EINVAL (bsd/kern/sys_generic.c `poll_nocancel`).
+pub const OPEN_MAX: usize = 10240;
+
+// ---- bsd/kern/syscalls.master, osfmk/mach/i386/syscall_sw.h, libsyscall/custom/SYS.h -------
+
+pub const SYS_SELECT: u32 = 93;
+pub const SYS_POLL: u32 = 230;
+pub const SYS_PSELECT: u32 = 394;
+pub const SYS_PSELECT_NOCANCEL: u32 = 395;
+pub const SYS_SELECT_NOCANCEL: u32 = 407;
+pub const SYS_POLL_NOCANCEL: u32 = 417;
+/// Number 0: the indirect `syscall(number, args…)`.
+pub const SYS_SYSCALL: u32 = 0;
+/// x86_64: rax holds `SYSCALL_CLASS_UNIX << SYSCALL_CLASS_SHIFT | number` for a BSD call.
+pub const SYSCALL_CLASS_SHIFT: u32 = 24;
+pub const SYSCALL_CLASS_UNIX: u64 = 2;
+/// `~SYSCALL_CLASS_MASK` as the kernel applies it to rax (an int mask: the low 24 bits).
+pub const SYSCALL_NUMBER_MASK: u64 = 0x00ff_ffff;
+/// arm64: the BSD call number is in x16 (`ARM64_SYSCALL_CODE_REG_NUM`, osfmk/arm64/proc_reg.h).
+pub const ARM64_SYSCALL_CODE_REG: usize = 16;
+/// arm64: `svc #0x80` (SWI_SYSCALL, osfmk/mach/arm/vm_param.h), the trap of libsystem's stubs.
+pub const ARM64_SVC_SYSCALL: u32 = 0xd400_1001;
+/// x86_64: the `syscall` instruction.
+pub const X86_SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
 // ---- bsd/sys/codesign.h, osfmk/kern/cs_blobs.h ------------------------------------------------
 
@@ -613,6 +660,19 @@ mod tests {
         assert_eq!(offset_of!(KeventExtinfo, kqext_status), 80);
         assert_eq!(offset_of!(KeventExtinfo, kqext_sfflags), 84);
         assert_eq!(offset_of!(KeventExtinfo, kqext_reserved), 88);
+    }
+
+    #[test]
+    fn pollfd_layout() {
+        // pollfd: int fd 0, short events 4, short revents 6 → 8.
+        assert_eq!(size_of::<PollFd>(), 8);
+        assert_eq!(offset_of!(PollFd, events), 4);
+        assert_eq!(offset_of!(PollFd, revents), 6);
+        // kqueue_id_t is a uint64_t (event_private.h)
+        assert_eq!(SYSCALL_CLASS_UNIX << SYSCALL_CLASS_SHIFT, 0x200_0000);
+        assert_eq!(SYSCALL_NUMBER_MASK & 0x200_005d, 93);
+        // svc #imm16 = 0xd4000001 | imm16 << 5
+        assert_eq!(ARM64_SVC_SYSCALL, 0xd400_0001 | (0x80 << 5));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Per-fd evidence for one target on macOS, from libproc alone (no task port, so it works for
 //! same-user targets without root): a fresh look at each master fd (still the same PTY? guarded?
 //! shared?), the slave node's times for the last I/O, the machine-wide scan for the other
-//! holders, and the target's kqueues for whether its event loop still watches the fd.
+//! holders, and the target's kqueues (fd kqueues, the workqueue kqueue, the workloops) for
+//! whether its event loop still watches the fd. With the task port (root), also the threads
+//! waiting in select()/poll(), read from their registers and memory (`waiters.rs`).
 //!
 //! What macOS cannot tell from outside: the unread bytes and POLLHUP (both need the fd itself),
 //! so `unread_bytes` and `hung_up` stay unknown.
@@ -9,8 +11,10 @@
 use super::ffi;
 use super::libproc;
 use super::logic;
+use super::mach;
 use super::scan::Devfs;
 use super::target::{self, Target};
+use super::waiters;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Holder, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,55 +127,120 @@ fn foreground_pgrp(session: Option<i32>, rdev: Option<u32>) -> Option<i32> {
 /// Who in the target watches which master.
 pub struct Watchers {
     pub by_fd: BTreeMap<i32, Vec<String>>,
-    /// Why some kqueue could not be read (then an unwatched-looking fd is not proof).
+    /// Why some kqueue or some waiting thread's set could not be read (then an unwatched-looking
+    /// fd is not proof).
     pub unreadable: Option<String>,
 }
 
-/// Every knote in the target's kqueues (and its libdispatch workqueue kqueue) on one of `fds`.
-/// Workloop kqueues (dynamic, no fd) are not listed: libdispatch keeps fd sources on the
-/// workqueue kqueue.
+/// A kqueue of the target, as libproc names it.
+enum Kqueue {
+    /// An fd from kqueue().
+    Fd(i32),
+    /// The process's workqueue kqueue (`proc_pidfdinfo` fd -1): where libdispatch registers the
+    /// sources of queues not bound to a workloop.
+    Workqueue,
+    /// A dynamic kqueue (no fd): a libdispatch workloop, where the sources of a serial queue
+    /// hierarchy and of `dispatch_workloop`s live (kevent_id with KEVENT_FLAG_WORKLOOP).
+    Workloop(u64),
+}
+
+impl Kqueue {
+    fn label(&self) -> String {
+        match self {
+            Kqueue::Fd(fd) => format!("kqueue fd {fd}"),
+            Kqueue::Workqueue => "the libdispatch kqueue".into(),
+            Kqueue::Workloop(id) => format!("workloop kqueue {id:#x}"),
+        }
+    }
+
+    fn knotes(&self, pid: i32) -> std::io::Result<Vec<ffi::KeventExtinfo>> {
+        match *self {
+            Kqueue::Fd(fd) => libproc::kqueue_knotes(pid, fd),
+            Kqueue::Workqueue => libproc::kqueue_knotes(pid, -1),
+            Kqueue::Workloop(id) => libproc::dynamic_kqueue_knotes(pid, id),
+        }
+    }
+
+    /// The error that means it went away between the listing and the read: a closed fd is EBADF
+    /// (`fp_get_ftype`), a freed workloop ESRCH (`kevent_copyout_dynkqextinfo`: the id is no
+    /// longer in the process's kqueue hash). The workqueue kqueue is made on demand and never
+    /// goes away (a process without one reads as empty); EBADF for it is kept as "none".
+    fn vanished(&self, e: &std::io::Error) -> bool {
+        let errno = e.raw_os_error();
+        match self {
+            Kqueue::Fd(_) | Kqueue::Workqueue => errno == Some(libc::EBADF),
+            Kqueue::Workloop(_) => errno == Some(libc::ESRCH),
+        }
+    }
+}
+
+/// Every knote on one of `fds` in the target's kqueues: its fd kqueues, its libdispatch
+/// workqueue kqueue and its workloop kqueues; then, when we can have its task port (as root, and
+/// macOS grants it), the threads waiting in select()/poll() on them (`waiters.rs`). Without the
+/// task port those are silently out of sight, as on a system that cannot show them.
 pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
     let mut w = Watchers {
         by_fd: BTreeMap::new(),
         unreadable: None,
     };
-    let kqueues: Vec<i32> = libproc::list_fds(pid)
-        .map(|l| {
-            l.into_iter()
+    let hint = if target::is_root() {
+        ""
+    } else {
+        "; run as root"
+    };
+    let mut unreadable = |what: String, e: &dyn std::fmt::Display| {
+        w.unreadable.get_or_insert_with(|| {
+            format!(
+                "cannot read {what} of the target ({e}), so whether its event loop still \
+                 watches this master is unknown{hint}"
+            )
+        });
+    };
+    let mut kqueues: Vec<Kqueue> = Vec::new();
+    match libproc::list_fds(pid) {
+        Ok(list) => kqueues.extend(
+            list.into_iter()
                 .filter(|f| f.proc_fdtype == ffi::PROX_FDTYPE_KQUEUE)
-                .map(|f| f.proc_fd)
-                .collect()
-        })
-        .unwrap_or_default();
-    for kq in kqueues.into_iter().chain([-1]) {
-        let label = if kq < 0 {
-            "the libdispatch kqueue".to_string()
-        } else {
-            format!("kqueue fd {kq}")
-        };
-        match libproc::kqueue_knotes(pid, kq) {
+                .map(|f| Kqueue::Fd(f.proc_fd)),
+        ),
+        Err(e) => unreadable("the fd list".into(), &e),
+    }
+    kqueues.push(Kqueue::Workqueue);
+    match libproc::dynamic_kqueue_ids(pid) {
+        Ok(ids) => kqueues.extend(ids.into_iter().map(Kqueue::Workloop)),
+        Err(e) => unreadable("the workloop kqueue list".into(), &e),
+    }
+    let mut found: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for kq in &kqueues {
+        match kq.knotes(pid) {
             Ok(knotes) => {
                 for &fd in fds {
                     if knotes.iter().any(|kn| logic::knote_watches(kn, fd)) {
-                        w.by_fd.entry(fd).or_default().push(label.clone());
+                        found.entry(fd).or_default().push(kq.label());
                     }
                 }
             }
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {} // closed meanwhile
-            Err(e) => {
+            Err(e) if kq.vanished(&e) => {}
+            Err(e) => unreadable(kq.label(), &e),
+        }
+    }
+    // only root gets task ports of other processes; a refusal is no news (SIP, platform binary)
+    let task = target::is_root()
+        .then(|| mach::task_for_pid(pid).ok())
+        .flatten();
+    if let Some(task) = task {
+        if mach::pid_of(&task) == Some(pid) {
+            let waits = waiters::waits(&task, fds);
+            for (fd, labels) in waits.by_fd {
+                found.entry(fd).or_default().extend(labels);
+            }
+            if let Some(why) = waits.unreadable {
                 w.unreadable.get_or_insert_with(|| {
-                    format!(
-                        "cannot read {label} of the target ({e}), so whether its event loop \
-                         still watches this master is unknown{}",
-                        if target::is_root() {
-                            ""
-                        } else {
-                            "; run as root"
-                        }
-                    )
+                    format!("{why}, so whether its event loop still watches this master is unknown")
                 });
             }
         }
     }
+    w.by_fd = found;
     w
 }

@@ -124,25 +124,113 @@ pub fn vnode_path_info(pid: i32, fd: i32) -> io::Result<ffi::VnodeFdInfoWithPath
 }
 
 /// The knotes of kqueue `kq` of the process (`kq` = -1: its workqueue kqueue, where libdispatch
-/// sources live).
+/// keeps the sources of its global concurrent queues). EBADF: the fd was closed meanwhile.
 pub fn kqueue_knotes(pid: i32, kq: i32) -> io::Result<Vec<ffi::KeventExtinfo>> {
+    knotes_with(|buf, bytes| {
+        // SAFETY: the buffer holds `bytes` bytes of records.
+        unsafe {
+            libc::proc_pidfdinfo(
+                pid,
+                kq,
+                ffi::PROC_PIDFDKQUEUE_EXTINFO,
+                buf.cast::<c_void>(),
+                bytes,
+            )
+        }
+    })
+}
+
+// libproc_private.h, exported by libSystem, absent from the libc crate. Resolved at run time:
+// both arrived with workloops themselves (xnu-4570, macOS 10.13), so a system without them has
+// no workloop kqueue to list, and a link-time reference would keep ptyreap from starting there.
+type ListDynKqueueIds = unsafe extern "C" fn(pid: i32, buf: *mut u64, bufsz: u32) -> i32;
+type PidDynKqueueInfo = unsafe extern "C" fn(
+    pid: i32,
+    flavor: i32,
+    kq_id: u64,
+    buffer: *mut c_void,
+    buffersize: i32,
+) -> i32;
+
+fn dynkqueue_calls() -> Option<(ListDynKqueueIds, PidDynKqueueInfo)> {
+    static CALLS: std::sync::OnceLock<Option<(ListDynKqueueIds, PidDynKqueueInfo)>> =
+        std::sync::OnceLock::new();
+    *CALLS.get_or_init(|| {
+        // SAFETY: dlsym with NUL-terminated names; a non-null result is that function, whose
+        // C prototype the types above transcribe.
+        unsafe {
+            let list = libc::dlsym(libc::RTLD_DEFAULT, c"proc_list_dynkqueueids".as_ptr());
+            let info = libc::dlsym(libc::RTLD_DEFAULT, c"proc_piddynkqueueinfo".as_ptr());
+            if list.is_null() || info.is_null() {
+                return None;
+            }
+            Some((
+                std::mem::transmute::<*mut c_void, ListDynKqueueIds>(list),
+                std::mem::transmute::<*mut c_void, PidDynKqueueInfo>(info),
+            ))
+        }
+    })
+}
+
+/// The ids of the process's dynamic kqueues (libdispatch workloops: no fd).
+/// `proc_list_dynkqueueids` is `proc_info(PROC_INFO_CALL_PIDINFO, pid, PROC_PIDLISTDYNKQUEUES)`
+/// unwrapped: -1 and errno on failure, else how many ids there are (possibly more than fit).
+pub fn dynamic_kqueue_ids(pid: i32) -> io::Result<Vec<u64>> {
+    let Some((list, _)) = dynkqueue_calls() else {
+        return Ok(Vec::new());
+    };
+    let mut cap = 64usize;
+    loop {
+        let mut ids = vec![0u64; cap];
+        let bytes = (cap * size_of::<u64>()) as u32;
+        // SAFETY: the buffer holds `bytes` bytes.
+        let n = unsafe { list(pid, ids.as_mut_ptr(), bytes) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n <= cap || cap >= ffi::PROC_PIDDYNKQUEUES_MAX {
+            ids.truncate(n.min(cap));
+            return Ok(ids);
+        }
+        cap = n.next_power_of_two().min(ffi::PROC_PIDDYNKQUEUES_MAX);
+    }
+}
+
+/// The knotes of the process's dynamic kqueue `id` (PROC_PIDDYNKQUEUE_EXTINFO: the same
+/// `kevent_extinfo` records as an fd kqueue's). ESRCH: the workloop is gone (or the process).
+/// `proc_piddynkqueueinfo` is `proc_info(PROC_INFO_CALL_PIDDYNKQUEUEINFO, …)` with libproc's
+/// usual 0-and-errno on failure.
+pub fn dynamic_kqueue_knotes(pid: i32, id: u64) -> io::Result<Vec<ffi::KeventExtinfo>> {
+    let Some((_, info)) = dynkqueue_calls() else {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH)); // no workloops on this system
+    };
+    knotes_with(|buf, bytes| {
+        // SAFETY: the buffer holds `bytes` bytes of records.
+        unsafe {
+            info(
+                pid,
+                ffi::PROC_PIDDYNKQUEUE_EXTINFO,
+                id,
+                buf.cast::<c_void>(),
+                bytes,
+            )
+        }
+    })
+}
+
+/// Runs a knote-listing call with a growing buffer. Such calls return the number of knotes
+/// (possibly more than fit), and libproc turns a failure into 0 with errno set.
+fn knotes_with(
+    mut call: impl FnMut(*mut ffi::KeventExtinfo, i32) -> i32,
+) -> io::Result<Vec<ffi::KeventExtinfo>> {
     let entry = size_of::<ffi::KeventExtinfo>();
     let mut cap = 64usize;
     loop {
         let mut buf = vec![ffi::KeventExtinfo::default(); cap];
         // a knote count of 0 and a failure both return 0: tell them apart by errno
         clear_errno();
-        // SAFETY: the buffer holds `cap` records; the call returns how many knotes there are
-        // (possibly more than fit).
-        let n = unsafe {
-            libc::proc_pidfdinfo(
-                pid,
-                kq,
-                ffi::PROC_PIDFDKQUEUE_EXTINFO,
-                buf.as_mut_ptr().cast::<c_void>(),
-                (cap * entry) as i32,
-            )
-        };
+        let n = call(buf.as_mut_ptr(), (cap * entry) as i32);
         if n < 0 {
             return Err(last_error());
         }

@@ -4,7 +4,9 @@
 //! a copy of its fds. libproc (`proc_pidinfo`, `proc_pidfdinfo`) describes every fd of every
 //! process of the same user (all of them as root) without a task port: vnode path and rdev tell a
 //! master (`/dev/ptmx`, minor = PTY index) and a slave (`/dev/ttysNNN`), and the knotes of the
-//! target's kqueues tell whether its event loop still watches a master. Releasing an fd needs the
+//! target's kqueues (fd kqueues, the workqueue kqueue, libdispatch's workloops) tell whether its
+//! event loop still watches a master. A select()/poll() loop leaves no knote to list: with the
+//! task port (root) its waiting threads are read instead (`waiters.rs`, decoded in `waits.rs`). Releasing an fd needs the
 //! target itself to call close() or dup2(): with its task port we suspend its threads, create a
 //! thread of ours in it that starts at libsystem's function and returns into an unmapped
 //! sentinel, catch that fault on an exception port of ours, read the result and terminate the
@@ -26,6 +28,7 @@ pub mod ffi;
 pub mod guardian_log;
 pub mod logic;
 pub mod releasable;
+pub mod waits;
 
 #[cfg(target_os = "macos")]
 mod guardian;
@@ -45,6 +48,8 @@ mod reap;
 mod scan;
 #[cfg(target_os = "macos")]
 mod target;
+#[cfg(target_os = "macos")]
+mod waiters;
 
 #[cfg(target_os = "macos")]
 pub use info::{process_info, start_time};

@@ -2,7 +2,8 @@
 //! lr, sp 16-byte aligned. A plain `ret` to the sentinel faults with pc = sentinel.
 
 use super::MAX_ARGS;
-use crate::sys::macos::ffi::ArmThreadState64;
+use crate::sys::macos::ffi::{self, ArmThreadState64};
+use crate::sys::macos::waits::Syscall;
 
 /// The state that calls `func(args…)` on a stack ending at `stack_top` and returns to
 /// `sentinel`. Starts from the new thread's own state so cpsr (user mode, flags) stays valid.
@@ -29,9 +30,58 @@ pub fn returned(state: &ArmThreadState64, sentinel: u64) -> Option<u64> {
     (state.pc == sentinel).then_some(state.x[0])
 }
 
+/// The BSD call a thread is in, if it is in one, as the kernel read it on entry
+/// (bsd/dev/arm/systemcalls.c `arm_get_syscall_number`, `arm_get_u64_syscall_args`): the number
+/// is the low 16 bits of x16, arguments from x0; x16 = 0 is the indirect syscall(2), number in x0
+/// and arguments from x1. The trap (`svc #0x80`) is the instruction before the saved pc.
+pub fn syscall(state: &ArmThreadState64) -> Syscall {
+    let code = state.x[ffi::ARM64_SYSCALL_CODE_REG];
+    let (number, first) = if code != 0 {
+        (code as u16, 0)
+    } else {
+        (state.x[0] as u16, 1)
+    };
+    let mut args = [0u64; 6];
+    args.copy_from_slice(&state.x[first..first + 6]);
+    Syscall {
+        number: number as u64,
+        args,
+        trap_at: state.pc.wrapping_sub(4),
+    }
+}
+
+/// `svc #0x80` as it sits in memory.
+pub const TRAP: [u8; 4] = ffi::ARM64_SVC_SYSCALL.to_le_bytes();
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syscall_is_read_from_x16_and_x0_on() {
+        let mut s = ArmThreadState64 {
+            pc: 0x1_8000_1008,
+            ..Default::default()
+        };
+        s.x[16] = 93;
+        s.x[..7].copy_from_slice(&[10, 11, 12, 13, 14, 15, 16]);
+        let c = syscall(&s);
+        assert_eq!(c.number, 93);
+        assert_eq!(c.args, [10, 11, 12, 13, 14, 15]);
+        assert_eq!(c.trap_at, 0x1_8000_1004);
+        // the kernel keeps only the low 16 bits of x16
+        s.x[16] = 0xdead_0000_0000_00e6;
+        assert_eq!(syscall(&s).number, 230);
+        // indirect: number in x0, arguments from x1
+        s.x[16] = 0;
+        s.x[0] = 417;
+        let c = syscall(&s);
+        assert_eq!(c.number, 417);
+        assert_eq!(c.args, [11, 12, 13, 14, 15, 16]);
+        // a pc of 0 does not underflow
+        s.pc = 0;
+        assert_eq!(syscall(&s).trap_at, u64::MAX - 3);
+    }
 
     #[test]
     fn a_call_is_set_up_in_registers() {
