@@ -47,8 +47,14 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
 fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
     let snapshot = sys::snapshot()?;
     let mut census = census::census(&snapshot);
-    for p in &mut census.processes {
-        p.not_releasable_because = sys::release_refusal_of(p.pid, &p.name, &snapshot);
+    let processes: Vec<(i32, &str)> = census
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.name.as_str()))
+        .collect();
+    let refusals = sys::release_refusals(&processes, &snapshot);
+    for (p, why) in census.processes.iter_mut().zip(refusals) {
+        p.not_releasable_because = why;
     }
     if cli.json {
         output::println(&render::json::census(&census).to_string());

@@ -38,7 +38,8 @@ pub fn judge_target(
         not_releasable_because: None,
         withheld: 0,
     };
-    if let Some(why) = sys::release_refusal(target, snapshot) {
+    let refusal = sys::release_refusals(&[(target.pid, &target.name)], snapshot).pop();
+    if let Some(why) = refusal.flatten() {
         withhold(&mut report, why);
     }
     Ok(report)

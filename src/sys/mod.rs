@@ -3,7 +3,7 @@
 //! - `open_target(pid)`: a pid pinned for inspection, or one plain error;
 //! - `processes_named(name)`: pids by comm or executable name;
 //! - `inspect(target, snapshot)`: the evidence for each of the target's master fds;
-//! - `release_refusal(target)`: why fds cannot be released in it at all (code signing, a frozen
+//! - `release_refusals(processes, snapshot)`: why fds cannot be released in each at all (code signing, a frozen
 //!   cgroup, ...), known before any plan is shown, so the plan offers nothing there;
 //! - `reap(target, rows)`: stop the target, re-verify each planned fd, release it by its method,
 //!   restore the target, and fill each row's `result`; returns how long the target was stopped.
@@ -16,8 +16,8 @@ pub mod checks;
 pub mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{
-    inspect, open_target, process_info, processes_named, reap, release_refusal, release_refusal_of,
-    snapshot, snapshot_for, start_time, usage_now, Target,
+    inspect, open_target, process_info, processes_named, reap, release_refusals, snapshot,
+    snapshot_for, start_time, usage_now, Target,
 };
 
 // The macOS backend; its layouts and pure logic also build (and are tested) everywhere.
@@ -25,8 +25,8 @@ pub use linux::{
 pub mod macos;
 #[cfg(target_os = "macos")]
 pub use macos::{
-    inspect, open_target, process_info, processes_named, reap, release_refusal, release_refusal_of,
-    snapshot, start_time, Target,
+    inspect, open_target, process_info, processes_named, reap, release_refusals, snapshot,
+    start_time, Target,
 };
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
@@ -36,17 +36,11 @@ pub use unsupported::{inspect, open_target, processes_named, reap, snapshot, Tar
 
 /// Nothing is known up front where there is no backend (reap refuses on its own).
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-pub fn release_refusal(_target: &Target, _snapshot: &crate::model::Snapshot) -> Option<String> {
-    None
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-pub fn release_refusal_of(
-    _pid: i32,
-    _name: &str,
+pub fn release_refusals(
+    processes: &[(i32, &str)],
     _snapshot: &crate::model::Snapshot,
-) -> Option<String> {
-    None
+) -> Vec<Option<String>> {
+    vec![None; processes.len()]
 }
 
 /// A snapshot that also lists the PTY namespaces `pids` live in (only Linux has several).

@@ -17,20 +17,20 @@ mod target;
 pub mod watchers;
 
 pub use info::{process_info, start_time};
-
-/// Why fds cannot be released in `target`, known before any plan is shown; None when nothing
-/// known up front stands in the way (see `preflight.rs`).
-pub fn release_refusal(target: &Target, _snapshot: &Snapshot) -> Option<String> {
-    preflight::release_refusal(target.pid, &target.name)
-}
-
-/// The same, for a census line (a pid not opened as a target).
-pub fn release_refusal_of(pid: i32, name: &str, _snapshot: &Snapshot) -> Option<String> {
-    preflight::release_refusal(pid, name)
-}
 pub use inspect::inspect;
 pub use reap::reap;
 pub use target::{open as open_target, processes_named, Target};
+
+/// For each process (pid, name): why fds cannot be released in it, known before any plan is
+/// shown; None when nothing known up front stands in the way (see `preflight.rs`). The cgroup
+/// mounts are read once for the batch.
+pub fn release_refusals(processes: &[(i32, &str)], _snapshot: &Snapshot) -> Vec<Option<String>> {
+    let mounts = preflight::CgroupMounts::read();
+    processes
+        .iter()
+        .map(|&(pid, name)| preflight::release_refusal(pid, name, &mounts))
+        .collect()
+}
 
 use crate::model::Snapshot;
 

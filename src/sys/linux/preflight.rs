@@ -19,11 +19,27 @@ use super::procfs;
 use crate::model::Snapshot;
 use std::path::{Path, PathBuf};
 
+/// The cgroup file systems mounted here (v2, and v1 hierarchies), read once for every process a
+/// batch of checks looks at.
+pub struct CgroupMounts(Vec<procfs::Mount>);
+
+impl CgroupMounts {
+    pub fn read() -> CgroupMounts {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        CgroupMounts(
+            procfs::parse_mountinfo(&text)
+                .into_iter()
+                .filter(|m| m.fstype == "cgroup2" || m.fstype == "cgroup")
+                .collect(),
+        )
+    }
+}
+
 /// The cgroup that holds `pid` frozen (or freezing), described for the refusal; None when it
 /// runs freely or no freezer is mounted.
-pub fn frozen_by(pid: i32) -> Option<String> {
+pub fn frozen_by(pid: i32, mounts: &CgroupMounts) -> Option<String> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mounts = procfs::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").ok()?);
+    let mounts = &mounts.0;
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -94,8 +110,8 @@ pub fn frozen_message(pid: i32, name: &str, by: &str) -> String {
 
 /// Why ptyreap cannot release fds in `pid` whatever the plan (a frozen cgroup, strict seccomp),
 /// or None. Asked before any plan is shown, and again before the target is touched.
-pub fn release_refusal(pid: i32, name: &str) -> Option<String> {
-    if let Some(by) = frozen_by(pid) {
+pub fn release_refusal(pid: i32, name: &str, mounts: &CgroupMounts) -> Option<String> {
+    if let Some(by) = frozen_by(pid, mounts) {
         return Some(frozen_message(pid, name, &by));
     }
     let strict = strict_seccomp_threads(pid);
@@ -181,7 +197,7 @@ mod tests {
     #[test]
     fn preflight_own_process_is_not_frozen_and_has_no_strict_threads() {
         let me = std::process::id() as i32;
-        assert_eq!(frozen_by(me), None);
+        assert_eq!(frozen_by(me, &CgroupMounts::read()), None);
         assert!(strict_seccomp_threads(me).is_empty());
         let pidfd = super::super::pidfd::Pidfd::open(me).unwrap();
         assert_eq!(pid_seen_by_proc(&pidfd), Some(me));

@@ -120,7 +120,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
 fn preflight_checks(target: &Target, rows: &[MasterRow]) -> Result<(), UserError> {
     let (pid, name) = (target.pid, &target.name);
     // checked when the plan was made too; looked at again, as the prompt may have taken minutes
-    if let Some(why) = preflight::release_refusal(pid, name) {
+    if let Some(why) = preflight::release_refusal(pid, name, &preflight::CgroupMounts::read()) {
         return Err(UserError::failure(why));
     }
     let mut sharers: Vec<(i32, String)> = rows

@@ -60,6 +60,4 @@ pub use reap::reap;
 #[cfg(target_os = "macos")]
 pub use scan::snapshot;
 #[cfg(target_os = "macos")]
-pub use target::{
-    open as open_target, processes_named, release_refusal, release_refusal_of, Target,
-};
+pub use target::{open as open_target, processes_named, release_refusals, Target};

@@ -130,10 +130,16 @@ fn facts(pid: i32) -> Facts {
     }
 }
 
-/// Why fds cannot be released in `target`, with the ways out; None when nothing known up front
-/// stands in the way.
-pub fn release_refusal(target: &Target, snapshot: &Snapshot) -> Option<String> {
-    release_refusal_of(target.pid, &target.name, snapshot)
+/// For each process (pid, name): why fds cannot be released in it, with the ways out; None when
+/// nothing known up front stands in the way.
+pub fn release_refusals(processes: &[(i32, &str)], snapshot: &Snapshot) -> Vec<Option<String>> {
+    processes
+        .iter()
+        .map(|&(pid, name)| {
+            let refusal = releasable::decide(&facts(pid), Arch::ours(), pid, name)?;
+            Some(refusal_message(&refusal, pid, name, Some(snapshot)))
+        })
+        .collect()
 }
 
 /// Looked at again just before the target is touched (the plan may be minutes old); the numbers
@@ -147,11 +153,6 @@ pub fn refused_now(target: &Target) -> Option<String> {
         name,
         super::scan::snapshot().ok().as_ref(),
     ))
-}
-
-pub fn release_refusal_of(pid: i32, name: &str, snapshot: &Snapshot) -> Option<String> {
-    let refusal = releasable::decide(&facts(pid), Arch::ours(), pid, name)?;
-    Some(refusal_message(&refusal, pid, name, Some(snapshot)))
 }
 
 fn refusal_message(
