@@ -32,18 +32,7 @@ use std::time::Duration;
 const SENTINEL: u64 = 0x5eed_0000;
 const STACK_SIZE: u64 = 64 * 1024;
 
-#[cfg(target_arch = "aarch64")]
-const FLAVOR: i32 = ffi::ARM_THREAD_STATE64;
-#[cfg(target_arch = "aarch64")]
-const COUNT: u32 = ffi::ARM_THREAD_STATE64_COUNT;
-#[cfg(target_arch = "aarch64")]
-type State = ffi::ArmThreadState64;
-#[cfg(target_arch = "x86_64")]
-const FLAVOR: i32 = ffi::X86_THREAD_STATE64;
-#[cfg(target_arch = "x86_64")]
-const COUNT: u32 = ffi::X86_THREAD_STATE64_COUNT;
-#[cfg(target_arch = "x86_64")]
-type State = ffi::X86ThreadState64;
+use mach::state::{State, COUNT, FLAVOR};
 
 /// How a call went wrong.
 #[derive(Debug)]
@@ -416,21 +405,7 @@ impl Drop for Injector<'_> {
 struct AlignedBuf([u8; ffi::EXC_MSG_BUFFER]);
 
 fn get_state(thread: &RemoteThread) -> Result<State, i32> {
-    let mut state = State::default();
-    let mut count = COUNT;
-    // SAFETY: `state` holds COUNT words of this flavor.
-    let kr = unsafe {
-        mach2::thread_act::thread_get_state(
-            thread.name(),
-            FLAVOR,
-            (&mut state as *mut State).cast(),
-            &mut count,
-        )
-    };
-    if kr != KERN_SUCCESS {
-        return Err(kr);
-    }
-    Ok(state)
+    mach::thread_state(thread.port())
 }
 
 #[cfg(target_arch = "aarch64")]

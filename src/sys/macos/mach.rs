@@ -29,9 +29,6 @@ extern "C" {
     ) -> kern_return_t;
 }
 
-/// `MACH_SEND_INVALID_DEST` (osfmk/mach/message.h): the thread's port is a dead name.
-const MACH_SEND_INVALID_DEST: kern_return_t = 0x1000_0003;
-
 /// Whether a call on a thread failed because the thread has exited (its port is dead or gone).
 pub fn thread_exited(kr: kern_return_t) -> bool {
     matches!(
@@ -39,7 +36,8 @@ pub fn thread_exited(kr: kern_return_t) -> bool {
         mach2::kern_return::KERN_TERMINATED
             | mach2::kern_return::KERN_INVALID_ARGUMENT
             | mach2::kern_return::KERN_INVALID_NAME
-            | MACH_SEND_INVALID_DEST
+            // the thread's port is a dead name
+            | mach2::message::MACH_SEND_INVALID_DEST
     )
 }
 
@@ -186,6 +184,42 @@ pub fn threads(task: &Port) -> Result<Vec<Port>, kern_return_t> {
         )
     };
     Ok(ports)
+}
+
+/// The thread state of our own architecture: the only flavor ptyreap reads or sets (targets of
+/// another architecture are refused before).
+#[cfg(target_arch = "aarch64")]
+pub mod state {
+    use super::ffi;
+    pub const FLAVOR: i32 = ffi::ARM_THREAD_STATE64;
+    pub const COUNT: u32 = ffi::ARM_THREAD_STATE64_COUNT;
+    pub type State = ffi::ArmThreadState64;
+}
+#[cfg(target_arch = "x86_64")]
+pub mod state {
+    use super::ffi;
+    pub const FLAVOR: i32 = ffi::X86_THREAD_STATE64;
+    pub const COUNT: u32 = ffi::X86_THREAD_STATE64_COUNT;
+    pub type State = ffi::X86ThreadState64;
+}
+
+/// A thread's state in our flavor.
+pub fn thread_state(thread: &Port) -> Result<state::State, kern_return_t> {
+    let mut out = state::State::default();
+    let mut count = state::COUNT;
+    // SAFETY: `out` holds COUNT words of this flavor.
+    let kr = unsafe {
+        mach2::thread_act::thread_get_state(
+            thread.name(),
+            state::FLAVOR,
+            (&mut out as *mut state::State).cast(),
+            &mut count,
+        )
+    };
+    if kr != KERN_SUCCESS {
+        return Err(kr);
+    }
+    Ok(out)
 }
 
 /// Reads `buf.len()` bytes of the task's memory at `addr`.

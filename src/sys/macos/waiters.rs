@@ -13,29 +13,17 @@
 //! process may be one) is unreadable, so the verdict becomes unknown rather than untracked.
 
 use super::arch;
-use super::ffi;
 use super::logic::kern_name;
 use super::mach::{self, Port};
 use super::waits::{self, Syscall, WaitCall};
 use crate::model::{MasterRow, Outcome};
-use mach2::kern_return::{KERN_SUCCESS, KERN_TERMINATED};
+use mach::state::State;
+use mach2::kern_return::KERN_TERMINATED;
 use mach2::message::MACH_SEND_INVALID_DEST;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(target_arch = "aarch64")]
-const FLAVOR: i32 = ffi::ARM_THREAD_STATE64;
-#[cfg(target_arch = "aarch64")]
-const COUNT: u32 = ffi::ARM_THREAD_STATE64_COUNT;
-#[cfg(target_arch = "aarch64")]
-type State = ffi::ArmThreadState64;
-#[cfg(target_arch = "aarch64")]
 const TRAP: &[u8] = &arch::arm64::TRAP;
-#[cfg(target_arch = "x86_64")]
-const FLAVOR: i32 = ffi::X86_THREAD_STATE64;
-#[cfg(target_arch = "x86_64")]
-const COUNT: u32 = ffi::X86_THREAD_STATE64_COUNT;
-#[cfg(target_arch = "x86_64")]
-type State = ffi::X86ThreadState64;
 #[cfg(target_arch = "x86_64")]
 const TRAP: &[u8] = &arch::x86_64::TRAP;
 
@@ -144,7 +132,7 @@ fn thread_waits(
     thread: &Port,
     below: i32,
 ) -> Result<Option<(WaitCall, Vec<i32>)>, String> {
-    let state = match get_state(thread) {
+    let state = match mach::thread_state(thread) {
         Ok(s) => s,
         Err(KERN_TERMINATED | MACH_SEND_INVALID_DEST) => return Ok(None),
         Err(kr) => return Err(format!("thread_get_state: {}", kern_name(kr))),
@@ -166,42 +154,8 @@ fn syscall_of(state: &State) -> Option<Syscall> {
     arch::x86_64::syscall(state)
 }
 
-fn get_state(thread: &Port) -> Result<State, i32> {
-    let mut state = State::default();
-    let mut count = COUNT;
-    // SAFETY: `state` holds COUNT words of this flavor.
-    let kr = unsafe {
-        mach2::thread_act::thread_get_state(
-            thread.name(),
-            FLAVOR,
-            (&mut state as *mut State).cast(),
-            &mut count,
-        )
-    };
-    if kr != KERN_SUCCESS {
-        return Err(kr);
-    }
-    Ok(state)
-}
-
 /// The thread's system-wide id (THREAD_IDENTIFIER_INFO, what `sample` and lldb show), else its
 /// place in the task's list.
 fn thread_name(thread: &Port, index: usize) -> String {
-    // SAFETY: zeroed plain data.
-    let mut info: libc::thread_identifier_info = unsafe { std::mem::zeroed() };
-    let mut count = libc::THREAD_IDENTIFIER_INFO_COUNT;
-    // SAFETY: `info` holds THREAD_IDENTIFIER_INFO_COUNT words.
-    let kr = unsafe {
-        libc::thread_info(
-            thread.name(),
-            libc::THREAD_IDENTIFIER_INFO as u32,
-            (&mut info as *mut libc::thread_identifier_info).cast(),
-            &mut count,
-        )
-    };
-    if kr == KERN_SUCCESS {
-        info.thread_id.to_string()
-    } else {
-        format!("#{}", index + 1)
-    }
+    mach::thread_id(thread).map_or_else(|| format!("#{}", index + 1), |id| id.to_string())
 }
