@@ -230,7 +230,7 @@ pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
         .flatten();
     if let Some(task) = task {
         if mach::pid_of(&task) == Some(pid) {
-            let waits = waiters::waits(&task, fds);
+            let waits = waiters::waits(&task, fds, None);
             for (fd, labels) in waits.by_fd {
                 found.entry(fd).or_default().extend(labels);
             }

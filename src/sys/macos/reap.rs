@@ -189,7 +189,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             }
         }
     }
-    super::waiters::hold_back_waited(&task, rows, &mut go);
+    super::waiters::hold_back_waited(&task, injector.thread().name(), rows, &mut go);
     if let Some(fd) = keeper {
         if let Err(why) = verify_keeper(target.pid, fd, rows, &devfs) {
             for &i in &go {

@@ -20,6 +20,7 @@ use crate::model::{MasterRow, Outcome};
 use mach::state::State;
 use mach2::kern_return::KERN_TERMINATED;
 use mach2::message::MACH_SEND_INVALID_DEST;
+use mach2::port::mach_port_t;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(target_arch = "aarch64")]
@@ -36,8 +37,9 @@ pub struct ThreadWaits {
     pub unreadable: Option<String>,
 }
 
-/// The waiters on `fds` among the task's threads.
-pub fn waits(task: &Port, fds: &BTreeSet<i32>) -> ThreadWaits {
+/// The waiters on `fds` among the task's threads, but `ours` (the reaper's own thread, parked in
+/// the target: it waits on nothing of the app's, and must not make its fds unreadable).
+pub fn waits(task: &Port, fds: &BTreeSet<i32>, ours: Option<mach_port_t>) -> ThreadWaits {
     let mut out = ThreadWaits::default();
     let Some(&max) = fds.iter().next_back() else {
         return out;
@@ -54,6 +56,9 @@ pub fn waits(task: &Port, fds: &BTreeSet<i32>) -> ThreadWaits {
         }
     };
     for (i, th) in threads.iter().enumerate() {
+        if Some(th.name()) == ours {
+            continue;
+        }
         match thread_waits(task, th, below) {
             Ok(None) => {}
             Ok(Some((call, waited))) => {
@@ -77,9 +82,13 @@ pub fn waits(task: &Port, fds: &BTreeSet<i32>) -> ThreadWaits {
 
 /// For the reaper, inside its suspension: each planned fd a thread waits on, with the detail
 /// for its `changed` result. Err: some thread could not be read, so no fd can be cleared.
-pub fn planned_fds_waited_on(task: &Port, fds: &[i32]) -> Result<BTreeMap<i32, String>, String> {
+pub fn planned_fds_waited_on(
+    task: &Port,
+    ours: mach_port_t,
+    fds: &[i32],
+) -> Result<BTreeMap<i32, String>, String> {
     let set: BTreeSet<i32> = fds.iter().copied().collect();
-    let w = waits(task, &set);
+    let w = waits(task, &set, Some(ours));
     if let Some(why) = w.unreadable {
         return Err(why);
     }
@@ -98,14 +107,19 @@ pub fn planned_fds_waited_on(task: &Port, fds: &[i32]) -> Result<BTreeMap<i32, S
 /// The reaper's one call, inside the suspension after re-verifying: every row of `go` whose fd
 /// (or a slave fd released with it) a thread waits on leaves `go` as `changed`, and all of them
 /// do when some thread could not be read (we never close what we could not check).
-pub fn hold_back_waited(task: &Port, rows: &mut [MasterRow], go: &mut Vec<usize>) {
+pub fn hold_back_waited(
+    task: &Port,
+    ours: mach_port_t,
+    rows: &mut [MasterRow],
+    go: &mut Vec<usize>,
+) {
     let released = |row: &MasterRow| -> Vec<i32> {
         std::iter::once(row.evidence.fd)
             .chain(row.evidence.target_slave_fds.iter().copied())
             .collect()
     };
     let fds: Vec<i32> = go.iter().flat_map(|&i| released(&rows[i])).collect();
-    let waited = planned_fds_waited_on(task, &fds);
+    let waited = planned_fds_waited_on(task, ours, &fds);
     go.retain(|&i| {
         let why = match &waited {
             Ok(by_fd) => released(&rows[i])
