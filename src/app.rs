@@ -185,11 +185,11 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         .filter(|r| r.withheld > 0)
         .filter_map(|r| r.not_releasable_because.clone())
         .collect();
+    for why in &refusals {
+        eprintln!("ptyreap: {why}");
+    }
     if cli.dry_run || planned == 0 {
         print(&reports, &snapshot.system, cli.dry_run);
-        for why in &refusals {
-            eprintln!("ptyreap: {why}");
-        }
         if !cli.dry_run && !refusals.is_empty() {
             return Ok(ExitCode::Failure);
         }
@@ -207,9 +207,6 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             );
         }
         return Ok(ExitCode::Success);
-    }
-    for why in &refusals {
-        eprintln!("ptyreap: {why}");
     }
 
     if !cli.yes {

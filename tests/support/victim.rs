@@ -397,16 +397,21 @@ mod linux {
         }
     }
 
-    /// A busy poll loop: POLLIN on every master; hung up, each poll returns at once.
-    fn spin_poll(masters: i32) {
-        STARTED.fetch_add(1, SeqCst);
-        let mut fds: Vec<libc::pollfd> = (0..masters)
+    /// POLLIN on each of the `masters` masters.
+    fn pollin_on_masters(masters: i32) -> Vec<libc::pollfd> {
+        (0..masters)
             .map(|i| libc::pollfd {
                 fd: FIRST_FD + i,
                 events: libc::POLLIN,
                 revents: 0,
             })
-            .collect();
+            .collect()
+    }
+
+    /// A busy poll loop: POLLIN on every master; hung up, each poll returns at once.
+    fn spin_poll(masters: i32) {
+        STARTED.fetch_add(1, SeqCst);
+        let mut fds = pollin_on_masters(masters);
         loop {
             // SAFETY: a valid pollfd array.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
@@ -444,15 +449,9 @@ mod linux {
         let s = unsafe { &*(arg as *const Sibling) };
         // SAFETY: prctl on ourselves.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-        let mut fds: Vec<libc::pollfd> = (0..s.masters)
-            .map(|i| libc::pollfd {
-                fd: FIRST_FD + i,
-                // Never-opened slaves: nothing to read, no hang-up; only an fd closed under the
-                // poll (POLLNVAL) or a slave opened and closed ends the wait.
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        // Never-opened slaves: nothing to read, no hang-up; only an fd closed under the poll
+        // (POLLNVAL) or a slave opened and closed ends the wait.
+        let mut fds = pollin_on_masters(s.masters);
         loop {
             // SAFETY: a valid pollfd array.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
