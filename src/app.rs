@@ -144,6 +144,11 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     } else {
         build_reports(cli, &targets, &snapshot)?
     };
+    if cli.verbose && !cli.json {
+        for r in reports.iter_mut() {
+            r.app = crate::identity::summary(&crate::identity::of_process(r.pid));
+        }
+    }
     let mut ptys = ptys::account(&mut reports);
     if cli.all {
         // only the processes, and the rows, that free a PTY

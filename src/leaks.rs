@@ -29,6 +29,15 @@ const KNOWN: &[KnownLeak] = &[
     },
 ];
 
+/// The `os` of the table for the system ptyreap runs on.
+pub fn this_os() -> &'static str {
+    if cfg!(target_os = "macos") {
+        "macos"
+    } else {
+        "linux"
+    }
+}
+
 /// What is known about `version` of node-pty on `os` ("linux", "macos"): one line per leak.
 pub fn known_leaks(version: &str, os: &str) -> Vec<String> {
     let Some(v) = Version::parse(version) else {

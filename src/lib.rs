@@ -13,6 +13,7 @@ pub mod confirm;
 pub mod duration;
 pub mod exit_code;
 pub mod groups;
+pub mod identity;
 pub mod interrupt;
 pub mod leaks;
 pub mod limit;

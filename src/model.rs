@@ -426,6 +426,8 @@ pub struct TargetReport {
     pub not_releasable_because: Option<String>,
     /// How many rows the plan would have released, had the process been releasable.
     pub withheld: usize,
+    /// With `-v`: which app it is (identity.rs), for the table.
+    pub app: Option<String>,
 }
 
 /// What a bug report says about a process besides its PTYs.
@@ -435,7 +437,4 @@ pub struct ProcessInfo {
     pub cmdline: Vec<String>,
     /// Unix time the process started.
     pub started_at: Option<i64>,
-    /// The app's version, when it can be read without running anything (e.g. an Electron app's
-    /// package.json, a macOS bundle's Info.plist).
-    pub version: Option<String>,
 }

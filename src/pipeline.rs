@@ -37,6 +37,7 @@ pub fn judge_target(
         stopped_us: None,
         not_releasable_because: None,
         withheld: 0,
+        app: None,
     };
     let refusal = sys::release_refusals(&[(target.pid, &target.name)], snapshot).pop();
     if let Some(why) = refusal.flatten() {

@@ -221,6 +221,7 @@ mod tests {
             stopped_us: None,
             not_releasable_because: None,
             withheld: 0,
+            app: None,
         }
     }
 

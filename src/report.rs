@@ -19,22 +19,20 @@ use std::time::Duration;
 /// The idle threshold the report's verdicts use (the one-shot command's default).
 const MIN_IDLE: Duration = Duration::from_secs(600);
 
-/// What upstream needs to know about the app: the node-pty it ships and whether that version is
-/// known to leak here (leaks.rs).
-fn app_facts(info: &crate::model::ProcessInfo) -> serde_json::Value {
-    let exe = info.exe.as_deref().map(Path::new);
-    let os = if cfg!(target_os = "macos") {
-        "macos"
-    } else {
-        "linux"
-    };
-    match crate::leaks::node_pty_of(exe, &info.cmdline) {
-        Some((version, found_in)) => json!({
-            "node_pty": {"version": version, "found_in": found_in},
-            "known_leaks": crate::leaks::known_leaks(&version, os),
+/// What upstream needs to know about the app: which app and version, its Electron, the
+/// node-pty it ships and whether that version is known to leak here (identity.rs, leaks.rs).
+fn app_facts(id: &crate::identity::Identity) -> serde_json::Value {
+    json!({
+        "id": id.id,
+        "version": id.version,
+        "electron": id.electron,
+        "node_pty": id.node_pty.as_ref().map(|(version, found_in)| {
+            json!({"version": version, "found_in": found_in})
         }),
-        None => json!({"node_pty": null, "known_leaks": []}),
-    }
+        "known_leaks": id.node_pty.as_ref().map_or(Vec::new(), |(v, _)| {
+            crate::leaks::known_leaks(v, crate::leaks::this_os())
+        }),
+    })
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +45,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let report =
         crate::pipeline::judge_target(&target, &snapshot, &policy, &plan::Choices::default())?;
     let info = sys::process_info(args.pid);
+    let identity = crate::identity::identify(info.exe.as_deref().map(Path::new), &info.cmdline);
     let generated = now();
     let counts: serde_json::Map<String, serde_json::Value> = [
         Verdict::Orphaned,
@@ -79,7 +78,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             "name": target.name,
             "exe": info.exe,
             "cmdline": info.cmdline,
-            "version": info.version,
+            "version": identity.version,
             "started_at": info.started_at.map(rfc3339),
             "uptime_s": info.started_at.map(|s| (generated - s).max(0)),
         },
@@ -87,7 +86,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             "masters": inspection["targets"][0]["masters"].as_array().map_or(0, Vec::len),
             "verdicts": counts,
         },
-        "app": app_facts(&info),
+        "app": app_facts(&identity),
         "masters": inspection["targets"][0]["masters"].take(),
         "min_idle_s": MIN_IDLE.as_secs(),
         "system": snapshot.system,

@@ -160,8 +160,9 @@ fn report_of_a_missing_pid_is_one_line() {
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 }
 
-/// The report names the node-pty an app ships, read out of its `resources/app.asar` without
-/// running anything: an "Electron app" here is a copy of the victim binary with an asar beside.
+/// The report (and `-v`) names the app — its package name and version, its Electron, the
+/// node-pty it ships — read out of its files without running anything: an "Electron app" here is
+/// a copy of the victim binary with Electron's `version` file and an asar beside.
 #[test]
 fn the_report_names_the_node_pty_an_app_ships() {
     if !support::require_root() {
@@ -177,6 +178,7 @@ fn the_report_names_the_node_pty_an_app_ships() {
         ),
     ]);
     std::fs::write(dir.join("resources/app.asar"), archive).unwrap();
+    std::fs::write(dir.join("version"), "33.2.0\n").unwrap();
     let exe = dir.join("leaky-app");
     std::fs::copy(env!("CARGO_BIN_EXE_ptyreap-victim"), &exe).unwrap();
     let ready = dir.join("ready");
@@ -189,11 +191,24 @@ fn the_report_names_the_node_pty_an_app_ships() {
         std::time::Duration::from_secs(10),
         || ready.exists()
     ));
-    let out = support::ptyreap(&["report", "--pid", &child.id().to_string()]);
+    let pid = child.id().to_string();
+    let out = support::ptyreap(&["report", "--pid", &pid]);
+    let verbose = support::ptyreap(&["--pid", &pid, "--dry-run", "-v", "--min-idle", "0"]);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
+    assert_eq!(doc["app"]["id"], "leaky-app", "{doc:#}");
+    assert_eq!(doc["app"]["version"], "3.2.1", "{doc:#}");
+    assert_eq!(doc["app"]["electron"], "33.2.0", "{doc:#}");
+    assert_eq!(doc["process"]["version"], "3.2.1", "{doc:#}");
+    assert_eq!(verbose.code, 0, "{verbose:?}");
+    assert!(
+        verbose
+            .stdout
+            .contains("  app: leaky-app 3.2.1, Electron 33.2.0, node-pty 1.1.0\n"),
+        "{verbose:?}"
+    );
     assert_eq!(doc["app"]["node_pty"]["version"], "1.1.0", "{doc:#}");
     assert!(
         doc["app"]["node_pty"]["found_in"]

@@ -223,6 +223,9 @@ pub fn target(t: &TargetReport, style: &Style) -> String {
         return out;
     }
     let _ = writeln!(out, ": {}", verdict_counts(&t.masters));
+    if let Some(app) = t.app.as_ref().filter(|_| style.verbose) {
+        let _ = writeln!(out, "  app: {app}");
+    }
     if let Some(why) = &t.not_releasable_because {
         let _ = writeln!(
             out,

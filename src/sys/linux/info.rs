@@ -1,7 +1,7 @@
-//! Facts about a process for the bug report: executable, command line, start time, version.
+//! Facts about a process for the bug report: executable, command line, start time (the app's
+//! identity is read from its files by identity.rs).
 
 use crate::model::ProcessInfo;
-use std::path::Path;
 
 pub fn start_time(pid: i32) -> Option<u64> {
     super::procfs::start_time(pid).ok()
@@ -19,12 +19,10 @@ pub fn process_info(pid: i32) -> ProcessInfo {
                 .collect()
         })
         .unwrap_or_default();
-    let version = exe.as_deref().and_then(|e| app_version(Path::new(e)));
     ProcessInfo {
         exe,
         cmdline,
         started_at: started_at(pid),
-        version,
     }
 }
 
@@ -57,14 +55,4 @@ fn started_at(pid: i32) -> Option<i64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| btime + (ticks / hz as u64) as i64)
-}
-
-/// Electron and node apps ship a package.json beside the executable (`resources/app/`).
-fn app_version(exe: &Path) -> Option<String> {
-    let dir = exe.parent()?;
-    ["resources/app/package.json", "package.json"]
-        .iter()
-        .find_map(|rel| std::fs::read_to_string(dir.join(rel)).ok())
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v["version"].as_str().map(str::to_string))
 }

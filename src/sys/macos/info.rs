@@ -1,5 +1,5 @@
-//! Facts about a process for the bug report: executable, start time, and the app's version from
-//! its bundle's Info.plist (read as a file, never by running anything).
+//! Facts about a process for the bug report: executable and start time (the app's identity is
+//! read from its bundle's files by identity.rs).
 
 use super::libproc;
 use crate::model::ProcessInfo;
@@ -15,19 +15,10 @@ pub fn process_info(pid: i32) -> ProcessInfo {
     let started_at = libproc::bsd_info(pid)
         .ok()
         .map(|i| i.pbi_start_tvsec as i64);
-    let version = exe.as_deref().and_then(bundle_version);
     ProcessInfo {
         exe,
         // KERN_PROCARGS2 would give it, but only for our own user's processes; left out
         cmdline: Vec::new(),
         started_at,
-        version,
     }
-}
-
-/// `…/Foo.app/Contents/MacOS/Foo` → `CFBundleShortVersionString` of `…/Foo.app/Contents/Info.plist`.
-fn bundle_version(exe: &str) -> Option<String> {
-    let contents = &exe[..exe.rfind("/Contents/MacOS/")? + "/Contents".len()];
-    let plist = std::fs::read_to_string(format!("{contents}/Info.plist")).ok()?;
-    super::logic::plist_string(&plist, "CFBundleShortVersionString")
 }

@@ -330,20 +330,6 @@ pub fn shared_cache_mismatch(
     }
 }
 
-/// The string value of `key` in an XML property list (`<key>K</key><string>V</string>`); binary
-/// plists give None. Enough for a bundle's version; not a general plist parser.
-pub fn plist_string(xml: &str, key: &str) -> Option<String> {
-    let after_key = &xml[xml.find(&format!("<key>{key}</key>"))? + key.len() + 11..];
-    let value = after_key.trim_start().strip_prefix("<string>")?;
-    let value = &value[..value.find("</string>")?];
-    Some(
-        value
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,18 +701,5 @@ mod tests {
         let mut dup = mac_orphan(6, 3600);
         dup.aliases = vec![40];
         assert_eq!(judge(&dup, &policy(0), NOW).verdict, Verdict::Merged);
-    }
-
-    #[test]
-    fn bundle_versions_from_info_plist() {
-        let xml = "<plist><dict>\n\t<key>CFBundleName</key>\n\t<string>Claude</string>\n\t\
-                   <key>CFBundleShortVersionString</key>\n\t<string>0.14.10</string>\n</dict></plist>";
-        assert_eq!(
-            plist_string(xml, "CFBundleShortVersionString").as_deref(),
-            Some("0.14.10")
-        );
-        assert_eq!(plist_string(xml, "CFBundleName").as_deref(), Some("Claude"));
-        assert_eq!(plist_string(xml, "Missing"), None);
-        assert_eq!(plist_string("<key>A</key><integer>1</integer>", "A"), None);
     }
 }
