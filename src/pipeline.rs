@@ -39,7 +39,7 @@ pub fn judge_target(
         withheld: 0,
         app: None,
     };
-    let refusal = sys::release_refusals(&[(target.pid, &target.name)], snapshot).pop();
+    let refusal = sys::release_refusals(&[(target.pid, &target.name)], snapshot, false).pop();
     if let Some(why) = refusal.flatten() {
         withhold(&mut report, why);
     }

@@ -145,7 +145,7 @@ pub fn census(c: &Census, style: &Style) -> String {
         .filter_map(|p| p.not_releasable_because.as_ref().map(|why| (p, why)))
         .collect();
     if !refused.is_empty() {
-        out.push_str("\n* ptyreap cannot release PTYs in these processes:\n");
+        out.push_str("\n* ptyreap cannot release PTYs in these processes, even as root:\n");
         for (p, why) in refused {
             let _ = writeln!(out, "  {} ({}): {}", p.pid, p.name, why);
         }

@@ -3,7 +3,7 @@
 //! - `open_target(pid)`: a pid pinned for inspection, or one plain error;
 //! - `processes_named(name)`: pids by comm or executable name;
 //! - `inspect(target, snapshot)`: the evidence for each of the target's master fds;
-//! - `release_refusals(processes, snapshot)`: why fds cannot be released in each at all (code signing, a frozen
+//! - `release_refusals(processes, snapshot, as_root)`: why fds cannot be released in each at all (code signing, a frozen
 //!   cgroup, ...), known before any plan is shown, so the plan offers nothing there;
 //! - `reap(target, rows)`: stop the target, re-verify each planned fd, release it by its method,
 //!   restore the target, and fill each row's `result`; returns how long the target was stopped.
@@ -39,6 +39,7 @@ pub use unsupported::{inspect, open_target, processes_named, reap, snapshot, Tar
 pub fn release_refusals(
     processes: &[(i32, &str)],
     _snapshot: &crate::model::Snapshot,
+    _as_root: bool,
 ) -> Vec<Option<String>> {
     vec![None; processes.len()]
 }

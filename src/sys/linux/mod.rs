@@ -23,8 +23,13 @@ pub use target::{open as open_target, processes_named, Target};
 
 /// For each process (pid, name): why fds cannot be released in it, known before any plan is
 /// shown; None when nothing known up front stands in the way (see `preflight.rs`). The cgroup
-/// mounts are read once for the batch.
-pub fn release_refusals(processes: &[(i32, &str)], _snapshot: &Snapshot) -> Vec<Option<String>> {
+/// mounts are read once for the batch. (`as_root` changes nothing here: ptrace's own permission
+/// is explained when attaching.)
+pub fn release_refusals(
+    processes: &[(i32, &str)],
+    _snapshot: &Snapshot,
+    _as_root: bool,
+) -> Vec<Option<String>> {
     let mounts = preflight::CgroupMounts::read();
     processes
         .iter()
