@@ -6,7 +6,8 @@ use crate::exit_code::{ExitCode, UserError};
 use crate::model::{self, Action, TargetReport};
 use crate::render::{self, Style};
 use crate::{
-    census, confirm, interrupt, limit, output, pipeline, plan, ptys, report, sys, verdict, watch,
+    census, confirm, interrupt, limit, output, pipeline, plan, ptys, reap, report, sys, verdict,
+    watch,
 };
 use anyhow::Result;
 
@@ -241,11 +242,9 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
                 Ok(mut fresh) if !fresh.is_empty() => refresh(report, fresh.remove(0)),
                 Ok(_) => {}
                 Err(e) => {
-                    for row in report.masters.iter_mut() {
-                        if row.action == Action::Close && row.result.is_none() {
-                            row.result = Some(model::Outcome::Changed);
-                            row.detail = Some(format!("changed since the plan: {}", e.message));
-                        }
+                    let why = format!("changed since the plan: {}", e.message);
+                    for i in reap::planned(&report.masters) {
+                        reap::settle(&mut report.masters[i], model::Outcome::Changed, &why);
                     }
                 }
             }
@@ -259,12 +258,11 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     let mut whole_target_errors = 0;
     for (report, target) in reports.iter_mut().zip(&targets) {
         if let Some(sig) = interrupt::received() {
-            for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
-                row.result = Some(model::Outcome::Kept);
-                if row.action == Action::Close {
-                    row.detail = Some(format!("not attempted: {} arrived", interrupt::name(sig)));
-                }
+            let why = format!("not attempted: {} arrived", interrupt::name(sig));
+            for i in reap::planned(&report.masters) {
+                reap::settle(&mut report.masters[i], model::Outcome::Kept, &why);
             }
+            reap::finish_kept(&mut report.masters);
             continue;
         }
         match sys::reap(target, &mut report.masters) {
@@ -272,14 +270,9 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             Err(err) => {
                 eprintln!("ptyreap: {err}");
                 whole_target_errors += 1;
-                for row in report.masters.iter_mut().filter(|r| r.result.is_none()) {
-                    if row.action == Action::Close {
-                        row.result = Some(model::Outcome::Failed);
-                        row.detail = Some(err.message.clone());
-                    } else {
-                        row.result = Some(model::Outcome::Kept);
-                    }
-                }
+                let planned = reap::planned(&report.masters);
+                reap::fail_unsettled(&mut report.masters, &planned, &err.message);
+                reap::finish_kept(&mut report.masters);
             }
         }
     }
@@ -393,18 +386,20 @@ fn refresh(report: &mut TargetReport, fresh: TargetReport) {
                 row.evidence = f.evidence.clone();
                 row.judgement = f.judgement.clone();
             }
-            Some(f) => {
-                row.result = Some(model::Outcome::Changed);
-                row.detail = Some(format!(
+            Some(f) => reap::settle(
+                row,
+                model::Outcome::Changed,
+                format!(
                     "changed since the plan: now {} ({})",
                     f.judgement.verdict.as_str(),
                     f.judgement.reason
-                ));
-            }
-            None => {
-                row.result = Some(model::Outcome::Changed);
-                row.detail = Some("changed since the plan: no longer a PTY master".into());
-            }
+                ),
+            ),
+            None => reap::settle(
+                row,
+                model::Outcome::Changed,
+                "changed since the plan: no longer a PTY master",
+            ),
         }
     }
 }

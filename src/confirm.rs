@@ -133,6 +133,5 @@ fn label(t: &TargetReport, r: &MasterRow) -> String {
 fn keep_by_choice(r: &mut MasterRow) {
     r.action = Action::Keep;
     r.method = None;
-    r.result = Some(Outcome::Kept);
-    r.detail = Some("not chosen at the prompt".into());
+    crate::reap::settle(r, Outcome::Kept, "not chosen at the prompt");
 }

@@ -26,6 +26,7 @@ pub mod plan;
 #[cfg(all(test, target_os = "linux"))]
 mod proptests;
 pub mod ptys;
+pub mod reap;
 pub mod render;
 pub mod report;
 pub mod sys;

@@ -125,18 +125,6 @@ fn choose_merge_keeper(rows: &mut [MasterRow]) {
     };
 }
 
-/// The fd every `merge` row is dup2()ed onto: an existing merged group's lowest fd, else the
-/// keeper chosen above.
-pub fn merge_keeper(rows: &[MasterRow]) -> Option<i32> {
-    if !rows.iter().any(|r| r.method == Some(Method::Merge)) {
-        return None;
-    }
-    rows.iter()
-        .find(|r| r.judgement.verdict == Verdict::Merged)
-        .or_else(|| rows.iter().find(|r| r.merge_keeper))
-        .map(|r| r.evidence.fd)
-}
-
 /// Parses `--fd 3,7-12`.
 pub fn parse_fd_list(text: &str) -> Result<BTreeSet<i32>, String> {
     let mut set = BTreeSet::new();
@@ -169,6 +157,7 @@ pub fn parse_fd_list(text: &str) -> Result<BTreeSet<i32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reap::merge_keeper;
 
     fn row(fd: i32, verdict: Verdict) -> (Evidence, Judgement) {
         opened(fd, verdict, Some(OpenedBy::Inherited))

@@ -23,6 +23,36 @@ pub fn no_such_process(pid: i32) -> UserError {
     ))
 }
 
+pub fn zombie(pid: i32, name: &str, ppid: impl std::fmt::Display) -> UserError {
+    UserError::failure(format!(
+        "pid {pid} ({name}) is a zombie: its fds are already closed, so it holds no PTY; its \
+         parent ({ppid}) must reap it"
+    ))
+}
+
+/// How reading one fd of a target failed, the same way on every backend.
+pub enum FdProbeError {
+    /// EBADF: closed since the scan (not an error: the fd is no longer there).
+    Closed,
+    /// ESRCH: the whole process exited.
+    Exited,
+    /// EPERM: not permitted (the backend says why).
+    Denied,
+    /// Anything else: that fd's evidence is missing.
+    Other,
+}
+
+impl FdProbeError {
+    pub fn of(e: &std::io::Error) -> FdProbeError {
+        match e.raw_os_error() {
+            Some(libc::EBADF) => FdProbeError::Closed,
+            Some(libc::ESRCH) => FdProbeError::Exited,
+            Some(libc::EPERM) => FdProbeError::Denied,
+            _ => FdProbeError::Other,
+        }
+    }
+}
+
 pub fn exited_while_inspected(pid: i32, name: &str) -> UserError {
     UserError::failure(format!("pid {pid} ({name}) exited while being inspected"))
 }

@@ -12,6 +12,8 @@
 //! per OS.
 
 pub mod checks;
+#[cfg(unix)]
+pub mod deferral;
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]

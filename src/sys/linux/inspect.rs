@@ -7,6 +7,7 @@ use super::target::{self, Target};
 use super::watchers;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, OpenedBy, Snapshot};
+use crate::sys::checks::{self, FdProbeError};
 
 /// How far apart a PTY's creation and the process's start must be to say who opened it: the
 /// start is known to a clock tick (10 ms), a fork and the PTY's creation can be that close.
@@ -85,17 +86,14 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                 }
                 Err(e) => ev.missing = Some(format!("fd {} is no longer a PTY master ({e})", m.fd)),
             },
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue, // closed since the scan
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                return Err(crate::sys::checks::exited_while_inspected(
-                    pid,
-                    &target.name,
-                ))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                return Err(target::not_permitted(pid, &target.name))
-            }
-            Err(e) => ev.missing = Some(format!("cannot copy fd {}: {e}", m.fd)),
+            Err(e) => match FdProbeError::of(&e) {
+                FdProbeError::Closed => continue, // closed since the scan
+                FdProbeError::Exited => {
+                    return Err(checks::exited_while_inspected(pid, &target.name))
+                }
+                FdProbeError::Denied => return Err(target::not_permitted(pid, &target.name)),
+                FdProbeError::Other => ev.missing = Some(format!("cannot copy fd {}: {e}", m.fd)),
+            },
         }
         snapshot.join(pid, &mut ev);
         let (shared, others) = std::mem::take(&mut ev.other_master_holders)

@@ -21,12 +21,13 @@
 use super::arch::nr;
 use super::pidfd::Pidfd;
 use super::preflight;
-use super::ptrace::{in_tracer_thread, AttachError, Injector, SignalDeferral, StoppedProcess};
+use super::ptrace::{in_tracer_thread, AttachError, Injector, StoppedProcess};
 use super::pty;
 use super::target::Target;
 use crate::exit_code::UserError;
-use crate::model::{Action, MasterRow, Method, Outcome, PtyId};
-use crate::plan;
+use crate::model::{MasterRow, Method, Outcome, PtyId};
+use crate::reap;
+use crate::sys::deferral::SignalDeferral;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -100,11 +101,9 @@ fn read_tracer(fd: OwnedFd, deadline: Duration, hard_deadline: Duration) -> Trac
 }
 
 pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
-    let planned: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
-        .collect();
+    let planned = reap::planned(rows);
     if planned.is_empty() {
-        finish_kept(rows);
+        reap::finish_kept(rows);
         return Ok(Duration::ZERO);
     }
     preflight_checks(target, rows)?;
@@ -281,7 +280,7 @@ fn reap_stopped(
     planned: &[usize],
     phase: &dyn Fn(u8),
 ) -> Result<Duration, UserError> {
-    let keeper = plan::merge_keeper(rows);
+    let keeper = reap::merge_keeper(rows);
     // Copies of every planned fd, checked now; inside the stop one kcmp per fd proves the target
     // still has the very same open file. They are closed only after the target is resumed: the
     // last close of a PTY does the kernel's release work, which need not happen inside the stop.
@@ -289,10 +288,7 @@ fn reap_stopped(
     for &i in planned {
         match pin(&target.pidfd, &rows[i]) {
             Ok(p) => pins.push((i, p)),
-            Err(why) => {
-                rows[i].result = Some(Outcome::Changed);
-                rows[i].detail = Some(why);
-            }
+            Err(why) => reap::settle(&mut rows[i], Outcome::Changed, why),
         }
     }
     let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
@@ -311,10 +307,7 @@ fn reap_stopped(
     for ((i, pinned), hung_up) in pins.iter().zip(hung_up) {
         match verify_pinned(&target.pidfd, pinned, hung_up, &rows[*i]) {
             Ok(()) => go.push(*i),
-            Err(why) => {
-                rows[*i].result = Some(Outcome::Changed);
-                rows[*i].detail = Some(why);
-            }
+            Err(why) => reap::settle(&mut rows[*i], Outcome::Changed, why),
         }
     }
     go.sort_unstable();
@@ -323,13 +316,7 @@ fn reap_stopped(
         None => Ok(()),
     };
     if let Err(why) = &keeper_ok {
-        for &i in &go {
-            if rows[i].method == Some(Method::Merge) {
-                rows[i].result = Some(Outcome::Changed);
-                rows[i].detail = Some(why.clone());
-            }
-        }
-        go.retain(|&i| rows[i].method != Some(Method::Merge));
+        reap::withdraw(rows, &mut go, Method::Merge, why);
     }
 
     // 4. release
@@ -344,12 +331,7 @@ fn reap_stopped(
         Err(e) => Err(format!("cannot run a system call in the target: {e}")),
     };
     if let Err(why) = run {
-        for &i in &go {
-            if rows[i].result.is_none() {
-                rows[i].result = Some(Outcome::Failed);
-                rows[i].detail = Some(why.clone());
-            }
-        }
+        reap::fail_unsettled(rows, &go, &why);
     }
 
     // 5. restore, resume, detach
@@ -359,7 +341,7 @@ fn reap_stopped(
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
     verify_after(&target.pidfd, &pins, rows);
     drop(pins);
-    finish_kept(rows);
+    reap::finish_kept(rows);
     Ok(stopped_for)
 }
 
@@ -383,13 +365,6 @@ fn reserve_fd_slots(n: usize, any_fd: &Pidfd) {
         if high >= 0 {
             libc::close(high);
         }
-    }
-}
-
-/// Rows that were never planned are `kept`.
-fn finish_kept(rows: &mut [MasterRow]) {
-    for r in rows.iter_mut().filter(|r| r.result.is_none()) {
-        r.result = Some(Outcome::Kept);
     }
 }
 
@@ -702,8 +677,7 @@ fn set_result(row: &mut MasterRow, errs: Vec<String>) {
     if errs.is_empty() {
         row.result = Some(Outcome::Closed);
     } else {
-        row.result = Some(Outcome::Failed);
-        row.detail = Some(errs.join("; "));
+        reap::settle(row, Outcome::Failed, errs.join("; "));
     }
 }
 
@@ -791,8 +765,7 @@ fn verify_after(pidfd: &Pidfd, pins: &[(usize, Pinned)], rows: &mut [MasterRow])
             continue;
         }
         if same_file(own, pidfd.pid(), &pinned.master, r.evidence.fd) == Some(true) {
-            r.result = Some(Outcome::Failed);
-            r.detail = Some("still open after the reap".into());
+            reap::settle(r, Outcome::Failed, "still open after the reap");
         }
     }
 }

@@ -27,11 +27,7 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
         )));
     }
     if matches!(stat.state, 'Z' | 'X') {
-        return Err(UserError::failure(format!(
-            "pid {pid} ({name}) is a zombie: its fds are already closed, so it holds no PTY; \
-             its parent ({}) must reap it",
-            stat.ppid
-        )));
+        return Err(crate::sys::checks::zombie(pid, &name, stat.ppid));
     }
     if stat.is_kernel_thread() {
         return Err(UserError::failure(format!(

@@ -17,6 +17,7 @@ use super::target::{self, Target};
 use super::waiters;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Holder, Snapshot};
+use crate::sys::checks::{self, FdProbeError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 
@@ -55,17 +56,14 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                 ev.guarded = v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0;
                 shared = v.pfi.fi_status & ffi::PROC_FP_SHARED != 0;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue, // closed since the scan
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                return Err(crate::sys::checks::exited_while_inspected(
-                    pid,
-                    &target.name,
-                ))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                return Err(target::not_permitted(pid, &target.name))
-            }
-            Err(e) => ev.missing = Some(format!("cannot read fd {}: {e}", m.fd)),
+            Err(e) => match FdProbeError::of(&e) {
+                FdProbeError::Closed => continue, // closed since the scan
+                FdProbeError::Exited => {
+                    return Err(checks::exited_while_inspected(pid, &target.name))
+                }
+                FdProbeError::Denied => return Err(target::not_permitted(pid, &target.name)),
+                FdProbeError::Other => ev.missing = Some(format!("cannot read fd {}: {e}", m.fd)),
+            },
         }
         if let Some(pty) = ev.pty {
             let path = logic::slave_path(pty.index);

@@ -7,7 +7,7 @@ use super::ffi;
 use super::guardian::Guardian;
 use super::guardian_log::Record;
 use super::logic::SharedCache;
-use mach2::kern_return::{kern_return_t, KERN_SUCCESS};
+use mach2::kern_return::{kern_return_t, KERN_FAILURE, KERN_SUCCESS};
 use mach2::mach_types::{task_t, thread_act_t};
 use mach2::message::mach_msg_type_number_t;
 use mach2::port::{mach_port_t, MACH_PORT_NULL};
@@ -415,17 +415,10 @@ impl RemoteThread {
     /// signals (SIGCHLD, SIGWINCH, ...) can never be delivered to ours.
     pub fn create(task: &Port) -> Result<RemoteThread, kern_return_t> {
         let mut th: thread_act_t = MACH_PORT_NULL;
-        // SAFETY: sigset manipulation on our own thread; the old mask is restored below.
-        let kr = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            // out-pointer; the new thread starts suspended
-            let kr = thread_create(task.name(), &mut th);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            kr
-        };
+        let every = crate::sys::deferral::SignalDeferral::every().map_err(|_| KERN_FAILURE)?;
+        // SAFETY: out-pointer; the new thread starts suspended.
+        let kr = unsafe { thread_create(task.name(), &mut th) };
+        drop(every);
         if kr != KERN_SUCCESS {
             return Err(kr);
         }

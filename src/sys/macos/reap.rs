@@ -34,8 +34,9 @@ use super::mach::{self, Suspension};
 use super::scan::Devfs;
 use super::target::{self, Target};
 use crate::exit_code::UserError;
-use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
-use crate::plan;
+use crate::model::{MasterRow, Method, Outcome, Verdict};
+use crate::reap;
+use crate::sys::deferral::SignalDeferral;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
@@ -45,11 +46,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const SUSPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
-    let planned: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
-        .collect();
+    let planned = reap::planned(rows);
     if planned.is_empty() {
-        finish_kept(rows);
+        reap::finish_kept(rows);
         return Ok(Duration::ZERO);
     }
     // platform binaries and hardened tasks are refused before anything (see releasable.rs):
@@ -57,7 +56,9 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     if let Some(why) = target::refused_now(target) {
         return Err(UserError::failure(why));
     }
-    let _blocked = SignalBlock::new();
+    let _deferred = SignalDeferral::new().map_err(|e| {
+        UserError::failure(format!("cannot defer signals: {e}; nothing was changed"))
+    })?;
     let nothing = |why: String| {
         UserError::failure(format!(
             "pid {} ({}): {why}; nothing was changed",
@@ -116,7 +117,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     let dup2 = Function::ours(&[c"dup2"]).map_err(nothing)?;
 
     // the sources of dup2: the merge keeper and a /dev/null the target already has open
-    let keeper = plan::merge_keeper(rows);
+    let keeper = reap::merge_keeper(rows);
     let devnull_rdev = std::fs::metadata("/dev/null").map(|m| m.rdev() as u32).ok();
     let wants_devnull = planned
         .iter()
@@ -129,11 +130,11 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     if wants_devnull && devnull.is_none() {
         for &i in &planned {
             if rows[i].method == Some(Method::Devnull) {
-                rows[i].result = Some(Outcome::Failed);
-                rows[i].detail = Some(
+                reap::settle(
+                    &mut rows[i],
+                    Outcome::Failed,
                     "the target has no /dev/null open to dup2 from, and ptyreap writes no \
-                     memory in it to open one: use --method close or merge"
-                        .into(),
+                     memory in it to open one: use --method close or merge",
                 );
             }
         }
@@ -143,7 +144,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         .filter(|&i| rows[i].result.is_none())
         .collect();
     if planned.is_empty() {
-        finish_kept(rows);
+        reap::finish_kept(rows);
         return Ok(Duration::ZERO);
     }
 
@@ -183,33 +184,19 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     for &i in &planned {
         match verify(target.pid, &rows[i], &devfs) {
             Ok(()) => go.push(i),
-            Err(why) => {
-                rows[i].result = Some(Outcome::Changed);
-                rows[i].detail = Some(why);
-            }
+            Err(why) => reap::settle(&mut rows[i], Outcome::Changed, why),
         }
     }
     super::waiters::hold_back_waited(&task, injector.thread().name(), rows, &mut go);
     if let Some(fd) = keeper {
         if let Err(why) = verify_keeper(target.pid, fd, rows, &devfs) {
-            for &i in &go {
-                if rows[i].method == Some(Method::Merge) {
-                    rows[i].result = Some(Outcome::Changed);
-                    rows[i].detail = Some(why.clone());
-                }
-            }
-            go.retain(|&i| rows[i].method != Some(Method::Merge));
+            reap::withdraw(rows, &mut go, Method::Merge, &why);
         }
     }
     if let Some(fd) = devnull {
         if !is_devnull(target.pid, fd, devnull_rdev) {
-            for &i in &go {
-                if rows[i].method == Some(Method::Devnull) {
-                    rows[i].result = Some(Outcome::Changed);
-                    rows[i].detail = Some(format!("fd {fd} of the target is no longer /dev/null"));
-                }
-            }
-            go.retain(|&i| rows[i].method != Some(Method::Devnull));
+            let why = format!("fd {fd} of the target is no longer /dev/null");
+            reap::withdraw(rows, &mut go, Method::Devnull, &why);
         }
     }
 
@@ -238,8 +225,11 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             }
         }
         if let Some(why) = &stop_all {
-            rows[i].result = Some(Outcome::Failed);
-            rows[i].detail = Some(format!("not attempted: {why}"));
+            reap::settle(
+                &mut rows[i],
+                Outcome::Failed,
+                format!("not attempted: {why}"),
+            );
             continue;
         }
         let row = &rows[i];
@@ -296,10 +286,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         let row = &mut rows[i];
         match failure {
             None => row.result = Some(Outcome::Closed),
-            Some(why) => {
-                row.result = Some(Outcome::Failed);
-                row.detail = Some(why);
-            }
+            Some(why) => reap::settle(row, Outcome::Failed, why),
         }
     }
 
@@ -311,7 +298,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     drop(task);
     verify_after(target.pid, rows, keeper, devnull_rdev, &devfs);
     recheck_pending(target.pid, rows, &may_complete, &devfs);
-    finish_kept(rows);
+    reap::finish_kept(rows);
     Ok(stopped_for)
 }
 
@@ -332,11 +319,11 @@ fn recheck_pending(pid: i32, rows: &mut [MasterRow], pending: &[usize], devfs: &
             master_index(pid, row.evidence.fd, devfs).ok() == row.evidence.pty.map(|p| p.index)
         });
         for &i in pending.iter().filter(|i| !open.contains(i)) {
-            rows[i].result = Some(Outcome::Closed);
-            rows[i].detail = Some(
+            reap::settle(
+                &mut rows[i],
+                Outcome::Closed,
                 "the call completed after the window, once the app's own call on this fd \
-                 returned"
-                    .into(),
+                 returned",
             );
         }
         if open.is_empty() || std::time::Instant::now() > deadline {
@@ -358,13 +345,6 @@ fn fn_name(method: Method) -> &'static str {
     match method {
         Method::Close => "close",
         Method::Merge | Method::Devnull => "dup2",
-    }
-}
-
-/// Rows that were never planned are `kept`.
-fn finish_kept(rows: &mut [MasterRow]) {
-    for r in rows.iter_mut().filter(|r| r.result.is_none()) {
-        r.result = Some(Outcome::Kept);
     }
 }
 
@@ -482,56 +462,12 @@ fn verify_after(
             }),
         };
         if !ok {
-            r.result = Some(Outcome::Failed);
-            r.detail = Some(if still_ours {
-                "still open after the reap".into()
+            let why = if still_ours {
+                "still open after the reap"
             } else {
-                "not what the call should have left after the reap".into()
-            });
+                "not what the call should have left after the reap"
+            };
+            reap::settle(r, Outcome::Failed, why);
         }
-    }
-}
-
-/// Blocks every catchable signal that would end ptyreap until dropped (then restores the mask).
-struct SignalBlock {
-    old: libc::sigset_t,
-}
-
-impl SignalBlock {
-    fn new() -> SignalBlock {
-        // SAFETY: plain sigset manipulation on zeroed sets, then pthread_sigmask on our thread.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for sig in [
-                libc::SIGINT,
-                libc::SIGTERM,
-                libc::SIGHUP,
-                libc::SIGQUIT,
-                libc::SIGPIPE,
-                libc::SIGTSTP,
-                libc::SIGTTIN,
-                libc::SIGTTOU,
-                libc::SIGALRM,
-                libc::SIGUSR1,
-                libc::SIGUSR2,
-                libc::SIGXCPU,
-                libc::SIGXFSZ,
-                libc::SIGVTALRM,
-                libc::SIGPROF,
-            ] {
-                libc::sigaddset(&mut set, sig);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            SignalBlock { old }
-        }
-    }
-}
-
-impl Drop for SignalBlock {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
 }

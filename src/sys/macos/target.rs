@@ -59,11 +59,7 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
     };
     let name = info.name();
     if info.pbi_status == ffi::SZOMB {
-        return Err(UserError::failure(format!(
-            "pid {pid} ({name}) is a zombie: its fds are already closed, so it holds no PTY; \
-             its parent ({}) must reap it",
-            info.pbi_ppid
-        )));
+        return Err(crate::sys::checks::zombie(pid, &name, info.pbi_ppid));
     }
     if let Err(e) = libproc::list_fds(pid) {
         return Err(match e.raw_os_error() {

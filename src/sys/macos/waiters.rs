@@ -132,8 +132,7 @@ pub fn hold_back_waited(
         };
         let keep = why.is_none();
         if let Some(why) = why {
-            rows[i].result = Some(Outcome::Changed);
-            rows[i].detail = Some(why);
+            crate::reap::settle(&mut rows[i], Outcome::Changed, why);
         }
         keep
     });

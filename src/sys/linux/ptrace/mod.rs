@@ -8,8 +8,6 @@
 //!   an EPERM ([`diagnose_eperm`]).
 //! - `stopped.rs`: [`StoppedProcess`], the guard holding every thread stopped, and
 //!   [`in_tracer_thread`]; the kernel behaviour the stop relies on is described there.
-//! - `deferral.rs`: [`SignalDeferral`], holding off the signals that would end ptyreap while a
-//!   target is stopped.
 //! - `inject.rs`: the [`Injector`], which borrows a [`StoppedProcess`] and runs syscalls in it;
 //!   the kernel behaviour injection relies on is described there.
 //! - `peek.rs`: one thread traced alone, untouched, until its next call of a kind (busy poll
@@ -19,13 +17,12 @@
 //! tests of the injector (real processes, real ptrace) are in `inject_tests.rs`, the target
 //! programs they run in `test_target.rs`.
 //!
-//! A session, in order: a [`SignalDeferral`], then [`in_tracer_thread`] running
+//! A session, in order: a [`SignalDeferral`](crate::sys::deferral::SignalDeferral), then [`in_tracer_thread`] running
 //! [`StoppedProcess::stop`], any number of [`StoppedProcess::injector`]s one after another (each
 //! restores its thread when dropped or [finished](Injector::finish)), then
 //! [`StoppedProcess::resume`].
 
 mod attach_error;
-mod deferral;
 mod inject;
 pub mod peek;
 mod raw;
@@ -37,6 +34,5 @@ mod inject_tests;
 mod test_target;
 
 pub use attach_error::{diagnose_eperm, AttachError};
-pub use deferral::{SignalDeferral, DEFERRED_SIGNALS};
 pub use inject::{errno_of, InjectError, Injector};
 pub use stopped::{in_tracer_thread, ResumeError, StoppedProcess};

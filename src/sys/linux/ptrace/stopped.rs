@@ -527,7 +527,7 @@ impl Drop for StoppedProcess {
 
 /// Run `f` on a new thread that ends when `f` returns: any thread that could not be detached
 /// (one that never stopped) is let go by the kernel when its tracer thread exits. Create the
-/// [`SignalDeferral`](super::SignalDeferral) before calling this: the new thread inherits the
+/// [`SignalDeferral`](crate::sys::deferral::SignalDeferral) before calling this: the new thread inherits the
 /// blocked signals.
 pub fn in_tracer_thread<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
     std::thread::scope(|s| match s.spawn(f).join() {

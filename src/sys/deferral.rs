@@ -1,10 +1,13 @@
-//! Holding off the signals that would end ptyreap while a target is stopped.
+//! Holding off the signals that would end ptyreap while a target is stopped, on every backend:
+//! dying inside the window would leave a Linux target with changed registers, or a macOS app's
+//! threads suspended (its guardian would then have to step in).
 
 use std::io;
 use std::marker::PhantomData;
 
 /// The signals that would kill or stop ptyreap from outside: blocked while a target is held, so
 /// the target is always restored first; delivered when this is dropped.
+#[cfg(target_os = "linux")]
 pub const DEFERRED_SIGNALS: [i32; 17] = [
     libc::SIGHUP,
     libc::SIGINT,
@@ -24,11 +27,30 @@ pub const DEFERRED_SIGNALS: [i32; 17] = [
     libc::SIGIO,
     libc::SIGPWR,
 ];
+/// The same, where there is no SIGPWR.
+#[cfg(not(target_os = "linux"))]
+pub const DEFERRED_SIGNALS: [i32; 16] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+];
 
 /// Blocks [`DEFERRED_SIGNALS`] in the calling thread (`pthread_sigmask`) for its lifetime; the
 /// old mask comes back on drop, and with it any signal that arrived meanwhile. Create it before
-/// [`StoppedProcess::stop`](super::StoppedProcess::stop), drop it after
-/// [`StoppedProcess::resume`](super::StoppedProcess::resume). SIGKILL cannot be deferred.
+/// the target is stopped, drop it after it is resumed. SIGKILL cannot be deferred.
 pub struct SignalDeferral {
     old: libc::sigset_t,
     _not_send: PhantomData<*const ()>,
@@ -38,8 +60,6 @@ impl SignalDeferral {
     pub fn new() -> io::Result<SignalDeferral> {
         // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: valid pointers to sigset_t values we own.
         unsafe {
             libc::sigemptyset(&mut set);
@@ -47,8 +67,23 @@ impl SignalDeferral {
                 libc::sigaddset(&mut set, sig);
             }
         }
+        SignalDeferral::blocking(&set)
+    }
+
+    /// Every signal blocked: around creating a thread in a target, which inherits the mask.
+    pub fn every() -> io::Result<SignalDeferral> {
+        // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a sigset_t we own.
+        unsafe { libc::sigfillset(&mut set) };
+        SignalDeferral::blocking(&set)
+    }
+
+    fn blocking(set: &libc::sigset_t) -> io::Result<SignalDeferral> {
+        // SAFETY: sigset_t is plain data.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: valid pointers; pthread_sigmask changes only this thread's mask.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, &mut old) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -71,7 +106,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ptrace_signal_deferral_blocks_and_restores() {
+    fn signal_deferral_blocks_and_restores() {
         let mask = || {
             // SAFETY: plain data; pthread_sigmask with a null new set only reads.
             let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -85,6 +120,11 @@ mod tests {
         let before = mask();
         {
             let _d = SignalDeferral::new().unwrap();
+            assert!(mask().iter().all(|&b| b));
+        }
+        assert_eq!(mask(), before);
+        {
+            let _d = SignalDeferral::every().unwrap();
             assert!(mask().iter().all(|&b| b));
         }
         assert_eq!(mask(), before);

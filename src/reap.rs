@@ -1,0 +1,109 @@
+//! The part of reaping both backends share: which rows are planned, how a row is settled, what a
+//! stale merge keeper or /dev/null source takes with it, and that every row ends with a result.
+//! Each backend (`sys::linux::reap`, `sys::macos::reap`) does only what its OS needs in between:
+//! stop the target, re-verify each planned fd inside the stop, release, restore, look again from
+//! outside — the protocol of docs/DESIGN.md, "Reaping".
+
+use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
+
+/// The rows to release: planned `close`, not settled yet (refresh may have settled some).
+pub fn planned(rows: &[MasterRow]) -> Vec<usize> {
+    (0..rows.len())
+        .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
+        .collect()
+}
+
+/// A row's result, and why.
+pub fn settle(row: &mut MasterRow, outcome: Outcome, detail: impl Into<String>) {
+    row.result = Some(outcome);
+    row.detail = Some(detail.into());
+}
+
+/// Every row of `go` released by `method` is `changed` for `why` (its source — the merge keeper,
+/// a /dev/null fd — is no longer what it was) and leaves `go`.
+pub fn withdraw(rows: &mut [MasterRow], go: &mut Vec<usize>, method: Method, why: &str) {
+    go.retain(|&i| {
+        if rows[i].method != Some(method) {
+            return true;
+        }
+        settle(&mut rows[i], Outcome::Changed, why);
+        false
+    });
+}
+
+/// Every row of `go` not settled yet failed, for `why`.
+pub fn fail_unsettled(rows: &mut [MasterRow], go: &[usize], why: &str) {
+    for &i in go {
+        if rows[i].result.is_none() {
+            settle(&mut rows[i], Outcome::Failed, why);
+        }
+    }
+}
+
+/// Rows that were never planned (or never reached) are `kept`.
+pub fn finish_kept(rows: &mut [MasterRow]) {
+    for r in rows.iter_mut().filter(|r| r.result.is_none()) {
+        r.result = Some(Outcome::Kept);
+    }
+}
+
+/// The fd every `merge` row is dup2()ed onto, as the plan named it (`plan::choose_merge_keeper`):
+/// an existing merged group's lowest fd, else the row marked keeper.
+pub fn merge_keeper(rows: &[MasterRow]) -> Option<i32> {
+    if !rows.iter().any(|r| r.method == Some(Method::Merge)) {
+        return None;
+    }
+    rows.iter()
+        .find(|r| r.judgement.verdict == Verdict::Merged)
+        .or_else(|| rows.iter().find(|r| r.merge_keeper))
+        .map(|r| r.evidence.fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Evidence, Judgement};
+
+    fn row(fd: i32, action: Action, method: Option<Method>) -> MasterRow {
+        MasterRow {
+            evidence: Evidence {
+                fd,
+                ..Evidence::default()
+            },
+            judgement: Judgement {
+                verdict: Verdict::Orphaned,
+                reason: String::new(),
+                idle_s: None,
+            },
+            action,
+            method,
+            result: None,
+            detail: None,
+            merge_keeper: false,
+            frees_pty: None,
+        }
+    }
+
+    #[test]
+    fn planned_rows_are_withdrawn_failed_and_kept_by_rule() {
+        let mut rows = vec![
+            row(3, Action::Close, Some(Method::Merge)),
+            row(4, Action::Close, Some(Method::Close)),
+            row(5, Action::Keep, None),
+            row(6, Action::Close, Some(Method::Devnull)),
+        ];
+        rows[3].result = Some(Outcome::Changed); // settled by the refresh
+        let mut go = planned(&rows);
+        assert_eq!(go, vec![0, 1]);
+        withdraw(&mut rows, &mut go, Method::Merge, "the keeper moved");
+        assert_eq!(go, vec![1]);
+        assert_eq!(rows[0].result, Some(Outcome::Changed));
+        assert_eq!(rows[0].detail.as_deref(), Some("the keeper moved"));
+        fail_unsettled(&mut rows, &[0, 1], "no thread");
+        assert_eq!(rows[0].result, Some(Outcome::Changed), "settled stays");
+        assert_eq!(rows[1].result, Some(Outcome::Failed));
+        finish_kept(&mut rows);
+        assert_eq!(rows[2].result, Some(Outcome::Kept));
+        assert_eq!(rows[2].detail, None);
+    }
+}
