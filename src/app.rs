@@ -3,12 +3,9 @@
 
 use crate::cli::{self, Cli};
 use crate::exit_code::{ExitCode, UserError};
-use crate::model::{self, Action, TargetReport};
+use crate::model::{self, TargetReport};
 use crate::render::{self, Style};
-use crate::{
-    census, confirm, interrupt, limit, output, pipeline, plan, ptys, reap, report, sys, verdict,
-    watch,
-};
+use crate::{census, confirm, interrupt, limit, output, pipeline, ptys, reap, report, sys, watch};
 use anyhow::Result;
 
 pub fn run(cli: &Cli) -> Result<ExitCode> {
@@ -221,7 +218,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         if !cli.json {
             print(&reports, &snapshot.system, true);
         }
-        if let confirm::Answer::Declined(why) = confirm::confirm(&mut reports, false) {
+        if let confirm::Answer::Declined(why) = confirm::confirm(&mut reports) {
             if cli.json {
                 print(&reports, &snapshot.system, true);
             }
@@ -338,15 +335,7 @@ fn build_reports(
     targets: &[sys::Target],
     snapshot: &model::Snapshot,
 ) -> Result<Vec<TargetReport>, UserError> {
-    let policy = verdict::Policy {
-        min_idle: cli.min_idle,
-        include_stale: cli.include_stale,
-    };
-    let choices = plan::Choices {
-        fds: cli.fd.clone(),
-        include_tracked: cli.include_tracked,
-        method: cli.method,
-    };
+    let (policy, choices) = (cli.policy(), cli.choices());
     targets
         .iter()
         .map(|t| pipeline::judge_target(t, snapshot, &policy, &choices))
@@ -356,12 +345,7 @@ fn build_reports(
 fn count_planned(reports: &[TargetReport]) -> usize {
     reports
         .iter()
-        .map(|t| {
-            t.masters
-                .iter()
-                .filter(|r| r.action == Action::Close)
-                .count()
-        })
+        .map(|t| t.masters.iter().filter(|r| r.action.is_close()).count())
         .sum()
 }
 
@@ -370,7 +354,7 @@ fn count_planned(reports: &[TargetReport]) -> usize {
 /// chose to keep stay kept.
 fn refresh(report: &mut TargetReport, fresh: TargetReport) {
     for row in report.masters.iter_mut() {
-        if row.action != Action::Close || row.result.is_some() {
+        if !row.action.is_close() || row.result.is_some() {
             continue;
         }
         let now = fresh
@@ -378,11 +362,7 @@ fn refresh(report: &mut TargetReport, fresh: TargetReport) {
             .iter()
             .find(|f| f.evidence.fd == row.evidence.fd);
         match now {
-            Some(f)
-                if f.action == Action::Close
-                    && f.method == row.method
-                    && f.evidence.pty == row.evidence.pty =>
-            {
+            Some(f) if f.action == row.action && f.evidence.pty == row.evidence.pty => {
                 row.evidence = f.evidence.clone();
                 row.judgement = f.judgement.clone();
             }
@@ -415,7 +395,7 @@ fn reap_summary(reports: &[TargetReport]) -> ReapSummary {
     let rows = || reports.iter().flat_map(|t| &t.masters);
     let count = |o: model::Outcome| rows().filter(|r| r.result == Some(o)).count();
     ReapSummary {
-        planned: rows().filter(|r| r.action == Action::Close).count(),
+        planned: rows().filter(|r| r.action.is_close()).count(),
         released: count(model::Outcome::Closed),
         changed: count(model::Outcome::Changed),
         failed: count(model::Outcome::Failed),

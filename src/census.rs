@@ -7,14 +7,7 @@ use std::collections::HashMap;
 /// its holder holds the slave and the slave is no session's controlling terminal (the full
 /// verdict adds idleness and the event-loop check).
 pub fn census(snapshot: &Snapshot) -> Census {
-    census_at(snapshot, now())
-}
-
-/// Seconds since the epoch, with fraction.
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    census_at(snapshot, crate::clock::now_precise())
 }
 
 /// How far back a leak rate looks.

@@ -83,7 +83,7 @@ pub struct Cli {
     pub yes: bool,
 
     /// How long a master must be idle to be reaped (0 allowed)
-    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_MIN_IDLE, value_parser = parse_duration)]
     pub min_idle: Duration,
 
     /// Only these fds, e.g. 3,7-12 (each still verified)
@@ -176,7 +176,7 @@ pub struct WatchArgs {
     pub once: bool,
 
     /// How long a master must be idle to be reaped
-    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_MIN_IDLE, value_parser = parse_duration)]
     pub min_idle: Duration,
 
     /// How to release each fd
@@ -203,7 +203,53 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
 }
 
+/// `--min-idle`'s default (the report judges with it too).
+pub const DEFAULT_MIN_IDLE: &str = "10m";
+
+pub fn default_min_idle() -> Duration {
+    crate::duration::parse(DEFAULT_MIN_IDLE).expect("DEFAULT_MIN_IDLE is a duration")
+}
+
+impl WatchArgs {
+    /// The watchdog judges stale sessions never, and releases orphaned masters only.
+    pub fn policy(&self) -> crate::verdict::Policy {
+        policy(self.min_idle, None)
+    }
+
+    pub fn choices(&self) -> crate::plan::Choices {
+        crate::plan::Choices {
+            fds: None,
+            include_tracked: false,
+            method: self.method,
+            only_orphaned: true,
+        }
+    }
+}
+
+/// The verdict policy of a one-shot run or a report: `--min-idle` and `--include-stale`.
+pub fn policy(min_idle: Duration, include_stale: Option<Duration>) -> crate::verdict::Policy {
+    crate::verdict::Policy {
+        min_idle,
+        include_stale,
+    }
+}
+
 impl Cli {
+    /// How this run judges (see verdict.rs).
+    pub fn policy(&self) -> crate::verdict::Policy {
+        policy(self.min_idle, self.include_stale)
+    }
+
+    /// What this run may release, and how (see plan.rs).
+    pub fn choices(&self) -> crate::plan::Choices {
+        crate::plan::Choices {
+            fds: self.fd.clone(),
+            include_tracked: self.include_tracked,
+            method: self.method,
+            only_orphaned: false,
+        }
+    }
+
     pub fn has_target(&self) -> bool {
         self.top || self.all || !self.pids.is_empty() || !self.names.is_empty()
     }
@@ -242,6 +288,13 @@ mod tests {
     #[test]
     fn the_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_default_min_idle_is_ten_minutes_everywhere() {
+        assert_eq!(default_min_idle(), Duration::from_secs(600));
+        let cli = Cli::try_parse_from(["ptyreap", "--pid", "3"]).unwrap();
+        assert_eq!(cli.policy().min_idle, default_min_idle());
     }
 
     #[test]

@@ -13,10 +13,7 @@ pub enum Answer {
     Declined(String),
 }
 
-pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
-    if yes {
-        return Answer::Proceed;
-    }
+pub fn confirm(reports: &mut [TargetReport]) -> Answer {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return Answer::Declined(
             "releasing needs a confirmation, but there is no terminal to ask on: \
@@ -32,7 +29,7 @@ pub fn confirm(reports: &mut [TargetReport], yes: bool) -> Answer {
                 .masters
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.action == Action::Close)
+                .filter(|(_, r)| r.action.is_close())
                 .map(move |(m, _)| (t, m))
         })
         .collect();
@@ -115,7 +112,7 @@ fn group_label(reports: &[TargetReport], group: &[(usize, usize)]) -> String {
         rows.len(),
         r.judgement.verdict.as_str(),
         crate::groups::fd_span(&rows),
-        r.method.map_or("close", |m| m.as_str())
+        r.action.method().map_or("close", |m| m.as_str())
     )
 }
 
@@ -132,6 +129,5 @@ fn label(t: &TargetReport, r: &MasterRow) -> String {
 /// A row the user chose not to release.
 fn keep_by_choice(r: &mut MasterRow) {
     r.action = Action::Keep;
-    r.method = None;
     crate::reap::settle(r, Outcome::Kept, "not chosen at the prompt");
 }

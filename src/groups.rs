@@ -4,7 +4,7 @@
 //! and `--json` always show every row.
 
 use crate::duration::human;
-use crate::model::{Action, MasterRow};
+use crate::model::MasterRow;
 use std::ops::Range;
 
 /// Runs this long or longer are shown as one line.
@@ -19,7 +19,6 @@ fn shape(r: &MasterRow) -> impl PartialEq + '_ {
         (
             r.judgement.verdict,
             r.action,
-            r.method,
             r.result,
             r.detail.as_deref(),
             pids(&ev.slave_holders),
@@ -91,18 +90,14 @@ pub fn shared_reason(rows: &[MasterRow]) -> String {
 /// The planned rows of one process grouped for the checklist: by verdict and method (not only
 /// consecutive ones), in fd order. Each group: its row indices.
 pub fn choices(rows: &[MasterRow]) -> Vec<Vec<usize>> {
-    type Key = (
-        crate::model::Verdict,
-        Option<crate::model::Method>,
-        Option<bool>,
-    );
+    type Key = (crate::model::Verdict, crate::model::Action, Option<bool>);
     let mut out: Vec<(Key, Vec<usize>)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
-        if r.action != Action::Close {
+        if !r.action.is_close() {
             continue;
         }
         // copies that free a PTY and copies that do not are separate choices
-        let key = (r.judgement.verdict, r.method, r.frees_pty);
+        let key = (r.judgement.verdict, r.action, r.frees_pty);
         match out.iter_mut().find(|(k, _)| *k == key) {
             Some((_, idx)) => idx.push(i),
             None => out.push((key, vec![i])),
@@ -114,7 +109,7 @@ pub fn choices(rows: &[MasterRow]) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Evidence, Judgement, Method, Verdict};
+    use crate::model::{Action, Evidence, Judgement, Method, Verdict};
 
     fn row(fd: i32, verdict: Verdict, idle: u64) -> MasterRow {
         MasterRow {
@@ -129,11 +124,10 @@ mod tests {
                 idle_s: Some(idle),
             },
             action: if verdict == Verdict::Orphaned {
-                Action::Close
+                Action::Close(Method::Close)
             } else {
                 Action::Keep
             },
-            method: (verdict == Verdict::Orphaned).then_some(Method::Close),
             result: None,
             detail: None,
             merge_keeper: false,

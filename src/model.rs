@@ -358,11 +358,33 @@ pub struct Judgement {
     pub idle_s: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What the plan does with a master: release it by a method, or keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    Close,
+    Close(Method),
     Keep,
+}
+
+impl Action {
+    pub fn is_close(self) -> bool {
+        matches!(self, Action::Close(_))
+    }
+
+    /// How it is released; None when kept.
+    pub fn method(self) -> Option<Method> {
+        match self {
+            Action::Close(m) => Some(m),
+            Action::Keep => None,
+        }
+    }
+
+    /// `close` or `keep`, as the JSON and the table say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Close(_) => "close",
+            Action::Keep => "keep",
+        }
+    }
 }
 
 /// How a reaped fd is released (see DESIGN.md, "Methods").
@@ -402,8 +424,6 @@ pub struct MasterRow {
     pub evidence: Evidence,
     pub judgement: Judgement,
     pub action: Action,
-    /// How it is released when `action` is Close.
-    pub method: Option<Method>,
     pub result: Option<Outcome>,
     /// Why it failed or changed, after a reap.
     pub detail: Option<String>,

@@ -22,7 +22,7 @@ pub fn judge_target(
         }
         evidence.retain(|e| fds.contains(&e.fd));
     }
-    let now = now();
+    let now = crate::clock::now();
     let judged = evidence
         .into_iter()
         .map(|ev| {
@@ -51,9 +51,8 @@ pub fn judge_target(
 pub fn withhold(report: &mut TargetReport, why: String) {
     for row in report.masters.iter_mut() {
         row.merge_keeper = false;
-        if row.action == Action::Close {
+        if row.action.is_close() {
             row.action = Action::Keep;
-            row.method = None;
             report.withheld += 1;
         }
     }
@@ -77,10 +76,4 @@ fn not_a_master(target: &sys::Target, fd: i32, masters: &[i32]) -> UserError {
         "fd {fd} of pid {} ({}) is not a PTY master: nothing was changed (its PTY masters: {list})",
         target.pid, target.name
     ))
-}
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

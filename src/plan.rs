@@ -13,6 +13,8 @@ pub struct Choices {
     /// `--method`; None means the default, from the evidence: close for orphans the process
     /// inherited, merge for those it opened itself (or where that is unknown) and tracked ones.
     pub method: Option<Method>,
+    /// Release orphaned masters only (the watchdog's choice): nothing stale, tracked or merged.
+    pub only_orphaned: bool,
 }
 
 /// Plans one target's masters. Rows come back in fd order.
@@ -25,6 +27,7 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
         .into_iter()
         .map(|(evidence, judgement)| {
             let method = match judgement.verdict {
+                v if choices.only_orphaned && v != Verdict::Orphaned => None,
                 Verdict::Orphaned => Some(choices.method.unwrap_or(default_for(&evidence))),
                 Verdict::Stale => Some(choices.method.unwrap_or(Method::Close)),
                 Verdict::Tracked if choices.include_tracked => {
@@ -43,12 +46,7 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
             MasterRow {
                 evidence,
                 judgement,
-                action: if method.is_some() {
-                    Action::Close
-                } else {
-                    Action::Keep
-                },
-                method,
+                action: method.map_or(Action::Keep, Action::Close),
                 result: None,
                 detail: None,
                 merge_keeper: false,
@@ -86,7 +84,7 @@ fn why_default(ev: &Evidence) -> &'static str {
 fn choose_merge_keeper(rows: &mut [MasterRow]) {
     let merging = rows
         .iter()
-        .filter(|r| r.method == Some(Method::Merge))
+        .filter(|r| r.action == Action::Close(Method::Merge))
         .count();
     if merging == 0 {
         return;
@@ -111,13 +109,15 @@ fn choose_merge_keeper(rows: &mut [MasterRow]) {
         row.judgement.reason += "; the keeper the merged fds now share (kept anyway)";
         return;
     }
-    let Some(keeper) = rows.iter().position(|r| r.method == Some(Method::Merge)) else {
+    let Some(keeper) = rows
+        .iter()
+        .position(|r| r.action == Action::Close(Method::Merge))
+    else {
         return;
     };
     let row = &mut rows[keeper];
     row.merge_keeper = merging > 1;
     row.action = Action::Keep;
-    row.method = None;
     row.judgement.reason += if merging == 1 {
         "; kept: merging needs a second fd"
     } else {
@@ -178,10 +178,8 @@ mod tests {
         )
     }
 
-    fn actions(rows: &[MasterRow]) -> Vec<(i32, Action, Option<Method>)> {
-        rows.iter()
-            .map(|r| (r.evidence.fd, r.action, r.method))
-            .collect()
+    fn actions(rows: &[MasterRow]) -> Vec<(i32, Action)> {
+        rows.iter().map(|r| (r.evidence.fd, r.action)).collect()
     }
 
     #[test]
@@ -200,12 +198,12 @@ mod tests {
         assert_eq!(
             actions(&rows),
             vec![
-                (3, Action::Close, Some(Method::Close)),
-                (4, Action::Keep, None),
-                (5, Action::Keep, None),
-                (6, Action::Keep, None),
-                (7, Action::Keep, None),
-                (8, Action::Keep, None),
+                (3, Action::Close(Method::Close)),
+                (4, Action::Keep),
+                (5, Action::Keep),
+                (6, Action::Keep),
+                (7, Action::Keep),
+                (8, Action::Keep),
             ]
         );
     }
@@ -224,9 +222,9 @@ mod tests {
         assert_eq!(
             actions(&rows),
             vec![
-                (3, Action::Keep, None),
-                (4, Action::Close, Some(Method::Merge)),
-                (5, Action::Close, Some(Method::Close)),
+                (3, Action::Keep),
+                (4, Action::Close(Method::Merge)),
+                (5, Action::Close(Method::Close)),
             ]
         );
         assert!(rows[0]
@@ -247,10 +245,7 @@ mod tests {
                 ..Choices::default()
             },
         );
-        assert_eq!(
-            actions(&forced),
-            vec![(3, Action::Close, Some(Method::Close))]
-        );
+        assert_eq!(actions(&forced), vec![(3, Action::Close(Method::Close))]);
     }
 
     /// A hung-up master kept anyway (tracked) is the keeper: every orphan's PTY is freed.
@@ -269,9 +264,9 @@ mod tests {
         assert_eq!(
             actions(&rows),
             vec![
-                (3, Action::Close, Some(Method::Merge)),
-                (4, Action::Close, Some(Method::Merge)),
-                (9, Action::Keep, None),
+                (3, Action::Close(Method::Merge)),
+                (4, Action::Close(Method::Merge)),
+                (9, Action::Keep),
             ]
         );
         assert_eq!(merge_keeper(&rows), Some(9));
@@ -321,9 +316,9 @@ mod tests {
         assert_eq!(
             actions(&rows),
             vec![
-                (3, Action::Close, Some(Method::Close)),
-                (4, Action::Keep, None),
-                (5, Action::Close, Some(Method::Merge)),
+                (3, Action::Close(Method::Close)),
+                (4, Action::Keep),
+                (5, Action::Close(Method::Merge)),
             ]
         );
         assert!(rows[1].judgement.reason.ends_with("now share"));
@@ -348,9 +343,9 @@ mod tests {
         assert_eq!(
             actions(&rows),
             vec![
-                (3, Action::Close, Some(Method::Merge)),
-                (4, Action::Close, Some(Method::Merge)),
-                (9, Action::Keep, None),
+                (3, Action::Close(Method::Merge)),
+                (4, Action::Close(Method::Merge)),
+                (9, Action::Keep),
             ]
         );
         assert_eq!(merge_keeper(&rows), Some(9));
@@ -367,7 +362,9 @@ mod tests {
             vec![row(3, Verdict::Orphaned), row(4, Verdict::Tracked)],
             &choices,
         );
-        assert!(rows.iter().all(|r| r.method == Some(Method::Devnull)));
+        assert!(rows
+            .iter()
+            .all(|r| r.action == Action::Close(Method::Devnull)));
         assert_eq!(merge_keeper(&rows), None);
     }
 
@@ -382,7 +379,7 @@ mod tests {
             ..Choices::default()
         };
         let rows = plan(vec![a, b], &choices);
-        assert!(rows.iter().all(|r| r.action == Action::Close));
+        assert!(rows.iter().all(|r| r.action.is_close()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn copies_of(pid: i32, r: &MasterRow) -> Vec<(i32, i32)> {
 fn planned(reports: &[TargetReport]) -> BTreeMap<PtyId, BTreeSet<(i32, i32)>> {
     let mut out: BTreeMap<PtyId, BTreeSet<(i32, i32)>> = BTreeMap::new();
     for t in reports {
-        for r in t.masters.iter().filter(|r| r.action == Action::Close) {
+        for r in t.masters.iter().filter(|r| r.action.is_close()) {
             if let Some(pty) = r.evidence.pty {
                 out.entry(pty).or_default().insert((t.pid, r.evidence.fd));
             }
@@ -51,7 +51,7 @@ pub fn account(reports: &mut [TargetReport]) -> PtyCount {
     for t in reports.iter_mut() {
         let pid = t.pid;
         let mut any = false;
-        for r in t.masters.iter_mut().filter(|r| r.action == Action::Close) {
+        for r in t.masters.iter_mut().filter(|r| r.action.is_close()) {
             any = true;
             count.copies += 1;
             let Some(pty) = r.evidence.pty else {
@@ -113,16 +113,11 @@ pub fn account(reports: &mut [TargetReport]) -> PtyCount {
 
 /// The count of reports already marked by [`account`], read off the marks.
 pub fn counted(reports: &[TargetReport]) -> PtyCount {
-    let planned = |t: &TargetReport| {
-        t.masters
-            .iter()
-            .filter(|r| r.action == Action::Close)
-            .count()
-    };
+    let planned = |t: &TargetReport| t.masters.iter().filter(|r| r.action.is_close()).count();
     let freeing: BTreeSet<PtyId> = reports
         .iter()
         .flat_map(|t| &t.masters)
-        .filter(|r| r.action == Action::Close && r.frees_pty == Some(true))
+        .filter(|r| r.action.is_close() && r.frees_pty == Some(true))
         .filter_map(|r| r.evidence.pty)
         .collect();
     PtyCount {
@@ -150,13 +145,12 @@ pub fn freed(reports: &[TargetReport]) -> usize {
 /// is kept somewhere) are kept, saying why; returns whether the report still plans anything.
 pub fn only_what_frees(report: &mut TargetReport) -> bool {
     for r in report.masters.iter_mut() {
-        if r.action == Action::Close && r.frees_pty != Some(true) {
+        if r.action.is_close() && r.frees_pty != Some(true) {
             r.action = Action::Keep;
-            r.method = None;
             r.judgement.reason += " (kept: releasing this copy would free nothing)";
         }
     }
-    report.masters.iter().any(|r| r.action == Action::Close)
+    report.masters.iter().any(|r| r.action.is_close())
 }
 
 /// The plan in words: "would free 3 PTYs (9 master copies in 3 processes)".
@@ -204,8 +198,11 @@ mod tests {
                 reason: "r".into(),
                 idle_s: Some(9),
             },
-            action: if close { Action::Close } else { Action::Keep },
-            method: close.then_some(Method::Close),
+            action: if close {
+                Action::Close(Method::Close)
+            } else {
+                Action::Keep
+            },
             result: None,
             detail: None,
             merge_keeper: false,

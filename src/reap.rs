@@ -9,7 +9,7 @@ use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
 /// The rows to release: planned `close`, not settled yet (refresh may have settled some).
 pub fn planned(rows: &[MasterRow]) -> Vec<usize> {
     (0..rows.len())
-        .filter(|&i| rows[i].action == Action::Close && rows[i].result.is_none())
+        .filter(|&i| rows[i].action.is_close() && rows[i].result.is_none())
         .collect()
 }
 
@@ -23,7 +23,7 @@ pub fn settle(row: &mut MasterRow, outcome: Outcome, detail: impl Into<String>) 
 /// a /dev/null fd — is no longer what it was) and leaves `go`.
 pub fn withdraw(rows: &mut [MasterRow], go: &mut Vec<usize>, method: Method, why: &str) {
     go.retain(|&i| {
-        if rows[i].method != Some(method) {
+        if rows[i].action != Action::Close(method) {
             return true;
         }
         settle(&mut rows[i], Outcome::Changed, why);
@@ -50,7 +50,10 @@ pub fn finish_kept(rows: &mut [MasterRow]) {
 /// The fd every `merge` row is dup2()ed onto, as the plan named it (`plan::choose_merge_keeper`):
 /// an existing merged group's lowest fd, else the row marked keeper.
 pub fn merge_keeper(rows: &[MasterRow]) -> Option<i32> {
-    if !rows.iter().any(|r| r.method == Some(Method::Merge)) {
+    if !rows
+        .iter()
+        .any(|r| r.action == Action::Close(Method::Merge))
+    {
         return None;
     }
     rows.iter()
@@ -64,7 +67,7 @@ mod tests {
     use super::*;
     use crate::model::{Evidence, Judgement};
 
-    fn row(fd: i32, action: Action, method: Option<Method>) -> MasterRow {
+    fn row(fd: i32, action: Action) -> MasterRow {
         MasterRow {
             evidence: Evidence {
                 fd,
@@ -76,7 +79,6 @@ mod tests {
                 idle_s: None,
             },
             action,
-            method,
             result: None,
             detail: None,
             merge_keeper: false,
@@ -87,10 +89,10 @@ mod tests {
     #[test]
     fn planned_rows_are_withdrawn_failed_and_kept_by_rule() {
         let mut rows = vec![
-            row(3, Action::Close, Some(Method::Merge)),
-            row(4, Action::Close, Some(Method::Close)),
-            row(5, Action::Keep, None),
-            row(6, Action::Close, Some(Method::Devnull)),
+            row(3, Action::Close(Method::Merge)),
+            row(4, Action::Close(Method::Close)),
+            row(5, Action::Keep),
+            row(6, Action::Close(Method::Devnull)),
         ];
         rows[3].result = Some(Outcome::Changed); // settled by the refresh
         let mut go = planned(&rows);

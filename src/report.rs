@@ -5,19 +5,13 @@
 //! planted at the path is refused rather than followed (this runs as root).
 
 use crate::cli::ReportArgs;
+use crate::clock::now;
 use crate::duration::rfc3339;
 use crate::exit_code::{ExitCode, UserError};
 use crate::model::Verdict;
-use crate::pipeline::now;
-use crate::{census, plan, render, sys, verdict};
+use crate::{census, plan, render, sys};
 use serde_json::json;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
-
-/// The idle threshold the report's verdicts use (the one-shot command's default).
-const MIN_IDLE: Duration = Duration::from_secs(600);
 
 /// What upstream needs to know about the app: which app and version, its Electron, the
 /// node-pty it ships and whether that version is known to leak here (identity.rs, leaks.rs).
@@ -38,10 +32,9 @@ fn app_facts(id: &crate::identity::Identity) -> serde_json::Value {
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let target = sys::open_target(args.pid)?;
     let snapshot = sys::snapshot()?;
-    let policy = verdict::Policy {
-        min_idle: MIN_IDLE,
-        include_stale: None,
-    };
+    // judged as a one-shot run with the defaults would
+    let min_idle = crate::cli::default_min_idle();
+    let policy = crate::cli::policy(min_idle, None);
     let report =
         crate::pipeline::judge_target(&target, &snapshot, &policy, &plan::Choices::default())?;
     let info = sys::process_info(args.pid);
@@ -68,7 +61,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     .collect();
     let census = census::census(&snapshot);
     let mut inspection =
-        render::json::inspection(true, None, MIN_IDLE.as_secs(), &snapshot.system, &[report]);
+        render::json::inspection(true, None, min_idle.as_secs(), &snapshot.system, &[report]);
     let doc = json!({
         "report_version": 1,
         "generated_at": rfc3339(generated),
@@ -88,7 +81,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         },
         "app": app_facts(&identity),
         "masters": inspection["targets"][0]["masters"].take(),
-        "min_idle_s": MIN_IDLE.as_secs(),
+        "min_idle_s": min_idle.as_secs(),
         "system": snapshot.system,
         "top_holders": census.processes.iter().take(10).collect::<Vec<_>>(),
         "os": os_info(),
@@ -98,26 +91,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     match &args.output {
         None => crate::output::print(&text),
         Some(path) => {
-            write_new_file(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
+            crate::new_file::write(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
             eprintln!("ptyreap: report written to {}", path.display());
         }
     }
     Ok(ExitCode::Success)
-}
-
-/// Creates `path` (mode 0600) and writes `data`. Fails if anything exists there, including a
-/// symlink (O_CREAT|O_EXCL never follows one), and never follows a symlink as the last component.
-pub fn write_new_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    // the umask can only clear bits; make the mode exact anyway
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(data)?;
-    file.sync_all()
 }
 
 fn write_error(path: &Path, e: std::io::Error) -> UserError {

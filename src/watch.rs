@@ -9,11 +9,11 @@
 //! deferred (blocked) by the reaper, so the watchdog never exits with a target stopped.
 
 use crate::cli::WatchArgs;
+use crate::clock::now;
 use crate::duration::rfc3339;
 use crate::exit_code::ExitCode;
-use crate::model::{Action, Outcome, ProcessCount};
-use crate::pipeline::now;
-use crate::{census, notify, plan, sys, verdict};
+use crate::model::{Outcome, ProcessCount};
+use crate::{census, notify, sys};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -159,15 +159,7 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
             )
         }
     };
-    let policy = verdict::Policy {
-        min_idle: args.min_idle,
-        include_stale: None,
-    };
-    let choices = plan::Choices {
-        fds: None,
-        include_tracked: false,
-        method: args.method,
-    };
+    let (policy, choices) = (args.policy(), args.choices());
     let mut report = match crate::pipeline::judge_target(&target, snapshot, &policy, &choices) {
         Ok(r) => r,
         Err(e) => {
@@ -189,17 +181,10 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
             );
         }
     }
-    // the watchdog releases orphaned masters only, whatever else the plan would allow
-    for row in report.masters.iter_mut() {
-        if row.action == Action::Close && row.judgement.verdict != crate::model::Verdict::Orphaned {
-            row.action = Action::Keep;
-            row.method = None;
-        }
-    }
     let planned = report
         .masters
         .iter()
-        .filter(|r| r.action == Action::Close)
+        .filter(|r| r.action.is_close())
         .count();
     if planned == 0 {
         return log.event(
@@ -213,7 +198,7 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
     }
     match sys::reap(&target, &mut report.masters) {
         Ok(stopped) => {
-            for row in report.masters.iter().filter(|r| r.action == Action::Close) {
+            for row in report.masters.iter().filter(|r| r.action.is_close()) {
                 let result = match row.result {
                     Some(Outcome::Closed) => "closed",
                     Some(Outcome::Failed) => "failed",
@@ -224,7 +209,7 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
                     who[0].clone(),
                     who[1].clone(),
                     ("fd", json!(row.evidence.fd)),
-                    ("method", json!(row.method.map(|m| m.as_str()))),
+                    ("method", json!(row.action.method().map(|m| m.as_str()))),
                     ("result", json!(result)),
                 ];
                 if let Some(d) = &row.detail {
@@ -356,7 +341,7 @@ impl State {
         let tmp = dir.join(format!(".watch-state.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let body = json!({ "last_notified": self.last_notified }).to_string();
-        if crate::report::write_new_file(&tmp, body.as_bytes()).is_ok() {
+        if crate::new_file::write(&tmp, body.as_bytes()).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }
     }

@@ -130,7 +130,7 @@ fn a_reused_pid_is_never_touched() {
         report
             .masters
             .iter()
-            .filter(|r| r.action == ptyreap::model::Action::Close)
+            .filter(|r| r.action.is_close())
             .count(),
         5
     );

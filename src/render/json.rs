@@ -1,6 +1,6 @@
 //! JSON for scripts, exactly as documented in README.md ("JSON"). Keys are a stable contract.
 
-use crate::model::{Action, Census, MasterRow, Method, SystemUsage, TargetReport};
+use crate::model::{Census, MasterRow, Method, SystemUsage, TargetReport};
 use serde_json::{json, Value};
 
 pub fn census(c: &Census) -> Value {
@@ -67,8 +67,8 @@ fn master(r: &MasterRow) -> Value {
         "watched": ev.watched(),
         "watched_by": ev.watched_by,
         "hung_up": ev.hung_up,
-        "action": r.action,
-        "method": if r.action == Action::Close { r.method } else { None },
+        "action": r.action.as_str(),
+        "method": r.action.method(),
         "result": r.result,
         "frees_pty": r.frees_pty,
         "detail": r.detail,

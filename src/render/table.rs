@@ -278,11 +278,11 @@ pub fn target(t: &TargetReport, style: &Style) -> String {
 fn push_row(table: &mut Table, r: &MasterRow, reaped: bool, group: Option<&[MasterRow]>) {
     {
         let ev = &r.evidence;
-        let action = match (r.action, r.method) {
-            (Action::Close, Some(m)) => m.as_str().to_string(),
-            (Action::Close, None) => "close".into(),
-            (Action::Keep, _) => "keep".into(),
-        };
+        let action = match r.action {
+            Action::Close(m) => m.as_str(),
+            Action::Keep => "keep",
+        }
+        .to_string();
         let (fd, pty, slave, idle) = match group {
             Some(rows) => (
                 format!("fds {}", crate::groups::fd_span(rows)),
@@ -306,7 +306,7 @@ fn push_row(table: &mut Table, r: &MasterRow, reaped: bool, group: Option<&[Mast
                 verdict_color(r.judgement.verdict),
             ),
             (idle, ""),
-            (action, if r.action == Action::Close { "1" } else { "" }),
+            (action, if r.action.is_close() { "1" } else { "" }),
         ];
         if reaped {
             let (text, sgr) = match r.result {

@@ -25,7 +25,7 @@ use super::ptrace::{in_tracer_thread, AttachError, Injector, StoppedProcess};
 use super::pty;
 use super::target::Target;
 use crate::exit_code::UserError;
-use crate::model::{MasterRow, Method, Outcome, PtyId};
+use crate::model::{Action, MasterRow, Method, Outcome, PtyId};
 use crate::reap;
 use crate::sys::deferral::SignalDeferral;
 use std::io::{Read, Write};
@@ -566,7 +566,7 @@ fn release(
     let closing: Vec<usize> = go
         .iter()
         .copied()
-        .filter(|&i| rows[i].method.unwrap_or(Method::Close) == Method::Close)
+        .filter(|&i| rows[i].action.method().unwrap_or(Method::Close) == Method::Close)
         .collect();
     let mut fds: Vec<i32> = closing.iter().flat_map(|&i| fds_of(&rows[i])).collect();
     fds.sort_unstable();
@@ -611,7 +611,7 @@ fn release(
     let merging: Vec<usize> = go
         .iter()
         .copied()
-        .filter(|&i| rows[i].method == Some(Method::Merge))
+        .filter(|&i| rows[i].action == Action::Close(Method::Merge))
         .collect();
     if !merging.is_empty() {
         let keeper = keeper.ok_or("merge without a keeper")?;
@@ -625,7 +625,7 @@ fn release(
     let nulling: Vec<usize> = go
         .iter()
         .copied()
-        .filter(|&i| rows[i].method == Some(Method::Devnull))
+        .filter(|&i| rows[i].action == Action::Close(Method::Devnull))
         .collect();
     if !nulling.is_empty() {
         let (null_fd, opened) = match existing_devnull(pidfd) {

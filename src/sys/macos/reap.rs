@@ -121,7 +121,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     let devnull_rdev = std::fs::metadata("/dev/null").map(|m| m.rdev() as u32).ok();
     let wants_devnull = planned
         .iter()
-        .any(|&i| rows[i].method == Some(Method::Devnull));
+        .any(|&i| rows[i].action == Action::Close(Method::Devnull));
     let devnull = if wants_devnull {
         find_devnull(target.pid, devnull_rdev)
     } else {
@@ -129,7 +129,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     };
     if wants_devnull && devnull.is_none() {
         for &i in &planned {
-            if rows[i].method == Some(Method::Devnull) {
+            if rows[i].action == Action::Close(Method::Devnull) {
                 reap::settle(
                     &mut rows[i],
                     Outcome::Failed,
@@ -233,7 +233,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             continue;
         }
         let row = &rows[i];
-        let method = row.method.unwrap_or(Method::Close);
+        let method = row.action.method().unwrap_or(Method::Close);
         let fds: Vec<i32> = std::iter::once(row.evidence.fd)
             .chain(row.evidence.target_slave_fds.iter().copied())
             .collect();
@@ -453,7 +453,7 @@ fn verify_after(
             }
         });
         let still_ours = now_index.is_some() && now_index == r.evidence.pty.map(|p| p.index);
-        let ok = match r.method.unwrap_or(Method::Close) {
+        let ok = match r.action.method().unwrap_or(Method::Close) {
             Method::Close => !still_ours,
             Method::Merge => now_index.is_some() && now_index == keeper_pty.map(|p| p.index),
             Method::Devnull => now.as_ref().is_some_and(|v| {
