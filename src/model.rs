@@ -387,7 +387,7 @@ impl Action {
     }
 }
 
-/// How a reaped fd is released (see DESIGN.md, "Methods").
+/// How a reaped fd is released (docs/DESIGN.md, "Methods").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {

@@ -1,7 +1,7 @@
 //! Evidence → verdict, with the one line that explains it. Pure: the same rules judge Linux and
 //! macOS evidence, and everything here is unit-tested without a kernel.
 //!
-//! Precedence (DESIGN.md): live/stale, then fresh, merged, tracked, orphaned. `--min-idle`
+//! Precedence (docs/DESIGN.md, "Verdicts"): live/stale, then fresh, merged, tracked, orphaned. `--min-idle`
 //! therefore guards everything that is ever reaped, and a watched or shared fd is never called
 //! plainly orphaned.
 

@@ -1,5 +1,5 @@
-//! Placeholder for systems whose backend has not landed yet (macOS: issue "part 3"). Every entry
-//! point says so plainly instead of pretending.
+//! Systems with no backend (anything but Linux and macOS): every entry point says so plainly
+//! instead of pretending.
 
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Snapshot};
@@ -10,7 +10,7 @@ pub struct Target {
     pub name: String,
 }
 
-const NOT_YET: &str = "ptyreap does not support this operating system yet (Linux only for now)";
+const NOT_YET: &str = "ptyreap supports Linux and macOS only";
 
 pub fn snapshot() -> anyhow::Result<Snapshot> {
     Err(UserError::failure(NOT_YET).into())

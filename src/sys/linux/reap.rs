@@ -1,21 +1,26 @@
-//! Reaping on Linux: the safety protocol of DESIGN.md, step by step.
+//! Reaping on Linux: the protocol of docs/DESIGN.md ("Reaping"), with its step numbers.
 //!
-//! 1. Signals that would kill us (SIGINT, SIGTERM, SIGHUP, ...) are deferred until the target is
-//!    restored: dying inside the window could leave its registers changed.
-//! 2. Every thread is stopped (ptrace seize + interrupt), pinned by the pidfd and start time.
-//! 3. Every planned fd is re-verified *inside* the stop: still the same PTY master (index and
+//! 1. Refused up front: a frozen cgroup, strict seccomp, a process sharing the fd table
+//!    (`preflight.rs`); signals that would kill us (SIGINT, SIGTERM, SIGHUP, ...) are deferred
+//!    until the target is restored: dying inside the window could leave its registers changed.
+//! 2. The target is pinned by its pidfd and start time; every planned fd is copied (pinned) and
+//!    checked before the stop, and its slave locked inside it.
+//! 3. The work runs in the tracer, a child process of ours (below).
+//! 4. Every thread is stopped (ptrace seize + interrupt).
+//! 5. Every planned fd is re-verified *inside* the stop: still the same PTY master (index and
 //!    devpts instance), still no session, and a slave that was closed by everyone has not been
 //!    opened again (POLLHUP would have cleared). A pair's slave fds must still be that PTY's slave.
-//!    Anything else is `changed` and left alone. Our pidfd copies are closed before any close runs.
-//! 4. The releases run as system calls on one stopped thread: `close_range` over runs of
+//!    Anything else is `changed` and left alone.
+//! 6. The releases run as system calls on one stopped thread: `close_range` over runs of
 //!    consecutive verified fds (one call instead of hundreds), `dup3` for merge and devnull.
-//! 5. Registers and the interrupted system call are restored, every thread resumed and detached
+//! 7. Registers and the interrupted system call are restored, every thread resumed and detached
 //!    (the guard does this on every path), and the result is checked from outside.
 //!
-//! Steps 2-5 run in a child process of ours, the tracer (`ptyreap-tracer`, in a session of its
-//! own): a `kill -9` of ptyreap itself or of its process group cannot interrupt them, because the
-//! tracer finishes, restores and detaches on its own and only then exits. Only SIGKILL of the tracer itself, inside the window, leaves the
-//! target as the kernel leaves a dead tracer's tracees: detached and running with whatever
+//! Everything after step 1 runs in a child process of ours, the tracer (`ptyreap-tracer`, in a
+//! session of its own): a `kill -9` of ptyreap itself or of its process group cannot interrupt
+//! it, because the tracer finishes, restores and detaches on its own and only then exits. Only
+//! SIGKILL of the tracer itself, inside the window, leaves the target as the kernel leaves a dead
+//! tracer's tracees: detached and running with whatever
 //! registers were set at that instant (README "What SIGKILL can do" has the measurements).
 
 use super::arch::nr;
@@ -300,7 +305,7 @@ fn reap_stopped(
         p.lock();
     }
 
-    // 3. re-verify inside the stop
+    // 5. re-verify inside the stop
     let mut go: Vec<usize> = Vec::new();
     // one poll for every pinned master's hang-up state, rather than one call each
     let hung_up = pty::hung_up_all(pins.iter().map(|(_, p)| p.master.as_fd()));
@@ -319,7 +324,7 @@ fn reap_stopped(
         reap::withdraw(rows, &mut go, Method::Merge, why);
     }
 
-    // 4. release
+    // 6. release
     let run = match stopped.injector() {
         Ok(mut inj) => {
             let released = release(&mut inj, rows, &go, keeper, &target.pidfd);
@@ -334,7 +339,7 @@ fn reap_stopped(
         reap::fail_unsettled(rows, &go, &why);
     }
 
-    // 5. restore, resume, detach
+    // 7. restore, resume, detach
     let resumed = stopped.resume();
     phase(PHASE_RESTORED);
     let stopped_for = resumed

@@ -1,4 +1,5 @@
-//! Reaping on macOS with the Mach task APIs, step by step:
+//! Reaping on macOS with the Mach task APIs: the protocol of docs/DESIGN.md ("Reaping"), with
+//! its step numbers:
 //!
 //! 1. Up front (releasable.rs): platform binaries and hardened tasks are refused, since setting a
 //!    thread state in them is fatal to ptyreap; then signals that would end us are blocked.
