@@ -163,7 +163,7 @@ pub fn run(prog: &[Insn], call: &Call) -> Result<u32, BadProgram> {
                 let v = match i.code & 0xe0 {
                     BPF_ABS if i.code & 0x18 == BPF_W && class == BPF_LD => {
                         let o = k as usize;
-                        if o % 4 != 0 || o + 4 > data.len() {
+                        if !o.is_multiple_of(4) || o + 4 > data.len() {
                             return Err(BadProgram(format!("load at offset {k}")));
                         }
                         u32::from_ne_bytes(data[o..o + 4].try_into().expect("4 bytes"))

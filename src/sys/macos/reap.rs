@@ -35,7 +35,7 @@ use super::mach::{self, Suspension};
 use super::scan::Devfs;
 use super::target::{self, Target};
 use crate::exit_code::UserError;
-use crate::model::{MasterRow, Method, Outcome, Verdict};
+use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
 use crate::reap;
 use crate::sys::deferral::SignalDeferral;
 use std::os::unix::fs::MetadataExt;
