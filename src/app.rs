@@ -99,90 +99,16 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
     Ok(pids)
 }
 
+/// A run on targets, step by step: select, inspect and plan, confirm (then look again), reap,
+/// print.
 fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
-    // Check every pid before the (machine-wide) scan, so bad input fails fast and plainly.
-    let mut targets = Vec::new();
-    for &pid in &cli.pids {
-        targets.push(sys::open_target(pid)?);
-    }
-    let snapshot = sys::snapshot_for(&cli.pids)?;
-    let pids = select_targets(cli, &snapshot)?;
-    if pids.is_empty() {
+    let Some((targets, snapshot)) = select(cli)? else {
         eprintln!("ptyreap: no process holds a PTY master: nothing to do");
         return Ok(ExitCode::Success);
-    }
-    for pid in pids {
-        if !targets.iter().any(|t| t.pid == pid) {
-            match sys::open_target(pid) {
-                Ok(t) => targets.push(t),
-                // --all: a process that exited, or that may not be inspected, is not a target
-                Err(_) if cli.all => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    if cli.fd.is_some() && targets.len() > 1 {
-        return Err(UserError::failure(format!(
-            "--fd names fds of one process, but {} processes were selected: give a single --pid",
-            targets.len()
-        ))
-        .into());
-    }
-    let mut reports = if cli.all {
-        // one by one: a process that exits while being inspected drops out
-        let mut kept = Vec::new();
-        let mut reports = Vec::new();
-        for t in targets {
-            if let Ok(mut r) = build_reports(cli, std::slice::from_ref(&t), &snapshot) {
-                reports.append(&mut r);
-                kept.push(t);
-            }
-        }
-        targets = kept;
-        reports
-    } else {
-        build_reports(cli, &targets, &snapshot)?
     };
-    if cli.verbose && !cli.json {
-        for r in reports.iter_mut() {
-            r.app = crate::identity::summary(&crate::identity::of_process(r.pid));
-        }
-    }
-    let mut ptys = ptys::account(&mut reports);
-    if cli.all {
-        // only the processes, and the rows, that free a PTY
-        (targets, reports) = targets
-            .into_iter()
-            .zip(reports)
-            .filter_map(|(t, mut r)| {
-                // a process it cannot release is shown with the reason, not dropped silently
-                (ptys::only_what_frees(&mut r) || r.withheld > 0).then_some((t, r))
-            })
-            .unzip();
-        ptys = ptys::account(&mut reports);
-    }
+    let (targets, mut reports, mut ptys) = inspect(cli, targets, &snapshot)?;
+    let printer = Printer { cli, style };
     let planned = count_planned(&reports);
-    let print = |reports: &[TargetReport], system: &model::SystemUsage, dry_run: bool| {
-        if cli.json {
-            let mut doc = render::json::inspection(
-                dry_run,
-                cli.method,
-                cli.min_idle.as_secs(),
-                system,
-                reports,
-            );
-            let would_free = ptys::counted(reports).would_free;
-            doc["ptys"] = serde_json::json!({"would_free": would_free, "freed": null});
-            output::println(&doc.to_string());
-        } else {
-            let mut text = render::table::system(system);
-            for t in reports {
-                text.push('\n');
-                text.push_str(&render::table::target(t, style));
-            }
-            output::print(&text);
-        }
-    };
     // Processes it cannot release in: said before any prompt, one line each.
     let refusals: Vec<String> = reports
         .iter()
@@ -193,7 +119,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         eprintln!("ptyreap: {why}");
     }
     if cli.dry_run || planned == 0 {
-        print(&reports, &snapshot.system, cli.dry_run);
+        printer.plan(&reports, &snapshot.system, cli.dry_run);
         if !cli.dry_run && !refusals.is_empty() {
             return Ok(ExitCode::Failure);
         }
@@ -212,95 +138,20 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         }
         return Ok(ExitCode::Success);
     }
-
-    if !cli.yes {
-        // show the plan, then ask
-        if !cli.json {
-            print(&reports, &snapshot.system, true);
-        }
-        if let confirm::Answer::Declined(why) = confirm::confirm(&mut reports) {
-            if cli.json {
-                print(&reports, &snapshot.system, true);
-            }
-            return Err(UserError::new(ExitCode::NotConfirmed, why).into());
-        }
-    }
-
-    // The prompt may have taken minutes: look again, and release only what still holds.
-    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
     let before = if cli.yes {
         snapshot
     } else {
-        let fresh_snapshot = sys::snapshot_for(&pids)?;
-        // one by one: a target that exited during the prompt leaves its rows `changed`, and the
-        // others go on
-        for (report, target) in reports.iter_mut().zip(&targets) {
-            match build_reports(cli, std::slice::from_ref(target), &fresh_snapshot) {
-                Ok(mut fresh) if !fresh.is_empty() => refresh(report, fresh.remove(0)),
-                Ok(_) => {}
-                Err(e) => {
-                    let why = format!("changed since the plan: {}", e.message);
-                    for i in reap::planned(&report.masters) {
-                        reap::settle(&mut report.masters[i], model::Outcome::Changed, &why);
-                    }
-                }
-            }
-        }
+        let fresh = confirm_then_look_again(cli, &printer, &targets, &mut reports, &snapshot)?;
         // a copy may have been inherited meanwhile: count what frees a PTY again
         ptys = ptys::account(&mut reports);
-        fresh_snapshot
+        fresh
     };
     interrupt::catch();
-    // Targets refused or failed as a whole: their one line (printed here) says it all.
-    let mut whole_target_errors = 0;
-    for (report, target) in reports.iter_mut().zip(&targets) {
-        if let Some(sig) = interrupt::received() {
-            let why = format!("not attempted: {} arrived", interrupt::name(sig));
-            for i in reap::planned(&report.masters) {
-                reap::settle(&mut report.masters[i], model::Outcome::Kept, &why);
-            }
-            reap::finish_kept(&mut report.masters);
-            continue;
-        }
-        match sys::reap(target, &mut report.masters) {
-            Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
-            Err(err) => {
-                eprintln!("ptyreap: {err}");
-                whole_target_errors += 1;
-                let planned = reap::planned(&report.masters);
-                reap::fail_unsettled(&mut report.masters, &planned, &err.message);
-                reap::finish_kept(&mut report.masters);
-            }
-        }
-    }
+    let whole_target_errors = reap_all(&targets, &mut reports);
+    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
     let after = sys::usage_now(&before, &pids)?;
     let summary = reap_summary(&reports);
-    if cli.json {
-        let mut doc =
-            render::json::inspection(false, cli.method, cli.min_idle.as_secs(), &after, &reports);
-        doc["pty_in_use"] = serde_json::json!({
-            "before": before.system.in_use,
-            "after": after.in_use,
-        });
-        doc["ptys"] = serde_json::json!({
-            "would_free": ptys.would_free,
-            "freed": ptys::freed(&reports),
-        });
-        output::println(&doc.to_string());
-    } else {
-        print(&reports, &after, false);
-        eprintln!(
-            "Released {} of {} planned master cop{}; freed {} of {} PTY{}; PTYs in use: {} -> {}.",
-            summary.released,
-            summary.planned,
-            if summary.planned == 1 { "y" } else { "ies" },
-            ptys::freed(&reports),
-            ptys.would_free,
-            if ptys.would_free == 1 { "" } else { "s" },
-            before.system.in_use,
-            after.in_use
-        );
-    }
+    printer.results(&reports, &before.system, &after, &ptys, &summary);
     let only_whole_target_errors =
         summary.released == 0 && summary.changed == 0 && whole_target_errors == reports.len();
     if summary.released < summary.planned && !only_whole_target_errors {
@@ -327,6 +178,219 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         });
     }
     Ok(summary.exit_code())
+}
+
+/// The targets of --pid, --name, --all and --top, opened, with the snapshot they were chosen
+/// from; None when nothing holds a PTY master.
+fn select(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>> {
+    // Check every pid before the (machine-wide) scan, so bad input fails fast and plainly.
+    let mut targets = Vec::new();
+    for &pid in &cli.pids {
+        targets.push(sys::open_target(pid)?);
+    }
+    let snapshot = sys::snapshot_for(&cli.pids)?;
+    let pids = select_targets(cli, &snapshot)?;
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    for pid in pids {
+        if !targets.iter().any(|t| t.pid == pid) {
+            match sys::open_target(pid) {
+                Ok(t) => targets.push(t),
+                // --all: a process that exited, or that may not be inspected, is not a target
+                Err(_) if cli.all => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if cli.fd.is_some() && targets.len() > 1 {
+        return Err(UserError::failure(format!(
+            "--fd names fds of one process, but {} processes were selected: give a single --pid",
+            targets.len()
+        ))
+        .into());
+    }
+    Ok(Some((targets, snapshot)))
+}
+
+/// Every target inspected, judged and planned, with the PTYs the plan frees. --all keeps only the
+/// processes and rows that free a PTY (and those it cannot release in, to say so).
+fn inspect(
+    cli: &Cli,
+    mut targets: Vec<sys::Target>,
+    snapshot: &model::Snapshot,
+) -> Result<(Vec<sys::Target>, Vec<TargetReport>, ptys::PtyCount)> {
+    let mut reports = if cli.all {
+        // one by one: a process that exits while being inspected drops out
+        let mut kept = Vec::new();
+        let mut reports = Vec::new();
+        for t in targets {
+            if let Ok(mut r) = build_reports(cli, std::slice::from_ref(&t), snapshot) {
+                reports.append(&mut r);
+                kept.push(t);
+            }
+        }
+        targets = kept;
+        reports
+    } else {
+        build_reports(cli, &targets, snapshot)?
+    };
+    if cli.verbose && !cli.json {
+        for r in reports.iter_mut() {
+            r.app = crate::identity::summary(&crate::identity::of_process(r.pid));
+        }
+    }
+    let mut ptys = ptys::account(&mut reports);
+    if cli.all {
+        (targets, reports) = targets
+            .into_iter()
+            .zip(reports)
+            .filter_map(|(t, mut r)| {
+                // a process it cannot release is shown with the reason, not dropped silently
+                (ptys::only_what_frees(&mut r) || r.withheld > 0).then_some((t, r))
+            })
+            .unzip();
+        ptys = ptys::account(&mut reports);
+    }
+    Ok((targets, reports, ptys))
+}
+
+/// Shows the plan and asks; then, as the prompt may have taken minutes, looks again and keeps
+/// releasing only what still holds. Returns the fresh snapshot.
+fn confirm_then_look_again(
+    cli: &Cli,
+    printer: &Printer<'_>,
+    targets: &[sys::Target],
+    reports: &mut [TargetReport],
+    snapshot: &model::Snapshot,
+) -> Result<model::Snapshot> {
+    if !cli.json {
+        printer.plan(reports, &snapshot.system, true);
+    }
+    if let confirm::Answer::Declined(why) = confirm::confirm(reports) {
+        if cli.json {
+            printer.plan(reports, &snapshot.system, true);
+        }
+        return Err(UserError::new(ExitCode::NotConfirmed, why).into());
+    }
+    let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+    let fresh_snapshot = sys::snapshot_for(&pids)?;
+    // one by one: a target that exited during the prompt leaves its rows `changed`, and the
+    // others go on
+    for (report, target) in reports.iter_mut().zip(targets) {
+        match build_reports(cli, std::slice::from_ref(target), &fresh_snapshot) {
+            Ok(mut fresh) if !fresh.is_empty() => refresh(report, fresh.remove(0)),
+            Ok(_) => {}
+            Err(e) => {
+                let why = format!("changed since the plan: {}", e.message);
+                for i in reap::planned(&report.masters) {
+                    reap::settle(&mut report.masters[i], model::Outcome::Changed, &why);
+                }
+            }
+        }
+    }
+    Ok(fresh_snapshot)
+}
+
+/// Reaps each target in turn (none after a signal arrived); returns how many were refused or
+/// failed as a whole (their one line is printed here and says it all).
+fn reap_all(targets: &[sys::Target], reports: &mut [TargetReport]) -> usize {
+    let mut whole_target_errors = 0;
+    for (report, target) in reports.iter_mut().zip(targets) {
+        if let Some(sig) = interrupt::received() {
+            let why = format!("not attempted: {} arrived", interrupt::name(sig));
+            for i in reap::planned(&report.masters) {
+                reap::settle(&mut report.masters[i], model::Outcome::Kept, &why);
+            }
+            reap::finish_kept(&mut report.masters);
+            continue;
+        }
+        match sys::reap(target, &mut report.masters) {
+            Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
+            Err(err) => {
+                eprintln!("ptyreap: {err}");
+                whole_target_errors += 1;
+                let planned = reap::planned(&report.masters);
+                reap::fail_unsettled(&mut report.masters, &planned, &err.message);
+                reap::finish_kept(&mut report.masters);
+            }
+        }
+    }
+    whole_target_errors
+}
+
+/// The one output path of a run on targets: tables for people, JSON for scripts.
+struct Printer<'a> {
+    cli: &'a Cli,
+    style: &'a Style,
+}
+
+impl Printer<'_> {
+    /// The plan (or a dry run's findings).
+    fn plan(&self, reports: &[TargetReport], system: &model::SystemUsage, dry_run: bool) {
+        let cli = self.cli;
+        if cli.json {
+            let mut doc = render::json::inspection(
+                dry_run,
+                cli.method,
+                cli.min_idle.as_secs(),
+                system,
+                reports,
+            );
+            let would_free = ptys::counted(reports).would_free;
+            doc["ptys"] = serde_json::json!({"would_free": would_free, "freed": null});
+            output::println(&doc.to_string());
+        } else {
+            self.tables(reports, system);
+        }
+    }
+
+    fn tables(&self, reports: &[TargetReport], system: &model::SystemUsage) {
+        let mut text = render::table::system(system);
+        for t in reports {
+            text.push('\n');
+            text.push_str(&render::table::target(t, self.style));
+        }
+        output::print(&text);
+    }
+
+    /// After a reap: every row's result, what was freed, the usage before and after.
+    fn results(
+        &self,
+        reports: &[TargetReport],
+        before: &model::SystemUsage,
+        after: &model::SystemUsage,
+        ptys: &ptys::PtyCount,
+        summary: &ReapSummary,
+    ) {
+        let cli = self.cli;
+        if cli.json {
+            let mut doc =
+                render::json::inspection(false, cli.method, cli.min_idle.as_secs(), after, reports);
+            doc["pty_in_use"] = serde_json::json!({
+                "before": before.in_use,
+                "after": after.in_use,
+            });
+            doc["ptys"] = serde_json::json!({
+                "would_free": ptys.would_free,
+                "freed": ptys::freed(reports),
+            });
+            output::println(&doc.to_string());
+        } else {
+            self.tables(reports, after);
+            eprintln!(
+                "Released {} of {} planned master cop{}; freed {} of {} PTY{}; PTYs in use: {} -> {}.",
+                summary.released,
+                summary.planned,
+                if summary.planned == 1 { "y" } else { "ies" },
+                ptys::freed(reports),
+                ptys.would_free,
+                if ptys.would_free == 1 { "" } else { "s" },
+                before.in_use,
+                after.in_use
+            );
+        }
+    }
 }
 
 /// Inspect, judge and plan every target.
