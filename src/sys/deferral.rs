@@ -7,28 +7,6 @@ use std::marker::PhantomData;
 
 /// The signals that would kill or stop ptyreap from outside: blocked while a target is held, so
 /// the target is always restored first; delivered when this is dropped.
-#[cfg(target_os = "linux")]
-pub const DEFERRED_SIGNALS: [i32; 17] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGPIPE,
-    libc::SIGALRM,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGTSTP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGXCPU,
-    libc::SIGXFSZ,
-    libc::SIGVTALRM,
-    libc::SIGPROF,
-    libc::SIGIO,
-    libc::SIGPWR,
-];
-/// The same, where there is no SIGPWR.
-#[cfg(not(target_os = "linux"))]
 pub const DEFERRED_SIGNALS: [i32; 16] = [
     libc::SIGHUP,
     libc::SIGINT,
@@ -48,7 +26,20 @@ pub const DEFERRED_SIGNALS: [i32; 16] = [
     libc::SIGIO,
 ];
 
-/// Blocks [`DEFERRED_SIGNALS`] in the calling thread (`pthread_sigmask`) for its lifetime; the
+/// And where the system has it, SIGPWR (Linux only).
+#[cfg(target_os = "linux")]
+const DEFERRED_HERE: &[i32] = &[libc::SIGPWR];
+#[cfg(not(target_os = "linux"))]
+const DEFERRED_HERE: &[i32] = &[];
+
+/// Every signal deferred on this system.
+pub fn deferred_signals() -> impl Iterator<Item = i32> {
+    DEFERRED_SIGNALS
+        .into_iter()
+        .chain(DEFERRED_HERE.iter().copied())
+}
+
+/// Blocks [`deferred_signals`] in the calling thread (`pthread_sigmask`) for its lifetime; the
 /// old mask comes back on drop, and with it any signal that arrived meanwhile. Create it before
 /// the target is stopped, drop it after it is resumed. SIGKILL cannot be deferred.
 pub struct SignalDeferral {
@@ -63,7 +54,7 @@ impl SignalDeferral {
         // SAFETY: valid pointers to sigset_t values we own.
         unsafe {
             libc::sigemptyset(&mut set);
-            for sig in DEFERRED_SIGNALS {
+            for sig in deferred_signals() {
                 libc::sigaddset(&mut set, sig);
             }
         }
@@ -111,10 +102,9 @@ mod tests {
             // SAFETY: plain data; pthread_sigmask with a null new set only reads.
             let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
             unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
-            DEFERRED_SIGNALS
-                .iter()
+            deferred_signals()
                 // SAFETY: valid sigset.
-                .map(|&s| unsafe { libc::sigismember(&cur, s) } == 1)
+                .map(|s| unsafe { libc::sigismember(&cur, s) } == 1)
                 .collect::<Vec<_>>()
         };
         let before = mask();
