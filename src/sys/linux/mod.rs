@@ -4,6 +4,7 @@ pub mod arch;
 pub mod gadget;
 mod info;
 mod inspect;
+pub mod kcmp;
 pub mod pidfd;
 pub mod preflight;
 pub mod procfs;

@@ -136,18 +136,9 @@ pub fn strict_seccomp_threads(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// KCMP_FILES (include/uapi/linux/kcmp.h): do two processes share one fd table?
-const KCMP_FILES: libc::c_int = 2;
-
 /// Whether `a` and `b` use the same fd table; None when kcmp cannot tell.
 pub fn share_fd_table(a: i32, b: i32) -> Option<bool> {
-    // SAFETY: kcmp takes integers only for KCMP_FILES.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) };
-    match r {
-        0 => Some(true),
-        r if r > 0 => Some(false),
-        _ => None,
-    }
+    super::kcmp::same(a, b, super::kcmp::KCMP_FILES, 0, 0).ok()
 }
 
 /// Other processes that share the target's fd table: only processes that hold one of its

@@ -476,30 +476,14 @@ fn pin(pidfd: &Pidfd, row: &MasterRow) -> Result<Pinned, String> {
     })
 }
 
-/// KCMP_FILE (include/uapi/linux/kcmp.h): do two fds refer to the same open file?
-const KCMP_FILE: libc::c_int = 0;
-
 /// Some(true) when the target's `fd` is the very open file of our `copy`; None when kcmp is not
 /// available (no CONFIG_KCMP), and the caller must check the long way.
 fn same_file(own: i32, pid: i32, copy: &OwnedFd, fd: i32) -> Option<bool> {
-    // SAFETY: kcmp takes integers only for KCMP_FILE.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            own,
-            pid,
-            KCMP_FILE,
-            copy.as_raw_fd() as libc::c_ulong,
-            fd as libc::c_ulong,
-        )
-    };
-    match r {
-        0 => Some(true),
-        r if r > 0 => Some(false),
-        _ => match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EBADF) => Some(false), // the target's fd is closed
-            _ => None,
-        },
+    let (ours, theirs) = (copy.as_raw_fd() as libc::c_ulong, fd as libc::c_ulong);
+    match super::kcmp::same(own, pid, super::kcmp::KCMP_FILE, ours, theirs) {
+        Ok(same) => Some(same),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Some(false), // the target's fd is closed
+        Err(_) => None,
     }
 }
 

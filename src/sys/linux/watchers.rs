@@ -13,21 +13,11 @@
 //!   whose every poll returns at once) is caught at its next poll-family call: traced alone,
 //!   untouched, for at most 200 ms (ptrace/peek.rs).
 
+use super::kcmp;
 use super::procfs;
 use super::ptrace::peek;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IoSliceMut;
-
-/// KCMP_EPOLL_TFD from include/uapi/linux/kcmp.h.
-const KCMP_EPOLL_TFD: libc::c_int = 7;
-
-/// struct kcmp_epoll_slot (include/uapi/linux/kcmp.h).
-#[repr(C)]
-struct KcmpEpollSlot {
-    efd: u32,
-    tfd: u32,
-    toff: u32,
-}
 
 /// `epoll_fds`: the target's epoll fds. Returns, for each watched master fd, what watches it.
 pub fn watchers(
@@ -87,24 +77,14 @@ pub fn watchers(
 /// Which master (if any) an epoll entry registered as `tfd` is. Usually the fd of that number;
 /// if it was renumbered (dup2, close and reuse), any master whose file matches.
 fn epoll_entry_master(pid: i32, epfd: i32, tfd: i32, masters: &BTreeSet<i32>) -> Option<i32> {
-    let slot = KcmpEpollSlot {
+    let slot = kcmp::EpollSlot {
         efd: epfd as u32,
         tfd: tfd as u32,
         toff: 0,
     };
     let same = |fd: i32| -> Option<bool> {
-        // SAFETY: kcmp reads the slot struct from our memory; all other arguments are integers.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_kcmp,
-                pid,
-                pid,
-                KCMP_EPOLL_TFD,
-                fd as libc::c_ulong,
-                &slot as *const KcmpEpollSlot,
-            )
-        };
-        (r >= 0).then_some(r == 0)
+        let at = &slot as *const kcmp::EpollSlot as libc::c_ulong;
+        kcmp::same(pid, pid, kcmp::KCMP_EPOLL_TFD, fd as libc::c_ulong, at).ok()
     };
     if masters.contains(&tfd) {
         match same(tfd) {
