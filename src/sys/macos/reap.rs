@@ -52,7 +52,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         reap::finish_kept(rows);
         return Ok(Duration::ZERO);
     }
-    // platform binaries and hardened tasks are refused before anything (see releasable.rs):
+    // 1. platform binaries and hardened tasks are refused before anything (see releasable.rs):
     // setting a thread state in them is fatal to ptyreap, with the app's threads suspended
     if let Some(why) = target::refused_now(target) {
         return Err(UserError::failure(why));
@@ -67,7 +67,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         ))
     };
 
-    // 2. the task port, and whether a call can run in this target at all
+    // 2. the task port, pinned to the pid and start time, and whether a call can run in it
     let task = match mach::task_for_pid(target.pid) {
         Ok(task) => task,
         Err(_) if !target.still_alive() => return Err(target::no_such(target.pid)),
