@@ -2,13 +2,11 @@
 //! keeps going when targets exit or refuse, notifies at most once per process per hour, and stops
 //! cleanly on SIGTERM without ever leaving a target stopped.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, Fixture};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ptmx_fds, Fixture};
 
 fn watch(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));

@@ -5,12 +5,10 @@
 //! target never dies or stays stopped.
 //!
 //! `soak_100_rounds` runs in the normal suite; `soak_1000_rounds` is the long one:
-//! `cargo test --test soak -- --ignored`.
+//! `cargo test --test it soak:: -- --ignored`.
 
-mod support;
-
+use crate::support::{self, assert_running, ptmx_fds, Fixture};
 use serde_json::Value;
-use support::{assert_running, ptmx_fds, Fixture};
 
 fn soak(rounds: usize) {
     if !support::require_root() {
@@ -105,7 +103,7 @@ fn soak_100_rounds() {
 }
 
 #[test]
-#[ignore = "long: about a minute; cargo test --test soak -- --ignored"]
+#[ignore = "long: about a minute; cargo test --test it soak:: -- --ignored"]
 fn soak_1000_rounds() {
     soak(1000);
 }

@@ -2,11 +2,9 @@
 //! target must keep working exactly as before (live sessions echo, blocked calls complete
 //! correctly, sleeps last their full time) and only verified orphaned masters may go.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, ptyreap, Fixture};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use support::{ptmx_fds, ptyreap, Fixture};
 
 fn set(v: Vec<i32>) -> BTreeSet<i32> {
     v.into_iter().collect()

@@ -1,10 +1,8 @@
 //! Part 1 on a real kernel: the census, every verdict with its reason and evidence, the JSON
 //! schema, the human table, and that a dry run closes nothing. Real PTYs, real processes.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, ptyreap, Fixture};
 use serde_json::Value;
-use support::{ptmx_fds, ptyreap, Fixture};
 
 /// The rows of one target in an inspect document, by fd.
 fn rows(doc: &Value) -> std::collections::BTreeMap<i64, Value> {

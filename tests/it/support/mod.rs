@@ -1,7 +1,6 @@
-//! Helpers shared by the integration tests (`mod support;` in `tests/NAME.rs`): the leaking
-//! fixture process (`ptyreap-fixture`, see `fixture.rs` for its flags and JSON), running the
+//! Helpers shared by the integration tests (`mod support;` in `tests/it/main.rs`): the leaking
+//! fixture process (`ptyreap-fixture`, see `fixture/main.rs` for its flags and JSON), running the
 //! `ptyreap` binary, and reading a process's PTY masters from /proc. Each test file uses a subset.
-#![allow(dead_code)]
 
 use serde_json::Value;
 use std::fs;
@@ -10,6 +9,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,74 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 const PTYREAP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The machine's PTYs, shared by every test in this one binary (its tests run in parallel):
+/// holders (`Fixture`, `Victim`, a test opening its own) take it shared for as long as they hold
+/// PTYs; a test that changes the machine's limit (kernel.pty.max) or reaps the whole machine
+/// (`--all --yes`) takes it alone, so no other test's PTY is opened, closed or reaped meanwhile.
+/// Shared holders never wait for an exclusive one that is only waiting (a test may hold two
+/// fixtures), and the exclusive holder's own thread passes (its test spawns fixtures too).
+struct HostPtys {
+    shared: usize,
+    exclusive: Option<thread::ThreadId>,
+}
+
+static HOST_PTYS: Mutex<HostPtys> = Mutex::new(HostPtys {
+    shared: 0,
+    exclusive: None,
+});
+static HOST_PTYS_CHANGED: Condvar = Condvar::new();
+
+fn host_ptys() -> std::sync::MutexGuard<'static, HostPtys> {
+    // a test that panicked holding the lock poisons it; the counts are still right
+    HOST_PTYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The machine's PTYs held shared (see `HostPtys`) until dropped.
+pub struct SharedPtys(bool);
+
+/// Waits while another test has the machine's PTYs to itself, then holds them shared.
+pub fn shared_ptys() -> SharedPtys {
+    let me = thread::current().id();
+    let mut h = host_ptys();
+    if h.exclusive == Some(me) {
+        return SharedPtys(false);
+    }
+    while h.exclusive.is_some() {
+        h = HOST_PTYS_CHANGED.wait(h).unwrap_or_else(|e| e.into_inner());
+    }
+    h.shared += 1;
+    SharedPtys(true)
+}
+
+impl Drop for SharedPtys {
+    fn drop(&mut self) {
+        if self.0 {
+            host_ptys().shared -= 1;
+            HOST_PTYS_CHANGED.notify_all();
+        }
+    }
+}
+
+/// The machine's PTYs held by this test alone (see `HostPtys`) until dropped.
+pub struct ExclusivePtys;
+
+/// Waits until no other test holds or uses PTYs and none has them alone, then takes them alone.
+pub fn exclusive_ptys() -> ExclusivePtys {
+    let mut h = host_ptys();
+    while h.shared > 0 || h.exclusive.is_some() {
+        h = HOST_PTYS_CHANGED.wait(h).unwrap_or_else(|e| e.into_inner());
+    }
+    h.exclusive = Some(thread::current().id());
+    ExclusivePtys
+}
+
+impl Drop for ExclusivePtys {
+    fn drop(&mut self) {
+        host_ptys().exclusive = None;
+        HOST_PTYS_CHANGED.notify_all();
+    }
+}
+
 /// A running `ptyreap-fixture`, killed (children and all) and cleaned up on drop.
 pub struct Fixture {
     pub pid: i32,
@@ -25,6 +93,8 @@ pub struct Fixture {
     pub ready: Value,
     child: Child,
     dir: PathBuf,
+    /// Last: released after `drop` has killed the fixture.
+    _ptys: SharedPtys,
 }
 
 impl Fixture {
@@ -52,6 +122,7 @@ impl Fixture {
 
     /// Like `spawn`, after `configure` had its say on the command (e.g. a pre_exec hook).
     pub fn spawn_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Fixture {
+        let ptys = shared_ptys();
         let dir = temp_dir("fixture");
         let ready_path = dir.join("ready.json");
         let stderr =
@@ -71,6 +142,7 @@ impl Fixture {
             ready: Value::Null,
             child,
             dir,
+            _ptys: ptys,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -552,6 +624,8 @@ pub struct Victim {
     child: Child,
     dir: PathBuf,
     seq: u64,
+    /// Last: released after `drop` has killed the victim.
+    _ptys: SharedPtys,
 }
 
 /// Per thread: its blocked, pending and (process-wide) ignored and caught signals, as
@@ -583,6 +657,7 @@ impl Victim {
     }
 
     fn spawn_with(uid: Option<u32>, args: &[&str], configure: impl FnOnce(&mut Command)) -> Victim {
+        let ptys = shared_ptys();
         let dir = temp_dir("victim");
         let ready = dir.join("ready");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"));
@@ -605,6 +680,7 @@ impl Victim {
             child,
             dir,
             seq: 0,
+            _ptys: ptys,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

@@ -1,11 +1,9 @@
 //! The bad-input matrix: flags, pids, fds, durations, output paths, environment and "no terminal",
 //! each with its exit code and message — and after all of them, nothing was closed.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, Fixture};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use support::{ptmx_fds, Fixture};
 
 struct Case {
     args: Vec<String>,

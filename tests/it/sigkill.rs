@@ -8,10 +8,8 @@
 //!   at that instant. Measured here and reported (README "What SIGKILL can do"); asserted: no
 //!   thread is ever left stopped or traced.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, spawn_reap, Fixture, Rng};
 use std::time::Duration;
-use support::{ptmx_fds, spawn_reap, Fixture, Rng};
 
 /// Waits until no thread of `pid` is traced or stopped (a surviving tracer may still be busy);
 /// false if the process is gone.
@@ -110,7 +108,7 @@ fn tracer_of(ptyreap: i32) -> Option<i32> {
 }
 
 /// Rounds of the tracer-kill measurement: 60 in the suite; `PTYREAP_TRACER_KILL_ROUNDS=200
-/// cargo test --test sigkill -- --nocapture kill_9_of_the_tracer` for README's figure.
+/// cargo test --test it -- --nocapture sigkill::kill_9_of_the_tracer` for README's figure.
 fn tracer_kill_rounds() -> u32 {
     std::env::var("PTYREAP_TRACER_KILL_ROUNDS")
         .ok()

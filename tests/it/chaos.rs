@@ -3,13 +3,11 @@
 //! what ptyreap reports as closed is exactly what is gone. 200 rounds (PTYREAP_CHAOS_ROUNDS to
 //! change).
 
-mod support;
-
+use crate::support::{self, assert_running, ptmx_fds, Fixture, Rng};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{assert_running, ptmx_fds, Fixture, Rng};
 
 #[test]
 fn signals_at_random_moments_never_leave_the_target_stopped() {

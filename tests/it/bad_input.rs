@@ -1,10 +1,8 @@
 //! Every bad input gets one plain line, its documented exit code, and nothing touched.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, ptyreap, Fixture};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use support::{ptmx_fds, ptyreap, Fixture};
 
 /// One line on stderr that starts with "ptyreap: " and mentions `words`.
 fn assert_one_line(stderr: &str, words: &str) {
