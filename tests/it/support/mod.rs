@@ -238,6 +238,53 @@ impl Fixture {
         self.try_check(CHECK_TIMEOUT)
             .unwrap_or_else(|| panic!("no health check after {CHECK_TIMEOUT:?}: {}", self.stderr()))
     }
+
+    /// Runs the health check and asserts that every live session echoed; returns the report
+    /// for the caller's own checks. `ctx` (may be empty) starts each failure's message.
+    pub fn assert_live(&self, ctx: &str) -> Value {
+        let c = self.check();
+        assert!(
+            live_ok(&c),
+            "{ctx}{}a live session did not echo: {c}",
+            sep(ctx)
+        );
+        c
+    }
+
+    /// `assert_live`, and no thread of the fixture saw an error.
+    pub fn assert_healthy(&self, ctx: &str) -> Value {
+        let c = self.assert_live(ctx);
+        assert_eq!(
+            c["errors"],
+            serde_json::json!([]),
+            "{ctx}{}a thread saw an error: {c}",
+            sep(ctx)
+        );
+        c
+    }
+}
+
+/// A check report (`Fixture::check`) in which every live session echoed.
+pub fn live_ok(check: &Value) -> bool {
+    check["live_ok"]
+        .as_array()
+        .expect("live_ok is an array")
+        .iter()
+        .all(|v| v == true)
+}
+
+/// A check report in which every live session echoed and no thread saw an error: what
+/// `Fixture::assert_healthy` asserts, for a caller that counts rather than fails.
+pub fn healthy(check: &Value) -> bool {
+    live_ok(check) && check["errors"] == serde_json::json!([])
+}
+
+fn sep(ctx: &str) -> &'static str {
+    if ctx.is_empty() {
+        ""
+    } else {
+        ": "
+    }
 }
 
 impl Drop for Fixture {
@@ -522,10 +569,21 @@ pub fn ptys_in_use_seen_by(pid: i32) -> usize {
         .count()
 }
 
-/// No thread of `pid` is in a ptrace stop, stopped, or traced (a gone process passes).
-pub fn assert_running(pid: i32) {
+/// What the threads of a process are in, as /proc/PID/task/*/status tell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// None is in a ptrace stop, stopped, or traced.
+    Running,
+    /// The process is gone (no /proc/PID/task).
+    Gone,
+    /// One is stopped or traced: which, and how.
+    Held(String),
+}
+
+/// The state of `pid`'s threads now (see `Threads`).
+pub fn threads(pid: i32) -> Threads {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
+        return Threads::Gone;
     };
     for entry in dir.flatten() {
         let status = fs::read_to_string(entry.path().join("status")).unwrap_or_default();
@@ -533,17 +591,41 @@ pub fn assert_running(pid: i32) {
             .lines()
             .find(|l| l.starts_with("State:"))
             .unwrap_or("");
-        assert!(
-            !state.contains("tracing stop") && !state.contains("T (stopped)"),
-            "thread {:?} of {pid} left {state}",
-            entry.file_name()
-        );
-        assert!(
-            status.contains("TracerPid:\t0\n"),
-            "thread {:?} of {pid} still traced",
-            entry.file_name()
-        );
+        if state.contains("tracing stop") || state.contains("T (stopped)") {
+            return Threads::Held(format!(
+                "thread {:?} of {pid} left {state}",
+                entry.file_name()
+            ));
+        }
+        if !status.contains("TracerPid:\t0\n") {
+            return Threads::Held(format!(
+                "thread {:?} of {pid} still traced",
+                entry.file_name()
+            ));
+        }
     }
+    Threads::Running
+}
+
+/// No thread of `pid` is in a ptrace stop, stopped, or traced (a gone process passes).
+pub fn assert_running(pid: i32) {
+    if let Threads::Held(how) = threads(pid) {
+        panic!("{how}");
+    }
+}
+
+/// Waits up to `timeout` until no thread of `pid` is stopped or traced (a tracer that outlived
+/// its parent may still be busy), asserting that it comes to that: `Running`, or `Gone`.
+pub fn settle(pid: i32, timeout: Duration) -> Threads {
+    let mut now = threads(pid);
+    wait_for(timeout, || {
+        now = threads(pid);
+        !matches!(now, Threads::Held(_))
+    });
+    if let Threads::Held(how) = &now {
+        panic!("pid {pid}: a thread stayed traced or stopped for {timeout:?}: {how}");
+    }
+    now
 }
 
 /// A small deterministic PRNG (xorshift64), so a failing round can be replayed from its seed.
