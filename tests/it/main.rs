@@ -5,7 +5,6 @@
 mod support;
 
 mod bad_input;
-mod bad_input_matrix;
 mod chaos;
 mod confirm;
 mod devpts_instances;
