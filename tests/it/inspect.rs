@@ -1,10 +1,8 @@
 //! Part 1 on a real kernel: the census, every verdict with its reason and evidence, the JSON
 //! schema, the human table, and that a dry run closes nothing. Real PTYs, real processes.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, ptyreap, Fixture};
 use serde_json::Value;
-use support::{ptmx_fds, ptyreap, Fixture};
 
 /// The rows of one target in an inspect document, by fd.
 fn rows(doc: &Value) -> std::collections::BTreeMap<i64, Value> {
@@ -353,4 +351,43 @@ fn hundreds_of_masters_at_a_glance() {
     json.push("--json");
     let doc = ptyreap(&json).json();
     assert_eq!(doc["targets"][0]["masters"].as_array().unwrap().len(), 491);
+}
+
+#[test]
+fn name_and_top_select_the_fixture() {
+    // --name and --top pick among the machine's processes: no other test's fixture may exit
+    // between the pick and the inspection
+    let _alone = support::exclusive_ptys();
+    let f = Fixture::spawn(&["--orphans", "3"]);
+    let out = ptyreap(&["--name", "ptyreap-fixture", "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let pids: Vec<i64> = doc["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["pid"].as_i64().unwrap())
+        .collect();
+    assert!(pids.contains(&(f.pid as i64)), "{pids:?}");
+    let top = ptyreap(&["--top", "--dry-run", "--json"]).json();
+    assert_eq!(top["targets"].as_array().unwrap().len(), 1);
+}
+
+/// A valid --fd narrows the rows to that fd.
+#[test]
+fn fd_selects_one_master() {
+    let f = Fixture::spawn(&["--orphans", "2", "--pairs", "1"]);
+    let before = ptmx_fds(f.pid);
+    let pid = f.pid.to_string();
+    let master = f.fds("orphans")[0].to_string();
+    let out = ptyreap(&["--pid", &pid, "--fd", &master, "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.json()["targets"][0]["masters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(ptmx_fds(f.pid), before);
 }

@@ -1,7 +1,6 @@
-//! Helpers shared by the integration tests (`mod support;` in `tests/NAME.rs`): the leaking
-//! fixture process (`ptyreap-fixture`, see `fixture.rs` for its flags and JSON), running the
+//! Helpers shared by the integration tests (`mod support;` in `tests/it/main.rs`): the leaking
+//! fixture process (`ptyreap-fixture`, see `fixture/main.rs` for its flags and JSON), running the
 //! `ptyreap` binary, and reading a process's PTY masters from /proc. Each test file uses a subset.
-#![allow(dead_code)]
 
 use serde_json::Value;
 use std::fs;
@@ -10,6 +9,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,74 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 const PTYREAP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The machine's PTYs, shared by every test in this one binary (its tests run in parallel):
+/// holders (`Fixture`, `Victim`, a test opening its own) take it shared for as long as they hold
+/// PTYs; a test that changes the machine's limit (kernel.pty.max) or reaps the whole machine
+/// (`--all --yes`) takes it alone, so no other test's PTY is opened, closed or reaped meanwhile.
+/// Shared holders never wait for an exclusive one that is only waiting (a test may hold two
+/// fixtures), and the exclusive holder's own thread passes (its test spawns fixtures too).
+struct HostPtys {
+    shared: usize,
+    exclusive: Option<thread::ThreadId>,
+}
+
+static HOST_PTYS: Mutex<HostPtys> = Mutex::new(HostPtys {
+    shared: 0,
+    exclusive: None,
+});
+static HOST_PTYS_CHANGED: Condvar = Condvar::new();
+
+fn host_ptys() -> std::sync::MutexGuard<'static, HostPtys> {
+    // a test that panicked holding the lock poisons it; the counts are still right
+    HOST_PTYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The machine's PTYs held shared (see `HostPtys`) until dropped.
+pub struct SharedPtys(bool);
+
+/// Waits while another test has the machine's PTYs to itself, then holds them shared.
+pub fn shared_ptys() -> SharedPtys {
+    let me = thread::current().id();
+    let mut h = host_ptys();
+    if h.exclusive == Some(me) {
+        return SharedPtys(false);
+    }
+    while h.exclusive.is_some() {
+        h = HOST_PTYS_CHANGED.wait(h).unwrap_or_else(|e| e.into_inner());
+    }
+    h.shared += 1;
+    SharedPtys(true)
+}
+
+impl Drop for SharedPtys {
+    fn drop(&mut self) {
+        if self.0 {
+            host_ptys().shared -= 1;
+            HOST_PTYS_CHANGED.notify_all();
+        }
+    }
+}
+
+/// The machine's PTYs held by this test alone (see `HostPtys`) until dropped.
+pub struct ExclusivePtys;
+
+/// Waits until no other test holds or uses PTYs and none has them alone, then takes them alone.
+pub fn exclusive_ptys() -> ExclusivePtys {
+    let mut h = host_ptys();
+    while h.shared > 0 || h.exclusive.is_some() {
+        h = HOST_PTYS_CHANGED.wait(h).unwrap_or_else(|e| e.into_inner());
+    }
+    h.exclusive = Some(thread::current().id());
+    ExclusivePtys
+}
+
+impl Drop for ExclusivePtys {
+    fn drop(&mut self) {
+        host_ptys().exclusive = None;
+        HOST_PTYS_CHANGED.notify_all();
+    }
+}
+
 /// A running `ptyreap-fixture`, killed (children and all) and cleaned up on drop.
 pub struct Fixture {
     pub pid: i32,
@@ -25,6 +93,8 @@ pub struct Fixture {
     pub ready: Value,
     child: Child,
     dir: PathBuf,
+    /// Last: released after `drop` has killed the fixture.
+    _ptys: SharedPtys,
 }
 
 impl Fixture {
@@ -52,6 +122,7 @@ impl Fixture {
 
     /// Like `spawn`, after `configure` had its say on the command (e.g. a pre_exec hook).
     pub fn spawn_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Fixture {
+        let ptys = shared_ptys();
         let dir = temp_dir("fixture");
         let ready_path = dir.join("ready.json");
         let stderr =
@@ -71,6 +142,7 @@ impl Fixture {
             ready: Value::Null,
             child,
             dir,
+            _ptys: ptys,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -165,6 +237,53 @@ impl Fixture {
     pub fn check(&self) -> Value {
         self.try_check(CHECK_TIMEOUT)
             .unwrap_or_else(|| panic!("no health check after {CHECK_TIMEOUT:?}: {}", self.stderr()))
+    }
+
+    /// Runs the health check and asserts that every live session echoed; returns the report
+    /// for the caller's own checks. `ctx` (may be empty) starts each failure's message.
+    pub fn assert_live(&self, ctx: &str) -> Value {
+        let c = self.check();
+        assert!(
+            live_ok(&c),
+            "{ctx}{}a live session did not echo: {c}",
+            sep(ctx)
+        );
+        c
+    }
+
+    /// `assert_live`, and no thread of the fixture saw an error.
+    pub fn assert_healthy(&self, ctx: &str) -> Value {
+        let c = self.assert_live(ctx);
+        assert_eq!(
+            c["errors"],
+            serde_json::json!([]),
+            "{ctx}{}a thread saw an error: {c}",
+            sep(ctx)
+        );
+        c
+    }
+}
+
+/// A check report (`Fixture::check`) in which every live session echoed.
+pub fn live_ok(check: &Value) -> bool {
+    check["live_ok"]
+        .as_array()
+        .expect("live_ok is an array")
+        .iter()
+        .all(|v| v == true)
+}
+
+/// A check report in which every live session echoed and no thread saw an error: what
+/// `Fixture::assert_healthy` asserts, for a caller that counts rather than fails.
+pub fn healthy(check: &Value) -> bool {
+    live_ok(check) && check["errors"] == serde_json::json!([])
+}
+
+fn sep(ctx: &str) -> &'static str {
+    if ctx.is_empty() {
+        ""
+    } else {
+        ": "
     }
 }
 
@@ -450,10 +569,21 @@ pub fn ptys_in_use_seen_by(pid: i32) -> usize {
         .count()
 }
 
-/// No thread of `pid` is in a ptrace stop, stopped, or traced (a gone process passes).
-pub fn assert_running(pid: i32) {
+/// What the threads of a process are in, as /proc/PID/task/*/status tell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// None is in a ptrace stop, stopped, or traced.
+    Running,
+    /// The process is gone (no /proc/PID/task).
+    Gone,
+    /// One is stopped or traced: which, and how.
+    Held(String),
+}
+
+/// The state of `pid`'s threads now (see `Threads`).
+pub fn threads(pid: i32) -> Threads {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return;
+        return Threads::Gone;
     };
     for entry in dir.flatten() {
         let status = fs::read_to_string(entry.path().join("status")).unwrap_or_default();
@@ -461,17 +591,41 @@ pub fn assert_running(pid: i32) {
             .lines()
             .find(|l| l.starts_with("State:"))
             .unwrap_or("");
-        assert!(
-            !state.contains("tracing stop") && !state.contains("T (stopped)"),
-            "thread {:?} of {pid} left {state}",
-            entry.file_name()
-        );
-        assert!(
-            status.contains("TracerPid:\t0\n"),
-            "thread {:?} of {pid} still traced",
-            entry.file_name()
-        );
+        if state.contains("tracing stop") || state.contains("T (stopped)") {
+            return Threads::Held(format!(
+                "thread {:?} of {pid} left {state}",
+                entry.file_name()
+            ));
+        }
+        if !status.contains("TracerPid:\t0\n") {
+            return Threads::Held(format!(
+                "thread {:?} of {pid} still traced",
+                entry.file_name()
+            ));
+        }
     }
+    Threads::Running
+}
+
+/// No thread of `pid` is in a ptrace stop, stopped, or traced (a gone process passes).
+pub fn assert_running(pid: i32) {
+    if let Threads::Held(how) = threads(pid) {
+        panic!("{how}");
+    }
+}
+
+/// Waits up to `timeout` until no thread of `pid` is stopped or traced (a tracer that outlived
+/// its parent may still be busy), asserting that it comes to that: `Running`, or `Gone`.
+pub fn settle(pid: i32, timeout: Duration) -> Threads {
+    let mut now = threads(pid);
+    wait_for(timeout, || {
+        now = threads(pid);
+        !matches!(now, Threads::Held(_))
+    });
+    if let Threads::Held(how) = &now {
+        panic!("pid {pid}: a thread stayed traced or stopped for {timeout:?}: {how}");
+    }
+    now
 }
 
 /// A small deterministic PRNG (xorshift64), so a failing round can be replayed from its seed.
@@ -552,6 +706,8 @@ pub struct Victim {
     child: Child,
     dir: PathBuf,
     seq: u64,
+    /// Last: released after `drop` has killed the victim.
+    _ptys: SharedPtys,
 }
 
 /// Per thread: its blocked, pending and (process-wide) ignored and caught signals, as
@@ -583,6 +739,7 @@ impl Victim {
     }
 
     fn spawn_with(uid: Option<u32>, args: &[&str], configure: impl FnOnce(&mut Command)) -> Victim {
+        let ptys = shared_ptys();
         let dir = temp_dir("victim");
         let ready = dir.join("ready");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"));
@@ -605,6 +762,7 @@ impl Victim {
             child,
             dir,
             seq: 0,
+            _ptys: ptys,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {

@@ -2,11 +2,9 @@
 //! instance, it ends with a PTY openable again, says what it did, and exits 0; run when PTYs stay
 //! exhausted (nothing it may reap), it exits 1.
 
-mod support;
-
+use crate::support::{self, fixture_in_namespace_of, Fixture};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use support::{fixture_in_namespace_of, Fixture};
 
 fn emergency(args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(concat!(
@@ -34,6 +32,8 @@ fn recovers_when_it_can_and_says_so_when_it_cannot() {
     if !support::require_root() {
         return;
     }
+    // the script judges the whole machine and lowers its limit: no other test's PTYs meanwhile
+    let _alone = support::exclusive_ptys();
     recovers_an_exhausted_instance_without_a_terminal();
     says_so_when_ptys_stay_exhausted();
     raises_the_limit_when_it_is_the_limit_that_is_reached();

@@ -2,9 +2,7 @@
 //! master is closed), names the copies held elsewhere, and `--all` takes the whole leak in one
 //! step. One test in this binary: `--all` acts on every process of the machine.
 
-mod support;
-
-use support::{ptyreap, ptys_in_use_seen_by, require_root, Victim};
+use crate::support::{self, ptyreap, ptys_in_use_seen_by, require_root, Victim};
 
 fn rows_of(doc: &serde_json::Value, pid: i32) -> Vec<serde_json::Value> {
     doc["targets"]
@@ -25,6 +23,8 @@ fn ptys_are_counted_and_all_frees_the_machine() {
     if !require_root() {
         return;
     }
+    // `--all --yes` reaps every test's orphans: none but this one's meanwhile
+    let _alone = support::exclusive_ptys();
     let v = Victim::spawn_private_devpts(
         &["--open-after-ms", "300", "--masters", "3", "--fork-child"],
         16,

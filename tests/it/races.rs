@@ -1,11 +1,9 @@
 //! Races: the target exits, execs, or forks at a high rate while being reaped; its pid is reused
-//! between the scan and the attach; another tracer got there first (tests/reap.rs). Each ends in
+//! between the scan and the attach; another tracer got there first (reap.rs). Each ends in
 //! a clear message and an intact target (or none), never a hang or a panic.
 
-mod support;
-
+use crate::support::{self, assert_running, ptmx_fds, spawn_reap, Fixture};
 use std::time::{Duration, Instant};
-use support::{assert_running, ptmx_fds, spawn_reap, Fixture};
 
 /// ptyreap ended on its own, without a panic, with a documented code and a message if it failed.
 fn assert_clean_end(out: &std::process::Output, ctx: &str) {
@@ -101,12 +99,7 @@ fn the_target_forks_rapidly() {
     );
     assert!(left.contains(&f.fds("live")[0]));
     assert_running(f.pid);
-    let c = f.check();
-    assert!(
-        c["live_ok"].as_array().unwrap().iter().all(|v| v == true),
-        "{c}"
-    );
-    assert_eq!(c["errors"], serde_json::json!([]), "{c}");
+    f.assert_healthy("");
 }
 
 #[test]

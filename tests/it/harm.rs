@@ -6,12 +6,10 @@
 //! its main thread still answering a signal — that a claimed release is true, and the exit code
 //! and message.
 
-mod support;
-
+use crate::support::{self, ptyreap, require_root, Output, Victim};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{ptyreap, require_root, Output, Victim};
 
 fn reap(pid: i32, extra: &[&str]) -> Output {
     let pid = pid.to_string();

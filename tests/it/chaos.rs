@@ -3,13 +3,11 @@
 //! what ptyreap reports as closed is exactly what is gone. 200 rounds (PTYREAP_CHAOS_ROUNDS to
 //! change).
 
-mod support;
-
+use crate::support::{self, assert_running, ptmx_fds, Fixture, Rng};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{assert_running, ptmx_fds, Fixture, Rng};
 
 #[test]
 fn signals_at_random_moments_never_leave_the_target_stopped() {
@@ -92,12 +90,7 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
                 String::from_utf8_lossy(&out.stderr)
             ),
         }
-        let c = f.check();
-        assert!(
-            c["live_ok"].as_array().unwrap().iter().all(|v| v == true),
-            "{ctx}: {c}"
-        );
-        assert_eq!(c["errors"], serde_json::json!([]), "{ctx}: {c}");
+        f.assert_healthy(&ctx);
     }
     eprintln!(
         "{rounds} rounds over {span:?}: {interrupted} stopped by the signal after restoring and \

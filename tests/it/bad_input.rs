@@ -1,29 +1,51 @@
-//! The bad-input matrix: flags, pids, fds, durations, output paths, environment and "no terminal",
-//! each with its exit code and message — and after all of them, nothing was closed.
+//! Bad input, one table-driven matrix: flags, pids, fds, durations, output paths, environment and "no terminal",
+//! each with its exit code and message (ptyreap's own errors: one plain line) — and after all of
+//! them, nothing was closed.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, Fixture};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use support::{ptmx_fds, Fixture};
 
 struct Case {
+    /// ptyreap's, or `sh`'s when `via_sh`
     args: Vec<String>,
     env: Vec<(&'static str, &'static str)>,
     code: i32,
-    /// in stderr (or stdout, for the few cases that succeed)
-    says: &'static str,
+    /// each in stderr (or stdout, for the few cases that succeed)
+    says: Vec<String>,
     /// run as this uid (not-permitted cases)
     uid: Option<u32>,
+    /// stderr is exactly one line, and it starts with "ptyreap: "; nothing on stdout
+    one_plain_line: bool,
+    /// run through `sh -c` (`args` are sh's), for a pid only the shell knows ($$)
+    via_sh: bool,
 }
 
-fn case(args: &[&str], code: i32, says: &'static str) -> Case {
+fn case(args: &[&str], code: i32, says: &str) -> Case {
     Case {
         args: args.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         code,
-        says,
+        says: vec![says.to_string()],
         uid: None,
+        one_plain_line: false,
+        via_sh: false,
+    }
+}
+
+/// A case whose error is one plain line of ptyreap's saying `says`.
+fn line(args: &[&str], code: i32, says: &str) -> Case {
+    Case {
+        one_plain_line: true,
+        ..case(args, code, says)
+    }
+}
+
+impl Case {
+    /// And says this too.
+    fn and(mut self, says: &str) -> Case {
+        self.says.push(says.to_string());
+        self
     }
 }
 
@@ -31,7 +53,8 @@ fn case(args: &[&str], code: i32, says: &'static str) -> Case {
 fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
     let f = Fixture::spawn(&["--orphans", "3", "--live", "1"]);
     let other = Fixture::spawn(&["--orphans", "1"]);
-    let masters_before = (ptmx_fds(f.pid), ptmx_fds(other.pid));
+    let paired = Fixture::spawn(&["--orphans", "2", "--pairs", "1"]);
+    let masters_before = (ptmx_fds(f.pid), ptmx_fds(other.pid), ptmx_fds(paired.pid));
     let pid = f.pid.to_string();
     let gone = {
         let mut c = Command::new("true").spawn().unwrap();
@@ -55,20 +78,42 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
     );
     let other_pid = other.pid.to_string();
     let master = f.fds("orphans")[0].to_string();
+    let paired_pid = paired.pid.to_string();
+    let slave = paired.fds("pairs")[1].to_string();
 
     let mut cases = vec![
         // pids
-        case(&["--pid", &gone, "--dry-run"], 1, "no process with pid"),
+        line(
+            &["--pid", &gone, "--dry-run"],
+            1,
+            &format!("no process with pid {gone}"),
+        ),
         case(&["--pid", "0", "--dry-run"], 1, "is not a process id"),
         case(&["--pid", "-5", "--dry-run"], 1, "is not a process id"),
         case(&["--pid", "abc"], 2, "invalid value"),
         case(&["--pid", "99999999999"], 2, "invalid value"),
-        case(&["--pid", &zpid, "--dry-run"], 1, "is a zombie"),
-        case(
-            &["--name", "no-such-process-xyz", "--dry-run"],
+        line(&["--pid", &zpid, "--dry-run"], 1, "is a zombie"),
+        line(
+            &["--name", "no-such-process-name-xyz", "--dry-run"],
             1,
-            "no process is named",
+            "no process is named 'no-such-process-name-xyz'",
         ),
+        // the shell execs ptyreap, so $$ is ptyreap's own pid
+        Case {
+            via_sh: true,
+            ..line(
+                &[
+                    "-c",
+                    concat!(
+                        "exec ",
+                        env!("CARGO_BIN_EXE_ptyreap"),
+                        " --pid $$ --dry-run"
+                    ),
+                ],
+                1,
+                "is ptyreap itself",
+            )
+        },
         case(
             &[
                 "--pid",
@@ -117,7 +162,9 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         ),
         // flag combinations
         case(&["--top", "--pid", &pid], 2, "cannot be used with"),
+        case(&["--top", "--name", "x"], 2, "cannot be used with"),
         case(&["--fd", "3"], 2, "--fd needs a target"),
+        case(&["--method", "close"], 2, "--method needs a target"),
         case(&["--yes"], 2, "--yes needs a target"),
         case(
             &["--include-tracked"],
@@ -130,6 +177,7 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
             "cannot be used with",
         ),
         case(&["no-such-subcommand"], 2, "unrecognized subcommand"),
+        case(&["--no-such-flag"], 2, "unexpected argument"),
         case(&["completions", "tcsh"], 2, "invalid value"),
         // output paths
         case(
@@ -161,22 +209,47 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
             "no terminal to ask on",
         ),
     ];
+    // fds that are not PTY masters: standard input, a pair's slave, one that is not open
+    for fd in ["0", slave.as_str(), "999"] {
+        cases.push(
+            line(
+                &["--pid", &paired_pid, "--fd", fd, "--min-idle", "0", "--yes"],
+                1,
+                &format!("fd {fd} of pid {paired_pid}"),
+            )
+            .and("is not a PTY master"),
+        );
+    }
+    // pid 2 is kthreadd whenever we run in the initial pid namespace
+    if std::fs::read_to_string("/proc/2/comm")
+        .unwrap_or_default()
+        .trim()
+        == "kthreadd"
+    {
+        cases.push(line(&["--pid", "2", "--dry-run"], 1, "is a kernel thread"));
+    } else {
+        eprintln!("skipped the kernel-thread case: pid 2 is not kthreadd here");
+    }
     // environment: NO_COLOR and a census on a non-terminal succeed without escape codes
     cases.push(Case {
         env: vec![("NO_COLOR", "1")],
         ..case(&["--pid", &pid, "--dry-run"], 0, "3 fresh, 1 live")
     });
     // a pid we may not inspect (as nobody)
-    if unsafe { libc::geteuid() } == 0 {
+    if support::require_root() {
         cases.push(Case {
             uid: Some(65534),
-            ..case(&["--pid", &pid, "--dry-run"], 1, "not permitted to inspect")
+            ..line(&["--pid", &pid, "--dry-run"], 1, "not permitted to inspect").and("sudo")
         });
     }
     assert!(cases.len() >= 25, "{} cases", cases.len());
 
     for c in &cases {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
+        let mut cmd = Command::new(if c.via_sh {
+            "sh"
+        } else {
+            env!("CARGO_BIN_EXE_ptyreap")
+        });
         cmd.args(&c.args)
             .stdin(Stdio::null())
             .env_remove("NO_COLOR");
@@ -197,12 +270,23 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         } else {
             stderr.to_string()
         };
-        assert!(
-            text.contains(c.says),
-            "{:?}: '{}' not in: {text}",
-            c.args,
-            c.says
-        );
+        for says in &c.says {
+            assert!(
+                text.contains(says.as_str()),
+                "{:?}: '{says}' not in: {text}",
+                c.args
+            );
+        }
+        if c.code == 2 {
+            assert!(stdout.is_empty(), "{:?}: a usage error on stdout", c.args);
+        }
+        if c.one_plain_line {
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "{:?}: want one line, got: {stderr}", c.args);
+            assert!(lines[0].starts_with("ptyreap: "), "{:?}: {stderr}", c.args);
+            assert!(stdout.is_empty(), "{:?}: {stdout}", c.args);
+        }
+
         assert!(
             !stdout.contains('\x1b') && !stderr.contains('\x1b'),
             "{:?}: escape codes",
@@ -219,7 +303,7 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
     }
     zombie.wait().unwrap();
     assert_eq!(
-        (ptmx_fds(f.pid), ptmx_fds(other.pid)),
+        (ptmx_fds(f.pid), ptmx_fds(other.pid), ptmx_fds(paired.pid)),
         masters_before,
         "something was closed"
     );

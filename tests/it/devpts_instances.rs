@@ -3,9 +3,7 @@
 //! own devpts instance (max=8, so indices start at 0 in both), hold live sessions and orphaned
 //! masters on the same indices; ptyreap must keep them apart and list both instances.
 
-mod support;
-
-use support::{ptyreap, Fixture};
+use crate::support::{self, ptyreap, Fixture};
 
 #[test]
 fn a_private_devpts_instance_is_told_apart() {

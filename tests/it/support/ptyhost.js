@@ -1,7 +1,7 @@
 // A pty host the way IDEs and agent daemons run one: real node-pty, several shells, some of them
 // killed. node-pty's masters are inheritable, so every shell spawned after a terminal holds a
 // copy of that terminal's master; when the terminal is killed, its PTY stays allocated through
-// those copies. Driven by the ptyreap tests (tests/nodepty.rs).
+// those copies. Driven by the ptyreap tests (tests/it/nodepty.rs).
 //
 //   node ptyhost.js READY_FILE N KILL...   N terminals (`sh -c 'exec cat'`), then kill the listed
 //                                          ones (0-based); READY_FILE gets JSON: node's pid, the

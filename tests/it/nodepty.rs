@@ -3,13 +3,11 @@
 //! copies the later shells inherited, which ptyreap sees as `inherited` and frees with `--all`;
 //! every live shell still echoes. Inside a private devpts instance, so the count is exact.
 
-mod support;
-
+use crate::support::{self, ptyreap, ptys_in_use_seen_by, require_root};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ptyreap, ptys_in_use_seen_by, require_root};
 
 fn node_pty() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("PTYREAP_NODE_PTY").map_or_else(
@@ -56,7 +54,7 @@ fn start_host(dir: &std::path::Path, module: &std::path::Path, kill: &[usize]) -
     let mut cmd = Command::new("node");
     cmd.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/support/ptyhost.js"
+        "/tests/it/support/ptyhost.js"
     ))
     .arg(&ready)
     .arg("6")
@@ -97,6 +95,8 @@ fn the_copies_of_killed_terminals_are_freed_with_all() {
     if !require_root() {
         return;
     }
+    // `--all --yes` reaps every test's orphans: none but this one's meanwhile
+    let _alone = support::exclusive_ptys();
     let Some(module) = node_pty() else {
         assert!(
             std::env::var_os("CI").is_none(),

@@ -1,15 +1,13 @@
 //! The interactive prompt, driven through a real terminal: ptyreap runs on a PTY of ours as its
 //! controlling terminal, and we type at it. Reap all / choose / cancel.
 
-mod support;
-
+use crate::support::{self, ptmx_fds, Fixture};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{ptmx_fds, Fixture};
 
 /// ptyreap on a terminal: what it printed so far, and a way to type.
 struct OnTerminal {

@@ -2,13 +2,11 @@
 //! not see, poll loops busy at the instant of the scan, who opened the PTY, and the default
 //! method that follows from it. Real processes: `ptyreap-victim`, and Debian's tmux.
 
-mod support;
-
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 
+use crate::support::{self, ptyreap, ptyreap_with, require_root, tty_index, Victim};
 use std::time::Duration;
-use support::{ptyreap, ptyreap_with, require_root, tty_index, Victim};
 
 const NOBODY: u32 = 65534;
 
@@ -96,6 +94,8 @@ fn a_busy_tmux_server_keeps_its_pane_masters() {
     if !require_root() {
         return;
     }
+    // tmux's panes are PTYs of the machine's
+    let _ptys = support::shared_ptys();
     if std::process::Command::new("tmux")
         .arg("-V")
         .output()

@@ -2,12 +2,10 @@
 //! and its health check reports a healthy process. Needs no root.
 #![cfg(target_os = "linux")]
 
-mod support;
-
+use crate::support::{ptmx_fds, pty_nr, tty_index, wait_for, Fixture};
 use serde_json::Value;
 use std::fs;
 use std::time::Duration;
-use support::{ptmx_fds, pty_nr, tty_index, wait_for, Fixture};
 
 fn len(v: &Value) -> usize {
     v.as_array()

@@ -1,10 +1,8 @@
 //! Output that behaves: a closed pipe ends the run quietly with exit 0, text a process chose is
 //! printed escaped, and the README's commands work as written.
 
-mod support;
-
+use crate::support::{self, require_root, Victim};
 use std::process::Command;
-use support::{require_root, Victim};
 
 /// `(sleep; ptyreap ARGS) | CONSUMER`: the exit status of ptyreap and what it wrote to stderr.
 fn into_closed_pipe(args: &str, consumer: &str) -> (i32, String) {

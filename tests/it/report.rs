@@ -1,11 +1,9 @@
 //! `ptyreap report`: the bug-report snapshot, validated against its documented schema, and
 //! written safely (0600, never overwriting, never following a planted symlink).
 
-mod support;
-
+use crate::support::{self, ptyreap, Fixture};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
-use support::{ptyreap, Fixture};
 
 /// The schema documented in README.md ("Bug reports"): key → JSON type.
 fn assert_schema(doc: &Value) {

@@ -2,7 +2,7 @@
 //! launchd plist is well-formed XML with the keys launchd needs, `scripts/install-watchdog` is
 //! idempotent, and completions and the man page come out of the clap definitions.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

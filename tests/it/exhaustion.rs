@@ -3,11 +3,9 @@
 //! controlling terminal and stdin from /dev/null (as in an emergency script), frees them; a new
 //! PTY opens; the target is alive.
 
-mod support;
-
+use crate::support::{self, fixture_in_namespace_of, ptmx_fds, Fixture};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use support::{fixture_in_namespace_of, ptmx_fds, Fixture};
 
 #[test]
 fn an_exhausted_instance_is_recovered_without_a_terminal() {
@@ -109,6 +107,8 @@ fn the_limit_is_shown_and_set_until_reboot() {
     if !support::require_root() {
         return;
     }
+    // changes the machine's limit, which emergency.rs lowers too
+    let _alone = support::exclusive_ptys();
     const MAX: &str = "/proc/sys/kernel/pty/max";
     let read = || -> u64 {
         std::fs::read_to_string(MAX)
