@@ -1,4 +1,4 @@
-//! Part 1 on a real kernel: the census, every verdict with its reason and evidence, the JSON
+//! On a real kernel: the census, every verdict with its reason and evidence, the JSON
 //! schema, the human table, and that a dry run closes nothing. Real PTYs, real processes.
 
 use crate::support::{self, ptmx_fds, ptyreap, Fixture};

@@ -1,4 +1,4 @@
-//! Part 2 on a real kernel: reaping by ptrace close-injection. Real targets, real ptrace; the
+//! On a real kernel: reaping by ptrace close-injection. Real targets, real ptrace; the
 //! target must keep working exactly as before (live sessions echo, blocked calls complete
 //! correctly, sleeps last their full time) and only verified orphaned masters may go.
 
