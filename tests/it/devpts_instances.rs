@@ -14,14 +14,7 @@ fn a_private_devpts_instance_is_told_apart() {
     let host = Fixture::spawn_private_devpts(&["--live", "3"], 8);
     let inner = Fixture::spawn_private_devpts(&["--orphans", "3"], 8);
     let host_doc = ptyreap(&["--pid", &host.pid.to_string(), "--dry-run", "--json"]).json();
-    let inner_out = ptyreap(&[
-        "--pid",
-        &inner.pid.to_string(),
-        "--dry-run",
-        "--min-idle",
-        "0",
-        "--json",
-    ]);
+    let inner_out = crate::support::dry_run(inner.pid, &["--json"]);
     assert_eq!(inner_out.code, 0, "{inner_out:?}");
     let inner_doc = inner_out.json();
 

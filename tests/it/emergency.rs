@@ -3,7 +3,6 @@
 //! exhausted (nothing it may reap), it exits 1.
 
 use crate::support::{self, fixture_in_namespace_of, Fixture};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 fn emergency(args: &[&str]) -> std::process::Output {
@@ -15,14 +14,9 @@ fn emergency(args: &[&str]) -> std::process::Output {
         .args(["--ptyreap", env!("CARGO_BIN_EXE_ptyreap")])
         .stdin(Stdio::null())
         .env("NO_COLOR", "1");
-    // SAFETY: setsid between fork and exec: no controlling terminal at all.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.output().expect("running emergency-recover")
+    crate::support::without_terminal(&mut cmd)
+        .output()
+        .expect("running emergency-recover")
 }
 
 /// One test, both cases in turn: the script judges the whole machine, so a full instance of the

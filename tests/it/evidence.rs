@@ -78,7 +78,7 @@ fn what_the_scan_cannot_see_makes_unknown() {
         "{human:?}"
     );
     // as root: live, held by us
-    let root = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+    let root = crate::support::dry_run(&pid, &["--json"]);
     assert_eq!(masters(&root.json())[0]["verdict"], "live", "{root:?}");
     assert!(v.status().is_some());
     drop(slave);
@@ -169,7 +169,7 @@ fn a_busy_tmux_server_keeps_its_pane_masters() {
         tmux(&["list-panes", "-a"])
     );
     let pid = server_pid.to_string();
-    let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+    let dry = crate::support::dry_run(&pid, &["--json"]);
     let rows = masters(&dry.json());
     let tracked: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r["verdict"] == "tracked").collect();
@@ -246,7 +246,7 @@ fn busy_poll_loops_are_caught_within_the_bound() {
     let before = v.signal_state();
     let pid = v.pid.to_string();
     let t = std::time::Instant::now();
-    let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+    let dry = crate::support::dry_run(&pid, &["--json"]);
     let took = t.elapsed();
     assert_eq!(dry.code, 0, "{dry:?}");
     for r in masters(&dry.json()) {
@@ -296,7 +296,7 @@ fn a_dry_run_changes_nothing() {
     };
     let eintr = f.check()["epoll_eintr"].clone();
     let before = look();
-    let out = ptyreap(&["--pid", &f.pid.to_string(), "--min-idle", "0", "--dry-run"]);
+    let out = crate::support::dry_run(f.pid, &[]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(look(), before, "a dry run changed the target");
     // no thread was interrupted: an epoll_wait interrupted by a ptrace stop returns EINTR
@@ -318,9 +318,7 @@ fn inherited_masters_are_closed_and_own_ones_merged() {
     let v = Victim::spawn(&["--open-after-ms", "300", "--masters", "3", "--fork-child"]);
     let child = v.child_pid.to_string();
     let parent = v.pid.to_string();
-    let dry = |pid: &str| {
-        masters(&ptyreap(&["--pid", pid, "--min-idle", "0", "--dry-run", "--json"]).json())
-    };
+    let dry = |pid: &str| masters(&crate::support::dry_run(pid, &["--json"]).json());
     for r in dry(&child) {
         assert_eq!(r["opened_by"], "inherited", "{r}");
         assert_eq!(r["method"], "close", "{r}");
@@ -381,7 +379,7 @@ fn a_reader_in_another_process_keeps_the_master() {
             .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_read)))
     }));
     let pid = v.pid.to_string();
-    let doc = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]).json();
+    let doc = crate::support::dry_run(&pid, &["--json"]).json();
     let r = &masters(&doc)[0];
     assert_eq!(r["verdict"], "unknown", "{r}");
     assert!(
@@ -404,7 +402,7 @@ fn masters_registered_with_io_uring_are_kept() {
     }
     let v = Victim::spawn(&["--uring", "--masters", "2"]);
     let pid = v.pid.to_string();
-    let doc = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]).json();
+    let doc = crate::support::dry_run(&pid, &["--json"]).json();
     for r in masters(&doc) {
         assert_eq!(r["verdict"], "unknown", "{r}");
         assert!(

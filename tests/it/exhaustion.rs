@@ -4,7 +4,6 @@
 //! PTY opens; the target is alive.
 
 use crate::support::{self, fixture_in_namespace_of, ptmx_fds, Fixture};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 #[test]
@@ -30,14 +29,7 @@ fn an_exhausted_instance_is_recovered_without_a_terminal() {
     cmd.args(support::reap_args(f.pid))
         .stdin(Stdio::null())
         .env("NO_COLOR", "1");
-    // SAFETY: setsid between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
+    let out = support::without_terminal(&mut cmd).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

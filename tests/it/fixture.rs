@@ -21,26 +21,7 @@ fn stdin_pts(pid: i32) -> Option<u32> {
 
 #[test]
 fn fixture_holds_every_kind_of_master() {
-    let f = Fixture::spawn(&[
-        "--orphans",
-        "3",
-        "--tracked",
-        "2",
-        "--poll-watched",
-        "2",
-        "--select-watched",
-        "2",
-        "--live",
-        "2",
-        "--shared",
-        "2",
-        "--pairs",
-        "1",
-        "--new",
-        "2",
-        "--threads",
-        "4",
-    ]);
+    let f = Fixture::spawn(&[crate::support::EVERY_KIND, &["--threads", "4"]].concat());
     let r = &f.ready;
     for (key, n) in [
         ("orphans", 3),

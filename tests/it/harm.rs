@@ -294,7 +294,7 @@ fn frozen_cgroups_are_refused_before_anything_is_touched() {
         // Known before asking: the dry run, the JSON and the census say it, the plan offers
         // nothing there, and without --yes no prompt is shown (this run has no terminal).
         let pid = v.pid.to_string();
-        let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+        let dry = crate::support::dry_run(&pid, &["--json"]);
         assert_eq!(dry.code, 0, "v2={v2}: {dry:?}");
         let t = &dry.json()["targets"][0];
         assert_eq!(t["releasable"], false, "v2={v2}: {t}");
@@ -307,7 +307,7 @@ fn frozen_cgroups_are_refused_before_anything_is_touched() {
         let masters = t["masters"].as_array().unwrap();
         assert!(!masters.is_empty());
         assert!(masters.iter().all(|m| m["action"] == "keep"), "{t}");
-        let table = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run"]);
+        let table = crate::support::dry_run(&pid, &[]);
         assert!(
             table.stdout.contains("cannot release here") && table.stdout.contains("is frozen by"),
             "v2={v2}: {table:?}"
@@ -410,7 +410,7 @@ fn a_process_sharing_the_fd_table_is_no_other_holder_and_is_refused() {
     }));
     let before = v.signal_state();
     let pid = v.pid.to_string();
-    let dry = ptyreap(&["--pid", &pid, "--min-idle", "0", "--dry-run", "--json"]);
+    let dry = crate::support::dry_run(&pid, &["--json"]);
     assert_eq!(dry.code, 0, "{dry:?}");
     let doc = dry.json();
     for m in doc["targets"][0]["masters"].as_array().unwrap() {

@@ -27,39 +27,13 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
     if !support::require_root() {
         return;
     }
-    let f = Fixture::spawn(&[
-        "--orphans",
-        "3",
-        "--tracked",
-        "2",
-        "--poll-watched",
-        "2",
-        "--select-watched",
-        "2",
-        "--live",
-        "2",
-        "--shared",
-        "2",
-        "--pairs",
-        "1",
-        "--new",
-        "2",
-    ]);
+    let f = Fixture::spawn(crate::support::EVERY_KIND);
     let before = ptmx_fds(f.pid);
     assert_eq!(before, f.masters());
     let pid = f.pid.to_string();
     // --method close: the verdicts are under test, and every orphan's action then reads close
     // (by default those the fixture opened itself are merged, one of them kept)
-    let out = ptyreap(&[
-        "--pid",
-        &pid,
-        "--dry-run",
-        "--min-idle",
-        "0",
-        "--method",
-        "close",
-        "--json",
-    ]);
+    let out = crate::support::dry_run(&pid, &["--method", "close", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
     let rows = rows(&doc);
@@ -267,15 +241,7 @@ fn the_json_schema_is_complete() {
 fn the_table_reads_at_a_glance() {
     let f = Fixture::spawn(&["--orphans", "2", "--live", "1"]);
     let pid = f.pid.to_string();
-    let out = ptyreap(&[
-        "--pid",
-        &pid,
-        "--dry-run",
-        "--min-idle",
-        "0",
-        "--method",
-        "close",
-    ]);
+    let out = crate::support::dry_run(&pid, &["--method", "close"]);
     assert_eq!(out.code, 0, "{out:?}");
     let text = &out.stdout;
     assert!(text.starts_with("PTYs in use: "), "{text}");

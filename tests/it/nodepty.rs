@@ -118,14 +118,7 @@ fn the_copies_of_killed_terminals_are_freed_with_all() {
     let t4 = host.terminals[4];
 
     // One later shell alone frees nothing: terminal 1's PTY is also held by the other.
-    let one = ptyreap(&[
-        "--pid",
-        &t4.to_string(),
-        "--min-idle",
-        "0",
-        "--dry-run",
-        "--json",
-    ]);
+    let one = crate::support::dry_run(t4, &["--json"]);
     let doc = one.json();
     let rows = doc["targets"][0]["masters"].as_array().unwrap().clone();
     let orphans: Vec<&serde_json::Value> =

@@ -33,14 +33,7 @@ fn ptys_are_counted_and_all_frees_the_machine() {
     let before = ptys_in_use_seen_by(parent);
     assert_eq!(before, 3);
 
-    let alone = ptyreap(&[
-        "--pid",
-        &child.to_string(),
-        "--min-idle",
-        "0",
-        "--dry-run",
-        "--json",
-    ]);
+    let alone = crate::support::dry_run(child, &["--json"]);
     assert_eq!(alone.code, 0, "{alone:?}");
     let doc = alone.json();
     assert_eq!(doc["ptys"]["would_free"], 0, "{doc}");

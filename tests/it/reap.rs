@@ -199,15 +199,7 @@ fn merge_keeps_every_number_a_hung_up_master() {
         "three PTYs freed"
     );
     // a second look calls the group merged, and a second run is a no-op
-    let again = ptyreap(&[
-        "--pid",
-        &f.pid.to_string(),
-        "--min-idle",
-        "0",
-        "--dry-run",
-        "--json",
-    ])
-    .json();
+    let again = crate::support::dry_run(f.pid, &["--json"]).json();
     for fd in &tracked {
         let r = again["targets"][0]["masters"]
             .as_array()

@@ -72,13 +72,18 @@ fn assert_schema(doc: &Value) {
     }
 }
 
+/// `ptyreap report --pid PID --output PATH`.
+fn report_to(pid: i32, path: &str) -> crate::support::Output {
+    ptyreap(&["report", "--pid", &pid.to_string(), "--output", path])
+}
+
 #[test]
 fn report_is_complete_and_written_0600() {
     let f = Fixture::spawn(&["--orphans", "2", "--live", "1"]);
     let dir = support::temp_dir("report");
     let path = dir.join("report.json");
     let p = path.to_str().unwrap();
-    let out = ptyreap(&["report", "--pid", &f.pid.to_string(), "--output", p]);
+    let out = report_to(f.pid, p);
     assert_eq!(out.code, 0, "{out:?}");
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -107,13 +112,7 @@ fn report_never_overwrites() {
     let dir = support::temp_dir("report");
     let path = dir.join("existing.json");
     std::fs::write(&path, "precious").unwrap();
-    let out = ptyreap(&[
-        "report",
-        "--pid",
-        &f.pid.to_string(),
-        "--output",
-        path.to_str().unwrap(),
-    ]);
+    let out = report_to(f.pid, path.to_str().unwrap());
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
@@ -126,24 +125,12 @@ fn report_does_not_follow_a_planted_symlink() {
     let victim = dir.join("victim");
     let link = dir.join("report.json");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let out = ptyreap(&[
-        "report",
-        "--pid",
-        &f.pid.to_string(),
-        "--output",
-        link.to_str().unwrap(),
-    ]);
+    let out = report_to(f.pid, link.to_str().unwrap());
     assert_eq!(out.code, 1, "{out:?}");
     assert!(!victim.exists(), "the symlink was followed");
     // a symlink to an existing file: untouched too
     std::fs::write(&victim, "precious").unwrap();
-    let out = ptyreap(&[
-        "report",
-        "--pid",
-        &f.pid.to_string(),
-        "--output",
-        link.to_str().unwrap(),
-    ]);
+    let out = report_to(f.pid, link.to_str().unwrap());
     assert_eq!(out.code, 1);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }
@@ -191,7 +178,7 @@ fn the_report_names_the_node_pty_an_app_ships() {
     ));
     let pid = child.id().to_string();
     let out = support::ptyreap(&["report", "--pid", &pid]);
-    let verbose = support::ptyreap(&["--pid", &pid, "--dry-run", "-v", "--min-idle", "0"]);
+    let verbose = crate::support::dry_run(&pid, &["-v"]);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(out.code, 0, "{out:?}");

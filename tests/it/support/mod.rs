@@ -503,6 +503,48 @@ pub fn reap_closing_with(pid: i32, extra: &[&str], configure: impl FnOnce(&mut C
     ptyreap_with(&args, configure)
 }
 
+/// Fixture flags for a master of every kind: orphans, tracked (epoll, poll, select), live, held
+/// by another process, a pair, fresh ones.
+pub const EVERY_KIND: &[&str] = &[
+    "--orphans",
+    "3",
+    "--tracked",
+    "2",
+    "--poll-watched",
+    "2",
+    "--select-watched",
+    "2",
+    "--live",
+    "2",
+    "--shared",
+    "2",
+    "--pairs",
+    "1",
+    "--new",
+    "2",
+];
+
+/// `ptyreap --pid PID --min-idle 0 --dry-run` and then `extra`: a look at every master, whatever
+/// its idleness, that changes nothing.
+pub fn dry_run(pid: impl std::fmt::Display, extra: &[&str]) -> Output {
+    let pid = pid.to_string();
+    let mut args = vec!["--pid", &pid, "--min-idle", "0", "--dry-run"];
+    args.extend_from_slice(extra);
+    ptyreap(&args)
+}
+
+/// Starts `cmd` in a session of its own: no controlling terminal at all, as in an emergency
+/// script run from ssh -T or a service.
+pub fn without_terminal(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setsid between fork and exec touches nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    }
+}
+
 /// Runs the `ptyreap` binary with `args`, stdin from /dev/null, NO_COLOR=1; kills it and panics
 /// after 60 s.
 pub fn ptyreap(args: &[&str]) -> Output {
@@ -519,38 +561,15 @@ pub fn ptyreap_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Outp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     configure(&mut cmd);
-    let mut child = cmd.spawn().expect("spawning ptyreap");
-    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + PTYREAP_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for ptyreap") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ptyreap {args:?} still running after {PTYREAP_TIMEOUT:?}; stderr: {}",
-                err.join().unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    let child = cmd.spawn().expect("spawning ptyreap");
+    let out = wait_labelled(child, PTYREAP_TIMEOUT, &format!("ptyreap {args:?}"));
     Output {
-        code: status
+        code: out
+            .status
             .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-        stdout: out.join().expect("reading stdout"),
-        stderr: err.join().expect("reading stderr"),
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -655,7 +674,13 @@ pub fn spawn_reap(pid: i32) -> Child {
 
 /// Waits for a spawned ptyreap (draining its output), killing it and panicking after `limit`: a
 /// test must never hang the suite.
-pub fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
+pub fn wait_output(child: Child, limit: Duration) -> std::process::Output {
+    wait_labelled(child, limit, "ptyreap")
+}
+
+/// The same, with `what` naming the command in the panic. Both pipes drain on their own threads,
+/// so a chatty child never blocks on a full pipe.
+fn wait_labelled(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -685,14 +710,18 @@ pub fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ptyreap still running after {limit:?}");
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "{what} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&stderr)
+            );
         }
         thread::sleep(Duration::from_millis(5));
     };
     std::process::Output {
         status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        stdout: out.join().expect("reading stdout"),
+        stderr: err.join().expect("reading stderr"),
     }
 }
 
