@@ -258,18 +258,8 @@ fn every_holder_of_a_shared_master_is_reaped_when_named() {
     let holder = f.ready["shared_holder"].as_i64().unwrap() as i32;
     let before = support::ptys_in_use_seen_by(f.pid);
     // the target alone: its fds go, but the PTYs stay (the holder still has copies)
-    let out = ptyreap(&[
-        "--pid",
-        &f.pid.to_string(),
-        "--fd",
-        &f.fds("shared")[0].to_string(),
-        "--min-idle",
-        "0",
-        "--yes",
-        "--method",
-        "close",
-        "--json",
-    ]);
+    let out =
+        crate::support::reap_closing(f.pid, &["--fd", &f.fds("shared")[0].to_string(), "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let r = &out.json()["targets"][0]["masters"][0];
     assert!(
@@ -282,18 +272,7 @@ fn every_holder_of_a_shared_master_is_reaped_when_named() {
         "a copy elsewhere keeps the PTY"
     );
     // both holders: every copy goes and the PTYs are freed
-    let out = ptyreap(&[
-        "--pid",
-        &f.pid.to_string(),
-        "--pid",
-        &holder.to_string(),
-        "--min-idle",
-        "0",
-        "--yes",
-        "--method",
-        "close",
-        "--json",
-    ]);
+    let out = crate::support::reap_closing(f.pid, &["--pid", &holder.to_string(), "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(ptmx_fds(f.pid).is_empty() && ptmx_fds(holder).is_empty());
     assert_eq!(
