@@ -503,6 +503,29 @@ pub fn reap_closing_with(pid: i32, extra: &[&str], configure: impl FnOnce(&mut C
     ptyreap_with(&args, configure)
 }
 
+/// The keys every `masters[]` row of the JSON has (README, "JSON").
+pub const MASTER_KEYS: &[&str] = &[
+    "fd",
+    "pty",
+    "devpts",
+    "slave",
+    "verdict",
+    "reason",
+    "last_io",
+    "idle_s",
+    "unread_bytes",
+    "session",
+    "foreground_pgrp",
+    "slave_holders",
+    "target_slave_fds",
+    "other_master_holders",
+    "aliases",
+    "watched",
+    "action",
+    "method",
+    "result",
+];
+
 /// Fixture flags for a master of every kind: orphans, tracked (epoll, poll, select), live, held
 /// by another process, a pair, fresh ones.
 pub const EVERY_KIND: &[&str] = &[
