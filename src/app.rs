@@ -183,6 +183,16 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
 /// The targets of --pid, --name, --all and --top, opened, with the snapshot they were chosen
 /// from; None when nothing holds a PTY master.
 fn select(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>> {
+    let chosen = select_only(cli)?;
+    Ok(chosen.map(|(targets, mut snapshot)| {
+        // one look over time at every target's poll()/select() calls at once (observe.rs)
+        let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
+        sys::observe(&mut snapshot, &pids, cli.observe);
+        (targets, snapshot)
+    }))
+}
+
+fn select_only(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>> {
     // Check every pid before the (machine-wide) scan, so bad input fails fast and plainly.
     let mut targets = Vec::new();
     for &pid in &cli.pids {
@@ -274,7 +284,9 @@ fn confirm_then_look_again(
         return Err(UserError::new(ExitCode::NotConfirmed, why).into());
     }
     let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
-    let fresh_snapshot = sys::snapshot_for(&pids)?;
+    let mut fresh_snapshot = sys::snapshot_for(&pids)?;
+    // what the poll look saw before the prompt still holds: a loop that polled then is one
+    fresh_snapshot.polls = snapshot.polls.clone();
     // one by one: a target that exited during the prompt leaves its rows `changed`, and the
     // others go on
     for (report, target) in reports.iter_mut().zip(targets) {

@@ -192,6 +192,7 @@ mod tests {
     fn counts_and_instances() {
         let snapshot = Snapshot {
             visibility: Default::default(),
+            polls: Default::default(),
             system: SystemUsage {
                 in_use: 5,
                 limit: 4096,

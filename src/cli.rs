@@ -30,16 +30,24 @@ Examples:
   sudo ptyreap watch --warn 100 --reap 200      the watchdog (see `ptyreap watch --help`)
   sudo ptyreap report --pid 1234 --output r.json  a snapshot for a bug report
 
-Verdicts: orphaned (released), fresh (idle < --min-idle, kept), tracked (the app's event loop \
-still watches it -- an epoll set, a thread in poll/select, or one caught at its next poll while \
-busy; kept unless --include-tracked), merged (shares its open file with other fds), live (a \
-process holds the slave, or it is a session's terminal; never released unless stale), stale \
-(live but silent for --include-stale), unknown (not enough evidence -- a process ptyreap could \
-not read, an io_uring registration, another process reading its copy; kept).
+Verdicts: orphaned (nobody will miss it: released), unread (orphaned, but output waits at \
+the master that the app may still collect -- pexpect and expect read it after the job exits; \
+kept unless --include-unread), fresh (idle < --min-idle, kept), tracked (the app's event loop \
+still watches it -- an epoll set, a thread in poll/select, or a poll()/select() call seen during \
+the --observe window, e.g. a loop polling once a second; kept unless --include-tracked), merged \
+(shares its open file with other fds), live (a process holds the slave, or it is a session's \
+terminal; never released unless stale), stale (live but silent for --include-stale: the session \
+is hung up), unknown (not enough evidence -- a process ptyreap could not read, an io_uring \
+registration, another process reading its copy; kept).
 
-Default method: close for orphans the process inherited (older than the process: it never saw \
-the number), merge for those it opened itself or where that is unknown (the number stays a \
-hung-up master; one PTY per process is kept) and for tracked ones.
+Looking changes nothing the target can observe: /proc, copies of its fds, and the syscall \
+tracepoints for the --observe window (root); no thread is stopped or traced until a reap.
+
+Default method: close only for orphans that crossed an exec (older than the process, not \
+close-on-exec, and the process exec'd since its parent forked it: the program running now never \
+saw the number -- the shells node-pty spawns), and only when the poll look was made; merge \
+otherwise (the number stays a hung-up master; one PTY per process is kept), for fds 0-2, and for \
+tracked ones.
 
 Exit codes: 0 done or nothing to do, 1 error (nothing released), 2 usage, 3 partial, \
 4 not confirmed (declined, or a prompt was needed and stdin is not a terminal).";
@@ -97,6 +105,15 @@ pub struct Cli {
     /// Also reap orphaned masters the app's event loop still watches (merged by default)
     #[arg(long)]
     pub include_tracked: bool,
+
+    /// Also reap orphaned masters whose output has not been read yet (that output is lost)
+    #[arg(long)]
+    pub include_unread: bool,
+
+    /// How long to watch the targets' poll()/select() calls before judging (root; 0: not at
+    /// all, and then nothing is closed by default)
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_OBSERVE, env = "PTYREAP_OBSERVE", value_parser = parse_duration)]
+    pub observe: Duration,
 
     /// How to release each fd [default: close for inherited orphans, merge for the process's own
     /// and for tracked ones]
@@ -183,6 +200,10 @@ pub struct WatchArgs {
     #[arg(long, value_enum, value_name = "METHOD")]
     pub method: Option<Method>,
 
+    /// How long to watch the candidates' poll()/select() calls before reaping (root)
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_OBSERVE, env = "PTYREAP_OBSERVE", value_parser = parse_duration)]
+    pub observe: Duration,
+
     /// One JSON object per event and line, on stdout
     #[arg(long)]
     pub json: bool,
@@ -201,7 +222,14 @@ pub struct ReportArgs {
     /// Write to FILE (created 0600; never overwritten; symlinks not followed) instead of stdout
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// How long to watch the process's poll()/select() calls (root)
+    #[arg(long, value_name = "DUR", default_value = DEFAULT_OBSERVE, env = "PTYREAP_OBSERVE", value_parser = parse_duration)]
+    pub observe: Duration,
 }
+
+/// `--observe`'s default: long enough to see a loop that polls once a second at least once.
+pub const DEFAULT_OBSERVE: &str = "1500ms";
 
 /// `--min-idle`'s default (the report judges with it too).
 pub const DEFAULT_MIN_IDLE: &str = "10m";
@@ -220,6 +248,7 @@ impl WatchArgs {
         crate::plan::Choices {
             fds: None,
             include_tracked: false,
+            include_unread: false,
             method: self.method,
             only_orphaned: true,
         }
@@ -245,6 +274,7 @@ impl Cli {
         crate::plan::Choices {
             fds: self.fd.clone(),
             include_tracked: self.include_tracked,
+            include_unread: self.include_unread,
             method: self.method,
             only_orphaned: false,
         }
@@ -264,6 +294,8 @@ impl Cli {
             Some("--include-stale")
         } else if self.include_tracked {
             Some("--include-tracked")
+        } else if self.include_unread {
+            Some("--include-unread")
         } else if self.method.is_some() {
             Some("--method")
         } else {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-/// Parses `0`, `90s`, `10m`, `2h`, `1d`, `1w` and sums like `1h30m`. A bare number is seconds.
+/// Parses `0`, `90s`, `10m`, `2h`, `1d`, `1w`, `500ms` and sums like `1h30m`. A bare number is
+/// seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -31,11 +32,12 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_alphabetic())
             .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 604_800,
+            "ms" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            "w" | "week" | "weeks" => 604_800_000,
             "" => {
                 return Err(format!(
                     "'{text}' needs a unit after {value} (s, m, h or d)"
@@ -53,7 +55,19 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("'{text}' is too large"))?;
         rest = rest[unit_len..].trim_start();
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total))
+}
+
+/// A short window as people read it: `300ms`, `1.5s`, `2s`.
+pub fn human_precise(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
 }
 
 /// Two most significant units: `42s`, `5m 12s`, `3h 4m`, `2d 3h`.

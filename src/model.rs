@@ -82,6 +82,20 @@ pub struct Snapshot {
     pub system: SystemUsage,
     /// Who the scan could not see: a verdict resting on "nobody else holds it" waits for this.
     pub visibility: Visibility,
+    /// What a look over time at the targets' poll()/select() calls saw (empty until one is made).
+    pub polls: PollLook,
+}
+
+/// A look over time at the targets' poll()/select() calls (Linux: observe.rs): a loop that polls
+/// a master only now and then is a watcher as much as a thread waiting in poll() right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollLook {
+    /// How long it watched.
+    pub window: std::time::Duration,
+    /// Why there was no look; None when there was one (or none was needed).
+    pub unavailable: Option<String>,
+    /// pid → fd → what was seen polling it ("poll() in thread 812 (seen 2 times in 1.5s)").
+    pub seen: std::collections::BTreeMap<i32, std::collections::BTreeMap<i32, Vec<String>>>,
 }
 
 /// The processes a scan could not read, and why. While any could not be, "no process holds the
@@ -159,6 +173,14 @@ impl Snapshot {
     /// the same evidence on every OS.
     pub fn join(&self, pid: i32, ev: &mut Evidence) {
         ev.unseen = self.visibility.gap();
+        ev.polls_unseen = self.polls.unavailable.clone();
+        if let Some(seen) = self.polls.seen.get(&pid).and_then(|fds| fds.get(&ev.fd)) {
+            for s in seen {
+                if !ev.watched_by.contains(s) {
+                    ev.watched_by.push(s.clone());
+                }
+            }
+        }
         let Some(pty) = ev.pty else { return };
         let others = |holders: Vec<Holder>| -> Vec<Holder> {
             holders.into_iter().filter(|h| h.pid != pid).collect()
@@ -287,6 +309,9 @@ pub struct Evidence {
     pub unseen: Option<String>,
     /// Who opened it (None: unknown): decides the default method of an orphan.
     pub opened_by: Option<OpenedBy>,
+    /// Why the target's poll()/select() calls could not be watched over time (None: they were):
+    /// a loop that polls now and then may then have been missed, so nothing is closed by default.
+    pub polls_unseen: Option<String>,
     /// What ptyreap knows may use the PTY without being able to see how (an io_uring instance
     /// with PTY masters registered, another process blocked in read() on its copy).
     pub blind_spots: Vec<String>,
@@ -298,11 +323,12 @@ impl Evidence {
     }
 }
 
-/// Who opened a master, as far as the times tell.
+/// Who opened a master, as far as the evidence tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum OpenedBy {
-    /// The PTY is older than the process: it came with fork (node-pty's inheritable masters);
-    /// the program itself never saw the number.
+    /// The PTY is older than the process, and the process has exec'd a new program since it was
+    /// forked with the master open (node-pty's inheritable masters in the shells it spawns): the
+    /// program running now never saw the number.
     #[serde(rename = "inherited")]
     Inherited,
     /// The PTY was made after the process started: the program opened (or received) it.
@@ -310,14 +336,30 @@ pub enum OpenedBy {
     SelfOpened,
 }
 
+/// What is known about how a master reached a process, for [`OpenedBy::judge`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Provenance {
+    /// The PTY's creation and the process's start, in seconds on one clock.
+    pub created: Option<f64>,
+    pub started: Option<f64>,
+    /// The fd is close-on-exec: it cannot have crossed an exec.
+    pub cloexec: bool,
+    /// Evidence that the process exec'd a new program after it was forked (it runs another
+    /// executable, at another address, than the live parent that forked it).
+    pub exec_since_fork: bool,
+}
+
 impl OpenedBy {
-    /// From the PTY's creation and the process's start (seconds since the epoch, fractions
-    /// included): None when they are too close to tell (`margin` apart at most).
-    pub fn from_times(created: f64, process_started: f64, margin: f64) -> Option<OpenedBy> {
-        if created + margin < process_started {
-            Some(OpenedBy::Inherited)
-        } else if created > process_started + margin {
+    /// `inherited` only with evidence that the master crossed an exec: older than the process,
+    /// not close-on-exec, and an exec since the fork. A fork without exec (Tcl expect's `fork`,
+    /// a daemon, a prefork server) carries the program's own numbers on: that is no inheritance
+    /// the program is unaware of. None when nothing tells (`margin` seconds of doubt).
+    pub fn judge(p: &Provenance, margin: f64) -> Option<OpenedBy> {
+        let (created, started) = (p.created?, p.started?);
+        if created > started + margin {
             Some(OpenedBy::SelfOpened)
+        } else if created + margin < started && !p.cloexec && p.exec_since_fork {
+            Some(OpenedBy::Inherited)
         } else {
             None
         }
@@ -328,6 +370,8 @@ impl OpenedBy {
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Orphaned,
+    /// Orphaned, but output waits at the master that the app may still collect.
+    Unread,
     Fresh,
     Tracked,
     Merged,
@@ -340,6 +384,7 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Orphaned => "orphaned",
+            Verdict::Unread => "unread",
             Verdict::Fresh => "fresh",
             Verdict::Tracked => "tracked",
             Verdict::Merged => "merged",
@@ -416,6 +461,9 @@ pub enum Outcome {
     Kept,
     Failed,
     Changed,
+    /// A stale session hung up whose PTY is still held elsewhere (`detail` says by whom).
+    #[serde(rename = "hung_up")]
+    HungUp,
 }
 
 /// One master fd of a target: evidence, verdict, plan and (after a reap) result.

@@ -10,6 +10,8 @@ pub struct Choices {
     /// one of its fds is named.
     pub fds: Option<BTreeSet<i32>>,
     pub include_tracked: bool,
+    /// `--include-unread`: also release orphans whose output nobody read yet (it is lost).
+    pub include_unread: bool,
     /// `--method`; None means the default, from the evidence: close for orphans the process
     /// inherited, merge for those it opened itself (or where that is unknown) and tracked ones.
     pub method: Option<Method>,
@@ -29,6 +31,9 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
             let method = match judgement.verdict {
                 v if choices.only_orphaned && v != Verdict::Orphaned => None,
                 Verdict::Orphaned => Some(choices.method.unwrap_or(default_for(&evidence))),
+                Verdict::Unread if choices.include_unread => {
+                    Some(choices.method.unwrap_or(default_for(&evidence)))
+                }
                 Verdict::Stale => Some(choices.method.unwrap_or(Method::Close)),
                 Verdict::Tracked if choices.include_tracked => {
                     Some(choices.method.unwrap_or(Method::Merge))
@@ -40,8 +45,14 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
                 _ => None,
             };
             let mut judgement = judgement;
-            if judgement.verdict == Verdict::Orphaned && choices.method.is_none() {
-                judgement.reason += why_default(&evidence);
+            let released_orphan = matches!(judgement.verdict, Verdict::Orphaned | Verdict::Unread)
+                && method.is_some();
+            if released_orphan && choices.method.is_none() {
+                judgement.reason += &why_default(&evidence);
+            }
+            if judgement.verdict == Verdict::Unread && method.is_some() {
+                let n = evidence.unread_bytes.unwrap_or(0);
+                judgement.reason += &format!("; its {n} unread byte(s) will be lost");
             }
             MasterRow {
                 evidence,
@@ -60,21 +71,35 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
 }
 
 /// The default method for an orphan: `close` only where the program never saw the number (it
-/// inherited the PTY); where it opened the PTY itself, it may still resize or close that number
-/// later, and after a close the number may belong to another file: `merge` keeps every number a
-/// hung-up master (a wrong guess costs one PTY, never the app).
+/// crossed an exec: `inherited`) and nothing was left unseen; where it opened the PTY itself, or
+/// got it through a fork without exec, it may still resize or close that number later, and after
+/// a close the number may belong to another file: `merge` keeps every number a hung-up master (a
+/// wrong guess costs one PTY, never the app). fds 0-2 are never closed by default: the next
+/// open() would become the program's stdin, stdout or stderr.
 fn default_for(ev: &Evidence) -> Method {
     match ev.opened_by {
-        Some(OpenedBy::Inherited) => Method::Close,
+        Some(OpenedBy::Inherited) if ev.fd > 2 && ev.polls_unseen.is_none() => Method::Close,
         _ => Method::Merge,
     }
 }
 
-fn why_default(ev: &Evidence) -> &'static str {
+fn why_default(ev: &Evidence) -> String {
     match ev.opened_by {
-        Some(OpenedBy::Inherited) => "; close: inherited, the program never saw this fd",
-        Some(OpenedBy::SelfOpened) => "; merge: the program opened it and may still use the number",
-        None => "; merge: who opened it is unknown",
+        Some(OpenedBy::Inherited) if ev.fd <= 2 => format!(
+            "; merge: inherited, but fd {} is standard {}",
+            ev.fd,
+            ["input", "output", "error"][ev.fd.clamp(0, 2) as usize]
+        ),
+        Some(OpenedBy::Inherited) => match &ev.polls_unseen {
+            None => "; close: inherited across an exec, the program never saw this fd".into(),
+            Some(why) => format!("; merge: inherited, but poll loops were not watched ({why})"),
+        },
+        Some(OpenedBy::SelfOpened) => {
+            "; merge: the program opened it and may still use the number".into()
+        }
+        None => {
+            "; merge: no evidence that it crossed an exec (the program may know the number)".into()
+        }
     }
 }
 
@@ -234,7 +259,7 @@ mod tests {
         assert!(rows[1]
             .judgement
             .reason
-            .contains("merge: who opened it is unknown"));
+            .contains("merge: no evidence that it crossed an exec"));
         assert!(rows[2].judgement.reason.contains("close: inherited"));
         assert_eq!(merge_keeper(&rows), Some(3));
         // --method still decides
@@ -286,17 +311,100 @@ mod tests {
     }
 
     #[test]
-    fn opened_by_from_times() {
+    fn inherited_needs_an_exec() {
+        use crate::model::Provenance;
+        let crossed = Provenance {
+            created: Some(100.0),
+            started: Some(200.0),
+            cloexec: false,
+            exec_since_fork: true,
+        };
+        let judge = |p: Provenance| OpenedBy::judge(&p, 0.05);
+        assert_eq!(judge(crossed), Some(OpenedBy::Inherited));
+        // a fork without exec (Tcl expect's fork + disconnect): the program knows the number
+        let forked = Provenance {
+            exec_since_fork: false,
+            ..crossed
+        };
+        assert_eq!(judge(forked), None);
+        // close-on-exec: it cannot have crossed an exec
+        let cloexec = Provenance {
+            cloexec: true,
+            ..crossed
+        };
+        assert_eq!(judge(cloexec), None);
+        let own = Provenance {
+            created: Some(300.0),
+            ..crossed
+        };
+        assert_eq!(judge(own), Some(OpenedBy::SelfOpened));
+        for created in [200.01, 199.99] {
+            let close = Provenance {
+                created: Some(created),
+                ..crossed
+            };
+            assert_eq!(judge(close), None);
+        }
         assert_eq!(
-            OpenedBy::from_times(100.0, 200.0, 0.05),
-            Some(OpenedBy::Inherited)
+            judge(Provenance {
+                started: None,
+                ..crossed
+            }),
+            None
         );
+    }
+
+    #[test]
+    fn stdio_and_unwatched_polls_are_never_closed_by_default() {
+        let mut stdin = opened(0, Verdict::Orphaned, Some(OpenedBy::Inherited));
+        stdin.0.polls_unseen = None;
+        let mut unseen = opened(5, Verdict::Orphaned, Some(OpenedBy::Inherited));
+        unseen.0.polls_unseen = Some("not watched (--observe 0)".into());
+        let rows = plan(
+            vec![stdin, unseen, row(7, Verdict::Orphaned)],
+            &Choices::default(),
+        );
+        // fd 0 is merged into (it is the keeper: the lowest fd merged), fd 5 merged
+        assert_eq!(rows[0].action, Action::Keep);
+        assert!(
+            rows[0].judgement.reason.contains("standard input"),
+            "{}",
+            rows[0].judgement.reason
+        );
+        assert_eq!(rows[1].action, Action::Close(Method::Merge));
+        assert!(rows[1]
+            .judgement
+            .reason
+            .contains("poll loops were not watched"));
+        assert_eq!(rows[2].action, Action::Close(Method::Close));
+    }
+
+    #[test]
+    fn unread_output_is_released_only_when_included() {
+        let mut unread = opened(4, Verdict::Unread, None);
+        unread.0.unread_bytes = Some(19);
+        let kept = plan(vec![unread.clone()], &Choices::default());
+        assert_eq!(kept[0].action, Action::Keep);
+        let watchdog = Choices {
+            include_unread: false,
+            only_orphaned: true,
+            ..Choices::default()
+        };
         assert_eq!(
-            OpenedBy::from_times(300.0, 200.0, 0.05),
-            Some(OpenedBy::SelfOpened)
+            plan(vec![unread.clone()], &watchdog)[0].action,
+            Action::Keep
         );
-        assert_eq!(OpenedBy::from_times(200.01, 200.0, 0.05), None);
-        assert_eq!(OpenedBy::from_times(199.99, 200.0, 0.05), None);
+        let included = Choices {
+            include_unread: true,
+            method: Some(Method::Close),
+            ..Choices::default()
+        };
+        let rows = plan(vec![unread], &included);
+        assert_eq!(rows[0].action, Action::Close(Method::Close));
+        assert!(rows[0]
+            .judgement
+            .reason
+            .contains("19 unread byte(s) will be lost"));
     }
 
     #[test]

@@ -31,7 +31,8 @@ fn app_facts(id: &crate::identity::Identity) -> serde_json::Value {
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let target = sys::open_target(args.pid)?;
-    let snapshot = sys::snapshot()?;
+    let mut snapshot = sys::snapshot()?;
+    sys::observe(&mut snapshot, &[args.pid], args.observe);
     // judged as a one-shot run with the defaults would
     let min_idle = crate::cli::default_min_idle();
     let policy = crate::cli::policy(min_idle, None);
@@ -42,6 +43,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let generated = now();
     let counts: serde_json::Map<String, serde_json::Value> = [
         Verdict::Orphaned,
+        Verdict::Unread,
         Verdict::Fresh,
         Verdict::Tracked,
         Verdict::Merged,

@@ -1,12 +1,12 @@
 //! Evidence → verdict, with the one line that explains it. Pure: the same rules judge Linux and
 //! macOS evidence, and everything here is unit-tested without a kernel.
 //!
-//! Precedence (docs/DESIGN.md, "Verdicts"): live/stale, then fresh, merged, tracked, orphaned. `--min-idle`
-//! therefore guards everything that is ever reaped, and a watched or shared fd is never called
-//! plainly orphaned.
+//! Precedence (docs/DESIGN.md, "Verdicts"): live/stale, unknown, fresh, unread, merged, tracked,
+//! orphaned. `--min-idle` therefore guards everything that is ever reaped, output the app may
+//! still collect keeps its master, and a watched or shared fd is never called plainly orphaned.
 
 use crate::duration::human;
-use crate::model::{Evidence, Holder, Judgement, Verdict};
+use crate::model::{Evidence, Holder, Judgement, OpenedBy, Verdict};
 use std::time::Duration;
 
 /// The user's thresholds.
@@ -96,6 +96,22 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
             ),
         );
     }
+    // Output waiting at the master: pexpect's `expect(EOF)` and Tcl expect's `expect eof` collect
+    // a job's output after it exited. Only a copy that crossed an exec is exempt: that program
+    // never saw the number and cannot read it.
+    let unread = ev.unread_bytes.unwrap_or(0);
+    if unread > 0 && ev.opened_by != Some(OpenedBy::Inherited) {
+        return verdict(
+            Verdict::Unread,
+            format!(
+                "no process holds {slave}, but {unread} byte{} of output not read yet: the app \
+                 may still collect {} ({idle_text}; --include-unread releases it, and the output \
+                 is lost)",
+                if unread == 1 { "" } else { "s" },
+                if unread == 1 { "it" } else { "them" }
+            ),
+        );
+    }
     let copies = if ev.other_master_holders.is_empty() {
         String::new()
     } else {
@@ -130,9 +146,13 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
             list(&ev.target_slave_fds)
         )
     };
+    let unwatched = match &ev.polls_unseen {
+        Some(why) => format!("; poll()/select() calls were not watched over time ({why})"),
+        None => String::new(),
+    };
     verdict(
         Verdict::Orphaned,
-        format!("no process holds {slave}; {idle_text}{pair}{copies}"),
+        format!("no process holds {slave}; {idle_text}{pair}{copies}{unwatched}"),
     )
 }
 
@@ -329,6 +349,28 @@ mod tests {
         let mut ev = orphan(3600);
         ev.guarded = true;
         assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn unread_output_keeps_a_master_unless_it_crossed_an_exec() {
+        let mut ev = orphan(3600);
+        ev.unread_bytes = Some(13);
+        let j = judge(&ev, &policy(0), NOW);
+        assert_eq!(j.verdict, Verdict::Unread);
+        assert!(
+            j.reason.contains("13 bytes of output not read yet"),
+            "{}",
+            j.reason
+        );
+        ev.opened_by = Some(OpenedBy::SelfOpened);
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Unread);
+        ev.opened_by = Some(OpenedBy::Inherited);
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Orphaned);
+        // fresh still wins: too young to judge at all
+        ev.opened_by = None;
+        assert_eq!(judge(&ev, &policy(7200), NOW).verdict, Verdict::Fresh);
+        ev.unread_bytes = Some(0);
+        assert_eq!(judge(&ev, &policy(0), NOW).verdict, Verdict::Orphaned);
     }
 
     #[test]

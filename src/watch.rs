@@ -65,7 +65,7 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
-    let snapshot = sys::snapshot()?;
+    let mut snapshot = sys::snapshot()?;
     let c = census::census(&snapshot);
     let wanted: Option<BTreeSet<i32>> = if args.pids.is_empty() && args.names.is_empty() {
         None
@@ -93,6 +93,15 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
             ),
         ],
     );
+    // the processes to reap are watched over time together, once per pass (observe.rs)
+    let to_reap: Vec<i32> = watched
+        .iter()
+        .filter(|p| args.reap.is_some_and(|limit| p.masters > limit))
+        .map(|p| p.pid)
+        .collect();
+    if !to_reap.is_empty() {
+        sys::observe(&mut snapshot, &to_reap, args.observe);
+    }
     for p in &watched {
         if stop_requested() {
             return Ok(());

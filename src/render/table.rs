@@ -182,7 +182,7 @@ fn verdict_color(v: Verdict) -> &'static str {
     match v {
         Verdict::Orphaned | Verdict::Stale => "33",
         Verdict::Live => "32",
-        Verdict::Tracked | Verdict::Merged | Verdict::Fresh => "36",
+        Verdict::Tracked | Verdict::Merged | Verdict::Fresh | Verdict::Unread => "36",
         Verdict::Unknown => "31",
     }
 }
@@ -191,6 +191,7 @@ fn verdict_color(v: Verdict) -> &'static str {
 pub fn verdict_counts(rows: &[MasterRow]) -> String {
     let order = [
         Verdict::Orphaned,
+        Verdict::Unread,
         Verdict::Stale,
         Verdict::Fresh,
         Verdict::Tracked,
@@ -314,6 +315,7 @@ fn push_row(table: &mut Table, r: &MasterRow, reaped: bool, group: Option<&[Mast
                 Some(Outcome::Kept) | None => ("kept", ""),
                 Some(Outcome::Failed) => ("failed", "31"),
                 Some(Outcome::Changed) => ("changed", "33"),
+                Some(Outcome::HungUp) => ("hung up", "33"),
             };
             row.push((text.to_string(), sgr));
         }

@@ -18,7 +18,7 @@ pub mod deferral;
 pub mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{
-    inspect, open_target, process_info, processes_named, reap, release_refusals, snapshot,
+    inspect, observe, open_target, process_info, processes_named, reap, release_refusals, snapshot,
     snapshot_for, start_time, usage_now, Target,
 };
 
@@ -44,6 +44,16 @@ pub fn release_refusals(
     _as_root: bool,
 ) -> Vec<Option<String>> {
     vec![None; processes.len()]
+}
+
+/// Only Linux watches poll()/select() calls over time; macOS reads its waiters from each thread's
+/// saved state at the moment of the look, and never closes by default (no `opened_by`).
+#[cfg(not(target_os = "linux"))]
+pub fn observe(
+    _snapshot: &mut crate::model::Snapshot,
+    _pids: &[i32],
+    _window: std::time::Duration,
+) {
 }
 
 /// A snapshot that also lists the PTY namespaces `pids` live in (only Linux has several).

@@ -27,7 +27,9 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
     if !support::require_root() {
         return;
     }
-    let f = Fixture::spawn(crate::support::EVERY_KIND);
+    let mut args = crate::support::EVERY_KIND.to_vec();
+    args.extend(["--unread", "1"]);
+    let f = Fixture::spawn(&args);
     let before = ptmx_fds(f.pid);
     assert_eq!(before, f.masters());
     let pid = f.pid.to_string();
@@ -58,6 +60,7 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
     expect("live", "live", "keep", "held by");
     expect("shared", "orphaned", "close", "master also held by");
     expect("new", "orphaned", "close", "no process holds");
+    expect("unread", "unread", "keep", "5 bytes of output not read yet");
 
     // evidence
     for fd in f.fds("orphans") {
@@ -65,8 +68,8 @@ fn every_kind_of_master_gets_its_verdict_and_evidence() {
         assert_eq!(r["hung_up"], true);
         assert_eq!(r["session"], Value::Null);
         assert_eq!(
-            r["unread_bytes"], 5,
-            "the child's 'bye\\n' is still queued: {r}"
+            r["unread_bytes"], 0,
+            "the fixture read the child's 'bye\\n': {r}"
         );
         assert_eq!(r["method"], "close");
         assert_eq!(r["result"], Value::Null);

@@ -6,7 +6,7 @@ use super::pty;
 use super::target::{self, Target};
 use super::watchers;
 use crate::exit_code::UserError;
-use crate::model::{Evidence, OpenedBy, Snapshot};
+use crate::model::{Evidence, OpenedBy, Provenance, Snapshot};
 use crate::sys::checks::{self, FdProbeError};
 
 /// How far apart a PTY's creation and the process's start must be to say who opened it: the
@@ -40,6 +40,48 @@ fn blind_spots(ev: &mut Evidence, uring: &[i32], readers: &mut HashMap<i32, Vec<
     }
 }
 
+/// Evidence that `pid` exec'd a new program after its parent forked it, so that fds it carried
+/// over the fork crossed an exec too (`inherited`). Read from the live parent that forked it: the
+/// process's memory layout (where exec put its code, stack and arguments, randomized per exec)
+/// differs from the parent's, the parent is older than it, and the parent holds PTY masters itself
+/// (the app handing out terminals, as node-pty does). A parent that may only have adopted it — an
+/// init of some pid namespace, or one holding no PTY (a subreaper such as `systemd --user` after
+/// Tcl expect's `fork` + `disconnect`) — proves nothing, and neither do equal layouts: a fork
+/// without exec keeps its parent's.
+fn exec_since_fork(pid: i32, snapshot: &Snapshot) -> bool {
+    use super::procfs;
+    let Ok(me) = procfs::read_stat(pid) else {
+        return false;
+    };
+    let parent = me.ppid;
+    if parent <= 1 {
+        return false;
+    }
+    let Ok(their) = procfs::read_stat(parent) else {
+        return false;
+    };
+    let adopter = procfs::read_status_field(parent, None, "NSpid")
+        .is_some_and(|ns| ns.split_ascii_whitespace().any(|p| p == "1"));
+    let hands_out_ptys = snapshot
+        .process(parent)
+        .is_some_and(|p| !p.masters.is_empty());
+    if adopter || !hands_out_ptys || their.start_time > me.start_time {
+        return false;
+    }
+    matches!((procfs::layout(pid), procfs::layout(parent)), (Some(a), Some(b)) if a != b)
+}
+
+/// Whether `fd` of `pid` is close-on-exec (fdinfo's `flags:` shows O_CLOEXEC for it).
+fn cloexec(pid: i32, fd: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            let flags = t.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            u64::from_str_radix(flags.trim(), 8).ok()
+        })
+        .is_some_and(|f| f & libc::O_CLOEXEC as u64 != 0)
+}
+
 pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, UserError> {
     let pid = target.pid;
     let Some(own) = snapshot.process(pid) else {
@@ -61,6 +103,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         }
     }
     let started = super::info::started_at_precise(target.start_time);
+    let exec_since_fork = exec_since_fork(pid, snapshot);
     let mut readers = HashMap::new();
     let mut out = Vec::with_capacity(own.masters.len());
     for m in &own.masters {
@@ -81,8 +124,13 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                     ev.foreground_pgrp = pty::foreground_pgrp(copy.as_fd());
                     ev.unread_bytes = pty::unread_bytes(copy.as_fd());
                     ev.hung_up = pty::hung_up(copy.as_fd());
-                    ev.opened_by = started
-                        .and_then(|s| OpenedBy::from_times(node.created, s, OPENED_BY_MARGIN));
+                    let provenance = Provenance {
+                        created: Some(node.created),
+                        started,
+                        cloexec: cloexec(pid, m.fd),
+                        exec_since_fork,
+                    };
+                    ev.opened_by = OpenedBy::judge(&provenance, OPENED_BY_MARGIN);
                 }
                 Err(e) => ev.missing = Some(format!("fd {} is no longer a PTY master ({e})", m.fd)),
             },

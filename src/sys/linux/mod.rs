@@ -5,6 +5,7 @@ pub mod gadget;
 mod info;
 mod inspect;
 pub mod kcmp;
+mod observe;
 pub mod pidfd;
 pub mod preflight;
 pub mod procfs;
@@ -54,7 +55,14 @@ pub fn snapshot_for(pids: &[i32]) -> anyhow::Result<Snapshot> {
         processes,
         system,
         visibility,
+        polls: Default::default(),
     })
+}
+
+/// Watches the poll()/select() calls of `pids` for `window` (observe.rs) and keeps what was seen
+/// in the snapshot, for `inspect` to join.
+pub fn observe(snapshot: &mut Snapshot, pids: &[i32], window: std::time::Duration) {
+    snapshot.polls = observe::observe(pids, window);
 }
 
 /// The system's usage now, for the devpts instances a recent snapshot saw (and those where

@@ -179,6 +179,25 @@ pub fn read_stat(pid: i32) -> io::Result<Stat> {
     parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat"))
 }
 
+/// Where exec laid out the process's memory: fields 26 (startcode), 28 (startstack) and 48
+/// (arg_start) of /proc/PID/stat. A forked child keeps its parent's until it execs; each exec
+/// picks new ones (address space randomization). None when unreadable or hidden (zeros: the
+/// kernel shows them only to a reader allowed to ptrace the process).
+pub fn layout(pid: i32) -> Option<[u64; 3]> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_layout(&text)
+}
+
+/// See [`layout`]: the fields after the last `)` start at field 3.
+pub fn parse_layout(stat: &str) -> Option<[u64; 3]> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let out = [field(26)?, field(28)?, field(48)?];
+    (out != [0; 3]).then_some(out)
+}
+
 /// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot.
 pub fn start_time(pid: i32) -> io::Result<u64> {
     read_stat(pid).map(|s| s.start_time)

@@ -9,13 +9,13 @@
 //!   and its arguments in /proc/PID/task/TID/syscall; the pollfd array or fd_sets are then read
 //!   from the target's memory (process_vm_readv).
 //!
-//! - A thread that is running rather than waiting (a poll loop spinning on a hung-up master,
-//!   whose every poll returns at once) is caught at its next poll-family call: traced alone,
-//!   untouched, for at most 200 ms (ptrace/peek.rs).
+//!
+//! A loop that polls only now and then, or spins (a hung-up master makes every poll return at
+//! once), is seen over a window by observe.rs, from the syscall tracepoints: nothing here stops
+//! or traces a thread, so a dry run changes nothing the target can observe.
 
 use super::kcmp;
 use super::procfs;
-use super::ptrace::peek;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IoSliceMut;
 
@@ -57,15 +57,6 @@ pub fn watchers(
                 .entry(*fd)
                 .or_default()
                 .push(format!("{call}() in thread {tid}"));
-        }
-    }
-    let waiting_tids: BTreeSet<i32> = waiting.iter().map(|(tid, _, _)| *tid).collect();
-    for (tid, (call, fds)) in busy_poll_sets(pid, &waiting_tids) {
-        for fd in fds.intersection(masters) {
-            found
-                .entry(*fd)
-                .or_default()
-                .push(format!("{call}() in thread {tid} (caught while busy)"));
         }
     }
     for list in found.values_mut() {
@@ -171,33 +162,10 @@ pub fn registered_masters(fdinfo: &str) -> bool {
     count > 0 && listed == 0
 }
 
-/// The poll sets of threads that are running rather than waiting: a poll() loop that still
-/// watches a hung-up master never waits (every poll returns at once with POLLHUP), so it is
-/// caught at its next poll-family call instead, each such thread traced alone for at most
-/// [`peek::BUSY_BOUND`], all at once (see ptrace/peek.rs). Threads asleep in other calls (futex,
-/// read, epoll_wait, ...) are not looping and are left alone.
-fn busy_poll_sets(pid: i32, waiting: &BTreeSet<i32>) -> Vec<(i32, (&'static str, BTreeSet<i32>))> {
-    let running: Vec<i32> = procfs::list_tasks(pid)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|tid| !waiting.contains(tid))
-        .filter(|&tid| procfs::thread_state(pid, tid) == Some('R'))
-        .collect();
-    if running.is_empty() {
-        return Vec::new();
-    }
-    let wanted = |nr: u64| PollCall::from_nr(nr as i64).is_some();
-    let read = |_tid: i32, nr: u64, args: [u64; 6]| {
-        let call = PollCall::from_nr(nr as i64)?;
-        Some((call.name(), call.read_fds(pid, &args)?))
-    };
-    peek::next_calls(&running, peek::BUSY_BOUND, &wanted, &read)
-}
-
 /// poll and select exist as system calls on x86_64 only; aarch64 has just ppoll and pselect6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-enum PollCall {
+pub enum PollCall {
     Poll,
     Ppoll,
     Select,
@@ -208,6 +176,14 @@ enum PollCall {
 const MAX_POLL_FDS: u64 = 1 << 20;
 
 impl PollCall {
+    /// The calls observe.rs watches, by their tracepoint names (`sys_enter_NAME`).
+    pub const TRACED: &'static [(&'static str, PollCall)] = &[
+        ("poll", PollCall::Poll),
+        ("ppoll", PollCall::Ppoll),
+        ("select", PollCall::Select),
+        ("pselect6", PollCall::Pselect6),
+    ];
+
     fn from_nr(nr: i64) -> Option<PollCall> {
         #[cfg(target_arch = "x86_64")]
         {
@@ -228,14 +204,14 @@ impl PollCall {
     }
 
     /// The name people know: glibc's poll() and select() may be ppoll/pselect6 underneath.
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             PollCall::Poll | PollCall::Ppoll => "poll",
             PollCall::Select | PollCall::Pselect6 => "select",
         }
     }
 
-    fn read_fds(self, pid: i32, args: &[u64; 6]) -> Option<BTreeSet<i32>> {
+    pub fn read_fds(self, pid: i32, args: &[u64; 6]) -> Option<BTreeSet<i32>> {
         match self {
             // poll(fds, nfds, timeout), ppoll(fds, nfds, tsp, sigmask, size)
             PollCall::Poll | PollCall::Ppoll => {

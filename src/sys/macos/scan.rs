@@ -78,6 +78,7 @@ pub fn snapshot() -> anyhow::Result<Snapshot> {
         processes,
         system: usage(&devfs),
         visibility: Default::default(),
+        polls: Default::default(),
     })
 }
 

@@ -192,6 +192,7 @@ impl Fixture {
     pub fn masters(&self) -> Vec<i32> {
         let mut all: Vec<i32> = [
             "orphans",
+            "unread",
             "tracked",
             "poll_watched",
             "select_watched",
@@ -580,6 +581,9 @@ pub fn ptyreap_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Outp
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
     cmd.args(args)
         .env("NO_COLOR", "1")
+        // the poll look's window: long enough for the loops these targets run (each polls many
+        // times a second); the tests of a slower cadence give --observe themselves
+        .env("PTYREAP_OBSERVE", "300ms")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

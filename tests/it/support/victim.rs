@@ -26,8 +26,10 @@
 //!   `--spin-compute`: one more spinning in pure computation, no system calls.
 //! - `--open-after-ms N`: wait N ms before opening the masters (so the process is clearly older
 //!   than its PTYs: they are its own).
-//! - `--fork-child`: 200 ms later, a child that inherits every master and just sleeps; `child` in
-//!   the ready file (its copies are inherited: older than it).
+//! - `--fork-child`: 200 ms later, a child that inherits every master and execs this program
+//!   again (`--inheritor`), which just sleeps; `child` in the ready file (its copies crossed an
+//!   exec: inherited). `--fork-child-no-exec`: the same child without the exec (it carries the
+//!   parent's program and numbers on, as Tcl expect's `fork` does).
 //! - `--child-reads`: that child blocks in `read()` on its copy of the first master.
 //! - `--uring`: an io_uring instance with every master registered as a fixed file.
 //! - `--name NAME`: the process's name (comm), escape sequences and all.
@@ -99,6 +101,7 @@ mod linux {
         spin_poll: i32,
         open_after_ms: u64,
         fork_child: bool,
+        no_exec: bool,
         child_reads: bool,
         name: Option<String>,
         uring: bool,
@@ -141,6 +144,10 @@ mod linux {
                         .unwrap_or_else(|_| usage("--open-after-ms N"))
                 }
                 "--fork-child" => a.fork_child = true,
+                "--fork-child-no-exec" => {
+                    a.fork_child = true;
+                    a.no_exec = true;
+                }
                 "--child-reads" => a.child_reads = true,
                 "--name" => a.name = Some(value()),
                 "--uring" => a.uring = true,
@@ -350,23 +357,46 @@ mod linux {
 
     /// 200 ms after the masters were made, a child that inherits them all and sleeps until its
     /// parent goes (the node-pty leak: a child holding masters it never saw).
-    fn fork_inheritor(reads: bool) -> i32 {
+    fn fork_inheritor(reads: bool, exec: bool) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        // SAFETY: fork while single-threaded; the child only sleeps and exits.
+        let exe = c"/proc/self/exe";
+        let argv = [
+            c"ptyreap-victim".as_ptr(),
+            c"--inheritor".as_ptr(),
+            if reads {
+                c"--reads".as_ptr()
+            } else {
+                std::ptr::null()
+            },
+            std::ptr::null(),
+        ];
+        // SAFETY: fork while single-threaded; the child only execs, or sleeps and exits.
         match unsafe { libc::fork() } {
             -1 => die("fork"),
             0 => unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                let mut buf = [0u8; 64];
-                loop {
-                    if reads {
-                        libc::read(FIRST_FD, buf.as_mut_ptr().cast(), buf.len());
-                    } else {
-                        libc::pause();
-                    }
+                if exec {
+                    libc::execv(exe.as_ptr(), argv.as_ptr());
+                    libc::_exit(127);
                 }
+                inheritor(reads)
             },
             pid => pid,
+        }
+    }
+
+    /// The inheriting child's life: sleep, or block in read() on the first master.
+    fn inheritor(reads: bool) -> ! {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reading into our own buffer / waiting for a signal.
+            unsafe {
+                if reads {
+                    libc::read(FIRST_FD, buf.as_mut_ptr().cast(), buf.len());
+                } else {
+                    libc::pause();
+                }
+            }
         }
     }
 
@@ -507,6 +537,10 @@ mod linux {
     }
 
     pub fn main() {
+        let args: Vec<String> = std::env::args().collect();
+        if args.get(1).map(String::as_str) == Some("--inheritor") {
+            inheritor(args.get(2).map(String::as_str) == Some("--reads"));
+        }
         let a = parse();
         if let Some(name) = &a.name {
             let c = std::ffi::CString::new(name.as_str()).unwrap_or_else(|_| usage("--name"));
@@ -523,7 +557,7 @@ mod linux {
             register_with_io_uring(a.masters);
         }
         let child_pid = if a.fork_child {
-            fork_inheritor(a.child_reads)
+            fork_inheritor(a.child_reads, !a.no_exec)
         } else {
             0
         };
