@@ -17,6 +17,7 @@ mod inspect;
 mod nodepty;
 mod output;
 mod platform;
+mod programs;
 mod ptys;
 mod races;
 mod reap;
