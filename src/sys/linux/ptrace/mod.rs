@@ -10,8 +10,6 @@
 //!   [`in_tracer_thread`]; the kernel behaviour the stop relies on is described there.
 //! - `inject.rs`: the [`Injector`], which borrows a [`StoppedProcess`] and runs syscalls in it;
 //!   the kernel behaviour injection relies on is described there.
-//! - `peek.rs`: one thread traced alone, untouched, until its next call of a kind (busy poll
-//!   loops); it needs none of the above but the raw requests.
 //!
 //! The /proc files read on the way (stat, status, task) are read and parsed by `procfs`. The
 //! tests of the injector (real processes, real ptrace) are in `inject_tests.rs`, the target
@@ -24,7 +22,6 @@
 
 mod attach_error;
 mod inject;
-pub mod peek;
 mod raw;
 mod stopped;
 
