@@ -156,9 +156,17 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         summary.released == 0 && summary.changed == 0 && whole_target_errors == reports.len();
     if summary.released < summary.planned && !only_whole_target_errors {
         // one plain line for scripts too: the table or the JSON says which and why
+        let hung_up = if summary.hung_up > 0 {
+            format!(
+                "{} session(s) hung up but still held (the rows say by whom), ",
+                summary.hung_up
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "ptyreap: released {} of {} planned master(s): {} changed since they were checked, \
-             {} failed; nothing else was touched",
+            "ptyreap: released {} of {} planned master(s): {hung_up}{} changed since they were \
+             checked, {} failed; nothing else was touched",
             summary.released, summary.planned, summary.changed, summary.failed
         );
     }
@@ -465,6 +473,8 @@ struct ReapSummary {
     released: usize,
     changed: usize,
     failed: usize,
+    /// Stale sessions hung up whose PTY someone still holds.
+    hung_up: usize,
 }
 
 fn reap_summary(reports: &[TargetReport]) -> ReapSummary {
@@ -475,6 +485,7 @@ fn reap_summary(reports: &[TargetReport]) -> ReapSummary {
         released: count(model::Outcome::Closed),
         changed: count(model::Outcome::Changed),
         failed: count(model::Outcome::Failed),
+        hung_up: count(model::Outcome::HungUp),
     }
 }
 
@@ -483,7 +494,7 @@ impl ReapSummary {
     fn exit_code(&self) -> ExitCode {
         if self.released == self.planned {
             ExitCode::Success
-        } else if self.released > 0 {
+        } else if self.released > 0 || self.hung_up > 0 {
             ExitCode::Partial
         } else {
             ExitCode::Failure

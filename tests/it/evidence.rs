@@ -176,7 +176,8 @@ fn a_busy_tmux_server_keeps_its_pane_masters() {
     assert_eq!(tracked.len(), 2, "{rows:#?}");
     for r in &tracked {
         assert!(
-            r["watched_by"].to_string().contains("(caught while busy)"),
+            r["watched_by"].to_string().contains("in thread")
+                && r["watched_by"].to_string().contains("seen"),
             "{r}"
         );
     }
@@ -234,9 +235,9 @@ fn ptmx_count(pid: i32) -> usize {
     support::ptmx_fds(pid).len()
 }
 
-/// Threads spinning in poll() and select() on hung-up masters never wait in them: caught at
-/// their next call, within the bound; a thread spinning in pure computation costs the bound and
-/// nothing more; afterwards no thread is traced or stopped and the target runs on.
+/// Threads spinning in poll() and select() on hung-up masters never wait in them: seen by the
+/// look over time (the syscall tracepoints); a thread spinning in pure computation costs nothing;
+/// afterwards no thread is traced or stopped and the target runs on.
 #[test]
 fn busy_poll_loops_are_caught_within_the_bound() {
     if !require_root() {
@@ -254,7 +255,7 @@ fn busy_poll_loops_are_caught_within_the_bound() {
         let by = r["watched_by"].to_string();
         let polls = by.matches("poll() in thread").count();
         assert!(
-            polls == 2 && by.contains("select() in thread") && by.contains("(caught while busy)"),
+            polls == 2 && by.contains("select() in thread") && by.contains("seen"),
             "{by}"
         );
     }
@@ -263,6 +264,114 @@ fn busy_poll_loops_are_caught_within_the_bound() {
     support::assert_running(v.pid);
     let status = v.assert_healthy(&before);
     assert_eq!(status["open"], "100,101");
+}
+
+/// A loop that polls its masters once a second and sleeps in between (socat's `wait-slave`) is
+/// a watcher: the default window (1.5 s) sees it, and neither the default nor `--method close`
+/// touches its masters. Without the look (`--observe 0`) the evidence says so and nothing is
+/// closed by default.
+#[test]
+fn a_loop_that_polls_once_a_second_is_tracked() {
+    if !require_root() {
+        return;
+    }
+    let mut v = Victim::spawn(&["--masters", "2", "--poll-every-ms", "1000"]);
+    let before = v.signal_state();
+    let pid = v.pid.to_string();
+    let look = |extra: &[&str]| {
+        let mut args = vec!["--pid", &pid, "--min-idle", "0", "--json"];
+        args.extend_from_slice(extra);
+        let out = ptyreap_with(&args, |c| {
+            c.env_remove("PTYREAP_OBSERVE");
+        });
+        assert!(out.code == 0, "{out:?}");
+        masters(&out.json())
+    };
+    for r in look(&["--dry-run"]) {
+        assert_eq!(r["verdict"], "tracked", "{r}");
+        assert!(
+            r["watched_by"].to_string().contains("poll() in thread"),
+            "{r}"
+        );
+    }
+    for extra in [&["--yes"][..], &["--yes", "--method", "close"]] {
+        for r in look(extra) {
+            assert_eq!(r["action"], "keep", "{extra:?}: {r}");
+        }
+        assert_eq!(v.masters_open(), vec![100, 101], "{extra:?}");
+    }
+    for r in look(&["--dry-run", "--observe", "0"]) {
+        assert_eq!(r["verdict"], "orphaned", "{r}");
+        assert_ne!(r["method"], "close", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not watched over time"),
+            "{r}"
+        );
+    }
+    v.assert_healthy(&before);
+}
+
+/// Dry runs change nothing a thread can observe: 30 of them against threads that spin and then
+/// sleep in `epoll_wait` or `sigtimedwait`, or fork short-lived children with SIGCHLD at its
+/// default (a traced thread would be woken by it), cause not one EINTR.
+#[test]
+fn thirty_dry_runs_cause_no_eintr() {
+    if !require_root() {
+        return;
+    }
+    let mut v = Victim::spawn(&["--masters", "2", "--eintr-probes"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let start = v.status().expect("status");
+    let pid = v.pid.to_string();
+    for _ in 0..30 {
+        let out = crate::support::dry_run(&pid, &[]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let end = v.status().expect("status");
+    let calls = |s: &std::collections::HashMap<String, String>| -> u64 {
+        s["probe_calls"].parse().unwrap()
+    };
+    assert!(
+        calls(&end) > calls(&start) + 100,
+        "the probes did not run: {end:?}"
+    );
+    assert_eq!(start["eintr"], "0", "{start:?}");
+    assert_eq!(end["eintr"], "0", "dry runs interrupted a thread: {end:?}");
+}
+
+/// A fork without exec carries the program's own numbers on (Tcl expect's `fork`): never
+/// `inherited`, never closed by default.
+#[test]
+fn a_fork_without_exec_is_not_inherited() {
+    if !require_root() {
+        return;
+    }
+    let v = Victim::spawn(&[
+        "--open-after-ms",
+        "300",
+        "--masters",
+        "3",
+        "--fork-child-no-exec",
+    ]);
+    let child = v.child_pid.to_string();
+    for r in masters(&crate::support::dry_run(&child, &["--json"]).json()) {
+        assert_eq!(r["opened_by"], serde_json::Value::Null, "{r}");
+        assert_ne!(r["method"], "close", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no evidence that it crossed an exec"),
+            "{r}"
+        );
+    }
+    let out = ptyreap(&["--pid", &child, "--min-idle", "0", "--yes", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // merged, not closed: every number is still a PTY master
+    assert_eq!(support::ptmx_fds(v.child_pid), vec![100, 101, 102]);
 }
 
 /// A dry run changes nothing: every blocked thread sits in the same call with the same

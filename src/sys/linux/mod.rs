@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod gadget;
+mod hangup;
 mod info;
 mod inspect;
 pub mod kcmp;

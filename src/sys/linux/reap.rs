@@ -106,7 +106,13 @@ fn read_tracer(fd: OwnedFd, deadline: Duration, hard_deadline: Duration) -> Trac
 }
 
 pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
-    let planned = reap::planned(rows);
+    // Stale sessions are hung up from outside, without stopping the app (hangup.rs).
+    let (stale, planned): (Vec<usize>, Vec<usize>) = reap::planned(rows)
+        .into_iter()
+        .partition(|&i| rows[i].judgement.verdict == crate::model::Verdict::Stale);
+    if !stale.is_empty() {
+        super::hangup::hang_up(&target.pidfd, rows, &stale);
+    }
     if planned.is_empty() {
         reap::finish_kept(rows);
         return Ok(Duration::ZERO);

@@ -26,6 +26,14 @@
 //!   `--spin-compute`: one more spinning in pure computation, no system calls.
 //! - `--open-after-ms N`: wait N ms before opening the masters (so the process is clearly older
 //!   than its PTYs: they are its own).
+//! - `--poll-every-ms N`: one thread that polls every master once (timeout 0) every N ms and
+//!   sleeps in between, as socat's `wait-slave` does while it waits for its client.
+//! - `--eintr-probes`: three threads that count every EINTR they see (`eintr` in the status) and
+//!   every call (`probe_calls`): one spins 50 us then waits 1 ms in `epoll_wait` on an idle
+//!   eventfd; one spins 50 us then waits 1 ms in `sigtimedwait` for a signal never sent; one spins
+//!   3 ms, forks a child that exits at once (SIGCHLD left at its default: ignored), then waits
+//!   2 ms in `epoll_wait`. Nothing ever interrupts them but a tracer: a stop, or a signal the
+//!   kernel queues because the thread is traced.
 //! - `--fork-child`: 200 ms later, a child that inherits every master and execs this program
 //!   again (`--inheritor`), which just sleeps; `child` in the ready file (its copies crossed an
 //!   exec: inherited). `--fork-child-no-exec`: the same child without the exec (it carries the
@@ -65,6 +73,8 @@ mod linux {
     static QUIT: AtomicBool = AtomicBool::new(false);
     /// Threads that are up and in their loops (the ready file waits for all of them).
     static STARTED: AtomicU64 = AtomicU64::new(0);
+    static EINTRS: AtomicU64 = AtomicU64::new(0);
+    static PROBE_CALLS: AtomicU64 = AtomicU64::new(0);
 
     const FIRST_FD: i32 = 100;
 
@@ -107,6 +117,8 @@ mod linux {
         uring: bool,
         spin_select: bool,
         spin_compute: bool,
+        eintr_probes: bool,
+        poll_every_ms: u64,
         ready: String,
     }
 
@@ -152,6 +164,12 @@ mod linux {
                 "--name" => a.name = Some(value()),
                 "--uring" => a.uring = true,
                 "--spin-compute" => a.spin_compute = true,
+                "--eintr-probes" => a.eintr_probes = true,
+                "--poll-every-ms" => {
+                    a.poll_every_ms = value()
+                        .parse()
+                        .unwrap_or_else(|_| usage("--poll-every-ms N"))
+                }
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
             }
@@ -624,6 +642,28 @@ mod linux {
                 })
                 .unwrap_or_else(|_| die("spawning the compute spinner"));
         }
+        if a.poll_every_ms > 0 {
+            let (n, every) = (a.masters, a.poll_every_ms);
+            std::thread::Builder::new()
+                .name("slow-poll".into())
+                .spawn(move || {
+                    let mut fds = pollin_on_masters(n);
+                    loop {
+                        // SAFETY: a valid pollfd array; timeout 0 returns at once.
+                        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+                        std::thread::sleep(std::time::Duration::from_millis(every));
+                    }
+                })
+                .unwrap_or_else(|_| die("spawning the slow poller"));
+        }
+        if a.eintr_probes {
+            for kind in 0..3u8 {
+                std::thread::Builder::new()
+                    .name(format!("eintr-probe-{kind}"))
+                    .spawn(move || eintr_probe(kind))
+                    .unwrap_or_else(|_| die("spawning an EINTR probe"));
+            }
+        }
         if a.strict_thread {
             let mut p = [0; 2];
             // SAFETY: pipe writes two fds; the write end stays open (never written), so the
@@ -691,6 +731,66 @@ mod linux {
         serve(a.masters, &a.ready, sibling_pid);
     }
 
+    /// One EINTR probe (see `--eintr-probes`), forever. It blocks the signals the tests send the
+    /// process (SIGUSR1 for the status, SIGTERM), so those never land here.
+    fn eintr_probe(kind: u8) {
+        // SAFETY: plain syscalls on our own fds, masks and children.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::sigdelset(&mut set, libc::SIGCHLD);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            let efd = libc::eventfd(0, libc::EFD_CLOEXEC);
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev);
+            let mut only_usr2: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut only_usr2);
+            libc::sigaddset(&mut only_usr2, libc::SIGUSR2);
+            let spin = |us: u128| {
+                let t = std::time::Instant::now();
+                while t.elapsed().as_micros() < us {
+                    std::hint::spin_loop();
+                }
+            };
+            loop {
+                let r = match kind {
+                    0 => {
+                        spin(50);
+                        libc::epoll_wait(ep, &mut ev, 1, 1)
+                    }
+                    1 => {
+                        spin(50);
+                        let ts = libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: 1_000_000,
+                        };
+                        libc::sigtimedwait(&only_usr2, std::ptr::null_mut(), &ts)
+                    }
+                    _ => {
+                        spin(3000);
+                        let child = libc::fork();
+                        if child == 0 {
+                            libc::_exit(0);
+                        }
+                        let r = libc::epoll_wait(ep, &mut ev, 1, 2);
+                        if child > 0 {
+                            libc::waitpid(child, std::ptr::null_mut(), 0);
+                        }
+                        r
+                    }
+                };
+                if r < 0 && *libc::__errno_location() == libc::EINTR {
+                    EINTRS.fetch_add(1, SeqCst);
+                }
+                PROBE_CALLS.fetch_add(1, SeqCst);
+            }
+        }
+    }
+
     /// Answer SIGUSR1 with a status file until SIGTERM.
     fn serve(masters: i32, ready: &str, sibling_pid: i32) {
         let mut seq = 0u64;
@@ -710,10 +810,12 @@ mod linux {
                 write_atomically(
                     &format!("{ready}.status"),
                     &format!(
-                        "seq={seq} sigtrap={} sigsys={} notified={} open={}\n",
+                        "seq={seq} sigtrap={} sigsys={} notified={} eintr={} probe_calls={} open={}\n",
                         SIGTRAPS.load(SeqCst),
                         SIGSYSES.load(SeqCst),
                         NOTIFIED.load(SeqCst),
+                        EINTRS.load(SeqCst),
+                        PROBE_CALLS.load(SeqCst),
                         open.join(",")
                     ),
                 );
