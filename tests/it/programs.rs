@@ -67,6 +67,9 @@ struct Sandbox {
     pid: i32,
     /// `/proc/PID/ns/mnt` of the program: every process that shows it is one of ours.
     mnt_ns: PathBuf,
+    /// That namespace held open, so its number is not reused by another test's namespace
+    /// while this one's drop looks for processes (they may all have exited by then).
+    _mnt_ns_held: fs::File,
     dir: PathBuf,
     /// Last: released after the processes are gone.
     _ptys: support::SharedPtys,
@@ -92,10 +95,19 @@ impl Sandbox {
         let pid = root.id() as i32;
         // spawn returns after the exec: the namespace is the program's own by now
         let mnt_ns = fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("reading ns/mnt");
+        let held = fs::File::open(format!("/proc/{pid}/ns/mnt")).expect("opening ns/mnt");
+        // the same namespace (the program could have exited in between: then none of ours)
+        assert_eq!(
+            fs::read_link(format!("/proc/{pid}/ns/mnt")).ok().as_ref(),
+            Some(&mnt_ns),
+            "the program exited at once: {}",
+            fs::read_to_string(dir.join("err")).unwrap_or_default()
+        );
         Sandbox {
             root,
             pid,
             mnt_ns,
+            _mnt_ns_held: held,
             dir,
             _ptys: ptys,
         }
@@ -142,16 +154,28 @@ impl Sandbox {
     }
 
     /// Waits up to `PROGRAM_TIMEOUT` for `DIR/name` (written whole by a rename); panics with the
-    /// program's stderr when it does not come.
-    fn wait_file(&self, name: &str) -> String {
+    /// program's exit status and output when it does not come or every process has gone.
+    fn wait_file(&mut self, name: &str) -> String {
         let path = self.file(name);
-        let ok = wait_for(PROGRAM_TIMEOUT, || path.exists());
-        assert!(
-            ok,
-            "no {name} within {PROGRAM_TIMEOUT:?}; processes {:?}; stderr: {}",
-            self.pids(),
-            self.read("err")
-        );
+        let mut gone = false;
+        wait_for(PROGRAM_TIMEOUT, || {
+            gone = self.pids().is_empty();
+            path.exists() || gone
+        });
+        if !path.exists() {
+            let status = self.root.try_wait().ok().flatten();
+            panic!(
+                "no {name} ({}); the program: {status:?}; processes {:?}; stdout: {}; stderr: {}",
+                if gone {
+                    "every process gone"
+                } else {
+                    "timed out"
+                },
+                self.pids(),
+                self.read("out"),
+                self.read("err")
+            );
+        }
         self.read(name)
     }
 }
@@ -330,15 +354,19 @@ struct ForkRun {
 }
 
 fn expect_fork(with_reap: bool) -> ForkRun {
+    // under a shell that stays (the sandbox's first process must outlive the parent, which
+    // exits at once) and writes the parent's exit status to DIR/parent
     let mut sb = Sandbox::start("expect", |dir| {
-        let mut c = Command::new("expect");
-        c.arg("-f")
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"expect -f "$0" "$1"; echo $? > "$1/parent"; exec sleep 120"#)
             .arg(format!("{SCRIPTS}/expect_fork.exp"))
             .arg(dir);
         c
     });
     // the parent exits at once; its forked child carries on
-    assert_eq!(sb.wait_exit(), 0, "the parent: {}", sb.read("err"));
+    let parent = sb.wait_file("parent");
+    assert_eq!(parent.trim(), "0", "the parent: {}", sb.read("err"));
     let ready = sb.wait_file("ready");
     let child: i32 = ready
         .split_whitespace()
@@ -831,5 +859,12 @@ fn sshd_login_is_hung_up_and_freed_with_include_stale() {
         wait_for(PROGRAM_TIMEOUT, || sshd.ptys() == 0),
         "the PTY stayed after the hang-up: {:?}",
         pty_nodes()
+    );
+    // sshd itself carries on as in the control: a new login answers
+    let (mut again, _, _) = login(&sshd);
+    assert!(
+        again.round_trip(3),
+        "a new login after the reap: {}",
+        again.text()
     );
 }
