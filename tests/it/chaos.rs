@@ -24,7 +24,8 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
     let span = {
         let f = Fixture::spawn(&["--orphans", "120", "--live", "1", "--threads", "2"]);
         let t = std::time::Instant::now();
-        let out = support::reap_closing(f.pid, &["--json"]);
+        // no poll look: the signals are aimed at the reap itself (--method close is explicit)
+        let out = support::reap_closing(f.pid, &["--json", "--observe", "0"]);
         assert_eq!(out.code, 0, "{out:?}");
         t.elapsed()
     };
@@ -36,7 +37,7 @@ fn signals_at_random_moments_never_leave_the_target_stopped() {
         let delay = Duration::from_micros(rng.next() % (span.as_micros() as u64 + 1));
         let child = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
             .args(support::reap_args(f.pid))
-            .arg("--json")
+            .args(["--json", "--observe", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -26,7 +26,7 @@ fn no_tracers_left() {
 fn calibrate() -> Duration {
     let f = Fixture::spawn(&["--orphans", "200", "--live", "1", "--threads", "4"]);
     let t = std::time::Instant::now();
-    let out = support::reap_closing(f.pid, &[]);
+    let out = support::reap_closing(f.pid, &["--observe", "0"]);
     assert_eq!(out.code, 0, "{out:?}");
     t.elapsed()
 }

@@ -220,7 +220,9 @@ fn detached_tracefs() -> std::io::Result<OwnedFd> {
             0,
         )
     };
-    owned(r)?;
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: fsmount takes the fs context fd and two flag words.
     owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
 }

@@ -687,10 +687,11 @@ impl Rng {
 }
 
 /// `ptyreap --pid PID --min-idle 0 --yes --json` started in its own process group, output piped.
+/// (No poll look: these runs are timed against the reap itself; `--method close` is explicit.)
 pub fn spawn_reap(pid: i32) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ptyreap"))
         .args(reap_args(pid))
-        .arg("--json")
+        .args(["--json", "--observe", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -405,6 +405,9 @@ mod linux {
 
     /// The inheriting child's life: sleep, or block in read() on the first master.
     fn inheritor(reads: bool) -> ! {
+        // exec named it after /proc/self/exe's file name ("exe")
+        // SAFETY: PR_SET_NAME with a NUL-terminated string.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"ptyreap-victim".as_ptr()) };
         let mut buf = [0u8; 64];
         loop {
             // SAFETY: reading into our own buffer / waiting for a signal.
