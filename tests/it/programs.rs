@@ -7,7 +7,7 @@
 //! exactly as in the control. The helper scripts are in tests/it/programs/; `.ci/run` installs
 //! the programs (expect, socat, openssh-server and -client from apt, pexpect from PyPI).
 
-use crate::support::{self, ptmx_fds, ptyreap, ptys_in_use_seen_by, require_root, wait_for};
+use crate::support::{self, ptmx_fds, ptyreap_with, ptys_in_use_seen_by, require_root, wait_for};
 use serde_json::Value;
 use std::fs;
 use std::io::{Read, Write};
@@ -208,15 +208,23 @@ fn alive(pid: i32) -> bool {
     })
 }
 
-/// `ptyreap --pid PID --min-idle 0 --yes --json` and then `extra`, printed for --nocapture.
+/// `ptyreap --pid PID --min-idle 0 --yes --json` and then `extra`, with the default `--observe`
+/// window (no PTYREAP_OBSERVE); printed for --nocapture.
 fn reap(pid: i32, extra: &[&str]) -> (support::Output, Value) {
     let pid_s = pid.to_string();
     let mut args = vec!["--pid", &pid_s, "--min-idle", "0", "--yes", "--json"];
     args.extend_from_slice(extra);
-    let out = ptyreap(&args);
+    let started = Instant::now();
+    // the defaults, as a user runs it: support's ptyreap shortens the observation window
+    let out = ptyreap_with(&args, |c| {
+        c.env_remove("PTYREAP_OBSERVE");
+    });
     eprintln!(
-        "ptyreap {args:?}: exit {}\n{}{}",
-        out.code, out.stdout, out.stderr
+        "ptyreap {args:?}: exit {} after {:?}\n{}{}",
+        out.code,
+        started.elapsed(),
+        out.stdout,
+        out.stderr
     );
     let doc = out.json();
     (out, doc)
