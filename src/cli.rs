@@ -98,7 +98,8 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", value_parser = parse_fds)]
     pub fd: Option<BTreeSet<i32>>,
 
-    /// Also reap live masters whose session has been silent for DUR (hangs it up)
+    /// Also release live sessions silent for DUR: each is hung up (as a modem hang-up would; root),
+    /// and its PTY is freed when its processes and the app let go
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub include_stale: Option<Duration>,
 
