@@ -63,7 +63,7 @@ pub fn human_precise(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 == 0 {
+    } else if ms / 1000 * 1000 == ms {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)
@@ -110,6 +110,15 @@ mod tests {
         assert_eq!(parse("1h30m").unwrap().as_secs(), 5400);
         assert_eq!(parse("1h 30m").unwrap().as_secs(), 5400);
         assert_eq!(parse("45").unwrap().as_secs(), 45);
+        assert_eq!(parse("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse("1s500ms").unwrap(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn prints_short_windows() {
+        assert_eq!(human_precise(Duration::from_millis(300)), "300ms");
+        assert_eq!(human_precise(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human_precise(Duration::from_secs(2)), "2s");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod scan;
 pub mod seccomp;
 mod system;
 mod target;
+mod waits;
 pub mod watchers;
 
 pub use info::{process_info, start_time};

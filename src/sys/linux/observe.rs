@@ -5,21 +5,33 @@
 //! Why perf tracepoints and not ptrace: any ptrace stop is visible to the target (a sleeping
 //! `epoll_wait` or `sigtimedwait` returns EINTR, and while a thread is traced the kernel queues
 //! the signals it would have discarded as ignored, e.g. SIGCHLD at its default). The syscall
-//! tracepoints (`syscalls:sys_enter_poll`, `ppoll`, `select`, `pselect6`) report each call's
-//! arguments as it is entered, as `perf trace` does, and change nothing the target can observe:
-//! no stop, no signal, no delay beyond the tracepoint itself. The pollfd array or fd sets are then
+//! entry tracepoint (`raw_syscalls:sys_enter`, what `perf trace` uses) reports each call's number
+//! and arguments as it is entered, and changes nothing the target can observe: no stop, no
+//! signal, no delay beyond the tracepoint itself. One tracepoint rather than one per call:
+//! closing a tracepoint's last event waits for an RCU grace period (~35 ms here), one after
+//! another. The pollfd array or fd sets are then
 //! read from the target's memory with `process_vm_readv`, right after the sample arrives (the
 //! array of a call that sleeps or returns at once is still in place).
 //!
-//! One window for every target at once: a per-CPU event for each tracepoint, filtered in the
-//! kernel to the targets' threads, all feeding one ring buffer per CPU. epoll is not watched
+//! One window for every target at once: a per-CPU event, filtered in the kernel to the calls of
+//! interest (the poll family, and the timed waits below) made by the targets' threads, each
+//! feeding its ring buffer. epoll is not watched
 //! here: an epoll set's entries are read from its fdinfo at any moment (watchers.rs).
+//!
+//! The window ends as soon as every thread has had its chance, and at `--observe` at the latest:
+//! a thread running at the start gets 100 ms to make its next call; a thread in a timed wait
+//! (nanosleep, a poll or epoll_wait with a timeout, a timed futex: waits.rs) until that wait must
+//! end, plus 50 ms; and the first timed wait a thread enters during the look extends its time the
+//! same way (socat, caught between its poll and its sleep, is watched through the sleep to its
+//! next poll). Waits longer than the window, and waits only an event ends, are not waited for: no
+//! window could promise to see what follows them.
 //!
 //! The tracepoint ids come from tracefs. Where it is not mounted, a detached mount of it is made
 //! with `fsopen`/`fsmount` (visible to no one, gone when its fd is closed): nothing on the machine
 //! changes. Needs root (or CAP_PERFMON and CAP_SYS_ADMIN); where the look is impossible the
 //! reason is returned, and verdicts say what could not be seen.
 
+use super::waits::{self, Wait};
 use super::watchers::PollCall;
 use crate::model::PollLook;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,6 +46,10 @@ const READS_PER_CALL: u32 = 3;
 const RING_PAGES: usize = 64;
 /// A longer filter than this goes to the kernel unfiltered (its limit is a page).
 const MAX_FILTER: usize = 3000;
+/// How long a thread running at the start of the look is given to make its next call.
+const RUNNING: Duration = Duration::from_millis(100);
+/// How long a thread whose wait ended is given to make its next call.
+const SLACK: Duration = Duration::from_millis(50);
 
 /// Watches the poll-family calls of every thread of `pids` for `window`. Returns, per pid and fd,
 /// what was seen polling it; `unavailable` says why there was no look.
@@ -50,7 +66,10 @@ pub fn observe(pids: &[i32], window: Duration) -> PollLook {
         return look;
     }
     match watch(pids, window) {
-        Ok(seen) => look.seen = seen,
+        Ok((seen, watched)) => {
+            look.seen = seen;
+            look.window = watched;
+        }
         Err(why) => look.unavailable = Some(why),
     }
     look
@@ -58,72 +77,143 @@ pub fn observe(pids: &[i32], window: Duration) -> PollLook {
 
 type Seen = BTreeMap<i32, BTreeMap<i32, Vec<String>>>;
 
-/// One traced call kind: its tracepoint id and where its arguments sit in the raw sample.
+/// `raw_syscalls:sys_enter`: its id, and where the syscall number and arguments sit in a sample.
 struct Tracepoint {
     id: u16,
-    call: PollCall,
-    arg_offsets: Vec<usize>,
+    nr_offset: usize,
+    args_offset: usize,
 }
 
-fn watch(pids: &[i32], window: Duration) -> Result<Seen, String> {
-    let tracepoints = tracepoints()?;
-    if tracepoints.is_empty() {
-        return Err("the kernel has no syscall tracepoints for poll()/select()".into());
+/// When the look may end for each thread (see the module doc).
+struct Deadlines {
+    start: Instant,
+    cap: Duration,
+    until: HashMap<i32, Instant>,
+    extended: HashSet<i32>,
+}
+
+impl Deadlines {
+    fn new(pids: &[i32], cap: Duration) -> Deadlines {
+        let start = Instant::now();
+        let mut until = HashMap::new();
+        for &pid in pids {
+            let calls: HashMap<i32, (i64, [u64; 6])> = super::procfs::task_syscalls(pid)
+                .into_iter()
+                .map(|(tid, nr, args)| (tid, (nr, args)))
+                .collect();
+            for tid in super::procfs::list_tasks(pid).unwrap_or_default() {
+                let wait = calls
+                    .get(&tid)
+                    .and_then(|(nr, args)| waits::of_call(*nr, args, &|a, _| read_time(pid, a)));
+                let running = super::procfs::thread_state(pid, tid) == Some('R');
+                match wait {
+                    Some(Wait::AtMost(d)) if d <= cap => {
+                        until.insert(tid, start + d + SLACK);
+                    }
+                    Some(_) => {}
+                    // running, or between calls: its next call comes soon; blocked in another
+                    // call (read, accept, wait4): only an event wakes it
+                    None if running || !calls.contains_key(&tid) => {
+                        until.insert(tid, start + RUNNING);
+                    }
+                    None => {}
+                }
+            }
+        }
+        Deadlines {
+            start,
+            cap,
+            until,
+            extended: HashSet::new(),
+        }
     }
+
+    /// `tid` entered a wait: the first one it enters during the look is waited out.
+    fn entered(&mut self, pid: i32, tid: i32, nr: i64, args: &[u64; 6]) {
+        if !self.extended.insert(tid) {
+            return;
+        }
+        if let Some(Wait::AtMost(d)) = waits::of_call(nr, args, &|a, _| read_time(pid, a)) {
+            let end = Instant::now() + d + SLACK;
+            if end <= self.start + self.cap + SLACK {
+                let slot = self.until.entry(tid).or_insert(end);
+                *slot = (*slot).max(end);
+            }
+        }
+    }
+
+    fn end(&self) -> Instant {
+        let latest = self.until.values().max().copied().unwrap_or(self.start);
+        latest.min(self.start + self.cap)
+    }
+}
+
+/// A `struct timespec` (or timeval: the same two longs) in the target's memory.
+fn read_time(pid: i32, addr: u64) -> Option<(i64, i64)> {
+    let mut raw = [0u8; 16];
+    super::watchers::read_memory(pid, addr, &mut raw)?;
+    let s = i64::from_ne_bytes(raw[..8].try_into().ok()?);
+    let ns = i64::from_ne_bytes(raw[8..].try_into().ok()?);
+    Some((s, ns))
+}
+
+fn watch(pids: &[i32], window: Duration) -> Result<(Seen, Duration), String> {
+    let tp = tracepoint()?;
     let mut tids = Vec::new();
     for &pid in pids {
         tids.extend(super::procfs::list_tasks(pid).unwrap_or_default());
     }
-    let filter = tids
-        .iter()
-        .map(|t| format!("common_pid == {t}"))
-        .collect::<Vec<_>>()
-        .join(" || ");
-    let filter = (filter.len() <= MAX_FILTER)
-        .then(|| CString::new(filter).ok())
-        .flatten();
-    let rings = open_rings(&tracepoints, filter.as_ref())?;
+    let numbers: Vec<i64> = PollCall::numbers()
+        .into_iter()
+        .chain(waits::TRACED.iter().copied())
+        .collect();
+    let rings = open_rings(tp.id, &filter(&numbers, &tids))?;
     let wanted: HashSet<i32> = pids.iter().copied().collect();
-    let by_id: HashMap<u16, &Tracepoint> = tracepoints.iter().map(|t| (t.id, t)).collect();
     let mut calls: HashMap<(i32, i32, PollCall, u64, u64), u32> = HashMap::new();
     let mut seen: HashMap<(i32, i32, i32, PollCall), u32> = HashMap::new();
-    let deadline = Instant::now() + window;
+    let mut deadlines = Deadlines::new(pids, window);
     loop {
         for ring in &rings {
             ring.drain(|pid, raw| {
                 if !wanted.contains(&pid) || raw.len() < 8 {
                     return;
                 }
-                let id = u16::from_ne_bytes([raw[0], raw[1]]);
-                let tid = i32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
-                let Some(tp) = by_id.get(&id) else { return };
-                let mut args = [0u64; 6];
-                for (slot, &off) in args.iter_mut().zip(&tp.arg_offsets) {
-                    if let Some(b) = raw.get(off..off + 8) {
-                        *slot = u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
-                    }
+                if u16::from_ne_bytes([raw[0], raw[1]]) != tp.id {
+                    return;
                 }
-                let n = calls
-                    .entry((pid, tid, tp.call, args[0], args[1]))
-                    .or_default();
+                let tid = i32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
+                let word = |off: usize| {
+                    raw.get(off..off + 8)
+                        .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                };
+                let nr = word(tp.nr_offset) as i64;
+                let mut args = [0u64; 6];
+                for (i, slot) in args.iter_mut().enumerate() {
+                    *slot = word(tp.args_offset + 8 * i);
+                }
+                deadlines.entered(pid, tid, nr, &args);
+                let Some(call) = PollCall::from_nr(nr) else {
+                    return;
+                };
+                let n = calls.entry((pid, tid, call, args[0], args[1])).or_default();
                 *n += 1;
                 if *n > READS_PER_CALL {
                     // the same call again: counted against every fd it was seen with
                     for ((p, t, _, c), count) in seen.iter_mut() {
-                        if *p == pid && *t == tid && *c == tp.call {
+                        if *p == pid && *t == tid && *c == call {
                             *count += 1;
                         }
                     }
                     return;
                 }
-                if let Some(fds) = tp.call.read_fds(pid, &args) {
+                if let Some(fds) = call.read_fds(pid, &args) {
                     for fd in fds {
-                        *seen.entry((pid, tid, fd, tp.call)).or_default() += 1;
+                        *seen.entry((pid, tid, fd, call)).or_default() += 1;
                     }
                 }
             });
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadlines.end().saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
@@ -139,10 +229,12 @@ fn watch(pids: &[i32], window: Duration) -> Result<Seen, String> {
         // SAFETY: pfds is a valid array of pollfd for its length.
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     }
+    let watched = deadlines.start.elapsed();
+    drop(rings);
     let mut out = Seen::new();
     let mut keys: Vec<_> = seen.into_iter().collect();
     keys.sort();
-    let secs = crate::duration::human_precise(window);
+    let secs = crate::duration::human_precise(watched);
     for ((pid, tid, fd, call), n) in keys {
         out.entry(pid)
             .or_default()
@@ -154,39 +246,55 @@ fn watch(pids: &[i32], window: Duration) -> Result<Seen, String> {
                 if n == 1 { "" } else { "s" }
             ));
     }
-    Ok(out)
+    Ok((out, watched))
 }
 
-/// The poll-family tracepoints this kernel has, from tracefs.
-fn tracepoints() -> Result<Vec<Tracepoint>, String> {
+/// The kernel's filter: the calls of interest, made by the targets' threads (by thread id: the
+/// tracepoint knows no process id). A thread list too long for the kernel's filter (a page) is
+/// left out, and samples of other processes are dropped here instead.
+fn filter(calls: &[i64], tids: &[i32]) -> CString {
+    let calls = calls
+        .iter()
+        .map(|nr| format!("id == {nr}"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let threads = tids
+        .iter()
+        .map(|t| format!("common_pid == {t}"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let text = if threads.is_empty() || threads.len() > MAX_FILTER {
+        format!("({calls})")
+    } else {
+        format!("({calls}) && ({threads})")
+    };
+    CString::new(text).unwrap_or_default()
+}
+
+/// `raw_syscalls:sys_enter`, from tracefs.
+fn tracepoint() -> Result<Tracepoint, String> {
     let (dir, _mount) = tracefs_events()?;
-    let mut out = Vec::new();
-    for (name, call) in PollCall::TRACED {
-        let Ok(format) = std::fs::read_to_string(format!("{dir}/sys_enter_{name}/format")) else {
-            continue; // aarch64 has no poll and select, only ppoll and pselect6
-        };
-        if let Some(tp) = parse_format(&format, *call) {
-            out.push(tp);
-        }
-    }
-    Ok(out)
+    let format = std::fs::read_to_string(format!("{dir}/sys_enter/format"))
+        .map_err(|e| format!("the kernel has no syscall entry tracepoint ({e})"))?;
+    parse_format(&format)
+        .ok_or_else(|| "the syscall entry tracepoint has an unknown layout".to_string())
 }
 
-/// The `events/syscalls` directory of tracefs, and the detached mount that holds it open when it
-/// had to be made.
+/// The `events/raw_syscalls` directory of tracefs, and the detached mount that holds it open
+/// when it had to be made.
 fn tracefs_events() -> Result<(String, Option<OwnedFd>), String> {
     for dir in [
-        "/sys/kernel/tracing/events/syscalls",
-        "/sys/kernel/debug/tracing/events/syscalls",
+        "/sys/kernel/tracing/events/raw_syscalls",
+        "/sys/kernel/debug/tracing/events/raw_syscalls",
     ] {
-        if std::path::Path::new(dir).join("sys_enter_ppoll").exists() {
+        if std::path::Path::new(dir).join("sys_enter").exists() {
             return Ok((dir.to_string(), None));
         }
     }
     let mount = detached_tracefs().map_err(|e| {
         format!("tracefs is not mounted, and a private mount of it failed ({e}): run as root")
     })?;
-    let dir = format!("/proc/self/fd/{}/events/syscalls", mount.as_raw_fd());
+    let dir = format!("/proc/self/fd/{}/events/raw_syscalls", mount.as_raw_fd());
     if !std::path::Path::new(&dir).exists() {
         return Err("the kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)".into());
     }
@@ -227,43 +335,35 @@ fn detached_tracefs() -> std::io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
 }
 
-/// A tracepoint's id and argument offsets from its `format` file: the fields after the common
-/// ones and `__syscall_nr`, in order (each a long on 64-bit kernels).
-fn parse_format(format: &str, call: PollCall) -> Option<Tracepoint> {
+/// The id and the offsets of `id` and `args` in `raw_syscalls:sys_enter`'s `format` file.
+fn parse_format(format: &str) -> Option<Tracepoint> {
     let id = format
         .lines()
         .find_map(|l| l.strip_prefix("ID:"))?
         .trim()
         .parse()
         .ok()?;
-    let mut arg_offsets = Vec::new();
-    for line in format.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("field:") else {
-            continue;
+    let field = |name: &str| -> Option<(usize, usize)> {
+        let suffix = format!(" {name}");
+        let line = format
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("field:"))
+            .find(|l| l.split(';').next().is_some_and(|d| d.ends_with(&suffix)))?;
+        let value = |key: &str| -> Option<usize> {
+            line.split(';')
+                .find_map(|p| p.trim().strip_prefix(key))?
+                .parse()
+                .ok()
         };
-        let name = rest.split(';').next()?.rsplit(' ').next()?;
-        if name.starts_with("common_") || name == "__syscall_nr" {
-            continue;
-        }
-        let offset = rest
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("offset:"))?
-            .parse()
-            .ok()?;
-        let size: usize = rest
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("size:"))?
-            .parse()
-            .ok()?;
-        if size != 8 {
-            return None;
-        }
-        arg_offsets.push(offset);
-    }
-    (!arg_offsets.is_empty()).then_some(Tracepoint {
+        Some((value("offset:")?, value("size:")?))
+    };
+    let (nr_offset, nr_size) = field("id")?;
+    let (args_offset, args_size) = field("args[6]")?;
+    (nr_size == 8 && args_size == 48).then_some(Tracepoint {
         id,
-        call,
-        arg_offsets,
+        nr_offset,
+        args_offset,
     })
 }
 
@@ -288,18 +388,15 @@ const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_SAMPLE_TID: u64 = 1 << 1;
 const PERF_SAMPLE_RAW: u64 = 1 << 10;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
-const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
 const PERF_EVENT_IOC_SET_FILTER: libc::c_ulong = 0x4008_2406;
 const PERF_RECORD_SAMPLE: u32 = 9;
 /// `data_head` and `data_tail` in `struct perf_event_mmap_page`.
 const DATA_HEAD: usize = 1024;
 const DATA_TAIL: usize = 1032;
 
-/// One CPU's ring buffer, fed by every tracepoint's event on that CPU; unmapped on drop (the
-/// events close with their fds).
+/// One CPU's ring buffer; unmapped on drop (the event closes with its fd).
 struct Ring {
     fd: OwnedFd,
-    _outputs: Vec<OwnedFd>,
     base: *mut u8,
     len: usize,
     page: usize,
@@ -312,29 +409,25 @@ impl Drop for Ring {
     }
 }
 
-fn open_rings(tracepoints: &[Tracepoint], filter: Option<&CString>) -> Result<Vec<Ring>, String> {
+fn open_rings(id: u16, filter: &CString) -> Result<Vec<Ring>, String> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let mut rings = Vec::new();
     for cpu in online_cpus() {
-        let mut fds = Vec::new();
-        for tp in tracepoints {
-            let fd = open_event(tp.id, cpu).map_err(|e| match e.raw_os_error() {
-                Some(libc::EACCES) | Some(libc::EPERM) => {
-                    "perf_event_open was refused: run as root (or with CAP_PERFMON)".to_string()
-                }
-                _ => format!("perf_event_open failed: {e}"),
-            })?;
-            if let Some(f) = filter {
-                // SAFETY: the filter is a NUL-terminated string.
-                unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_FILTER, f.as_ptr()) };
+        let fd = open_event(id, cpu).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                "perf_event_open was refused: run as root (or with CAP_PERFMON)".to_string()
             }
-            fds.push(fd);
+            _ => format!("perf_event_open failed: {e}"),
+        })?;
+        // SAFETY: the filter is a NUL-terminated string.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_FILTER, filter.as_ptr()) };
+        if r != 0 {
+            return Err(format!(
+                "perf: the tracepoint filter was refused: {}",
+                std::io::Error::last_os_error()
+            ));
         }
-        if fds.is_empty() {
-            continue;
-        }
-        let fd = fds.remove(0);
         let len = page * (1 + RING_PAGES);
         // SAFETY: a shared read-write mapping of the event's ring buffer, as perf_event_open(2)
         // describes; unmapped in Ring's drop.
@@ -354,32 +447,12 @@ fn open_rings(tracepoints: &[Tracepoint], filter: Option<&CString>) -> Result<Ve
                 std::io::Error::last_os_error()
             ));
         }
-        let mut ring = Ring {
+        rings.push(Ring {
             fd,
-            _outputs: Vec::new(),
             base: base.cast(),
             len,
             page,
-        };
-        // the other tracepoints of this CPU write into the same (now mapped) buffer
-        for other in &fds {
-            // SAFETY: both are perf event fds on the same CPU; the target has a buffer.
-            let r = unsafe {
-                libc::ioctl(
-                    other.as_raw_fd(),
-                    PERF_EVENT_IOC_SET_OUTPUT,
-                    ring.fd.as_raw_fd(),
-                )
-            };
-            if r != 0 {
-                return Err(format!(
-                    "perf: cannot share a ring buffer: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-        ring._outputs = fds;
-        rings.push(ring);
+        });
     }
     if rings.is_empty() {
         return Err("perf: no online CPU found".into());
@@ -479,21 +552,29 @@ fn online_cpus() -> Vec<i32> {
 mod tests {
     use super::*;
 
-    const PPOLL: &str = "name: sys_enter_ppoll\nID: 904\nformat:\n\
+    const SYS_ENTER: &str = "name: sys_enter\nID: 443\nformat:\n\
         \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
         \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
-        \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
-        \tfield:struct pollfd * ufds;\toffset:16;\tsize:8;\tsigned:0;\n\
-        \tfield:unsigned int nfds;\toffset:24;\tsize:8;\tsigned:0;\n\
-        \tfield:struct __kernel_timespec * tsp;\toffset:32;\tsize:8;\tsigned:0;\n\n\
-        print fmt: \"ufds: 0x%08lx\"\n";
+        \tfield:long id;\toffset:8;\tsize:8;\tsigned:1;\n\
+        \tfield:unsigned long args[6];\toffset:16;\tsize:48;\tsigned:0;\n\n\
+        print fmt: \"NR %ld\"\n";
 
     #[test]
-    fn tracepoint_formats() {
-        let tp = parse_format(PPOLL, PollCall::Ppoll).unwrap();
-        assert_eq!(tp.id, 904);
-        assert_eq!(tp.arg_offsets, vec![16, 24, 32]);
-        assert!(parse_format("name: x\n", PollCall::Ppoll).is_none());
+    fn tracepoint_format() {
+        let tp = parse_format(SYS_ENTER).unwrap();
+        assert_eq!((tp.id, tp.nr_offset, tp.args_offset), (443, 8, 16));
+        assert!(parse_format("name: x\nID: 3\n").is_none());
+    }
+
+    #[test]
+    fn filters() {
+        let f = filter(&[7, 271], &[10, 11]);
+        assert_eq!(
+            f.to_str().unwrap(),
+            "(id == 7 || id == 271) && (common_pid == 10 || common_pid == 11)"
+        );
+        let many: Vec<i32> = (0..1000).collect();
+        assert_eq!(filter(&[7], &many).to_str().unwrap(), "(id == 7)");
     }
 
     #[test]

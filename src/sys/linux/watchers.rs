@@ -176,15 +176,15 @@ pub enum PollCall {
 const MAX_POLL_FDS: u64 = 1 << 20;
 
 impl PollCall {
-    /// The calls observe.rs watches, by their tracepoint names (`sys_enter_NAME`).
-    pub const TRACED: &'static [(&'static str, PollCall)] = &[
-        ("poll", PollCall::Poll),
-        ("ppoll", PollCall::Ppoll),
-        ("select", PollCall::Select),
-        ("pselect6", PollCall::Pselect6),
-    ];
+    /// The system call numbers of the poll family on this architecture (observe.rs watches them).
+    pub fn numbers() -> Vec<i64> {
+        let mut out = vec![libc::SYS_ppoll, libc::SYS_pselect6];
+        #[cfg(target_arch = "x86_64")]
+        out.extend([libc::SYS_poll, libc::SYS_select]);
+        out
+    }
 
-    fn from_nr(nr: i64) -> Option<PollCall> {
+    pub fn from_nr(nr: i64) -> Option<PollCall> {
         #[cfg(target_arch = "x86_64")]
         {
             if nr == libc::SYS_poll {
@@ -262,7 +262,7 @@ pub fn fd_set_from_bytes(raw: &[u8], nfds: usize) -> Vec<i32> {
     out
 }
 
-fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> Option<()> {
+pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> Option<()> {
     if buf.is_empty() {
         return Some(());
     }
