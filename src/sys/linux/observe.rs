@@ -31,7 +31,7 @@
 //! changes. Needs root (or CAP_PERFMON and CAP_SYS_ADMIN); where the look is impossible the
 //! reason is returned, and verdicts say what could not be seen.
 
-use super::waits::{self, Wait};
+use super::waits;
 use super::watchers::PollCall;
 use crate::model::PollLook;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -106,10 +106,12 @@ impl Deadlines {
                     .get(&tid)
                     .and_then(|(nr, args)| waits::of_call(*nr, args, &|a, _| read_time(pid, a)));
                 let running = super::procfs::thread_state(pid, tid) == Some('R');
-                match wait {
-                    Some(Wait::AtMost(d)) if d <= cap => {
-                        until.insert(tid, start + d + SLACK);
+                match wait.map(|w| w.span(waited_for(pid, tid))) {
+                    // a loop that waits this long between polls: watched through the wait
+                    Some(Some((period, left))) if period <= cap => {
+                        until.insert(tid, start + left + SLACK);
                     }
+                    // a longer wait, or one only an event ends: no window can promise more
                     Some(_) => {}
                     // running, or between calls: its next call comes soon; blocked in another
                     // call (read, accept, wait4): only an event wakes it
@@ -133,9 +135,10 @@ impl Deadlines {
         if !self.extended.insert(tid) {
             return;
         }
-        if let Some(Wait::AtMost(d)) = waits::of_call(nr, args, &|a, _| read_time(pid, a)) {
-            let end = Instant::now() + d + SLACK;
-            if end <= self.start + self.cap + SLACK {
+        let wait = waits::of_call(nr, args, &|a, _| read_time(pid, a));
+        if let Some((period, left)) = wait.and_then(|w| w.span(Some(Duration::ZERO))) {
+            if period <= self.cap {
+                let end = Instant::now() + left + SLACK;
                 let slot = self.until.entry(tid).or_insert(end);
                 *slot = (*slot).max(end);
             }
@@ -146,6 +149,24 @@ impl Deadlines {
         let latest = self.until.values().max().copied().unwrap_or(self.start);
         latest.min(self.start + self.cap)
     }
+}
+
+/// How long ago thread `tid` last ran (so: began its current wait), from `se.exec_start` in
+/// /proc/PID/task/TID/sched (the scheduler's clock, in ms) against the same field of our own
+/// running thread. None without CONFIG_SCHED_DEBUG.
+fn waited_for(pid: i32, tid: i32) -> Option<Duration> {
+    let exec_start = |path: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("se.exec_start"))?
+            .trim_start_matches([' ', ':'])
+            .trim()
+            .parse()
+            .ok()
+    };
+    let then = exec_start(&format!("/proc/{pid}/task/{tid}/sched"))?;
+    let now = exec_start("/proc/thread-self/sched")?;
+    Some(Duration::from_secs_f64(((now - then) / 1000.0).max(0.0)))
 }
 
 /// A `struct timespec` (or timeval: the same two longs) in the target's memory.

@@ -11,10 +11,27 @@ use std::time::Duration;
 /// What a thread in a system call is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// It returns by itself within this.
-    AtMost(Duration),
+    /// A relative timeout: the wait lasts this long at most from when it began.
+    For(Duration),
+    /// An absolute one: it ends this long from now at the latest.
+    Within(Duration),
     /// Only an event ends it.
     Untimed,
+}
+
+impl Wait {
+    /// The whole length of the wait (its period, for a loop that sleeps between polls) and what
+    /// is left of it, given how long ago the thread began waiting (`since`, if known). None for
+    /// an untimed wait.
+    pub fn span(self, since: Option<Duration>) -> Option<(Duration, Duration)> {
+        match (self, since) {
+            (Wait::For(d), Some(s)) => Some((d, d.saturating_sub(s))),
+            (Wait::For(d), None) => Some((d, d)),
+            (Wait::Within(left), Some(s)) => Some((left + s, left)),
+            (Wait::Within(left), None) => Some((left, left)),
+            (Wait::Untimed, _) => None,
+        }
+    }
 }
 
 /// Reads a `struct timespec` (or, with `timeval`, a `struct timeval`) at an address of the
@@ -28,14 +45,14 @@ pub fn of_call(nr: i64, args: &[u64; 6], read: ReadTime<'_>) -> Option<Wait> {
         if addr == 0 {
             return Some(Wait::Untimed);
         }
-        read(addr, false).map(|(s, ns)| Wait::AtMost(duration(s, ns)))
+        read(addr, false).map(|(s, ns)| Wait::For(duration(s, ns)))
     };
     let ms = |v: u64| -> Wait {
         let v = v as i32;
         if v < 0 {
             Wait::Untimed
         } else {
-            Wait::AtMost(Duration::from_millis(v as u64))
+            Wait::For(Duration::from_millis(v as u64))
         }
     };
     let abs = |addr: u64, clock: libc::clockid_t| -> Option<Wait> {
@@ -46,7 +63,7 @@ pub fn of_call(nr: i64, args: &[u64; 6], read: ReadTime<'_>) -> Option<Wait> {
         let (now_s, now_ns) = now(clock)?;
         let left = (s as i128 * 1_000_000_000 + ns as i128)
             - (now_s as i128 * 1_000_000_000 + now_ns as i128);
-        Some(Wait::AtMost(Duration::from_nanos(
+        Some(Wait::Within(Duration::from_nanos(
             left.clamp(0, u64::MAX as i128) as u64,
         )))
     };
@@ -64,7 +81,7 @@ pub fn of_call(nr: i64, args: &[u64; 6], read: ReadTime<'_>) -> Option<Wait> {
             if args[4] == 0 {
                 return Some(Wait::Untimed);
             }
-            return read(args[4], true).map(|(s, us)| Wait::AtMost(duration(s, us * 1000)));
+            return read(args[4], true).map(|(s, us)| Wait::For(duration(s, us * 1000)));
         }
     }
     match nr {
@@ -137,6 +154,23 @@ fn now(clock: libc::clockid_t) -> Option<(i64, i64)> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn spans_use_how_long_the_thread_has_waited() {
+        let s = Duration::from_millis;
+        // socat: a 1 s sleep, 700 ms of it gone
+        assert_eq!(
+            Wait::For(s(1000)).span(Some(s(700))),
+            Some((s(1000), s(300)))
+        );
+        assert_eq!(Wait::For(s(1000)).span(None), Some((s(1000), s(1000))));
+        // Python's time.sleep(3) (an absolute deadline), 2.5 s of it gone: a 3 s period
+        assert_eq!(
+            Wait::Within(s(500)).span(Some(s(2500))),
+            Some((s(3000), s(500)))
+        );
+        assert_eq!(Wait::Untimed.span(Some(s(1))), None);
+    }
+
     fn fixed(t: (i64, i64)) -> impl Fn(u64, bool) -> Option<(i64, i64)> {
         move |_, _| Some(t)
     }
@@ -147,7 +181,7 @@ mod tests {
         let args = |a: [u64; 6]| a;
         assert_eq!(
             of_call(libc::SYS_nanosleep, &args([0x1000, 0, 0, 0, 0, 0]), &one_s),
-            Some(Wait::AtMost(Duration::from_secs(1)))
+            Some(Wait::For(Duration::from_secs(1)))
         );
         // clock_nanosleep(CLOCK_MONOTONIC, 0, &req, NULL): socat's sleep between polls
         assert_eq!(
@@ -156,7 +190,7 @@ mod tests {
                 &args([1, 0, 0x1000, 0, 0, 0]),
                 &one_s
             ),
-            Some(Wait::AtMost(Duration::from_secs(1)))
+            Some(Wait::For(Duration::from_secs(1)))
         );
         assert_eq!(
             of_call(
@@ -168,7 +202,7 @@ mod tests {
         );
         assert_eq!(
             of_call(libc::SYS_epoll_pwait, &args([3, 0, 8, 250, 0, 8]), &one_s),
-            Some(Wait::AtMost(Duration::from_millis(250)))
+            Some(Wait::For(Duration::from_millis(250)))
         );
         assert_eq!(
             of_call(libc::SYS_futex, &args([0x10, 128, 0, 0, 0, 0]), &one_s),
@@ -187,7 +221,7 @@ mod tests {
         let in_two = fixed((s + 2, ns));
         // FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, on CLOCK_MONOTONIC
         match of_call(libc::SYS_futex, &[0x10, 9 | 128, 0, 0x2000, 0, 0], &in_two) {
-            Some(Wait::AtMost(d)) => {
+            Some(Wait::Within(d)) => {
                 assert!(d <= Duration::from_secs(2) && d > Duration::from_secs(1))
             }
             other => panic!("{other:?}"),
@@ -195,7 +229,7 @@ mod tests {
         let past = fixed((s - 5, 0));
         assert_eq!(
             of_call(libc::SYS_clock_nanosleep, &[1, 1, 0x1000, 0, 0, 0], &past),
-            Some(Wait::AtMost(Duration::ZERO))
+            Some(Wait::Within(Duration::ZERO))
         );
     }
 }

@@ -581,9 +581,8 @@ pub fn ptyreap_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Outp
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
     cmd.args(args)
         .env("NO_COLOR", "1")
-        // the poll look's window: long enough for the loops these targets run (each polls many
-        // times a second); the tests of a slower cadence give --observe themselves
-        .env("PTYREAP_OBSERVE", "300ms")
+        // the default poll look, whatever the caller's environment says
+        .env_remove("PTYREAP_OBSERVE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
