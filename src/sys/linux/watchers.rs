@@ -178,10 +178,11 @@ const MAX_POLL_FDS: u64 = 1 << 20;
 impl PollCall {
     /// The system call numbers of the poll family on this architecture (observe.rs watches them).
     pub fn numbers() -> Vec<i64> {
-        let mut out = vec![libc::SYS_ppoll, libc::SYS_pselect6];
+        let both = [libc::SYS_ppoll, libc::SYS_pselect6];
         #[cfg(target_arch = "x86_64")]
-        out.extend([libc::SYS_poll, libc::SYS_select]);
-        out
+        return [&both[..], &[libc::SYS_poll, libc::SYS_select]].concat();
+        #[cfg(not(target_arch = "x86_64"))]
+        both.to_vec()
     }
 
     pub fn from_nr(nr: i64) -> Option<PollCall> {
