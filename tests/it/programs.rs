@@ -876,3 +876,114 @@ fn sshd_login_is_hung_up_and_freed_with_include_stale() {
         again.text()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// tmux: an idle window hung up with --include-stale, the other window untouched
+
+/// A tmux server (in the sandbox's devpts instance) with two windows, each an idle shell.
+/// `--include-stale 0` on one window's master hangs that window up: its shell ends, tmux closes
+/// the window and its master, and the PTY leaves the instance (`closed`); the other window types
+/// and echoes as before. Without `--include-stale` nothing is touched.
+#[test]
+fn an_idle_tmux_window_is_hung_up_with_include_stale() {
+    if !require_all(&[("tmux", "tmux")]) {
+        return;
+    }
+    let sb = Sandbox::start("tmux-stale", |dir| {
+        let mut c = Command::new("tmux");
+        c.arg("-S")
+            .arg(dir.join("sock"))
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                "80",
+                "-y",
+                "24",
+            ])
+            .args(["sh", ";", "new-window", "-t", "t", "sh"]);
+        c
+    });
+    let sock = sb.file("sock");
+    let tmux = |args: &[&str]| -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("running tmux");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        wait_for(PROGRAM_TIMEOUT, || tmux(&["list-windows", "-t", "t"])
+            .lines()
+            .count()
+            == 2),
+        "tmux did not start two windows: {}",
+        sb.read("err")
+    );
+    let server: i32 = tmux(&["display", "-p", "#{pid}"])
+        .parse()
+        .expect("tmux server pid");
+    let tty_of = |w: &str| tmux(&["display", "-p", "-t", &format!("t:{w}"), "#{pane_tty}"]);
+    let index = |tty: &str| -> u32 { tty.rsplit('/').next().unwrap().parse().unwrap() };
+    let (keep_tty, stale_tty) = (tty_of("0"), tty_of("1"));
+    let master_of = |idx: u32| -> i32 {
+        ptmx_fds(server)
+            .into_iter()
+            .find(|&fd| support::tty_index(server, fd) == Some(idx))
+            .unwrap_or_else(|| panic!("no master of pts {idx} in the tmux server"))
+    };
+    let stale_fd = master_of(index(&stale_tty));
+    let echoes = |w: &str, word: &str| -> bool {
+        tmux(&[
+            "send-keys",
+            "-t",
+            &format!("t:{w}"),
+            &format!("echo {word}"),
+            "Enter",
+        ]);
+        wait_for(Duration::from_secs(5), || {
+            tmux(&["capture-pane", "-p", "-t", &format!("t:{w}")])
+                .lines()
+                .any(|l| l.trim() == word)
+        })
+    };
+    // control: both windows answer
+    assert!(echoes("0", "control0") && echoes("1", "control1"));
+    let in_use = ptys_in_use_seen_by(server);
+    assert_eq!(in_use, 2, "two windows, two PTYs");
+
+    // without --include-stale: live, kept
+    let fd = stale_fd.to_string();
+    let (out, doc) = reap(server, &["--fd", &fd]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(row(&rows(&doc), stale_fd)["verdict"], "live", "{doc}");
+    assert!(echoes("1", "still1"));
+
+    // with it: that window is hung up; its PTY leaves the instance
+    let (out, doc) = reap(server, &["--fd", &fd, "--include-stale", "0"]);
+    let r = row(&rows(&doc), stale_fd).clone();
+    assert_eq!(r["verdict"], "stale", "{r}");
+    assert_eq!(r["result"], "closed", "{r}");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || tmux(&[
+            "list-windows",
+            "-t",
+            "t"
+        ])
+        .lines()
+        .count()
+            == 1),
+        "the hung-up window is still there"
+    );
+    assert_eq!(ptys_in_use_seen_by(server), 1, "its PTY left the instance");
+    assert_eq!(tty_of("0"), keep_tty);
+    assert!(echoes("0", "after0"), "the other window stopped answering");
+    tmux(&["kill-server"]);
+}
