@@ -351,3 +351,60 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
     );
     assert_eq!(ptmx_fds(f.pid), before);
 }
+
+/// `--include-stale` on a session whose master the app keeps: the session is hung up (its child
+/// reads end of file and exits), but the PTY is still allocated while the fixture holds the
+/// master. The row says `hung_up` and who holds it, nothing counts as freed, the exit code is 3
+/// (partial); the other session and the fixture's fds are untouched.
+#[test]
+fn a_stale_session_is_hung_up_and_not_counted_freed_while_held() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn_private_devpts(&["--live", "2"], 8);
+    let live = f.fds("live");
+    let child: i32 = f.ready["live_children"][0].as_i64().unwrap() as i32;
+    let before = ptmx_fds(f.pid);
+    let pid = f.pid.to_string();
+    let fd = live[0].to_string();
+    let out = ptyreap(&[
+        "--pid",
+        &pid,
+        "--min-idle",
+        "0",
+        "--include-stale",
+        "0",
+        "--fd",
+        &fd,
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let doc = out.json();
+    let row = &doc["targets"][0]["masters"][0];
+    assert_eq!(row["verdict"], "stale", "{row}");
+    assert_eq!(row["result"], "hung_up", "{row}");
+    let detail = row["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "freed when {pid} (ptyreap-fixture) closes its master fd {fd}"
+        )),
+        "{detail}"
+    );
+    assert_eq!(doc["ptys"]["freed"], 0, "{doc}");
+    // the hung-up session ended; the fixture still holds every master
+    assert!(
+        support::wait_for(std::time::Duration::from_secs(5), || {
+            !std::path::Path::new(&format!("/proc/{child}/status")).exists()
+                || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .is_ok_and(|s| s.contains(") Z"))
+        }),
+        "the hung-up session's child is still running"
+    );
+    assert_eq!(ptmx_fds(f.pid), before);
+    assert_eq!(support::ptys_in_use_seen_by(f.pid), 2, "nothing was freed");
+    // the other session still echoes
+    let check = f.check();
+    let ok = check["live_ok"].as_array().unwrap();
+    assert!(!ok.is_empty() && ok.iter().all(|v| v == true), "{check}");
+}
