@@ -111,8 +111,9 @@ pub struct Cli {
     #[arg(long)]
     pub include_unread: bool,
 
-    /// How long to watch the targets' poll()/select() calls before judging (root; 0: not at
-    /// all, and then nothing is closed by default)
+    /// At most how long to watch the targets' poll()/select() calls before judging: the look ends
+    /// once every thread that waits between polls has woken (root; 0: no look, and then nothing is
+    /// closed by default)
     #[arg(long, value_name = "DUR", default_value = DEFAULT_OBSERVE, env = "PTYREAP_OBSERVE", value_parser = parse_duration)]
     pub observe: Duration,
 
