@@ -251,7 +251,7 @@ fn watch(pids: &[i32], window: Duration) -> Result<(Seen, Duration), String> {
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     }
     let watched = deadlines.start.elapsed();
-    drop(rings);
+    in_background(rings);
     let mut out = Seen::new();
     let mut keys: Vec<_> = seen.into_iter().collect();
     keys.sort();
@@ -294,9 +294,11 @@ fn filter(calls: &[i64], tids: &[i32]) -> CString {
 
 /// `raw_syscalls:sys_enter`, from tracefs.
 fn tracepoint() -> Result<Tracepoint, String> {
-    let (dir, _mount) = tracefs_events()?;
+    let (dir, mount) = tracefs_events()?;
     let format = std::fs::read_to_string(format!("{dir}/sys_enter/format"))
-        .map_err(|e| format!("the kernel has no syscall entry tracepoint ({e})"))?;
+        .map_err(|e| format!("the kernel has no syscall entry tracepoint ({e})"));
+    in_background(mount);
+    let format = format?;
     parse_format(&format)
         .ok_or_else(|| "the syscall entry tracepoint has an unknown layout".to_string())
 }
@@ -415,6 +417,16 @@ const PERF_RECORD_SAMPLE: u32 = 9;
 const DATA_HEAD: usize = 1024;
 const DATA_TAIL: usize = 1032;
 
+/// Drops `what` on a thread of its own, left to finish while the run goes on: the last close of
+/// a tracepoint's event and of a detached mount each wait for an RCU grace period (~25-35 ms
+/// here), which the inspection and the reap that follow can overlap.
+fn in_background<T: Send + 'static>(what: T) {
+    // no thread to be had: the value went into the failed spawn and was dropped there, at once
+    let _ = std::thread::Builder::new()
+        .name("ptyreap-close".into())
+        .spawn(move || drop(what));
+}
+
 /// One CPU's ring buffer; unmapped on drop (the event closes with its fd).
 struct Ring {
     fd: OwnedFd,
@@ -422,6 +434,10 @@ struct Ring {
     len: usize,
     page: usize,
 }
+
+// SAFETY: the mapping belongs to the process, not to a thread; the ring is used by one thread at
+// a time (the look, then whoever drops it).
+unsafe impl Send for Ring {}
 
 impl Drop for Ring {
     fn drop(&mut self) {
