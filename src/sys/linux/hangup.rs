@@ -36,6 +36,12 @@ pub fn hang_up(pidfd: &Pidfd, rows: &mut [MasterRow], stale: &[usize]) {
     }
     let deadline = Instant::now() + LET_GO;
     let mut holders = still_held(&hung);
+    let unseen = holders.iter().any(|h| h.is_empty()).then(|| {
+        super::snapshot()
+            .ok()
+            .and_then(|s| s.visibility.gap())
+            .filter(|gap| !gap.is_empty())
+    });
     while holders.iter().any(|h| !h.is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         holders = still_held(&hung);
@@ -43,6 +49,15 @@ pub fn hang_up(pidfd: &Pidfd, rows: &mut [MasterRow], stale: &[usize]) {
     for ((i, pty), held_by) in hung.into_iter().zip(holders) {
         let slave = format!("/dev/pts/{}", pty.index);
         if held_by.is_empty() {
+            if let Some(Some(gap)) = &unseen {
+                // nobody ptyreap can see holds it; one it cannot see may
+                reap::settle(
+                    &mut rows[i],
+                    Outcome::HungUp,
+                    format!("hung up; no process ptyreap can see holds {slave}, but {gap}"),
+                );
+                continue;
+            }
             reap::settle(
                 &mut rows[i],
                 Outcome::Closed,
@@ -76,6 +91,12 @@ fn hang_up_one(pidfd: &Pidfd, row: &MasterRow) -> Result<PtyId, (Outcome, String
     if node.last_io > ev.last_io.unwrap_or(i64::MAX) {
         return Err(changed("the session spoke again".into()));
     }
+    if is_our_terminal(expected) {
+        return Err((
+            Outcome::Failed,
+            "it is ptyreap's own terminal: not hung up".to_string(),
+        ));
+    }
     // SAFETY: TIOCGPTPEER opens the slave and returns a new fd; O_NOCTTY so it never becomes
     // our controlling terminal.
     let slave = unsafe {
@@ -102,6 +123,21 @@ fn hang_up_one(pidfd: &Pidfd, row: &MasterRow) -> Result<PtyId, (Outcome, String
         return Err((Outcome::Failed, why));
     }
     Ok(expected)
+}
+
+/// Whether `pty`'s slave is ptyreap's own stdin, stdout, stderr or controlling terminal (a run
+/// inside the very session it would hang up).
+fn is_our_terminal(pty: PtyId) -> bool {
+    let ours = |fd: i32| {
+        pty::fstat(fd)
+            .ok()
+            .and_then(|st| super::scan::slave_pty(&st))
+            == Some(pty)
+    };
+    if (0..3).any(ours) {
+        return true;
+    }
+    std::fs::File::open("/dev/tty").is_ok_and(|tty| ours(tty.as_raw_fd()))
 }
 
 /// For each hung-up PTY, who still holds either end ("1234 (sshd) closes its master fd 9"),

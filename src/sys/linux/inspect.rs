@@ -42,12 +42,12 @@ fn blind_spots(ev: &mut Evidence, uring: &[i32], readers: &mut HashMap<i32, Vec<
 
 /// Evidence that `pid` exec'd a new program after its parent forked it, so that fds it carried
 /// over the fork crossed an exec too (`inherited`). Read from the live parent that forked it: the
-/// process's memory layout (where exec put its code, stack and arguments, randomized per exec)
-/// differs from the parent's, the parent is older than it, and the parent holds PTY masters itself
-/// (the app handing out terminals, as node-pty does). A parent that may only have adopted it — an
-/// init of some pid namespace, or one holding no PTY (a subreaper such as `systemd --user` after
-/// Tcl expect's `fork` + `disconnect`) — proves nothing, and neither do equal layouts: a fork
-/// without exec keeps its parent's.
+/// process runs on a terminal whose master the parent holds (forkpty + exec, as node-pty starts
+/// every shell), the parent is older than it, and the process's memory layout (where exec put its
+/// code, stack and arguments, randomized per exec) differs from the parent's. A parent that may
+/// only have adopted it — an init of some pid namespace, or a subreaper such as `systemd --user`
+/// or a container shim after Tcl expect's `fork` + `disconnect` — holds no master of its terminal
+/// and proves nothing, and neither do equal layouts: a fork without exec keeps its parent's.
 fn exec_since_fork(pid: i32, snapshot: &Snapshot) -> bool {
     use super::procfs;
     let Ok(me) = procfs::read_stat(pid) else {
@@ -62,10 +62,14 @@ fn exec_since_fork(pid: i32, snapshot: &Snapshot) -> bool {
     };
     let adopter = procfs::read_status_field(parent, None, "NSpid")
         .is_some_and(|ns| ns.split_ascii_whitespace().any(|p| p == "1"));
-    let hands_out_ptys = snapshot
-        .process(parent)
-        .is_some_and(|p| !p.masters.is_empty());
-    if adopter || !hands_out_ptys || their.start_time > me.start_time {
+    let its_terminal = match (snapshot.process(pid), snapshot.process(parent)) {
+        (Some(me), Some(them)) => me
+            .slaves
+            .iter()
+            .any(|s| them.masters.iter().any(|m| m.pty == Some(s.pty))),
+        _ => false,
+    };
+    if adopter || !its_terminal || their.start_time > me.start_time {
         return false;
     }
     matches!((procfs::layout(pid), procfs::layout(parent)), (Some(a), Some(b)) if a != b)

@@ -64,7 +64,17 @@ pub fn snapshot_for(pids: &[i32]) -> anyhow::Result<Snapshot> {
 /// Watches the poll()/select() calls of `pids` for `window` (observe.rs) and keeps what was seen
 /// in the snapshot, for `inspect` to join.
 pub fn observe(snapshot: &mut Snapshot, pids: &[i32], window: std::time::Duration) {
-    snapshot.polls = observe::observe(pids, window);
+    let targets = pids
+        .iter()
+        .map(|&pid| {
+            let masters = snapshot
+                .process(pid)
+                .map(|p| p.masters.iter().map(|m| m.fd).collect())
+                .unwrap_or_default();
+            (pid, masters)
+        })
+        .collect();
+    snapshot.polls = observe::observe(&targets, window);
 }
 
 /// The system's usage now, for the devpts instances a recent snapshot saw (and those where

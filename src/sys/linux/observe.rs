@@ -34,7 +34,7 @@
 use super::waits;
 use super::watchers::PollCall;
 use crate::model::PollLook;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -42,18 +42,22 @@ use std::time::{Duration, Instant};
 /// Each distinct call (thread, array address, size) is read from memory this often at most: a
 /// busy loop makes thousands of identical calls.
 const READS_PER_CALL: u32 = 3;
-/// Ring buffer data pages per CPU (a power of two).
-const RING_PAGES: usize = 64;
+/// Ring buffer data per CPU, in bytes (rounded to a power-of-two number of pages).
+const RING_BYTES: usize = 256 << 10;
 /// A longer filter than this goes to the kernel unfiltered (its limit is a page).
 const MAX_FILTER: usize = 3000;
 /// How long a thread running at the start of the look is given to make its next call.
 const RUNNING: Duration = Duration::from_millis(100);
 /// How long a thread whose wait ended is given to make its next call.
 const SLACK: Duration = Duration::from_millis(50);
+/// Waits shorter than this, entered during the look, are not waited out (see `entered`).
+const SHORT_WAIT: Duration = Duration::from_millis(50);
 
-/// Watches the poll-family calls of every thread of `pids` for `window`. Returns, per pid and fd,
-/// what was seen polling it; `unavailable` says why there was no look.
-pub fn observe(pids: &[i32], window: Duration) -> PollLook {
+/// Watches the poll-family calls of every thread of `targets` (pid → its master fds) for
+/// `window` at most. Returns, per pid and fd, what was seen polling it; `unavailable` says why
+/// there was no look, or why it may have missed calls.
+pub fn observe(targets: &BTreeMap<i32, BTreeSet<i32>>, window: Duration) -> PollLook {
+    let pids: Vec<i32> = targets.keys().copied().collect();
     let mut look = PollLook {
         window,
         ..PollLook::default()
@@ -65,10 +69,22 @@ pub fn observe(pids: &[i32], window: Duration) -> PollLook {
     if pids.is_empty() {
         return look;
     }
-    match watch(pids, window) {
-        Ok((seen, watched)) => {
+    if let Some(pid) = pids.iter().find(|&&p| compat_task(p)) {
+        // its calls reach the tracepoint with the 32-bit numbers, which mean other calls here
+        look.unavailable = Some(format!(
+            "pid {pid} is a 32-bit program, whose calls the look cannot read"
+        ));
+        return look;
+    }
+    match watch(&pids, targets, window) {
+        Ok((seen, watched, lost)) => {
             look.seen = seen;
             look.window = watched;
+            if lost > 0 {
+                look.unavailable = Some(format!(
+                    "the kernel dropped {lost} of the calls watched (too many on the machine at once)"
+                ));
+            }
         }
         Err(why) => look.unavailable = Some(why),
     }
@@ -94,6 +110,7 @@ struct Deadlines {
 
 impl Deadlines {
     fn new(pids: &[i32], cap: Duration) -> Deadlines {
+        let clocks = sched_clocks();
         let start = Instant::now();
         let mut until = HashMap::new();
         for &pid in pids {
@@ -106,7 +123,7 @@ impl Deadlines {
                     .get(&tid)
                     .and_then(|(nr, args)| waits::of_call(*nr, args, &|a, _| read_time(pid, a)));
                 let running = super::procfs::thread_state(pid, tid) == Some('R');
-                match wait.map(|w| w.span(waited_for(pid, tid))) {
+                match wait.map(|w| w.span(waited_for(pid, tid, &clocks))) {
                     // a loop that waits this long between polls: watched through the wait
                     Some(Some((period, left))) if period <= cap => {
                         until.insert(tid, start + left + SLACK);
@@ -132,17 +149,22 @@ impl Deadlines {
 
     /// `tid` entered a wait: the first one it enters during the look is waited out.
     fn entered(&mut self, pid: i32, tid: i32, nr: i64, args: &[u64; 6]) {
-        if !self.extended.insert(tid) {
+        if self.extended.contains(&tid) {
             return;
         }
         let wait = waits::of_call(nr, args, &|a, _| read_time(pid, a));
-        if let Some((period, left)) = wait.and_then(|w| w.span(Some(Duration::ZERO))) {
-            if period <= self.cap {
-                let end = Instant::now() + left + SLACK;
-                let slot = self.until.entry(tid).or_insert(end);
-                *slot = (*slot).max(end);
-            }
+        let Some((period, left)) = wait.and_then(|w| w.span(Some(Duration::ZERO))) else {
+            return;
+        };
+        // a short wait (a backoff, a frame timer) is over before it matters: it neither extends
+        // the look nor uses up the thread's extension for the sleep that may come next
+        if period < SHORT_WAIT || period > self.cap {
+            return;
         }
+        self.extended.insert(tid);
+        let end = Instant::now() + left + SLACK;
+        let slot = self.until.entry(tid).or_insert(end);
+        *slot = (*slot).max(end);
     }
 
     fn end(&self) -> Instant {
@@ -151,22 +173,54 @@ impl Deadlines {
     }
 }
 
-/// How long ago thread `tid` last ran (so: began its current wait), from `se.exec_start` in
-/// /proc/PID/task/TID/sched (the scheduler's clock, in ms) against the same field of our own
-/// running thread. None without CONFIG_SCHED_DEBUG.
-fn waited_for(pid: i32, tid: i32) -> Option<Duration> {
-    let exec_start = |path: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(path).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("se.exec_start"))?
-            .trim_start_matches([' ', ':'])
-            .trim()
-            .parse()
-            .ok()
-    };
+/// The scheduler's clock (`se.exec_start`, ms) of each online CPU, read from our own thread
+/// moved there for the moment: the clock is per CPU (it leaves out interrupt and steal time,
+/// which differ between CPUs), so a thread's last run is compared with the clock of the CPU it
+/// ran on. Empty without CONFIG_SCHED_DEBUG or where our thread may not move.
+fn sched_clocks() -> HashMap<i32, f64> {
+    let mut out = HashMap::new();
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity(0, ...) act on our own thread.
+    unsafe {
+        let mut saved: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut saved) != 0 {
+            return out;
+        }
+        for cpu in online_cpus() {
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            if libc::sched_setaffinity(0, size, &one) == 0 {
+                if let Some(now) = exec_start("/proc/thread-self/sched") {
+                    out.insert(cpu, now);
+                }
+            }
+        }
+        libc::sched_setaffinity(0, size, &saved);
+    }
+    out
+}
+
+fn exec_start(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("se.exec_start"))?
+        .trim_start_matches([' ', ':'])
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// How long ago thread `tid` last ran (so: began its current wait): its `se.exec_start` against
+/// the clock of the CPU it last ran on (field 39 of its stat).
+fn waited_for(pid: i32, tid: i32, clocks: &HashMap<i32, f64>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .collect();
+    let cpu: i32 = fields.get(39 - 3)?.parse().ok()?;
+    let now = clocks.get(&cpu)?;
     let then = exec_start(&format!("/proc/{pid}/task/{tid}/sched"))?;
-    let now = exec_start("/proc/thread-self/sched")?;
-    Some(Duration::from_secs_f64(((now - then) / 1000.0).max(0.0)))
+    (now >= &then).then(|| Duration::from_secs_f64((now - then) / 1000.0))
 }
 
 /// A `struct timespec` (or timeval: the same two longs) in the target's memory.
@@ -178,7 +232,29 @@ fn read_time(pid: i32, addr: u64) -> Option<(i64, i64)> {
     Some((s, ns))
 }
 
-fn watch(pids: &[i32], window: Duration) -> Result<(Seen, Duration), String> {
+/// Whether `pid` runs a 32-bit program (ELF class 1), whose system calls have other numbers.
+fn compat_task(pid: i32) -> bool {
+    use std::io::Read;
+    let mut ident = [0u8; 5];
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .and_then(|mut f| f.read_exact(&mut ident))
+        .is_ok_and(|()| &ident[..4] == b"\x7fELF" && ident[4] == 1)
+}
+
+/// Whether thread `tid` of `pid` is still in the call it entered with these arguments (the
+/// kernel has not written its results back into the caller's memory yet).
+fn still_in(pid: i32, tid: i32, nr: i64, args: &[u64; 6]) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+        .ok()
+        .and_then(|t| super::procfs::parse_syscall(&t))
+        .is_some_and(|(n, a)| n == nr && a[..4] == args[..4])
+}
+
+fn watch(
+    pids: &[i32],
+    masters: &BTreeMap<i32, BTreeSet<i32>>,
+    window: Duration,
+) -> Result<(Seen, Duration, u64), String> {
     let tp = tracepoint()?;
     let mut tids = Vec::new();
     for &pid in pids {
@@ -193,9 +269,10 @@ fn watch(pids: &[i32], window: Duration) -> Result<(Seen, Duration), String> {
     let mut calls: HashMap<(i32, i32, PollCall, u64, u64), u32> = HashMap::new();
     let mut seen: HashMap<(i32, i32, i32, PollCall), u32> = HashMap::new();
     let mut deadlines = Deadlines::new(pids, window);
+    let mut lost = 0;
     loop {
         for ring in &rings {
-            ring.drain(|pid, raw| {
+            lost += ring.drain(|pid, raw| {
                 if !wanted.contains(&pid) || raw.len() < 8 {
                     return;
                 }
@@ -227,7 +304,22 @@ fn watch(pids: &[i32], window: Duration) -> Result<(Seen, Duration), String> {
                     }
                     return;
                 }
-                if let Some(fds) = call.read_fds(pid, &args) {
+                // select() writes its results over its fd sets when it returns (a timeout
+                // clears them): read when the thread was not in the call both before and after,
+                // they say nothing of what it watched, so every master below its nfds counts.
+                // pollfd arrays keep their fds.
+                let sets = call.overwrites_its_sets();
+                let before = !sets || still_in(pid, tid, nr, &args);
+                let fds = call.read_fds(pid, &args);
+                let returned = sets && !(before && still_in(pid, tid, nr, &args));
+                if returned {
+                    let nfds = (args[0] as i32).max(0);
+                    for &fd in masters.get(&pid).into_iter().flatten() {
+                        if fd < nfds {
+                            *seen.entry((pid, tid, fd, call)).or_default() += 1;
+                        }
+                    }
+                } else if let Some(fds) = fds {
                     for fd in fds {
                         *seen.entry((pid, tid, fd, call)).or_default() += 1;
                     }
@@ -267,7 +359,7 @@ fn watch(pids: &[i32], window: Duration) -> Result<(Seen, Duration), String> {
                 if n == 1 { "" } else { "s" }
             ));
     }
-    Ok((out, watched))
+    Ok((out, watched, lost))
 }
 
 /// The kernel's filter: the calls of interest, made by the targets' threads (by thread id: the
@@ -279,9 +371,15 @@ fn filter(calls: &[i64], tids: &[i32]) -> CString {
         .map(|nr| format!("id == {nr}"))
         .collect::<Vec<_>>()
         .join(" || ");
-    let threads = tids
-        .iter()
-        .map(|t| format!("common_pid == {t}"))
+    let threads = ranges(tids)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                format!("common_pid == {a}")
+            } else {
+                format!("(common_pid >= {a} && common_pid <= {b})")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" || ");
     let text = if threads.is_empty() || threads.len() > MAX_FILTER {
@@ -290,6 +388,22 @@ fn filter(calls: &[i64], tids: &[i32]) -> CString {
         format!("({calls}) && ({threads})")
     };
     CString::new(text).unwrap_or_default()
+}
+
+/// Runs of consecutive thread ids, as (first, last): threads made one after another have
+/// consecutive ids, so a filter for a 500-thread app stays short.
+fn ranges(tids: &[i32]) -> Vec<(i32, i32)> {
+    let mut sorted = tids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(i32, i32)> = Vec::new();
+    for t in sorted {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == t => *last = t,
+            _ => out.push((t, t)),
+        }
+    }
+    out
 }
 
 /// `raw_syscalls:sys_enter`, from tracefs.
@@ -413,6 +527,7 @@ const PERF_SAMPLE_RAW: u64 = 1 << 10;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 const PERF_EVENT_IOC_SET_FILTER: libc::c_ulong = 0x4008_2406;
 const PERF_RECORD_SAMPLE: u32 = 9;
+const PERF_RECORD_LOST: u32 = 2;
 /// `data_head` and `data_tail` in `struct perf_event_mmap_page`.
 const DATA_HEAD: usize = 1024;
 const DATA_TAIL: usize = 1032;
@@ -465,7 +580,7 @@ fn open_rings(id: u16, filter: &CString) -> Result<Vec<Ring>, String> {
                 std::io::Error::last_os_error()
             ));
         }
-        let len = page * (1 + RING_PAGES);
+        let len = page * (1 + ring_pages(page));
         // SAFETY: a shared read-write mapping of the event's ring buffer, as perf_event_open(2)
         // describes; unmapped in Ring's drop.
         let base = unsafe {
@@ -528,7 +643,8 @@ fn open_event(id: u16, cpu: i32) -> std::io::Result<OwnedFd> {
 
 impl Ring {
     /// Hands every sample waiting in the ring to `each` as (pid, raw tracepoint data).
-    fn drain(&self, mut each: impl FnMut(i32, &[u8])) {
+    /// Returns how many samples the kernel reported lost (the ring was full).
+    fn drain(&self, mut each: impl FnMut(i32, &[u8])) -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: data_head/data_tail are u64 fields of the mapped control page, shared with
         // the kernel; accessed atomically as perf_event_open(2) prescribes.
@@ -536,18 +652,27 @@ impl Ring {
         let tail_ptr = unsafe { &*(self.base.add(DATA_TAIL) as *const AtomicU64) };
         let head = head_ptr.load(Ordering::Acquire);
         let mut tail = tail_ptr.load(Ordering::Relaxed);
-        let size = (RING_PAGES * self.page) as u64;
-        // SAFETY: the data area follows the control page, `size` bytes long.
-        let data = unsafe { std::slice::from_raw_parts(self.base.add(self.page), size as usize) };
-        let byte = |at: u64| data[(at % size) as usize];
+        let size = (self.len - self.page) as u64;
+        // The kernel writes the data area while we read it: bytes are read one by one through a
+        // raw pointer, never through a reference to memory that changes under it.
+        // SAFETY: the data area follows the control page, `size` bytes long, mapped for `self`.
+        let byte = |at: u64| unsafe {
+            std::ptr::read_volatile(self.base.add(self.page + (at % size) as usize))
+        };
         let read =
             |at: u64, len: usize| -> Vec<u8> { (0..len as u64).map(|i| byte(at + i)).collect() };
+        let mut lost = 0;
         while tail + 8 <= head {
             let header = read(tail, 8);
             let kind = u32::from_ne_bytes(header[0..4].try_into().unwrap_or([0; 4]));
             let len = u16::from_ne_bytes([header[6], header[7]]) as u64;
             if len < 8 {
                 break;
+            }
+            if kind == PERF_RECORD_LOST && len >= 24 {
+                // struct { u64 id; u64 lost; }
+                let body = read(tail + 8, 16);
+                lost += u64::from_ne_bytes(body[8..16].try_into().unwrap_or([0; 8]));
             }
             if kind == PERF_RECORD_SAMPLE && len >= 20 {
                 let body = read(tail + 8, (len - 8) as usize);
@@ -560,7 +685,13 @@ impl Ring {
             tail += len;
         }
         tail_ptr.store(tail, Ordering::Release);
+        lost
     }
+}
+
+/// Data pages of a ring of [`RING_BYTES`]: a power of two, as perf_event_open(2) requires.
+fn ring_pages(page: usize) -> usize {
+    (RING_BYTES / page.max(1)).max(1).next_power_of_two()
 }
 
 /// The online CPUs, from /sys/devices/system/cpu/online ("0-3,5").
@@ -611,7 +742,13 @@ mod tests {
             "(id == 7 || id == 271) && (common_pid == 10 || common_pid == 11)"
         );
         let many: Vec<i32> = (0..1000).collect();
-        assert_eq!(filter(&[7], &many).to_str().unwrap(), "(id == 7)");
+        assert_eq!(
+            filter(&[7], &many).to_str().unwrap(),
+            "(id == 7) && ((common_pid >= 0 && common_pid <= 999))"
+        );
+        let scattered: Vec<i32> = (0..1000).map(|i| i * 2).collect();
+        assert_eq!(filter(&[7], &scattered).to_str().unwrap(), "(id == 7)");
+        assert_eq!(ranges(&[5, 3, 4, 9, 11, 10]), vec![(3, 5), (9, 11)]);
     }
 
     #[test]

@@ -25,7 +25,9 @@ impl Wait {
     /// an untimed wait.
     pub fn span(self, since: Option<Duration>) -> Option<(Duration, Duration)> {
         match (self, since) {
-            (Wait::For(d), Some(s)) => Some((d, d.saturating_sub(s))),
+            // waited longer than it asked: the clocks disagree; what is left is unknown
+            (Wait::For(d), Some(s)) if s <= d => Some((d, d - s)),
+            (Wait::For(d), Some(_)) => Some((d, d)),
             (Wait::For(d), None) => Some((d, d)),
             (Wait::Within(left), Some(s)) => Some((left + s, left)),
             (Wait::Within(left), None) => Some((left, left)),
@@ -81,7 +83,8 @@ pub fn of_call(nr: i64, args: &[u64; 6], read: ReadTime<'_>) -> Option<Wait> {
             if args[4] == 0 {
                 return Some(Wait::Untimed);
             }
-            return read(args[4], true).map(|(s, us)| Wait::For(duration(s, us * 1000)));
+            return read(args[4], true)
+                .map(|(s, us)| Wait::For(duration(s, us.saturating_mul(1000))));
         }
     }
     match nr {
@@ -163,6 +166,10 @@ mod tests {
             Some((s(1000), s(300)))
         );
         assert_eq!(Wait::For(s(1000)).span(None), Some((s(1000), s(1000))));
+        assert_eq!(
+            Wait::For(s(1000)).span(Some(s(1500))),
+            Some((s(1000), s(1000)))
+        );
         // Python's time.sleep(3) (an absolute deadline), 2.5 s of it gone: a 3 s period
         assert_eq!(
             Wait::Within(s(500)).span(Some(s(2500))),

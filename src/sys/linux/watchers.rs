@@ -204,6 +204,11 @@ impl PollCall {
         None
     }
 
+    /// select() and pselect6() write their results over the fd sets they were given.
+    pub fn overwrites_its_sets(self) -> bool {
+        matches!(self, PollCall::Select | PollCall::Pselect6)
+    }
+
     /// The name people know: glibc's poll() and select() may be ppoll/pselect6 underneath.
     pub fn name(self) -> &'static str {
         match self {

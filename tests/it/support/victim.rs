@@ -34,8 +34,9 @@
 //!   3 ms, forks a child that exits at once (SIGCHLD left at its default: ignored), then waits
 //!   2 ms in `epoll_wait`. Nothing ever interrupts them but a tracer: a stop, or a signal the
 //!   kernel queues because the thread is traced.
-//! - `--fork-child`: 200 ms later, a child that inherits every master and execs this program
-//!   again (`--inheritor`), which just sleeps; `child` in the ready file (its copies crossed an
+//! - `--fork-child`: 200 ms later, a child that inherits every master and, on a terminal of
+//!   the victim's (a master kept below fd 100, its slave the child's controlling terminal and
+//!   stdio, as forkpty makes it), execs this program again (`--inheritor`), which just sleeps; `child` in the ready file (its copies crossed an
 //!   exec: inherited). `--fork-child-no-exec`: the same child without the exec (it carries the
 //!   parent's program and numbers on, as Tcl expect's `fork` does).
 //! - `--child-reads`: that child blocks in `read()` on its copy of the first master.
@@ -377,6 +378,22 @@ mod linux {
     /// parent goes (the node-pty leak: a child holding masters it never saw).
     fn fork_inheritor(reads: bool, exec: bool) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(200));
+        // The child runs on a terminal of ours, as forkpty starts a shell: a master kept here
+        // (close-on-exec, so the child's copy does not cross its exec) and its slave as the
+        // child's controlling terminal and stdio.
+        let mut slave = [0 as libc::c_char; 64];
+        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on a master we own.
+        let term = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if m < 0
+                || libc::grantpt(m) != 0
+                || libc::unlockpt(m) != 0
+                || libc::ptsname_r(m, slave.as_mut_ptr(), slave.len()) != 0
+            {
+                die("opening the child's terminal");
+            }
+            m
+        };
         let exe = c"/proc/self/exe";
         let argv = [
             c"ptyreap-victim".as_ptr(),
@@ -393,6 +410,18 @@ mod linux {
             -1 => die("fork"),
             0 => unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::close(term); // as forkpty's child does
+                libc::setsid();
+                let s = libc::open(slave.as_ptr(), libc::O_RDWR);
+                if s < 0 || libc::ioctl(s, libc::TIOCSCTTY, 0) != 0 {
+                    libc::_exit(126);
+                }
+                for fd in 0..3 {
+                    libc::dup2(s, fd);
+                }
+                if s > 2 {
+                    libc::close(s);
+                }
                 if exec {
                     libc::execv(exe.as_ptr(), argv.as_ptr());
                     libc::_exit(127);
