@@ -736,10 +736,10 @@ mod tests {
 
     #[test]
     fn filters() {
-        let f = filter(&[7, 271], &[10, 11]);
+        let f = filter(&[7, 271], &[10, 11, 14]);
         assert_eq!(
             f.to_str().unwrap(),
-            "(id == 7 || id == 271) && (common_pid == 10 || common_pid == 11)"
+            "(id == 7 || id == 271) && ((common_pid >= 10 && common_pid <= 11) || common_pid == 14)"
         );
         let many: Vec<i32> = (0..1000).collect();
         assert_eq!(
