@@ -15,16 +15,17 @@
 //!
 //! One window for every target at once: a per-CPU event, filtered in the kernel to the calls of
 //! interest (the poll family, and the timed waits below) made by the targets' threads, each
-//! feeding its ring buffer. epoll is not watched
-//! here: an epoll set's entries are read from its fdinfo at any moment (watchers.rs).
+//! feeding its ring buffer. epoll is not watched here: an epoll set's entries are read from its
+//! fdinfo at any moment (watchers.rs).
 //!
 //! The window ends as soon as every thread has had its chance, and at `--observe` at the latest:
 //! a thread running at the start gets 100 ms to make its next call; a thread in a timed wait
-//! (nanosleep, a poll or epoll_wait with a timeout, a timed futex: waits.rs) until that wait must
-//! end, plus 50 ms; and the first timed wait a thread enters during the look extends its time the
-//! same way (socat, caught between its poll and its sleep, is watched through the sleep to its
-//! next poll). Waits longer than the window, and waits only an event ends, are not waited for: no
-//! window could promise to see what follows them.
+//! (nanosleep, a poll or epoll_wait with a timeout, a timed futex: waits.rs) whose length is
+//! within the window, until that wait must end, plus 50 ms; the first such wait of 50 ms or more
+//! a thread enters during the look extends its time the same way (socat, caught between its poll
+//! and its sleep, is watched through the sleep to its next poll); and a thread seen entering a
+//! poll-family call has had its chance. Waits longer than the window, and waits only an event
+//! ends, are not waited for: no window could promise to see what follows them.
 //!
 //! The tracepoint ids come from tracefs. Where it is not mounted, a detached mount of it is made
 //! with `fsopen`/`fsmount` (visible to no one, gone when its fd is closed): nothing on the machine
@@ -167,6 +168,13 @@ impl Deadlines {
         *slot = (*slot).max(end);
     }
 
+    /// `tid` entered a poll-family call: whatever it polls now is seen, and it has come round
+    /// its loop since the look began, so it needs no more of the window.
+    fn polled(&mut self, tid: i32) {
+        self.until.remove(&tid);
+        self.extended.insert(tid);
+    }
+
     fn end(&self) -> Instant {
         let latest = self.until.values().max().copied().unwrap_or(self.start);
         latest.min(self.start + self.cap)
@@ -289,10 +297,11 @@ fn watch(
                 for (i, slot) in args.iter_mut().enumerate() {
                     *slot = word(tp.args_offset + 8 * i);
                 }
-                deadlines.entered(pid, tid, nr, &args);
                 let Some(call) = PollCall::from_nr(nr) else {
+                    deadlines.entered(pid, tid, nr, &args);
                     return;
                 };
+                deadlines.polled(tid);
                 let n = calls.entry((pid, tid, call, args[0], args[1])).or_default();
                 *n += 1;
                 if *n > READS_PER_CALL {
