@@ -311,15 +311,19 @@ fn assert_unread_kept(doc: &Value, masters: &[i32]) {
     }
 }
 
-#[test]
-fn pexpect_batch_results_survive_a_reap_with_the_defaults() {
-    if !require_root()
-        || !require(
+/// Root and pexpect.
+fn pexpect_available() -> bool {
+    require_root()
+        && require(
             pexpect_installed(),
             "pexpect",
             "python3 -m pip install pexpect",
         )
-    {
+}
+
+#[test]
+fn pexpect_batch_results_survive_a_reap_with_the_defaults() {
+    if !pexpect_available() {
         return;
     }
     let (control, _) = pexpect_batch(None);
@@ -335,13 +339,7 @@ fn pexpect_batch_results_survive_a_reap_with_the_defaults() {
 
 #[test]
 fn pexpect_batch_results_survive_a_reap_with_close() {
-    if !require_root()
-        || !require(
-            pexpect_installed(),
-            "pexpect",
-            "python3 -m pip install pexpect",
-        )
-    {
+    if !pexpect_available() {
         return;
     }
     let (control, _) = pexpect_batch(None);
@@ -770,12 +768,17 @@ fn sshd_control(sshd: &Sshd) {
     );
 }
 
-#[test]
-fn sshd_login_is_untouched_without_include_stale() {
-    if !require_all(&[
+/// Root, sshd and the ssh client.
+fn sshd_available() -> bool {
+    require_all(&[
         ("/usr/sbin/sshd", "openssh-server"),
         ("ssh", "openssh-client"),
-    ]) {
+    ])
+}
+
+#[test]
+fn sshd_login_is_untouched_without_include_stale() {
+    if !sshd_available() {
         return;
     }
     let sshd = Sshd::start();
@@ -804,10 +807,7 @@ fn sshd_login_is_untouched_without_include_stale() {
 
 #[test]
 fn sshd_login_is_hung_up_and_freed_with_include_stale() {
-    if !require_all(&[
-        ("/usr/sbin/sshd", "openssh-server"),
-        ("ssh", "openssh-client"),
-    ]) {
+    if !sshd_available() {
         return;
     }
     let sshd = Sshd::start();
@@ -891,21 +891,9 @@ fn an_idle_tmux_window_is_hung_up_with_include_stale() {
     }
     let sb = Sandbox::start("tmux-stale", |dir| {
         let mut c = Command::new("tmux");
-        c.arg("-S")
-            .arg(dir.join("sock"))
-            .args([
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-s",
-                "t",
-                "-x",
-                "80",
-                "-y",
-                "24",
-            ])
-            .args(["sh", ";", "new-window", "-t", "t", "sh"]);
+        c.arg("-S").arg(dir.join("sock")).args(
+            "-f /dev/null new-session -d -s t -x 80 -y 24 sh ; new-window -t t sh".split(' '),
+        );
         c
     });
     let sock = sb.file("sock");
