@@ -70,6 +70,12 @@ pub fn observe(targets: &BTreeMap<i32, BTreeSet<i32>>, window: Duration) -> Poll
     if pids.is_empty() {
         return look;
     }
+    if !in_initial_pid_namespace() {
+        // the tracepoint delivers nothing to an event opened there (seen on 6.18)
+        look.unavailable =
+            Some("ptyreap runs in a pid namespace of its own, where the look sees nothing".into());
+        return look;
+    }
     if let Some(pid) = pids.iter().find(|&&p| compat_task(p)) {
         // its calls reach the tracepoint with the 32-bit numbers, which mean other calls here
         look.unavailable = Some(format!(
@@ -240,6 +246,12 @@ fn read_time(pid: i32, addr: u64) -> Option<(i64, i64)> {
     Some((s, ns))
 }
 
+/// Whether we see pids as the kernel's tracepoints do (one `NSpid` level: the initial namespace).
+fn in_initial_pid_namespace() -> bool {
+    super::procfs::read_status_field(std::process::id() as i32, None, "NSpid")
+        .is_some_and(|ns| ns.split_ascii_whitespace().count() == 1)
+}
+
 /// Whether `pid` runs a 32-bit program (ELF class 1), whose system calls have other numbers.
 fn compat_task(pid: i32) -> bool {
     use std::io::Read;
@@ -280,14 +292,13 @@ fn watch(
     let mut lost = 0;
     loop {
         for ring in &rings {
-            lost += ring.drain(|pid, raw| {
+            lost += ring.drain(|pid, tid, raw| {
                 if !wanted.contains(&pid) || raw.len() < 8 {
                     return;
                 }
                 if u16::from_ne_bytes([raw[0], raw[1]]) != tp.id {
                     return;
                 }
-                let tid = i32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
                 let word = |off: usize| {
                     raw.get(off..off + 8)
                         .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
@@ -653,7 +664,8 @@ fn open_event(id: u16, cpu: i32) -> std::io::Result<OwnedFd> {
 impl Ring {
     /// Hands every sample waiting in the ring to `each` as (pid, raw tracepoint data).
     /// Returns how many samples the kernel reported lost (the ring was full).
-    fn drain(&self, mut each: impl FnMut(i32, &[u8])) -> u64 {
+    /// `each` gets (pid, tid, raw tracepoint data), the ids as seen from our pid namespace.
+    fn drain(&self, mut each: impl FnMut(i32, i32, &[u8])) -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};
         // SAFETY: data_head/data_tail are u64 fields of the mapped control page, shared with
         // the kernel; accessed atomically as perf_event_open(2) prescribes.
@@ -686,9 +698,10 @@ impl Ring {
             if kind == PERF_RECORD_SAMPLE && len >= 20 {
                 let body = read(tail + 8, (len - 8) as usize);
                 let pid = i32::from_ne_bytes(body[0..4].try_into().unwrap_or([0; 4]));
+                let tid = i32::from_ne_bytes(body[4..8].try_into().unwrap_or([0; 4]));
                 let raw_len = u32::from_ne_bytes(body[8..12].try_into().unwrap_or([0; 4])) as usize;
                 if let Some(raw) = body.get(12..12 + raw_len) {
-                    each(pid, raw);
+                    each(pid, tid, raw);
                 }
             }
             tail += len;
