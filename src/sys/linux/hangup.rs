@@ -24,8 +24,14 @@ const LET_GO: Duration = Duration::from_secs(3);
 
 /// Hangs up the sessions of `rows[i]` for each `i` in `stale`, and settles each row.
 pub fn hang_up(pidfd: &Pidfd, rows: &mut [MasterRow], stale: &[usize]) {
-    let mut hung = Vec::new();
+    let mut hung: Vec<(usize, PtyId)> = Vec::new();
     for &i in stale {
+        // several fds on one PTY (sshd keeps three): one hang-up, after which the app may close
+        // them all at once
+        if let Some(&(_, pty)) = hung.iter().find(|(_, p)| Some(*p) == rows[i].evidence.pty) {
+            hung.push((i, pty));
+            continue;
+        }
         match hang_up_one(pidfd, &rows[i]) {
             Ok(pty) => hung.push((i, pty)),
             Err((outcome, why)) => reap::settle(&mut rows[i], outcome, why),
