@@ -336,7 +336,11 @@ pub enum OpenedBy {
     SelfOpened,
 }
 
-/// What is known about how a master reached a process, for [`OpenedBy::judge`].
+/// What is known about how a master reached a process, for [`OpenedBy::judge`]. The two times are
+/// seconds on the real-time clock: the PTY's from its slave node's ctime, the process's from its
+/// start on the boot-time clock plus the offset between the two clocks read once, now (a
+/// wall-clock step since the PTY was made shifts one against the other; `inherited` therefore
+/// also needs the exec evidence, which no step can fake).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Provenance {
     /// The PTY's creation and the process's start, in seconds on one clock.
@@ -344,8 +348,9 @@ pub struct Provenance {
     pub started: Option<f64>,
     /// The fd is close-on-exec: it cannot have crossed an exec.
     pub cloexec: bool,
-    /// Evidence that the process exec'd a new program after it was forked (it runs another
-    /// executable, at another address, than the live parent that forked it).
+    /// Evidence that the process exec'd a new program after it was forked: it runs on a terminal
+    /// whose master its live, older parent holds (forkpty + exec), with another memory layout
+    /// than that parent's (see the Linux backend's `exec_since_fork`).
     pub exec_since_fork: bool,
 }
 
