@@ -24,6 +24,9 @@ fn stop_requested() -> bool {
 }
 
 /// Seconds between two notifications about the same process.
+/// How long the watchdog remembers a poll()/select() loop it saw watching a master.
+const REMEMBER_POLLS_S: i64 = 3600;
+
 const NOTIFY_EVERY_S: i64 = 3600;
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
@@ -101,6 +104,7 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
         .collect();
     if !to_reap.is_empty() {
         sys::observe(&mut snapshot, &to_reap, args.observe);
+        state.remember_polls(&mut snapshot.polls);
     }
     for p in &watched {
         if stop_requested() {
@@ -286,6 +290,9 @@ impl Log {
 struct State {
     path: Option<PathBuf>,
     last_notified: BTreeMap<String, i64>,
+    /// What the poll looks of earlier passes saw, per process (`key`) and fd, with when: a loop
+    /// whose period is longer than one look is still remembered for an hour (memory only).
+    polled: BTreeMap<String, BTreeMap<i32, (i64, Vec<String>)>>,
 }
 
 impl State {
@@ -314,7 +321,46 @@ impl State {
         State {
             path,
             last_notified,
+            polled: BTreeMap::new(),
         }
+    }
+
+    /// Adds this pass's sightings to those remembered, and the remembered ones (an hour at most,
+    /// same process) to this pass's look: a watcher seen once keeps its master.
+    fn remember_polls(&mut self, look: &mut crate::model::PollLook) {
+        let now = now();
+        for (&pid, fds) in &look.seen {
+            let mine = self.polled.entry(State::key(pid)).or_default();
+            for (&fd, by) in fds {
+                mine.insert(fd, (now, by.clone()));
+            }
+        }
+        for (key, fds) in self.polled.iter_mut() {
+            fds.retain(|_, (when, _)| now - *when < REMEMBER_POLLS_S);
+            let Some(pid) = key.split(':').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if State::key(pid) != *key {
+                continue;
+            }
+            for (&fd, (when, by)) in fds.iter() {
+                let list = look.seen.entry(pid).or_default().entry(fd).or_default();
+                for b in by {
+                    let earlier = format!("{b}, {}s ago", now - when);
+                    if *when < now && !list.iter().any(|x| x == b) {
+                        list.push(earlier);
+                    }
+                }
+            }
+        }
+        self.polled.retain(|key, fds| {
+            !fds.is_empty()
+                && key
+                    .split(':')
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|pid| State::key(pid) == *key)
+        });
     }
 
     fn key(pid: i32) -> String {
@@ -353,5 +399,67 @@ impl State {
         if crate::new_file::write(&tmp, body.as_bytes()).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PollLook;
+
+    fn look(pid: i32, fd: i32, by: &str) -> PollLook {
+        let mut l = PollLook::default();
+        l.seen
+            .entry(pid)
+            .or_default()
+            .insert(fd, vec![by.to_string()]);
+        l
+    }
+
+    /// A loop seen by one pass keeps its master in the next, whose look missed it; a process
+    /// that is gone (another start time under the same pid) is forgotten.
+    #[test]
+    fn the_watchdog_remembers_what_its_looks_saw() {
+        let me = std::process::id() as i32;
+        let mut state = State {
+            path: None,
+            last_notified: BTreeMap::new(),
+            polled: BTreeMap::new(),
+        };
+        state.remember_polls(&mut look(me, 7, "poll() in thread 9 (seen 1 time in 1.5s)"));
+        // the pass that saw it an hour and more ago is forgotten; a recent one is not
+        state
+            .polled
+            .get_mut(&State::key(me))
+            .unwrap()
+            .get_mut(&7)
+            .unwrap()
+            .0 -= 10;
+        let mut next = PollLook::default();
+        state.remember_polls(&mut next);
+        let by = &next.seen[&me][&7];
+        assert_eq!(by.len(), 1);
+        assert!(
+            by[0].starts_with("poll() in thread 9") && by[0].ends_with("10s ago"),
+            "{by:?}"
+        );
+        state
+            .polled
+            .get_mut(&State::key(me))
+            .unwrap()
+            .get_mut(&7)
+            .unwrap()
+            .0 -= REMEMBER_POLLS_S;
+        let mut later = PollLook::default();
+        state.remember_polls(&mut later);
+        assert!(later.seen.is_empty(), "{:?}", later.seen);
+        state
+            .polled
+            .insert("1:0".into(), [(3, (now(), vec!["x".into()]))].into());
+        state.remember_polls(&mut PollLook::default());
+        assert!(
+            !state.polled.contains_key("1:0"),
+            "a pid reused by another process"
+        );
     }
 }
