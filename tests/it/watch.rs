@@ -41,7 +41,16 @@ fn once_warns_and_reaps_only_orphans() {
         return;
     }
     let state = support::temp_dir("watch-state");
-    let f = Fixture::spawn(&["--orphans", "6", "--tracked", "1", "--live", "2"]);
+    let f = Fixture::spawn(&[
+        "--orphans",
+        "6",
+        "--tracked",
+        "1",
+        "--live",
+        "2",
+        "--unread",
+        "1",
+    ]);
     let pid = f.pid.to_string();
     let out = watch(
         &[
@@ -63,8 +72,8 @@ fn once_warns_and_reaps_only_orphans() {
     let warned = of(&ev, "over_warn");
     assert_eq!(warned.len(), 1, "{ev:?}");
     assert_eq!(warned[0]["pid"], f.pid);
-    assert_eq!(warned[0]["masters"], 9);
-    // the pace: 9 PTYs made within the fixture's few seconds of life is a fast leak
+    assert_eq!(warned[0]["masters"], 10);
+    // the pace: 10 PTYs made within the fixture's few seconds of life is a fast leak
     assert!(
         warned[0]["leak_per_hour"].as_f64().unwrap() > 100.0,
         "{:?}",
@@ -82,8 +91,14 @@ fn once_warns_and_reaps_only_orphans() {
         .all(|e| e["result"] == "closed" && e["method"] == "close"));
     let mut left = f.fds("tracked");
     left.extend(f.fds("live"));
+    // output nobody read yet: never the watchdog's to release
+    left.extend(f.fds("unread"));
     left.sort_unstable();
-    assert_eq!(ptmx_fds(f.pid), left, "live and tracked masters stay");
+    assert_eq!(
+        ptmx_fds(f.pid),
+        left,
+        "live, tracked and unread masters stay"
+    );
     assert!(of(&ev, "reap_done")[0]["stopped_us"].is_u64());
     f.assert_live("");
 }
