@@ -352,6 +352,41 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
     assert_eq!(ptmx_fds(f.pid), before);
 }
 
+/// A debugger on one thread only (`strace -p TID`): the refusal names that tracer, not ptyreap's
+/// own tracer, which had seized the leader first.
+#[test]
+fn a_debugger_on_one_thread_is_named_not_ptyreaps_own_tracer() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn(&["--orphans", "2", "--threads", "2"]);
+    let before = ptmx_fds(f.pid);
+    let tid = std::fs::read_dir(format!("/proc/{}/task", f.pid))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&t| t != f.pid)
+        .max()
+        .expect("a second thread");
+    let thread = nix::unistd::Pid::from_raw(tid);
+    nix::sys::ptrace::seize(thread, nix::sys::ptrace::Options::empty()).expect("seize");
+    let out = support::reap_closing(f.pid, &[]);
+    // a detach needs the thread stopped: interrupt it, wait for the stop, then let it go
+    let _ = nix::sys::ptrace::interrupt(thread);
+    let _ = nix::sys::wait::waitpid(thread, Some(nix::sys::wait::WaitPidFlag::__WALL));
+    let _ = nix::sys::ptrace::detach(thread, None);
+    assert_eq!(out.code, 1, "{out:?}");
+    // SAFETY: gettid has no preconditions; the tracer is this thread
+    let me = unsafe { libc::gettid() }.to_string();
+    assert!(
+        out.stderr.contains("already being traced by process")
+            && out.stderr.contains(&me)
+            && !out.stderr.contains("ptyreap-tracer"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ptmx_fds(f.pid), before);
+}
+
 /// `--include-stale` on a session whose master the app keeps: the session is hung up (its child
 /// reads end of file and exits), but the PTY is still allocated while the fixture holds the
 /// master. The row says `hung_up` and who holds it, nothing counts as freed, the exit code is 3

@@ -100,12 +100,24 @@ fn v2_frozen(mount: &Path, cgroup: &str) -> Option<String> {
     None
 }
 
-/// The refusal for a frozen target.
+/// The refusal for a frozen target, with the file that thaws it: `cgroup.freeze` for v2,
+/// `freezer.state` for the v1 freezer (`by` as `frozen_by` says it).
 pub fn frozen_message(pid: i32, name: &str, by: &str) -> String {
     format!(
-        "pid {pid} ({name}) is frozen by {by}: thaw it (docker unpause / systemctl thaw, or write \
-         0 to its cgroup.freeze) and run again; nothing was changed"
+        "pid {pid} ({name}) is frozen by {by}: thaw it ({}) and run again; nothing was changed",
+        thaw_hint(by)
     )
+}
+
+/// How to thaw what `frozen_by` named.
+pub fn thaw_hint(by: &str) -> String {
+    if let Some(rest) = by.strip_prefix("the cgroup v1 freezer ") {
+        let dir = rest.rsplit_once(" (").map_or(rest, |(d, _)| d);
+        format!("docker unpause / systemctl thaw, or echo THAWED > {dir}/freezer.state")
+    } else {
+        let dir = by.strip_prefix("cgroup v2 ").unwrap_or(by);
+        format!("docker unpause / systemctl thaw, or echo 0 > {dir}/cgroup.freeze")
+    }
 }
 
 /// Why ptyreap cannot release fds in `pid` whatever the plan (a frozen cgroup, strict seccomp),
@@ -198,8 +210,19 @@ mod tests {
     fn preflight_messages_name_the_cause_and_the_way_out() {
         let m = frozen_message(7, "app", "cgroup v2 /sys/fs/cgroup/x");
         assert!(
-            m.contains("frozen by cgroup v2 /sys/fs/cgroup/x") && m.contains("thaw"),
+            m.contains("frozen by cgroup v2 /sys/fs/cgroup/x")
+                && m.contains("echo 0 > /sys/fs/cgroup/x/cgroup.freeze"),
             "{m}"
+        );
+        let v1 = frozen_message(
+            7,
+            "app",
+            "the cgroup v1 freezer /sys/fs/cgroup/freezer/f (FROZEN)",
+        );
+        assert!(
+            v1.contains("echo THAWED > /sys/fs/cgroup/freezer/f/freezer.state")
+                && !v1.contains("cgroup.freeze"),
+            "{v1}"
         );
         let s = shared_table_message(7, "app", &[(8, "helper".into())]);
         assert!(s.contains("8 (helper)") && s.contains("CLONE_FILES"), "{s}");

@@ -43,11 +43,13 @@ pub enum AttachError {
         is_root: bool,
         has_cap_sys_ptrace: bool,
     },
-    /// This thread did not stop in time (an uninterruptible sleep, a vfork parent).
+    /// This thread did not stop in time (an uninterruptible sleep, a vfork parent, or a freezer
+    /// that landed after the pre-flight: `frozen_by` then names it).
     Timeout {
         pid: i32,
         tid: i32,
         waited: Duration,
+        frozen_by: Option<String>,
     },
     Other {
         pid: i32,
@@ -86,7 +88,21 @@ impl fmt::Display for AttachError {
                 let msg = diagnose_eperm(*yama_scope, *is_root, *has_cap_sys_ptrace, None);
                 write!(f, "cannot attach to process {pid}: {msg}")
             }
-            AttachError::Timeout { pid, tid, waited } => write!(
+            AttachError::Timeout {
+                pid,
+                tid,
+                waited,
+                frozen_by: Some(by),
+            } => write!(
+                f,
+                "thread {tid} of process {pid} did not stop within {} ms: the process was frozen \
+                 meanwhile by {by}; thaw it ({}) and run again",
+                waited.as_millis(),
+                crate::sys::linux::preflight::thaw_hint(by)
+            ),
+            AttachError::Timeout {
+                pid, tid, waited, ..
+            } => write!(
                 f,
                 "thread {tid} of process {pid} did not stop within {} ms (it is in an \
                  uninterruptible wait, e.g. a vfork or a hung file system)",
@@ -164,8 +180,26 @@ pub(super) fn tracer_of(pid: i32) -> Option<(i32, String)> {
     Some((tpid, name))
 }
 
-pub(super) fn eperm_error(pid: i32) -> AttachError {
-    if let Some((tracer_pid, tracer_name)) = tracer_of(pid) {
+/// The tracer of thread `tid` of `pid` other than ourselves (the tracer process seizes the
+/// leader first: a later thread's EPERM must name that thread's own tracer, say strace).
+pub(super) fn tracer_of_thread(pid: i32, tid: i32) -> Option<(i32, String)> {
+    let tpid: i32 = procfs::read_status_field(pid, Some(tid), "TracerPid")?
+        .parse()
+        .ok()?;
+    if tpid == 0 || tpid == std::process::id() as i32 {
+        return None;
+    }
+    let name = std::fs::read_to_string(format!("/proc/{tpid}/comm"))
+        .map(|s| crate::output::escaped(s.trim_end()))
+        .unwrap_or_else(|_| "?".to_string());
+    Some((tpid, name))
+}
+
+/// Why seizing thread `tid` of `pid` was not permitted.
+pub(super) fn eperm_error(pid: i32, tid: i32) -> AttachError {
+    if let Some((tracer_pid, tracer_name)) =
+        tracer_of_thread(pid, tid).or_else(|| tracer_of_thread(pid, pid))
+    {
         return AttachError::AlreadyTraced {
             pid,
             tracer_pid,
@@ -190,6 +224,31 @@ pub(super) fn eperm_error(pid: i32) -> AttachError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_timeout_names_a_freezer_that_landed_meanwhile() {
+        let frozen = AttachError::Timeout {
+            pid: 7,
+            tid: 8,
+            waited: Duration::from_millis(2000),
+            frozen_by: Some("the cgroup v1 freezer /sys/fs/cgroup/freezer/f (FREEZING)".into()),
+        }
+        .to_string();
+        assert!(
+            frozen.contains("frozen meanwhile by the cgroup v1 freezer")
+                && frozen.contains("echo THAWED > /sys/fs/cgroup/freezer/f/freezer.state")
+                && !frozen.contains("uninterruptible"),
+            "{frozen}"
+        );
+        let stuck = AttachError::Timeout {
+            pid: 7,
+            tid: 8,
+            waited: Duration::from_millis(2000),
+            frozen_by: None,
+        }
+        .to_string();
+        assert!(stuck.contains("uninterruptible wait"), "{stuck}");
+    }
 
     #[test]
     fn ptrace_eperm_diagnosis() {

@@ -180,7 +180,7 @@ impl StoppedProcess {
                             let _ = interrupt(tid);
                             return Err(AttachError::Exec { pid });
                         }
-                        return Err(eperm_error(pid));
+                        return Err(eperm_error(pid, tid));
                     }
                     Err(source) => {
                         return Err(AttachError::Other {
@@ -293,10 +293,13 @@ impl StoppedProcess {
             };
             let now = Instant::now();
             if now >= deadline {
+                // a freezer landing after the pre-flight holds every thread short of a stop
+                let mounts = crate::sys::linux::preflight::CgroupMounts::read();
                 return Err(AttachError::Timeout {
                     pid,
                     tid,
                     waited: timeout,
+                    frozen_by: crate::sys::linux::preflight::frozen_by(pid, &mounts),
                 });
             }
             if now >= next_look {
