@@ -416,6 +416,12 @@ mod tests {
         l
     }
 
+    /// Makes what `pid`'s fd `fd` was seen doing `secs` older.
+    fn age(state: &mut State, pid: i32, fd: i32, secs: i64) {
+        let seen = state.polled.get_mut(&State::key(pid)).unwrap();
+        seen.get_mut(&fd).unwrap().0 -= secs;
+    }
+
     /// A loop seen by one pass keeps its master in the next, whose look missed it; a process
     /// that is gone (another start time under the same pid) is forgotten.
     #[test]
@@ -428,13 +434,7 @@ mod tests {
         };
         state.remember_polls(&mut look(me, 7, "poll() in thread 9 (seen 1 time in 1.5s)"));
         // the pass that saw it an hour and more ago is forgotten; a recent one is not
-        state
-            .polled
-            .get_mut(&State::key(me))
-            .unwrap()
-            .get_mut(&7)
-            .unwrap()
-            .0 -= 10;
+        age(&mut state, me, 7, 10);
         let mut next = PollLook::default();
         state.remember_polls(&mut next);
         let by = &next.seen[&me][&7];
@@ -443,13 +443,7 @@ mod tests {
             by[0].starts_with("poll() in thread 9") && by[0].ends_with("10s ago"),
             "{by:?}"
         );
-        state
-            .polled
-            .get_mut(&State::key(me))
-            .unwrap()
-            .get_mut(&7)
-            .unwrap()
-            .0 -= REMEMBER_POLLS_S;
+        age(&mut state, me, 7, REMEMBER_POLLS_S);
         let mut later = PollLook::default();
         state.remember_polls(&mut later);
         assert!(later.seen.is_empty(), "{:?}", later.seen);
