@@ -117,8 +117,8 @@ pub struct Cli {
     #[arg(long, value_name = "DUR", default_value = DEFAULT_OBSERVE, env = "PTYREAP_OBSERVE", value_parser = parse_duration)]
     pub observe: Duration,
 
-    /// How to release each fd [default: close for inherited orphans, merge for the process's own
-    /// and for tracked ones]
+    /// How to release each fd [default: close for orphans that crossed an exec (opened_by
+    /// inherited), merge for the rest and for tracked ones]
     #[arg(long, value_enum, value_name = "METHOD")]
     pub method: Option<Method>,
 
