@@ -21,10 +21,11 @@
 //! The window ends as soon as every thread has had its chance, and at `--observe` at the latest:
 //! a thread running at the start gets 100 ms to make its next call; a thread in a timed wait
 //! (nanosleep, a poll or epoll_wait with a timeout, a timed futex: waits.rs) whose length is
-//! within the window, until that wait must end, plus 50 ms; the first such wait of 50 ms or more
-//! a thread enters during the look extends its time the same way (socat, caught between its poll
-//! and its sleep, is watched through the sleep to its next poll); and a thread seen entering a
-//! poll-family call has had its chance. Waits longer than the window, and waits only an event
+//! within the window, until that wait must end, plus 250 ms (a woken thread may wait for a CPU
+//! on a loaded machine); the first such wait of 50 ms or more a thread enters during the look
+//! extends its time the same way (socat, caught between its poll and its sleep, is watched
+//! through the sleep to its next poll); and a thread seen entering a poll-family call has had its
+//! chance. Waits longer than the window, and waits only an event
 //! ends, are not waited for: no window could promise to see what follows them.
 //!
 //! The tracepoint ids come from tracefs. Where it is not mounted, a detached mount of it is made
@@ -49,8 +50,9 @@ const RING_BYTES: usize = 256 << 10;
 const MAX_FILTER: usize = 3000;
 /// How long a thread running at the start of the look is given to make its next call.
 const RUNNING: Duration = Duration::from_millis(100);
-/// How long a thread whose wait ended is given to make its next call.
-const SLACK: Duration = Duration::from_millis(50);
+/// How long a thread whose wait ended is given to make its next call: generous, as a woken thread
+/// may wait for a CPU on a loaded machine, and a poll missed here can cost the app its fd.
+const SLACK: Duration = Duration::from_millis(250);
 /// Waits shorter than this, entered during the look, are not waited out (see `entered`).
 const SHORT_WAIT: Duration = Duration::from_millis(50);
 
