@@ -445,6 +445,26 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Root, and the opt-in `PTYREAP_TEST_SYSCTL=1` for a test that changes a machine-wide setting
+/// (`kernel.pty.max`): while it is lowered no terminal on the machine can open, so on someone's
+/// workstation such a test runs only when asked. `.ci/run` sets it; with CI set and the variable
+/// not, the test fails rather than passes silently.
+pub fn require_machine_settings() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if std::env::var_os("PTYREAP_TEST_SYSCTL").is_some_and(|v| v == "1") {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!(
+            "this test changes kernel.pty.max: CI must set PTYREAP_TEST_SYSCTL=1 (.ci/run does)"
+        );
+    }
+    eprintln!("skipped: this test changes kernel.pty.max (set PTYREAP_TEST_SYSCTL=1 to run it)");
+    false
+}
+
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
