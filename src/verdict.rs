@@ -125,7 +125,7 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
             Verdict::Merged,
             format!(
                 "master shared with fds {}: they free the PTY only together{copies}",
-                list(&ev.aliases)
+                fd_list(&ev.aliases)
             ),
         );
     }
@@ -143,7 +143,7 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
     } else {
         format!(
             "; the target holds both ends (slave fds {}), released together",
-            list(&ev.target_slave_fds)
+            fd_list(&ev.target_slave_fds)
         )
     };
     let unwatched = match &ev.polls_unseen {
@@ -168,7 +168,8 @@ fn holders_text(holders: &[Holder]) -> String {
     parts.join(", ")
 }
 
-fn list(fds: &[i32]) -> String {
+/// `3,7,12`: fds as the reasons list them.
+pub fn fd_list(fds: &[i32]) -> String {
     fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
 }
 

@@ -337,12 +337,9 @@ impl State {
         }
         for (key, fds) in self.polled.iter_mut() {
             fds.retain(|_, (when, _)| now - *when < REMEMBER_POLLS_S);
-            let Some(pid) = key.split(':').next().and_then(|p| p.parse::<i32>().ok()) else {
+            let Some(pid) = State::live(key) else {
                 continue;
             };
-            if State::key(pid) != *key {
-                continue;
-            }
             for (&fd, (when, by)) in fds.iter() {
                 let list = look.seen.entry(pid).or_default().entry(fd).or_default();
                 for b in by {
@@ -353,18 +350,18 @@ impl State {
                 }
             }
         }
-        self.polled.retain(|key, fds| {
-            !fds.is_empty()
-                && key
-                    .split(':')
-                    .next()
-                    .and_then(|p| p.parse::<i32>().ok())
-                    .is_some_and(|pid| State::key(pid) == *key)
-        });
+        self.polled
+            .retain(|key, fds| !fds.is_empty() && State::live(key).is_some());
     }
 
     fn key(pid: i32) -> String {
         format!("{pid}:{}", sys::start_time(pid).unwrap_or(0))
+    }
+
+    /// The pid of a `key` whose process still runs (the same pid and start time).
+    fn live(key: &str) -> Option<i32> {
+        let pid = key.split(':').next()?.parse().ok()?;
+        (State::key(pid) == key).then_some(pid)
     }
 
     fn notify_due(&self, pid: i32) -> bool {
@@ -378,14 +375,8 @@ impl State {
     }
 
     fn forget_gone(&mut self) {
-        self.last_notified.retain(|key, _| {
-            let pid: i32 = key
-                .split(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            State::key(pid) == *key
-        });
+        self.last_notified
+            .retain(|key, _| State::live(key).is_some());
     }
 
     /// Written to a new file and renamed over the old one; a failure only costs a notification.

@@ -16,6 +16,7 @@ use super::pidfd::Pidfd;
 use super::pty;
 use crate::model::{MasterRow, Outcome, PtyId};
 use crate::reap;
+use crate::verdict::fd_list;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -41,21 +42,15 @@ pub fn hang_up(pidfd: &Pidfd, rows: &mut [MasterRow], stale: &[usize]) {
         return;
     }
     let deadline = Instant::now() + LET_GO;
-    let mut holders = still_held(&hung);
-    let unseen = holders.iter().any(|h| h.is_empty()).then(|| {
-        super::snapshot()
-            .ok()
-            .and_then(|s| s.visibility.gap())
-            .filter(|gap| !gap.is_empty())
-    });
+    let (mut holders, mut unseen) = still_held(&hung);
     while holders.iter().any(|h| !h.is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        holders = still_held(&hung);
+        (holders, unseen) = still_held(&hung);
     }
     for ((i, pty), held_by) in hung.into_iter().zip(holders) {
         let slave = format!("/dev/pts/{}", pty.index);
         if held_by.is_empty() {
-            if let Some(Some(gap)) = &unseen {
+            if let Some(gap) = &unseen {
                 // nobody ptyreap can see holds it; one it cannot see may
                 reap::settle(
                     &mut rows[i],
@@ -147,15 +142,17 @@ fn is_our_terminal(pty: PtyId) -> bool {
 }
 
 /// For each hung-up PTY, who still holds either end ("1234 (sshd) closes its master fd 9"),
-/// from one look at the whole machine. Empty: freed.
-fn still_held(hung: &[(usize, PtyId)]) -> Vec<Vec<String>> {
+/// from one look at the whole machine (empty: freed), and who that look could not see.
+fn still_held(hung: &[(usize, PtyId)]) -> (Vec<Vec<String>>, Option<String>) {
     let Ok(snapshot) = super::snapshot() else {
-        return hung
+        let unknown = hung
             .iter()
             .map(|_| vec!["the machine could not be scanned to tell".into()])
             .collect();
+        return (unknown, None);
     };
-    hung.iter()
+    let held = hung
+        .iter()
         .map(|&(_, pty)| {
             let mut out: Vec<String> = snapshot
                 .master_holders(pty)
@@ -165,7 +162,7 @@ fn still_held(hung: &[(usize, PtyId)]) -> Vec<Vec<String>> {
                         "{} ({}) closes its master fd {}",
                         h.pid,
                         h.name,
-                        fds(&h.fds)
+                        fd_list(&h.fds)
                     )
                 })
                 .collect();
@@ -175,17 +172,11 @@ fn still_held(hung: &[(usize, PtyId)]) -> Vec<Vec<String>> {
                     h.pid,
                     h.name,
                     pty.index,
-                    fds(&h.fds)
+                    fd_list(&h.fds)
                 )
             }));
             out
         })
-        .collect()
-}
-
-fn fds(list: &[i32]) -> String {
-    list.iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect();
+    (held, snapshot.visibility.gap())
 }

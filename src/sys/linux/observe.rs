@@ -230,10 +230,7 @@ fn exec_start(path: &str) -> Option<f64> {
 /// the clock of the CPU it last ran on (field 39 of its stat).
 fn waited_for(pid: i32, tid: i32, clocks: &HashMap<i32, f64>) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .collect();
-    let cpu: i32 = fields.get(39 - 3)?.parse().ok()?;
+    let cpu: i32 = super::procfs::stat_field(&stat, 39)?.parse().ok()?;
     let now = clocks.get(&cpu)?;
     let then = exec_start(&format!("/proc/{pid}/task/{tid}/sched"))?;
     (now >= &then).then(|| Duration::from_secs_f64((now - then) / 1000.0))

@@ -188,14 +188,19 @@ pub fn layout(pid: i32) -> Option<[u64; 3]> {
     parse_layout(&text)
 }
 
-/// See [`layout`]: the fields after the last `)` start at field 3.
+/// See [`layout`].
 pub fn parse_layout(stat: &str) -> Option<[u64; 3]> {
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .collect();
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let field = |n: usize| stat_field(stat, n)?.parse::<u64>().ok();
     let out = [field(26)?, field(28)?, field(48)?];
     (out != [0; 3]).then_some(out)
+}
+
+/// Field `n` of a stat line, numbered as proc(5) does (1 is the pid, 2 the comm): the fields
+/// after the *last* `)` start at 3, whatever the comm holds.
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .nth(n.checked_sub(3)?)
 }
 
 /// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot.
@@ -261,6 +266,17 @@ pub fn ignored_signals(pid: i32) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_count_from_after_the_comm() {
+        let rest: Vec<String> = (4..=52).map(|n| n.to_string()).collect();
+        let stat = format!("42 (we) ird) S {}", rest.join(" "));
+        assert_eq!(stat_field(&stat, 3), Some("S"));
+        assert_eq!(stat_field(&stat, 39), Some("39"));
+        assert_eq!(stat_field(&stat, 53), None);
+        assert_eq!(stat_field(&stat, 2), None);
+        assert_eq!(parse_layout(&stat), Some([26, 28, 48]));
+    }
 
     #[test]
     fn ptrace_start_time_survives_odd_names() {

@@ -166,20 +166,6 @@ pub fn diagnose_eperm(
     }
 }
 
-pub(super) fn tracer_of(pid: i32) -> Option<(i32, String)> {
-    let tpid: i32 = procfs::read_status_field(pid, None, "TracerPid")?
-        .parse()
-        .ok()?;
-    if tpid == 0 {
-        return None;
-    }
-    // a name the tracer chose: escaped before it can reach a terminal
-    let name = std::fs::read_to_string(format!("/proc/{tpid}/comm"))
-        .map(|s| crate::output::escaped(s.trim_end()))
-        .unwrap_or_else(|_| "?".to_string());
-    Some((tpid, name))
-}
-
 /// The tracer of thread `tid` of `pid` other than ourselves (the tracer process seizes the
 /// leader first: a later thread's EPERM must name that thread's own tracer, say strace).
 pub(super) fn tracer_of_thread(pid: i32, tid: i32) -> Option<(i32, String)> {
@@ -189,6 +175,7 @@ pub(super) fn tracer_of_thread(pid: i32, tid: i32) -> Option<(i32, String)> {
     if tpid == 0 || tpid == std::process::id() as i32 {
         return None;
     }
+    // a name the tracer chose: escaped before it can reach a terminal
     let name = std::fs::read_to_string(format!("/proc/{tpid}/comm"))
         .map(|s| crate::output::escaped(s.trim_end()))
         .unwrap_or_else(|_| "?".to_string());

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::super::pidfd::Pidfd;
 use super::super::procfs::{list_tasks, read_status_field, start_time, thread_state};
-use super::attach_error::{eperm_error, tracer_of, AttachError};
+use super::attach_error::{eperm_error, tracer_of_thread, AttachError};
 use super::raw::{detach, interrupt, seize, wait_stop_until, waitpid, Stop};
 
 /// Where one seized thread is.
@@ -169,7 +169,10 @@ impl StoppedProcess {
                         {
                             continue;
                         }
-                        if tid == pid && tracer_of(pid).is_none() && seize_retry(pid, deadline) {
+                        if tid == pid
+                            && tracer_of_thread(pid, pid).is_none()
+                            && seize_retry(pid, deadline)
+                        {
                             // The old leader was on its way out while another thread ran
                             // execve and took its pid: the process now runs a new program.
                             // Stop it, so that it can be detached again at once.
