@@ -118,16 +118,18 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    fn new(pids: &[i32], cap: Duration) -> Deadlines {
+    /// `threads`: each target and its threads, as listed when the look began.
+    fn new(threads: &[(i32, Vec<i32>)], cap: Duration) -> Deadlines {
         let clocks = sched_clocks();
         let start = Instant::now();
         let mut until = HashMap::new();
-        for &pid in pids {
+        for (pid, tids) in threads {
+            let pid = *pid;
             let calls: HashMap<i32, (i64, [u64; 6])> = super::procfs::task_syscalls(pid)
                 .into_iter()
                 .map(|(tid, nr, args)| (tid, (nr, args)))
                 .collect();
-            for tid in super::procfs::list_tasks(pid).unwrap_or_default() {
+            for &tid in tids {
                 let wait = calls
                     .get(&tid)
                     .and_then(|(nr, args)| waits::of_call(*nr, args, &|a, _| read_time(pid, a)));
@@ -156,7 +158,8 @@ impl Deadlines {
         }
     }
 
-    /// `tid` entered a wait: the first one it enters during the look is waited out.
+    /// `tid` entered a wait: the first one of [`SHORT_WAIT`] or more that it enters during the look
+    /// is waited out.
     fn entered(&mut self, pid: i32, tid: i32, nr: i64, args: &[u64; 6]) {
         if self.extended.contains(&tid) {
             return;
@@ -275,10 +278,14 @@ fn watch(
     window: Duration,
 ) -> Result<(Seen, Duration, u64), String> {
     let tp = tracepoint()?;
-    let mut tids = Vec::new();
-    for &pid in pids {
-        tids.extend(super::procfs::list_tasks(pid).unwrap_or_default());
-    }
+    let threads: Vec<(i32, Vec<i32>)> = pids
+        .iter()
+        .map(|&pid| (pid, super::procfs::list_tasks(pid).unwrap_or_default()))
+        .collect();
+    let tids: Vec<i32> = threads
+        .iter()
+        .flat_map(|(_, t)| t.iter().copied())
+        .collect();
     let numbers: Vec<i64> = PollCall::numbers()
         .into_iter()
         .chain(waits::TRACED.iter().copied())
@@ -287,7 +294,7 @@ fn watch(
     let wanted: HashSet<i32> = pids.iter().copied().collect();
     let mut calls: HashMap<(i32, i32, PollCall, u64, u64), u32> = HashMap::new();
     let mut seen: HashMap<(i32, i32, i32, PollCall), u32> = HashMap::new();
-    let mut deadlines = Deadlines::new(pids, window);
+    let mut deadlines = Deadlines::new(&threads, window);
     let mut lost = 0;
     loop {
         for ring in &rings {
