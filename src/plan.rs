@@ -12,8 +12,8 @@ pub struct Choices {
     pub include_tracked: bool,
     /// `--include-unread`: also release orphans whose output nobody read yet (it is lost).
     pub include_unread: bool,
-    /// `--method`; None means the default, from the evidence: close for orphans the process
-    /// inherited, merge for those it opened itself (or where that is unknown) and tracked ones.
+    /// `--method`; None means the default, from the evidence: close for orphans that crossed an
+    /// exec (`inherited`), merge for the rest (see `default_for`) and for tracked ones.
     pub method: Option<Method>,
     /// Release orphaned masters only (the watchdog's choice): nothing stale, tracked or merged.
     pub only_orphaned: bool,

@@ -337,10 +337,26 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
     }
     let f = Fixture::spawn(&["--orphans", "2"]);
     let before = ptmx_fds(f.pid);
-    let pid = nix::unistd::Pid::from_raw(f.pid);
-    nix::sys::ptrace::seize(pid, nix::sys::ptrace::Options::empty()).expect("seize");
-    let out = support::reap_closing(f.pid, &[]);
-    let _ = nix::sys::ptrace::detach(pid, None);
+    let out = reap_under_our_tracing(f.pid, f.pid);
+    assert_refused_naming_this_thread(&out);
+    assert_eq!(ptmx_fds(f.pid), before);
+}
+
+/// `reap_closing` of `pid` while this thread traces its thread `tid` (as a debugger would);
+/// that thread is let go again afterwards.
+fn reap_under_our_tracing(pid: i32, tid: i32) -> support::Output {
+    let thread = nix::unistd::Pid::from_raw(tid);
+    nix::sys::ptrace::seize(thread, nix::sys::ptrace::Options::empty()).expect("seize");
+    let out = support::reap_closing(pid, &[]);
+    // a detach needs the thread stopped: interrupt it, wait for the stop, then let it go
+    let _ = nix::sys::ptrace::interrupt(thread);
+    let _ = nix::sys::wait::waitpid(thread, Some(nix::sys::wait::WaitPidFlag::__WALL));
+    let _ = nix::sys::ptrace::detach(thread, None);
+    out
+}
+
+/// Refused (exit 1) as already traced, by this thread.
+fn assert_refused_naming_this_thread(out: &support::Output) {
     assert_eq!(out.code, 1, "{out:?}");
     // SAFETY: gettid has no preconditions; the tracer is this thread
     let me = unsafe { libc::gettid() }.to_string();
@@ -349,7 +365,6 @@ fn a_target_traced_by_another_debugger_is_refused_by_name() {
         "{}",
         out.stderr
     );
-    assert_eq!(ptmx_fds(f.pid), before);
 }
 
 /// A debugger on one thread only (`strace -p TID`): the refusal names that tracer, not ptyreap's
@@ -367,23 +382,9 @@ fn a_debugger_on_one_thread_is_named_not_ptyreaps_own_tracer() {
         .filter(|&t| t != f.pid)
         .max()
         .expect("a second thread");
-    let thread = nix::unistd::Pid::from_raw(tid);
-    nix::sys::ptrace::seize(thread, nix::sys::ptrace::Options::empty()).expect("seize");
-    let out = support::reap_closing(f.pid, &[]);
-    // a detach needs the thread stopped: interrupt it, wait for the stop, then let it go
-    let _ = nix::sys::ptrace::interrupt(thread);
-    let _ = nix::sys::wait::waitpid(thread, Some(nix::sys::wait::WaitPidFlag::__WALL));
-    let _ = nix::sys::ptrace::detach(thread, None);
-    assert_eq!(out.code, 1, "{out:?}");
-    // SAFETY: gettid has no preconditions; the tracer is this thread
-    let me = unsafe { libc::gettid() }.to_string();
-    assert!(
-        out.stderr.contains("already being traced by process")
-            && out.stderr.contains(&me)
-            && !out.stderr.contains("ptyreap-tracer"),
-        "{}",
-        out.stderr
-    );
+    let out = reap_under_our_tracing(f.pid, tid);
+    assert_refused_naming_this_thread(&out);
+    assert!(!out.stderr.contains("ptyreap-tracer"), "{}", out.stderr);
     assert_eq!(ptmx_fds(f.pid), before);
 }
 
