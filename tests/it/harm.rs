@@ -606,3 +606,86 @@ fn a_pending_blocked_sigtrap_stays_the_apps() {
     let status = v.assert_healthy(&before);
     assert_eq!(status["open"], "");
 }
+
+/// Syscall User Dispatch (Wine, Proton): a thread whose selector says BLOCK would turn our call
+/// into a SIGSYS for the app's handler before any ptrace stop. Twenty reaps of a target that
+/// spends nearly all its time at BLOCK: it lives, no SIGSYS reaches it, every master is released
+/// (the dispatch is switched off around each call and put back) and comes back for the next.
+#[test]
+fn syscall_user_dispatch_never_takes_our_calls() {
+    if !require_root() {
+        return;
+    }
+    if !support::syscall_user_dispatch_works() {
+        // only where the kernel has it: aarch64 kernels without the generic entry code lack it
+        assert!(
+            cfg!(target_arch = "aarch64"),
+            "this kernel has no Syscall User Dispatch (PR_SET_SYSCALL_USER_DISPATCH)"
+        );
+        eprintln!("skipped: this kernel has no Syscall User Dispatch");
+        return;
+    }
+    let mut v = Victim::spawn(&["--sud", "--masters", "5"]);
+    let before = v.signal_state();
+    let config = support::sud_config(v.pid);
+    assert_eq!(config[0], 1, "the victim's dispatch is not on: {config:?}");
+    for round in 0..20 {
+        assert!(
+            support::wait_for(Duration::from_secs(5), || v.masters_open().len() == 5),
+            "round {round}: the masters did not come back"
+        );
+        let out = reap(v.pid, &[]);
+        all_closed(&out);
+        let status = v.assert_healthy(&before);
+        assert_eq!(status["sigsys"], "0", "round {round}: {status:?}");
+    }
+    assert_eq!(
+        support::sud_config(v.pid),
+        config,
+        "the dispatch configuration was not put back"
+    );
+    v.assert_healthy(&before);
+}
+
+/// A kernel before 6.2 has Syscall User Dispatch but cannot report it: our call is then turned
+/// into a SIGSYS, which ptyreap drops before the app sees it, makes no further call, and says so.
+#[test]
+fn a_dispatched_call_is_dropped_and_reported() {
+    if !require_root() || !support::syscall_user_dispatch_works() {
+        return;
+    }
+    let mut v = Victim::spawn(&["--sud", "--masters", "3"]);
+    let before = v.signal_state();
+    let mut dispatched = 0;
+    for round in 0..5 {
+        assert!(
+            support::wait_for(Duration::from_secs(5), || v.masters_open().len() == 3),
+            "round {round}: the masters did not come back"
+        );
+        let out = support::reap_closing_with(v.pid, &["--json"], |cmd| {
+            cmd.env("PTYREAP_TEST_NO_SUD_CONFIG", "1");
+        });
+        let rows = rows(&out);
+        if rows.iter().all(|(_, result, _)| result == "closed") {
+            // it was at ALLOW at that instant
+            assert_eq!(out.code, 0, "{out:?}");
+        } else {
+            dispatched += 1;
+            assert_eq!(out.code, 1, "{out:?}");
+            for (fd, result, detail) in &rows {
+                assert_eq!(result, "failed", "fd {fd}: {out:?}");
+                assert!(
+                    detail.contains("Syscall User Dispatch"),
+                    "fd {fd}: {detail}"
+                );
+            }
+            assert_eq!(v.masters_open().len(), 3, "a failed call closed something");
+        }
+        let status = v.assert_healthy(&before);
+        assert_eq!(status["sigsys"], "0", "round {round}: {status:?}");
+    }
+    assert!(
+        dispatched > 0,
+        "no round met the dispatch (the victim is at BLOCK ~95% of the time)"
+    );
+}

@@ -445,6 +445,42 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Whether this kernel has Syscall User Dispatch (switching it off where it is off is harmless).
+pub fn syscall_user_dispatch_works() -> bool {
+    // SAFETY: PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF on this thread, where it is off.
+    unsafe {
+        libc::prctl(
+            59,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) == 0
+    }
+}
+
+/// Thread `tid`'s Syscall User Dispatch configuration (mode, selector, offset, len), read with
+/// ptrace as CRIU reads it: seized, interrupted, read, detached.
+pub fn sud_config(tid: i32) -> [u64; 4] {
+    let mut c = [0u64; 4];
+    // SAFETY: ptrace on a child of ours; the config is four u64s, as the kernel writes it.
+    unsafe {
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+            0,
+            "seize {tid}"
+        );
+        libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0);
+        let mut status = 0;
+        libc::waitpid(tid, &mut status, libc::__WALL);
+        let r = libc::ptrace(0x4211, tid, 32usize, c.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0);
+        assert_eq!(r, 0, "PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: {err}");
+    }
+    c
+}
+
 /// Root, and the opt-in `PTYREAP_TEST_SYSCTL=1` for a test that changes a machine-wide setting
 /// (`kernel.pty.max`): while it is lowered no terminal on the machine can open, so on someone's
 /// workstation such a test runs only when asked. `.ci/run` sets it; with CI set and the variable

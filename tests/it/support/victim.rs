@@ -45,6 +45,19 @@
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
 //!   (`pthread_exit`): the leader is a zombie while the process lives on.
+//! - `--sud`: the process has one thread, which turns on Syscall User Dispatch (as Wine does)
+//!   with its selector at BLOCK while it computes (about 20 ms at a time, no system calls) and
+//!   at ALLOW around its own calls (1 ms of sleep, the status, refilling any master closed, so
+//!   each reap finds them all again). Every signal but the synchronous ones is blocked and taken
+//!   with `sigtimedwait`; the SIGSYS handler sets ALLOW and counts (`sigsys` in the status), so a
+//!   SIGSYS our call caused and delivered shows.
+//! - `--vfork-ms N`: one thread that makes children with `CLONE_VM | CLONE_VFORK` (a vfork), each
+//!   sleeping N ms: the thread waits for them in the kernel, where no ptrace stop reaches it.
+//! - `--heartbeat`: one thread that sleeps 1 ms at a time and records the longest gap between
+//!   its wake-ups (`max_gap_us` in the status): how long the process was held.
+//! - `--watch-when FILE`: one thread that waits for FILE to exist, then registers every master
+//!   in an epoll set (edge-triggered: it sleeps in `epoll_wait` after the first report), then
+//!   writes FILE.done.
 //! - `--ready FILE` (required).
 //!
 //! The main thread blocks SIGUSR2 and SIGWINCH (a mask to compare), then loops in `nanosleep`.
@@ -76,6 +89,9 @@ mod linux {
     static STARTED: AtomicU64 = AtomicU64::new(0);
     static EINTRS: AtomicU64 = AtomicU64::new(0);
     static PROBE_CALLS: AtomicU64 = AtomicU64::new(0);
+    static MAX_GAP_US: AtomicU64 = AtomicU64::new(0);
+    /// The Syscall User Dispatch selector (`--sud`): 0 ALLOW, 1 BLOCK.
+    static SELECTOR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
     const FIRST_FD: i32 = 100;
 
@@ -120,6 +136,10 @@ mod linux {
         spin_compute: bool,
         eintr_probes: bool,
         poll_every_ms: u64,
+        sud: bool,
+        vfork_ms: u64,
+        heartbeat: bool,
+        watch_when: Option<String>,
         ready: String,
     }
 
@@ -171,6 +191,12 @@ mod linux {
                         .parse()
                         .unwrap_or_else(|_| usage("--poll-every-ms N"))
                 }
+                "--sud" => a.sud = true,
+                "--vfork-ms" => {
+                    a.vfork_ms = value().parse().unwrap_or_else(|_| usage("--vfork-ms N"))
+                }
+                "--heartbeat" => a.heartbeat = true,
+                "--watch-when" => a.watch_when = Some(value()),
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
             }
@@ -606,6 +632,9 @@ mod linux {
         if a.uring {
             register_with_io_uring(a.masters);
         }
+        if a.sud {
+            sud_main(&a);
+        }
         let child_pid = if a.fork_child {
             fork_inheritor(a.child_reads, !a.no_exec)
         } else {
@@ -687,6 +716,26 @@ mod linux {
                     }
                 })
                 .unwrap_or_else(|_| die("spawning the slow poller"));
+        }
+        if a.vfork_ms > 0 {
+            let ms = a.vfork_ms;
+            std::thread::Builder::new()
+                .name("vforker".into())
+                .spawn(move || vforker(ms))
+                .unwrap_or_else(|_| die("spawning the vforker"));
+        }
+        if a.heartbeat {
+            std::thread::Builder::new()
+                .name("heartbeat".into())
+                .spawn(heartbeat)
+                .unwrap_or_else(|_| die("spawning the heartbeat"));
+        }
+        if let Some(file) = a.watch_when.clone() {
+            let n = a.masters;
+            std::thread::Builder::new()
+                .name("watch-later".into())
+                .spawn(move || watch_when(&file, n))
+                .unwrap_or_else(|_| die("spawning the late watcher"));
         }
         if a.eintr_probes {
             for kind in 0..3u8 {
@@ -823,6 +872,198 @@ mod linux {
         }
     }
 
+    fn status_line(seq: u64, masters: i32) -> String {
+        let open: Vec<String> = open_masters(masters)
+            .iter()
+            .map(|fd| fd.to_string())
+            .collect();
+        format!(
+            "seq={seq} sigtrap={} sigsys={} notified={} eintr={} probe_calls={} max_gap_us={} open={}\n",
+            SIGTRAPS.load(SeqCst),
+            SIGSYSES.load(SeqCst),
+            NOTIFIED.load(SeqCst),
+            EINTRS.load(SeqCst),
+            PROBE_CALLS.load(SeqCst),
+            MAX_GAP_US.load(SeqCst),
+            open.join(",")
+        )
+    }
+
+    /// `--sud`'s SIGSYS handler: ALLOW first (its own return is a system call), then count.
+    extern "C" fn on_sud_sigsys(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        SELECTOR.store(0, SeqCst);
+        SIGSYSES.fetch_add(1, SeqCst);
+    }
+
+    /// About `ms` milliseconds of pure computation: no system call, not even the clock's.
+    fn compute(rounds: u64) {
+        let mut x = 1u64;
+        for _ in 0..rounds {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+
+    /// `--sud`: the one thread's life (see the module doc). Never returns.
+    fn sud_main(a: &Args) -> ! {
+        const PR_SET_SYSCALL_USER_DISPATCH: libc::c_int = 59;
+        const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
+        handle(
+            libc::SIGSYS,
+            on_sud_sigsys as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                as usize,
+            libc::SA_SIGINFO,
+        );
+        // how many rounds make about 20 ms here
+        let t = std::time::Instant::now();
+        compute(1_000_000);
+        let per_ms = (1_000_000 / t.elapsed().as_millis().max(1) as u64).max(1);
+        let rounds = 20 * per_ms;
+        // SAFETY: signal masks and sigtimedwait on plain sets; the prctl names a static byte.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            for sync in [
+                libc::SIGSYS,
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGILL,
+                libc::SIGFPE,
+                libc::SIGTRAP,
+            ] {
+                libc::sigdelset(&mut all, sync);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            if libc::prctl(
+                PR_SET_SYSCALL_USER_DISPATCH,
+                PR_SYS_DISPATCH_ON,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                SELECTOR.as_ptr(),
+            ) != 0
+            {
+                die("PR_SET_SYSCALL_USER_DISPATCH");
+            }
+            write_atomically(
+                &a.ready,
+                &format!(
+                    "pid={} sibling=0 child=0 first_fd={FIRST_FD}\n",
+                    std::process::id()
+                ),
+            );
+            let mut wanted: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut wanted);
+            libc::sigaddset(&mut wanted, libc::SIGUSR1);
+            libc::sigaddset(&mut wanted, libc::SIGTERM);
+            let mut seq = 0;
+            loop {
+                SELECTOR.store(1, SeqCst);
+                compute(rounds);
+                SELECTOR.store(0, SeqCst);
+                let open = open_masters(a.masters);
+                for fd in FIRST_FD..FIRST_FD + a.masters {
+                    if !open.contains(&fd) {
+                        hung_up_master(fd, a.cloexec, a.never_opened);
+                    }
+                }
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                loop {
+                    match libc::sigtimedwait(&wanted, std::ptr::null_mut(), &zero) {
+                        libc::SIGUSR1 => {
+                            seq += 1;
+                            write_atomically(
+                                &format!("{}.status", a.ready),
+                                &status_line(seq, a.masters),
+                            );
+                        }
+                        libc::SIGTERM => std::process::exit(0),
+                        _ => break,
+                    }
+                }
+                let ms = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                };
+                libc::nanosleep(&ms, std::ptr::null_mut());
+            }
+        }
+    }
+
+    /// A vfork child's life: sleep, then leave (it shares our memory: nothing else).
+    extern "C" fn vfork_child(arg: *mut libc::c_void) -> libc::c_int {
+        let ms = arg as usize as i64;
+        let ts = libc::timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        };
+        // SAFETY: a sleep and a raw exit, nothing that touches the parent's memory.
+        unsafe {
+            libc::nanosleep(&ts, std::ptr::null_mut());
+            libc::syscall(libc::SYS_exit, 0);
+        }
+        0
+    }
+
+    /// `--vfork-ms`: vfork children one after another, forever.
+    fn vforker(ms: u64) {
+        let mut stack = vec![0u8; 64 * 1024];
+        // SAFETY: the child runs on its own stack and only sleeps and exits.
+        let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as *mut libc::c_void;
+        loop {
+            let pid = unsafe {
+                libc::clone(
+                    vfork_child,
+                    top,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    ms as usize as *mut libc::c_void,
+                )
+            };
+            if pid < 0 {
+                die("clone(CLONE_VFORK)");
+            }
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+    }
+
+    /// `--heartbeat`: 1 ms sleeps, the longest gap between wake-ups kept.
+    fn heartbeat() {
+        let mut last = std::time::Instant::now();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let now = std::time::Instant::now();
+            MAX_GAP_US.fetch_max((now - last).as_micros() as u64, SeqCst);
+            last = now;
+        }
+    }
+
+    /// `--watch-when FILE`: once FILE exists, every master in an epoll set.
+    fn watch_when(file: &str, masters: i32) {
+        while std::fs::metadata(file).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: epoll calls on our own fds.
+        unsafe {
+            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            for fd in open_masters(masters) {
+                let mut ev = libc::epoll_event {
+                    events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                    u64: fd as u64,
+                };
+                if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) != 0 {
+                    die("epoll_ctl");
+                }
+            }
+            let _ = std::fs::write(format!("{file}.done"), "");
+            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+            loop {
+                libc::epoll_wait(ep, &mut ev, 1, -1);
+            }
+        }
+    }
+
     /// Answer SIGUSR1 with a status file until SIGTERM.
     fn serve(masters: i32, ready: &str, sibling_pid: i32) {
         let mut seq = 0u64;
@@ -835,22 +1076,7 @@ mod linux {
             unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
             if REPORT.swap(false, SeqCst) {
                 seq += 1;
-                let open: Vec<String> = open_masters(masters)
-                    .iter()
-                    .map(|fd| fd.to_string())
-                    .collect();
-                write_atomically(
-                    &format!("{ready}.status"),
-                    &format!(
-                        "seq={seq} sigtrap={} sigsys={} notified={} eintr={} probe_calls={} open={}\n",
-                        SIGTRAPS.load(SeqCst),
-                        SIGSYSES.load(SeqCst),
-                        NOTIFIED.load(SeqCst),
-                        EINTRS.load(SeqCst),
-                        PROBE_CALLS.load(SeqCst),
-                        open.join(",")
-                    ),
-                );
+                write_atomically(&format!("{ready}.status"), &status_line(seq, masters));
             }
         }
         if sibling_pid > 0 {

@@ -63,9 +63,10 @@ use std::time::{Duration, Instant};
 use super::super::arch::{self, Extra, Regs, INSN_ALIGN, INSN_LEN, SYSCALL_INSN};
 use super::super::gadget;
 use super::super::seccomp;
+use super::dispatch;
 use super::raw::{
     self, get_siginfo, get_sigmask, interrupt, resume, set_sigmask, wait_stop_until, Pending,
-    Resume, Stop, SyscallStop,
+    Resume, Stop, SudConfig, SyscallStop,
 };
 use super::stopped::{StoppedProcess, ThreadState};
 
@@ -113,6 +114,17 @@ pub enum InjectError {
     },
     /// No room for scratch data on the thread's stack.
     NoScratch,
+    /// The thread's Syscall User Dispatch would take our call, and could not be switched off
+    /// for it (or put back exactly afterwards).
+    UserDispatch {
+        tid: i32,
+        why: String,
+    },
+    /// Syscall User Dispatch (unreadable on this kernel) turned our call into a SIGSYS, which
+    /// was dropped: the call was not made.
+    Dispatched {
+        nr: i64,
+    },
     Ptrace {
         what: &'static str,
         source: io::Error,
@@ -175,6 +187,18 @@ impl fmt::Display for InjectError {
                 )
             }
             InjectError::NoScratch => write!(f, "no room on the thread's stack for scratch data"),
+            InjectError::UserDispatch { tid, why } => write!(
+                f,
+                "thread {tid} runs with Syscall User Dispatch on (as Wine and Proton do) and \
+                 ptyreap cannot switch it off for its calls ({why}); nothing was run in the \
+                 process"
+            ),
+            InjectError::Dispatched { nr } => write!(
+                f,
+                "the process's Syscall User Dispatch turned syscall {nr} into a SIGSYS (this \
+                 kernel, before Linux 6.2, does not let ptyreap read it); the signal was \
+                 dropped before the app saw it and the call was not made"
+            ),
             InjectError::Ptrace { what, source } => write!(f, "ptrace {what}: {source}"),
             InjectError::Memory { addr, source } => {
                 write!(f, "target memory at {addr:#x}: {source}")
@@ -259,6 +283,11 @@ struct Session {
     may_mask: bool,
     insn: u64,
     filters: Filters,
+    /// The thread's Syscall User Dispatch configuration, when it would take our calls: switched
+    /// off around each call and put back at its exit stop (dispatch.rs).
+    sud: Option<SudConfig>,
+    /// SUD is switched off right now.
+    sud_off: bool,
     /// The thread's own signal queue when we took it.
     pending_before: Vec<Pending>,
     /// Registers or mask differ from the thread's own.
@@ -333,6 +362,8 @@ impl<'a> Injector<'a> {
             may_mask: false,
             insn: 0,
             filters,
+            sud: None,
+            sud_off: false,
             pending_before: Vec::new(),
             dirty: false,
             in_get_signal: true,
@@ -363,6 +394,7 @@ impl<'a> Injector<'a> {
             Some(a) => a,
             None => find_gadget(pid, &s.mem)?,
         };
+        s.sud = user_dispatch(s)?;
         Ok(())
     }
 
@@ -572,7 +604,10 @@ fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<us
         // syscall with our call's result: harmless for a futex wait (spurious wake-ups are part
         // of its contract; every waiter checks again), not for a read (a 0 reads as EOF).
         let forgiving = regs.current_syscall() == Some(arch::nr::FUTEX as u64);
-        let score = 8 * u32::from(mask_ok)
+        // A thread whose Syscall User Dispatch is off (nearly all) needs no switching.
+        let undispatched = sud_config(t.tid).map_or(true, |c| c.mode == 0);
+        let score = 16 * u32::from(undispatched)
+            + 8 * u32::from(mask_ok)
             + 4 * u32::from(own)
             + 2 * u32::from(forgiving)
             + u32::from(t.tid != p.pid());
@@ -927,6 +962,7 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
         block_signals(s)?;
         s.dirty = true;
         arch::set_regs(tid, &regs).map_err(pt("SETREGS"))?;
+        dispatch_off(s)?;
         resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?;
         s.in_get_signal = false;
         let start = Instant::now();
@@ -957,6 +993,7 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                     }
                     SyscallStop::Exit { rval } if began => {
                         s.calls += 1;
+                        dispatch_back(s)?;
                         if !interrupted && !arch::REWINDS_BEFORE_STOP {
                             back_to_own_registers(s)?;
                             return Ok(rval);
@@ -993,6 +1030,17 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                     // A fault of our instruction: synchronous, from the kernel, at our pc, and not
                     // one that was already queued for the app before we took the thread.
                     let queued_before = s.pending_before.contains(&(sig, info.si_code));
+                    // Syscall User Dispatch took our call (a kernel that hides the configuration):
+                    // the call was rolled back, pc just after our instruction. Dropped here, never
+                    // delivered: the app's handler would emulate a call it never made.
+                    if !began
+                        && sig == libc::SIGSYS
+                        && info.si_code == SYS_USER_DISPATCH
+                        && now.pc() == s.insn + INSN_LEN
+                        && !queued_before
+                    {
+                        return Err(InjectError::Dispatched { nr });
+                    }
                     if !began
                         && SYNCHRONOUS & bit(sig) != 0
                         && info.si_code > 0
@@ -1006,6 +1054,7 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                     }
                     // Someone else's signal: deliver it with the thread's own state in place,
                     // catch the thread again at the handler's entry, and start over from there.
+                    dispatch_back(s)?;
                     put_back(s)?;
                     pass_and_retrap(s, sig)?;
                     let _ = capture(s)?;
@@ -1024,6 +1073,68 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
     Err(InjectError::Unexpected(format!(
         "signals kept arriving: syscall {nr} not made after {MAX_SIGNAL_ROUNDS} deliveries"
     )))
+}
+
+/// `si_code` of a SIGSYS from Syscall User Dispatch (include/uapi/asm-generic/siginfo.h).
+const SYS_USER_DISPATCH: i32 = 2;
+
+/// The thread's SUD configuration if it would take our calls (see dispatch.rs), checked once
+/// our instruction is known. A kernel that cannot report it (before 6.2, or without SUD) gives
+/// None: `run_call` still drops a SIGSYS the dispatch raises for our call.
+fn user_dispatch(s: &Session) -> Result<Option<SudConfig>, InjectError> {
+    let Ok(config) = sud_config(s.tid) else {
+        return Ok(None);
+    };
+    let mut byte = [0u8; 1];
+    let selector = (config.selector != 0
+        && s.mem.read_exact_at(&mut byte, config.selector).is_ok())
+    .then_some(byte[0]);
+    if !dispatch::dispatches(&config, s.insn + INSN_LEN, selector) {
+        return Ok(None);
+    }
+    if dispatch::restoring(&config).is_none() {
+        return Err(InjectError::UserDispatch {
+            tid: s.tid,
+            why: format!("its configuration {config:?} could not be put back exactly"),
+        });
+    }
+    Ok(Some(config))
+}
+
+/// Test hook: behave as a kernel before 6.2, which cannot report a thread's SUD configuration,
+/// so that the SIGSYS our call then causes is met (and dropped) for real.
+const NO_SUD_CONFIG_ENV: &str = "PTYREAP_TEST_NO_SUD_CONFIG";
+
+fn sud_config(tid: i32) -> io::Result<SudConfig> {
+    if std::env::var_os(NO_SUD_CONFIG_ENV).is_some() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    raw::sud_config(tid)
+}
+
+/// Just before one of our calls: SUD off for this thread, if it would take the call.
+fn dispatch_off(s: &mut Session) -> Result<(), InjectError> {
+    if s.sud.is_none() || s.sud_off {
+        return Ok(());
+    }
+    raw::set_sud_config(s.tid, &dispatch::OFF).map_err(|e| InjectError::UserDispatch {
+        tid: s.tid,
+        why: e.to_string(),
+    })?;
+    s.sud_off = true;
+    Ok(())
+}
+
+/// At the call's exit stop (or any stop after it): the thread's SUD configuration back exactly.
+fn dispatch_back(s: &mut Session) -> Result<(), InjectError> {
+    let Some(config) = s.sud.filter(|_| s.sud_off) else {
+        return Ok(());
+    };
+    let back = dispatch::restoring(&config)
+        .ok_or_else(|| InjectError::Unexpected("SUD configuration cannot be put back".into()))?;
+    raw::set_sud_config(s.tid, &back).map_err(pt("SET_SYSCALL_USER_DISPATCH_CONFIG"))?;
+    s.sud_off = false;
+    Ok(())
 }
 
 /// How many foreign signals one call may deliver before it gives up (see `run_call`).
@@ -1104,6 +1215,9 @@ fn restore_session(s: &mut Session) -> (i32, Result<(), InjectError>) {
         if let Err(e) = put_back(s) {
             return (pass, Err(e));
         }
+    }
+    if let Err(e) = dispatch_back(s) {
+        problem.get_or_insert(e);
     }
     if let Err(e) = drain_own_signals(s, &mut pass) {
         problem.get_or_insert(e);

@@ -8,6 +8,7 @@
 //!   an EPERM ([`diagnose_eperm`]).
 //! - `stopped.rs`: [`StoppedProcess`], the guard holding every thread stopped, and
 //!   [`in_tracer_thread`]; the kernel behaviour the stop relies on is described there.
+//! - `dispatch.rs`: Syscall User Dispatch, which would turn our calls into the app's SIGSYS.
 //! - `inject.rs`: the [`Injector`], which borrows a [`StoppedProcess`] and runs syscalls in it;
 //!   the kernel behaviour injection relies on is described there.
 //!
@@ -21,6 +22,7 @@
 //! [`StoppedProcess::resume`].
 
 mod attach_error;
+mod dispatch;
 mod inject;
 mod raw;
 mod stopped;

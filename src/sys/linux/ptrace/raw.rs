@@ -19,6 +19,8 @@ const PTRACE_SETOPTIONS: libc::c_uint = 0x4200;
 const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4210;
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
 
 fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
     // SAFETY: only requests whose addr/data are integers or point to memory owned by the caller
@@ -149,6 +151,43 @@ pub(crate) fn rseq_configuration(tid: i32) -> io::Result<Option<(u64, u32)>> {
         &mut conf as *mut Conf as usize,
     )?;
     Ok((conf.rseq_abi_pointer != 0).then_some((conf.rseq_abi_pointer, conf.signature)))
+}
+
+/// A thread's Syscall User Dispatch configuration (`struct ptrace_sud_config`,
+/// include/uapi/linux/ptrace.h, Linux 6.2): `mode` 0 off, 1 on; `offset` and `len` as the kernel
+/// keeps them (for a range given with `PR_SYS_DISPATCH_INCLUSIVE_ON` the kernel stores the
+/// complement: `offset` at its end, `len` negated, and reports mode 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SudConfig {
+    pub mode: u64,
+    pub selector: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// `PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG`; EIO before Linux 6.2, EINVAL where the kernel has
+/// no Syscall User Dispatch at all.
+pub(crate) fn sud_config(tid: i32) -> io::Result<SudConfig> {
+    let mut c = SudConfig::default();
+    ptrace(
+        PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG,
+        tid,
+        std::mem::size_of::<SudConfig>(),
+        &mut c as *mut SudConfig as usize,
+    )?;
+    Ok(c)
+}
+
+/// `PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG`, validated by the kernel as prctl's arguments are.
+pub(crate) fn set_sud_config(tid: i32, c: &SudConfig) -> io::Result<()> {
+    ptrace(
+        PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG,
+        tid,
+        std::mem::size_of::<SudConfig>(),
+        c as *const SudConfig as usize,
+    )
+    .map(drop)
 }
 
 /// Stop a seized thread with a `PTRACE_EVENT_STOP`, from inside the kernel's signal handling
