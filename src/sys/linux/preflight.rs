@@ -12,12 +12,103 @@
 //!   would not have stopped and whose waits we would not have seen. Found with
 //!   `kcmp(KCMP_FILES)` against every other process holding one of the target's masters (a
 //!   process sharing the table holds all of them).
+//! - **A thread waiting for its vfork child** (`vfork`, `posix_spawn`, Python's `subprocess`):
+//!   it sleeps killably in `wait_for_vfork_done` until the child execs or exits, and no ptrace
+//!   stop reaches it there. Stopping the others would hold the whole process until then, so the
+//!   process is looked at for up to [`VFORK_PATIENCE`] first, without stopping anything. A thread
+//!   that cannot stop for another reason (a hung file system, D state) is met by the stop's own
+//!   bound (`reap::STOP_TIMEOUT`): every other thread is let go again after it.
 //! - **/proc from another pid namespace** than ptyreap's own (`nsenter -p` without `-m`): the
 //!   pid we pinned and the /proc entry we read would be two different processes.
 
 use super::procfs;
 use crate::model::Snapshot;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a target whose thread waits for a vfork child is watched, from outside, before the
+/// reap is refused: a child that execs (nearly all) does so within milliseconds.
+pub const VFORK_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Test hook: skip the vfork look, so that the stop's own bound meets such a thread.
+const NO_VFORK_CHECK_ENV: &str = "PTYREAP_TEST_NO_VFORK_CHECK";
+
+/// The system calls a vfork parent waits in (`wait_for_vfork_done` runs inside them).
+const SPAWNING_CALLS: &[i64] = &[
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_vfork,
+];
+
+/// Thread `tid` of `pid` waits for a vfork child: a killable sleep ("D") in the kernel's
+/// `wait_for_vfork_done`, inside clone/clone3/vfork.
+fn waits_for_vfork(pid: i32, tid: i32) -> bool {
+    if procfs::thread_state(pid, tid) != Some('D') {
+        return false;
+    }
+    let wchan =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default();
+    if wchan.contains("vfork") {
+        return true;
+    }
+    let call =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
+    call.split_whitespace()
+        .next()
+        .and_then(|nr| nr.parse::<i64>().ok())
+        .is_some_and(|nr| SPAWNING_CALLS.contains(&nr))
+}
+
+/// A thread of `pid` that waits for a vfork child and still does after [`VFORK_PATIENCE`]: the
+/// refusal, in one line. Nothing is stopped or traced to find out.
+pub fn vfork_refusal(pid: i32, name: &str) -> Option<String> {
+    if std::env::var_os(NO_VFORK_CHECK_ENV).is_some() {
+        return None;
+    }
+    let until = Instant::now() + VFORK_PATIENCE;
+    loop {
+        let waiting = procfs::list_tasks(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&tid| waits_for_vfork(pid, tid))?;
+        if Instant::now() >= until {
+            return Some(format!(
+                "pid {pid} ({name}): thread {waiting} has been waiting for its vfork child to \
+                 exec or exit for over {} ms, and no ptrace stop reaches a thread there; the \
+                 process was not stopped and nothing was changed; try again in a moment",
+                VFORK_PATIENCE.as_millis()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What holds thread `tid` of `pid` in the kernel, for a message: a freezer, a vfork child, or
+/// its state and wait channel.
+pub fn held_by(pid: i32, tid: i32) -> String {
+    if let Some(by) = frozen_by(pid, &CgroupMounts::read()) {
+        return format!(
+            "the process was frozen meanwhile by {by}; thaw it ({}) and run again",
+            thaw_hint(&by)
+        );
+    }
+    if waits_for_vfork(pid, tid) {
+        return "it waits for its vfork child to exec or exit; try again in a moment".into();
+    }
+    let state = procfs::thread_state(pid, tid).map_or("?".into(), |c| c.to_string());
+    let wchan =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default();
+    let wchan = if wchan.is_empty() || wchan == "0" {
+        "unknown".into()
+    } else {
+        wchan
+    };
+    format!(
+        "it is in state {state}, waiting in the kernel in {wchan} (a hung file system or \
+         device, a core dump); try again in a moment"
+    )
+}
 
 /// The cgroup file systems mounted here (v2, and v1 hierarchies), read once for every process a
 /// batch of checks looks at.

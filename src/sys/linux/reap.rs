@@ -37,8 +37,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-/// How long a thread may take to reach a ptrace stop before we back out.
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the whole process may be held waiting for a thread that does not reach its ptrace
+/// stop (a hung file system, a freezer landing meanwhile) before every thread is let go again
+/// and the reap backs out: the README's stop-time promise. A thread that is merely running
+/// stops within microseconds; a vfork parent is refused before the stop (`preflight.rs`).
+pub const STOP_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How long the tracer process may take to begin injecting before we end it (see
 /// `in_tracer_process`).
@@ -302,6 +305,9 @@ fn reap_stopped(
             Err(why) => reap::settle(&mut rows[i], Outcome::Changed, why),
         }
     }
+    if let Some(why) = preflight::vfork_refusal(target.pid, &target.name) {
+        return Err(UserError::failure(why));
+    }
     let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
         .map_err(|e| attach_error(target, e))?;
     // Inside the stop (so a tracer ended while attaching can never leave a slave locked): from
@@ -341,6 +347,8 @@ fn reap_stopped(
         }
         Err(e) => Err(format!("cannot run a system call in the target: {e}")),
     };
+    // what the kernel did, whatever the calls reported
+    reconcile(&target.pidfd, &pins, &go, rows);
     if let Err(why) = run {
         reap::fail_unsettled(rows, &go, &why);
     }
@@ -348,10 +356,9 @@ fn reap_stopped(
     // 7. restore, resume, detach
     let resumed = stopped.resume();
     phase(PHASE_RESTORED);
+    drop(pins);
     let stopped_for = resumed
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
-    verify_after(&target.pidfd, &pins, rows);
-    drop(pins);
     reap::finish_kept(rows);
     Ok(stopped_for)
 }
@@ -550,6 +557,10 @@ fn fds_of(row: &MasterRow) -> impl Iterator<Item = i32> + '_ {
     std::iter::once(row.evidence.fd).chain(row.evidence.target_slave_fds.iter().copied())
 }
 
+/// Runs the releases. Each row's result is recorded as soon as its own calls have returned; the
+/// first call that fails as a whole (the thread could not be used, a deadline) ends the run and
+/// is returned: rows not reached are left unsettled, and `reconcile` then reads what the kernel
+/// really did to each.
 fn release(
     inj: &mut Injector<'_>,
     rows: &mut [MasterRow],
@@ -567,30 +578,52 @@ fn release(
     fds.sort_unstable();
     fds.dedup();
     let mut failed: Vec<(i32, String)> = Vec::new();
-    for (first, last) in runs(&fds) {
+    // fds whose calls returned (whatever they returned)
+    let mut done: Vec<i32> = Vec::new();
+    let mut aborted: Option<String> = None;
+    'runs: for (first, last) in runs(&fds) {
         let range = [first as u64, last as u64, 0, 0, 0, 0];
         if first != last && inj.permits(nr::CLOSE_RANGE, range).is_ok() {
-            let r = syscall(inj, nr::CLOSE_RANGE, range)?;
-            if r >= 0 {
-                continue;
+            match syscall(inj, nr::CLOSE_RANGE, range) {
+                Ok(r) if r >= 0 => {
+                    done.extend(first..=last);
+                    continue;
+                }
+                // ENOSYS before Linux 5.9; EPERM or another errno from a seccomp filter that
+                // lists close but not close_range: one close each, below.
+                Ok(_) => {}
+                Err(why) => {
+                    aborted = Some(why);
+                    break 'runs;
+                }
             }
-            // ENOSYS before Linux 5.9; EPERM or another errno from a seccomp filter that lists
-            // close but not close_range: one close each, below.
         }
         // One close each; a call the thread's seccomp filters would not let run is not made.
         for fd in first..=last {
             let args = [fd as u64, 0, 0, 0, 0, 0];
             if let Err(denied) = inj.permits(nr::CLOSE, args) {
                 failed.push((fd, denied.to_string()));
+                done.push(fd);
                 continue;
             }
-            let r = syscall(inj, nr::CLOSE, args)?;
-            if r < 0 {
-                failed.push((fd, errno_text(r)));
+            match syscall(inj, nr::CLOSE, args) {
+                Ok(r) => {
+                    if r < 0 {
+                        failed.push((fd, errno_text(r)));
+                    }
+                    done.push(fd);
+                }
+                Err(why) => {
+                    aborted = Some(why);
+                    break 'runs;
+                }
             }
         }
     }
     for &i in &closing {
+        if !fds_of(&rows[i]).all(|fd| done.contains(&fd)) {
+            continue; // not reached: reconciled from the fd table
+        }
         let errs: Vec<String> = fds_of(&rows[i])
             .filter_map(|fd| {
                 failed
@@ -600,6 +633,9 @@ fn release(
             })
             .collect();
         set_result(&mut rows[i], errs);
+    }
+    if let Some(why) = aborted {
+        return Err(why);
     }
 
     // merge: dup3(keeper, fd)
@@ -628,8 +664,15 @@ fn release(
             None => (open_devnull(inj, pidfd)?, true),
         };
         for &i in &nulling {
-            let errs = dup_over(inj, pidfd.pid(), null_fd, &rows[i])?;
-            set_result(&mut rows[i], errs);
+            match dup_over(inj, pidfd.pid(), null_fd, &rows[i]) {
+                Ok(errs) => set_result(&mut rows[i], errs),
+                Err(why) => {
+                    if opened {
+                        let _ = syscall(inj, nr::CLOSE, [null_fd as u64, 0, 0, 0, 0, 0]);
+                    }
+                    return Err(why);
+                }
+            }
         }
         if opened {
             syscall(inj, nr::CLOSE, [null_fd as u64, 0, 0, 0, 0, 0])?;
@@ -750,17 +793,56 @@ pub fn runs(fds: &[i32]) -> Vec<(i32, i32)> {
     out
 }
 
-/// From outside, after detaching: a master reported released must no longer be the open file
-/// we pinned (the app may already have reused the number, even for a new PTY of the same index).
-fn verify_after(pidfd: &Pidfd, pins: &[(usize, Pinned)], rows: &mut [MasterRow]) {
+/// Inside the stop, after the calls: what the kernel really did to each row of `go`, read from the
+/// target's fd table with one kcmp per fd against our pinned copies (the stopped target cannot
+/// have changed it; only our calls did). A row is released when none of its fds is the file it
+/// was; one reported released that is still open, or reported failed (a later call failed, a
+/// deadline was met after its call returned) that is gone, is corrected here. Without kcmp the
+/// reported result stands.
+fn reconcile(pidfd: &Pidfd, pins: &[(usize, Pinned)], go: &[usize], rows: &mut [MasterRow]) {
     let own = std::process::id() as i32;
-    for (i, pinned) in pins {
+    let pid = pidfd.pid();
+    for (i, pinned) in pins.iter().filter(|(i, _)| go.contains(i)) {
         let r = &mut rows[*i];
-        if r.result != Some(Outcome::Closed) {
-            continue;
+        let copies = std::iter::once((r.evidence.fd, &pinned.master))
+            .chain(pinned.slaves.iter().map(|(fd, c)| (*fd, c)));
+        let mut still_open = Vec::new();
+        for (fd, copy) in copies {
+            match same_file(own, pid, copy, fd) {
+                Some(true) => still_open.push(fd),
+                Some(false) => {}
+                None => return,
+            }
         }
-        if same_file(own, pidfd.pid(), &pinned.master, r.evidence.fd) == Some(true) {
-            reap::settle(r, Outcome::Failed, "still open after the reap");
+        let released = still_open.is_empty();
+        match (r.result, released) {
+            (Some(Outcome::Closed), true) => {}
+            (Some(Outcome::Closed), false) => {
+                let open: Vec<String> = still_open.iter().map(i32::to_string).collect();
+                reap::settle(
+                    r,
+                    Outcome::Failed,
+                    format!("fd {} still open after the reap", open.join(", ")),
+                )
+            }
+            (_, true) => {
+                r.result = Some(Outcome::Closed);
+                r.detail = None;
+            }
+            (None, false) => {} // not reached: failed with the run's error
+            (Some(_), false) if still_open.len() < 1 + pinned.slaves.len() => {
+                let open: Vec<String> = still_open.iter().map(i32::to_string).collect();
+                let was = r.detail.take().unwrap_or_default();
+                reap::settle(
+                    r,
+                    Outcome::Failed,
+                    format!(
+                        "only partly released: fd {} still open ({was})",
+                        open.join(", ")
+                    ),
+                );
+            }
+            (Some(_), false) => {}
         }
     }
 }

@@ -44,12 +44,12 @@ pub enum AttachError {
         has_cap_sys_ptrace: bool,
     },
     /// This thread did not stop in time (an uninterruptible sleep, a vfork parent, or a freezer
-    /// that landed after the pre-flight: `frozen_by` then names it).
+    /// that landed after the pre-flight); `held` says which (`preflight::held_by`).
     Timeout {
         pid: i32,
         tid: i32,
         waited: Duration,
-        frozen_by: Option<String>,
+        held: String,
     },
     Other {
         pid: i32,
@@ -92,20 +92,11 @@ impl fmt::Display for AttachError {
                 pid,
                 tid,
                 waited,
-                frozen_by: Some(by),
+                held,
             } => write!(
                 f,
-                "thread {tid} of process {pid} did not stop within {} ms: the process was frozen \
-                 meanwhile by {by}; thaw it ({}) and run again",
-                waited.as_millis(),
-                crate::sys::linux::preflight::thaw_hint(by)
-            ),
-            AttachError::Timeout {
-                pid, tid, waited, ..
-            } => write!(
-                f,
-                "thread {tid} of process {pid} did not stop within {} ms (it is in an \
-                 uninterruptible wait, e.g. a vfork or a hung file system)",
+                "thread {tid} of process {pid} did not stop within {} ms, so every other thread \
+                 was let go again: {held}",
                 waited.as_millis()
             ),
             AttachError::Other { pid, what, source } => {
@@ -213,28 +204,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stop_timeout_names_a_freezer_that_landed_meanwhile() {
+    fn a_stop_timeout_says_what_holds_the_thread() {
         let frozen = AttachError::Timeout {
             pid: 7,
             tid: 8,
-            waited: Duration::from_millis(2000),
-            frozen_by: Some("the cgroup v1 freezer /sys/fs/cgroup/freezer/f (FREEZING)".into()),
+            waited: Duration::from_millis(100),
+            held: "the process was frozen meanwhile by the cgroup v1 freezer f".into(),
         }
         .to_string();
         assert!(
-            frozen.contains("frozen meanwhile by the cgroup v1 freezer")
-                && frozen.contains("echo THAWED > /sys/fs/cgroup/freezer/f/freezer.state")
-                && !frozen.contains("uninterruptible"),
+            frozen.contains("thread 8 of process 7 did not stop within 100 ms")
+                && frozen.contains("every other thread was let go again")
+                && frozen.contains("frozen meanwhile by the cgroup v1 freezer"),
             "{frozen}"
         );
-        let stuck = AttachError::Timeout {
-            pid: 7,
-            tid: 8,
-            waited: Duration::from_millis(2000),
-            frozen_by: None,
-        }
-        .to_string();
-        assert!(stuck.contains("uninterruptible wait"), "{stuck}");
     }
 
     #[test]

@@ -107,6 +107,17 @@ pub enum InjectError {
     Stuck {
         tid: i32,
     },
+    /// After a call that returned, the thread did not come back to a stop (a freezer landed):
+    /// its own registers are back, but no further call can be made on it.
+    Adrift {
+        tid: i32,
+        why: String,
+    },
+    /// The thread is not in a stop when its state was to be put back or read, and it has not
+    /// exited: it runs on (or is held by the kernel) with its own registers.
+    NotStopped {
+        tid: i32,
+    },
     /// Our instruction faulted (suppressed).
     Fault {
         signal: i32,
@@ -180,6 +191,16 @@ impl fmt::Display for InjectError {
                 "thread {tid} did not come back from the kernel even when interrupted; its \
                  registers could not be put back yet"
             ),
+            InjectError::Adrift { tid, why } => write!(
+                f,
+                "after the previous call returned, thread {tid} did not come back to a stop \
+                 ({why}); no further call was made"
+            ),
+            InjectError::NotStopped { tid } => write!(
+                f,
+                "thread {tid} did not come back to a stop (the kernel holds it, as a freezer \
+                 does); its own registers and signal mask are back in place"
+            ),
             InjectError::Fault { signal, addr } => {
                 write!(
                     f,
@@ -241,9 +262,11 @@ const SYNCHRONOUS: u64 = bit(libc::SIGTRAP)
     | bit(libc::SIGSYS);
 
 /// How long one injected call may take, from the registers set to its exit stop. The calls made
-/// are close, close_range, dup3 and openat of /dev/null: microseconds, or a few milliseconds
-/// for the last close of a PTY with work to flush.
-pub const CALL_DEADLINE: Duration = Duration::from_secs(1);
+/// are close, close_range, dup3 and openat of /dev/null: microseconds (the last close of each
+/// PTY, with its release work, happens in ptyreap after the stop: it holds a copy). A thread
+/// that does not come back by then (a freezer landed) is pulled back, and the process is let
+/// go: the whole stop stays within a few hundred ms.
+pub const CALL_DEADLINE: Duration = Duration::from_millis(200);
 
 /// How long a thread may take to reach a stop we asked for (after an interrupt, or on its way
 /// back from a call): it is not blocked then, so this is only ever reached by a kernel that
@@ -288,6 +311,8 @@ struct Session {
     sud: Option<SudConfig>,
     /// SUD is switched off right now.
     sud_off: bool,
+    /// Set when, after a call returned, the thread did not come back to a stop: why.
+    adrift: Option<String>,
     /// The thread's own signal queue when we took it.
     pending_before: Vec<Pending>,
     /// Registers or mask differ from the thread's own.
@@ -364,6 +389,7 @@ impl<'a> Injector<'a> {
             filters,
             sud: None,
             sud_off: false,
+            adrift: None,
             pending_before: Vec::new(),
             dirty: false,
             in_get_signal: true,
@@ -426,10 +452,24 @@ impl<'a> Injector<'a> {
     /// do not block (close, close_range, dup3, openat of a device such as /dev/null); each is
     /// bounded by [`CALL_DEADLINE`], and refused unless the thread's seccomp filters permit it.
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
+        let pid = self.p.pid();
         let s = self.session()?;
+        if let Some(why) = &s.adrift {
+            return Err(InjectError::Adrift {
+                tid: s.tid,
+                why: why.clone(),
+            });
+        }
         permits(s, nr, args)?;
         let r = run_call(s, nr, args);
         if let Err(InjectError::Exited) = r {
+            if !thread_gone(pid, s.tid) {
+                // ESRCH from a thread that lives: it is not in a stop. It is put back when it
+                // stops (restore waits for it if it has our registers); no further call.
+                s.in_get_signal = false;
+                s.adrift = Some("it left its stop".into());
+                return Err(InjectError::NotStopped { tid: s.tid });
+            }
             let idx = s.idx;
             self.s = None;
             self.p.set_thread_state(idx, ThreadState::Gone);
@@ -995,7 +1035,12 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                         s.calls += 1;
                         dispatch_back(s)?;
                         if !interrupted && !arch::REWINDS_BEFORE_STOP {
-                            back_to_own_registers(s)?;
+                            // The call ran: its result stands whatever happens next. A thread
+                            // that does not come back to a stop is caught (or let go) by restore.
+                            if let Err(e) = back_to_own_registers(s) {
+                                s.in_get_signal = false;
+                                s.adrift = Some(e.to_string());
+                            }
                             return Ok(rval);
                         }
                         if !interrupted {
@@ -1172,9 +1217,23 @@ fn restore(p: &mut StoppedProcess, session: &mut Option<Session>) -> Result<(), 
     let Some(mut s) = session.take() else {
         return Ok(());
     };
-    let (pass, result) = restore_session(&mut s);
+    let (mut pass, mut result) = restore_session(&mut s);
+    // Our registers still in it, and alive: never let it go like that (see restore_session).
+    while s.dirty
+        && matches!(
+            result,
+            Err(InjectError::Exited | InjectError::NotStopped { .. } | InjectError::Stuck { .. })
+        )
+        && !thread_gone(p.pid(), s.tid)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+        s.in_get_signal = false;
+        (pass, result) = restore_session(&mut s);
+    }
     let state = match &result {
-        Err(InjectError::Exited) => ThreadState::Gone,
+        Err(InjectError::Exited) if thread_gone(p.pid(), s.tid) => ThreadState::Gone,
+        // not in a stop, with its own registers: the release waits for it, or lets it go
+        Err(InjectError::Exited | InjectError::NotStopped { .. }) => ThreadState::Running,
         // At a stop in get_signal with its own registers (or as near as could be): detach it
         // with the signal it was about to take, whatever else went wrong.
         _ => ThreadState::Stopped {
@@ -1202,6 +1261,17 @@ fn restore_session(s: &mut Session) -> (i32, Result<(), InjectError>) {
         }
     }
     let mut pass = 0;
+    if !s.dirty && !s.in_get_signal {
+        // Its own registers are back, but it left its stop (a freezer held it on the way):
+        // catch it for a little while; otherwise it runs on as it is, which is its own state.
+        match catch_up(tid) {
+            Ok(sig) => {
+                pass = sig;
+                s.in_get_signal = true;
+            }
+            Err(e) => return (0, Err(e)),
+        }
+    }
     if s.dirty {
         if !s.in_get_signal {
             // At a syscall-exit stop, or not stopped at all (stuck): continue into an event
@@ -1233,6 +1303,37 @@ fn restore_session(s: &mut Session) -> (i32, Result<(), InjectError>) {
     (pass, problem.map_or(Ok(()), Err))
 }
 
+/// Whether thread `tid` of `pid` has exited (no longer listed, or a zombie): ESRCH from ptrace
+/// means that only then; otherwise it just is not in a stop.
+fn thread_gone(pid: i32, tid: i32) -> bool {
+    matches!(
+        super::super::procfs::thread_state(pid, tid),
+        None | Some('Z') | Some('X')
+    )
+}
+
+/// How long `catch_up` waits for a thread with its own registers to reach a stop.
+const CATCH_UP: Duration = Duration::from_millis(100);
+
+/// A thread with its own registers back that is not in a stop: interrupt it and wait a little
+/// for a stop inside get_signal. Returns the signal of a signal-delivery stop.
+fn catch_up(tid: i32) -> Result<i32, InjectError> {
+    let deadline = Instant::now() + CATCH_UP;
+    interrupt(tid).map_err(|_| InjectError::NotStopped { tid })?;
+    loop {
+        match wait_stop_until(tid, deadline).map_err(pt("wait"))? {
+            Some(Stop::Event(_)) => return Ok(0),
+            Some(Stop::Signal(sig)) => return Ok(sig),
+            Some(Stop::Syscall | Stop::OtherEvent(_)) => {
+                interrupt(tid).map_err(pt("INTERRUPT"))?;
+                resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+            }
+            Some(other) => return Err(unexpected(other)),
+            None => return Err(InjectError::NotStopped { tid }),
+        }
+    }
+}
+
 /// From a syscall-exit stop, or from no stop at all: on to a stop inside get_signal, waiting as
 /// long as it takes (see [`restore_session`]). Returns the signal of a signal-delivery stop.
 fn stop_in_get_signal(tid: i32) -> Result<i32, InjectError> {
@@ -1241,7 +1342,11 @@ fn stop_in_get_signal(tid: i32) -> Result<i32, InjectError> {
     let mut stopped = raw::syscall_info(tid).is_ok();
     loop {
         if stopped {
-            resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
+            match resume(tid, Resume::Cont, 0) {
+                // not in a stop after all (woken meanwhile): wait for the one asked for
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                other => other.map_err(pt("CONT"))?,
+            }
         }
         let stop = loop {
             if let Some(stop) =

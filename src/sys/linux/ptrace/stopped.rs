@@ -297,12 +297,11 @@ impl StoppedProcess {
             let now = Instant::now();
             if now >= deadline {
                 // a freezer landing after the pre-flight holds every thread short of a stop
-                let mounts = crate::sys::linux::preflight::CgroupMounts::read();
                 return Err(AttachError::Timeout {
                     pid,
                     tid,
                     waited: timeout,
-                    frozen_by: crate::sys::linux::preflight::frozen_by(pid, &mounts),
+                    held: crate::sys::linux::preflight::held_by(pid, tid),
                 });
             }
             if now >= next_look {
@@ -416,11 +415,7 @@ impl StoppedProcess {
                 Ok(Some(Stop::Signal(sig))) => detach_or_reap(t, sig, &mut problem),
                 Ok(Some(_)) => detach_or_reap(t, 0, &mut problem),
                 _ => {
-                    problem.get_or_insert(format!(
-                        "thread {} never stopped; it stays attached until the tracing thread \
-                         exits",
-                        t.tid
-                    ));
+                    problem.get_or_insert(never_stopped(self.pid, t.tid));
                 }
             }
         }
@@ -428,9 +423,7 @@ impl StoppedProcess {
         // An execve in the target renames threads (the one that ran it takes the leader's
         // pid): let go of whatever is still traced by us, whatever we called it.
         if let Some(tid) = sweep_traced(self.pid) {
-            problem.get_or_insert(format!(
-                "thread {tid} never stopped; it stays attached until the tracing thread exits"
-            ));
+            problem.get_or_insert(never_stopped(self.pid, tid));
         }
         self.stopped_tids.clear();
         match problem {
@@ -438,6 +431,17 @@ impl StoppedProcess {
             Some(p) => Err(p),
         }
     }
+}
+
+/// A thread let go while not in a stop: it has its own registers and mask (a thread that had
+/// ours is waited for however long it takes, see inject.rs), and the kernel detaches it when the
+/// tracing thread ends.
+fn never_stopped(pid: i32, tid: i32) -> String {
+    format!(
+        "thread {tid} never came back to a stop ({}); it has its own registers and signal mask, \
+         and the kernel lets go of it as the tracer ends",
+        crate::sys::linux::preflight::held_by(pid, tid)
+    )
 }
 
 /// Detach every thread of `pid` still traced by the calling thread; bounded. Returns one that
