@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn reap(pid: i32, extra: &[&str]) -> Output {
+pub(crate) fn reap(pid: i32, extra: &[&str]) -> Output {
     let pid = pid.to_string();
     let mut args = vec!["--pid", &pid, "--min-idle", "0", "--yes", "--json"];
     // the engine is under test here: close, unless a test names its method
@@ -23,7 +23,7 @@ fn reap(pid: i32, extra: &[&str]) -> Output {
 }
 
 /// (fd, result, detail) of every master row.
-fn rows(out: &Output) -> Vec<(i64, String, String)> {
+pub(crate) fn rows(out: &Output) -> Vec<(i64, String, String)> {
     let doc = out.json();
     doc["targets"][0]["masters"]
         .as_array()
@@ -198,14 +198,14 @@ fn strict_seccomp_is_refused_before_anything_is_touched() {
 }
 
 /// A cgroup of our own for one test, frozen on request, thawed and removed on drop.
-struct Cgroup {
+pub(crate) struct Cgroup {
     dir: PathBuf,
     v2: bool,
     root: PathBuf,
 }
 
 impl Cgroup {
-    fn new(v2: bool, pid: i32) -> Cgroup {
+    pub(crate) fn new(v2: bool, pid: i32) -> Cgroup {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let root = mounts
             .lines()
@@ -230,7 +230,23 @@ impl Cgroup {
         Cgroup { dir, v2, root }
     }
 
-    fn freeze(&self, frozen: bool) {
+    /// Asks for the freeze (or thaw) without waiting for it to complete.
+    pub(crate) fn request(&self, frozen: bool) {
+        if self.v2 {
+            std::fs::write(
+                self.dir.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            )
+        } else {
+            std::fs::write(
+                self.dir.join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            )
+        }
+        .unwrap();
+    }
+
+    pub(crate) fn freeze(&self, frozen: bool) {
         if self.v2 {
             std::fs::write(
                 self.dir.join("cgroup.freeze"),

@@ -24,4 +24,5 @@ mod reap;
 mod report;
 mod sigkill;
 mod soak;
+mod stops;
 mod watch;

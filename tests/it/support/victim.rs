@@ -58,6 +58,8 @@
 //! - `--watch-when FILE`: one thread that waits for FILE to exist, then registers every master
 //!   in an epoll set (edge-triggered: it sleeps in `epoll_wait` after the first report), then
 //!   writes FILE.done.
+//! - `--hole-every K`: every K-th fd from 100 on is /dev/null instead of a master (the masters
+//!   move up past each hole), so a reap needs one `close_range` per stretch.
 //! - `--ready FILE` (required).
 //!
 //! The main thread blocks SIGUSR2 and SIGWINCH (a mask to compare), then loops in `nanosleep`.
@@ -94,6 +96,14 @@ mod linux {
     static SELECTOR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
     const FIRST_FD: i32 = 100;
+    /// `--hole-every K` (0: no holes).
+    static HOLE_EVERY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+    /// The fd of master `i`: FIRST_FD + i, moved up past the holes.
+    fn master_fd(i: i32) -> i32 {
+        let k = HOLE_EVERY.load(SeqCst);
+        FIRST_FD + i + if k > 1 { i / (k - 1) } else { 0 }
+    }
 
     #[cfg(target_arch = "x86_64")]
     const AUDIT_ARCH: u32 = 0xC000_003E;
@@ -140,6 +150,7 @@ mod linux {
         vfork_ms: u64,
         heartbeat: bool,
         watch_when: Option<String>,
+        hole_every: i32,
         ready: String,
     }
 
@@ -196,6 +207,9 @@ mod linux {
                     a.vfork_ms = value().parse().unwrap_or_else(|_| usage("--vfork-ms N"))
                 }
                 "--heartbeat" => a.heartbeat = true,
+                "--hole-every" => {
+                    a.hole_every = value().parse().unwrap_or_else(|_| usage("--hole-every K"))
+                }
                 "--watch-when" => a.watch_when = Some(value()),
                 "--ready" => a.ready = value(),
                 _ => usage(&format!("unknown flag {flag}")),
@@ -600,7 +614,8 @@ mod linux {
     }
 
     fn open_masters(n: i32) -> Vec<i32> {
-        (FIRST_FD..FIRST_FD + n)
+        (0..n)
+            .map(master_fd)
             .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
             .collect()
     }
@@ -626,8 +641,22 @@ mod linux {
         if a.open_after_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(a.open_after_ms));
         }
+        HOLE_EVERY.store(a.hole_every, SeqCst);
         for i in 0..a.masters {
-            hung_up_master(FIRST_FD + i, a.cloexec, a.never_opened);
+            hung_up_master(master_fd(i), a.cloexec, a.never_opened);
+        }
+        if a.hole_every > 1 {
+            let last = master_fd(a.masters - 1);
+            // SAFETY: open and dup2 onto fds in our own table.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                let mut fd = FIRST_FD + a.hole_every - 1;
+                while fd < last {
+                    libc::dup2(null, fd);
+                    fd += a.hole_every;
+                }
+                libc::close(null);
+            }
         }
         if a.uring {
             register_with_io_uring(a.masters);
@@ -960,7 +989,7 @@ mod linux {
                 compute(rounds);
                 SELECTOR.store(0, SeqCst);
                 let open = open_masters(a.masters);
-                for fd in FIRST_FD..FIRST_FD + a.masters {
+                for fd in (0..a.masters).map(master_fd) {
                     if !open.contains(&fd) {
                         hung_up_master(fd, a.cloexec, a.never_opened);
                     }
