@@ -155,3 +155,37 @@ fn a_v1_freeze_inside_the_window_never_falsifies_a_result() {
     }
     eprintln!("seed {seed}: rows by result over 10 rounds: {outcomes:?}");
 }
+
+/// A master the app starts to watch between ptyreap's look and its stop (here: registered in the
+/// app's epoll set while the tracer waits just before stopping it) is kept; the others go.
+#[test]
+fn a_watcher_registered_after_the_look_keeps_its_master() {
+    if !require_root() {
+        return;
+    }
+    let dir = support::temp_dir("watch-later");
+    let trigger = dir.join("trigger");
+    let trigger_arg = trigger.to_str().unwrap();
+    let mut v = Victim::spawn(&["--watch-when", trigger_arg]);
+    let before = v.signal_state();
+    let out = support::reap_closing_with(v.pid, &["--json"], |cmd| {
+        cmd.env("PTYREAP_TEST_BEFORE_STOP", &trigger);
+    });
+    assert!(
+        std::fs::metadata(dir.join("trigger.done")).is_ok(),
+        "the victim never registered: {out:?}"
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 2, "{out:?}");
+    let (fd, result, detail) = &rows[0];
+    assert_eq!((*fd, result.as_str()), (100, "changed"), "{out:?}");
+    assert!(
+        detail.contains("watched since the look") && detail.contains("epoll fd"),
+        "{detail}"
+    );
+    assert_eq!(rows[1].1, "closed", "{out:?}");
+    assert_eq!(v.masters_open(), vec![100]);
+    v.assert_healthy(&before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -308,6 +308,9 @@ fn reap_stopped(
     if let Some(why) = preflight::vfork_refusal(target.pid, &target.name) {
         return Err(UserError::failure(why));
     }
+    // the epoll sets to look into again inside the stop (one readlink per fd: not in the stop)
+    let epoll_sets = super::scan::fds_linked_to(target.pid, b"anon_inode:[eventpoll]");
+    before_stop_hook();
     let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
         .map_err(|e| attach_error(target, e))?;
     // Inside the stop (so a tracer ended while attaching can never leave a slave locked): from
@@ -328,6 +331,14 @@ fn reap_stopped(
         }
     }
     go.sort_unstable();
+    for (i, by) in watched_since_the_look(target.pid, &epoll_sets, rows, &go) {
+        reap::settle(
+            &mut rows[i],
+            Outcome::Changed,
+            format!("watched since the look: {}", by.join(", ")),
+        );
+        go.retain(|&g| g != i);
+    }
     let keeper_ok = match keeper {
         Some(fd) => verify_keeper(&target.pidfd, fd, rows),
         None => Ok(()),
@@ -361,6 +372,51 @@ fn reap_stopped(
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
     reap::finish_kept(rows);
     Ok(stopped_for)
+}
+
+/// Inside the stop: rows of `go` planned as unwatched that a watcher took up since the look
+/// (an entry in one of the target's epoll sets, a thread now waiting in poll/select or read on
+/// it), each with what watches it. With every thread stopped this is exact and cheap: the epoll
+/// sets' fdinfo and each thread's /proc syscall file. Rows planned with --include-tracked were
+/// watched already and are not looked at.
+fn watched_since_the_look(
+    pid: i32,
+    epoll_sets: &[i32],
+    rows: &[MasterRow],
+    go: &[usize],
+) -> Vec<(usize, Vec<String>)> {
+    let unwatched: Vec<usize> = go
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].judgement.verdict != crate::model::Verdict::Tracked)
+        .collect();
+    if unwatched.is_empty() {
+        return Vec::new();
+    }
+    let fds: std::collections::BTreeSet<i32> =
+        unwatched.iter().map(|&i| rows[i].evidence.fd).collect();
+    let now = super::watchers::watchers(pid, &fds, epoll_sets);
+    unwatched
+        .into_iter()
+        .filter_map(|i| Some((i, now.get(&rows[i].evidence.fd)?.clone())))
+        .collect()
+}
+
+/// Test hook: with `PTYREAP_TEST_BEFORE_STOP=PATH`, the tracer creates PATH just before it stops
+/// the target and waits (at most 10 s) for PATH.done, so that a test can change the target
+/// between the last look and the stop.
+fn before_stop_hook() {
+    let Some(path) = std::env::var_os("PTYREAP_TEST_BEFORE_STOP") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let _ = std::fs::write(&path, "");
+    let mut done = path.into_os_string();
+    done.push(".done");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&done).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Makes room in our own fd table for `n` more fds now, while we are single-threaded. Growing the

@@ -55,9 +55,9 @@
 //!   sleeping N ms: the thread waits for them in the kernel, where no ptrace stop reaches it.
 //! - `--heartbeat`: one thread that sleeps 1 ms at a time and records the longest gap between
 //!   its wake-ups (`max_gap_us` in the status): how long the process was held.
-//! - `--watch-when FILE`: one thread that waits for FILE to exist, then registers every master
-//!   in an epoll set (edge-triggered: it sleeps in `epoll_wait` after the first report), then
-//!   writes FILE.done.
+//! - `--watch-when FILE`: one thread with an empty epoll set that waits for FILE to exist, then
+//!   registers the first master in that set (edge-triggered: it sleeps in `epoll_wait` after the
+//!   first report), then writes FILE.done.
 //! - `--hole-every K`: every K-th fd from 100 on is /dev/null instead of a master (the masters
 //!   move up past each hole), so a reap needs one `close_range` per stretch.
 //! - `--ready FILE` (required).
@@ -1070,13 +1070,14 @@ mod linux {
 
     /// `--watch-when FILE`: once FILE exists, every master in an epoll set.
     fn watch_when(file: &str, masters: i32) {
+        // SAFETY: epoll calls on our own fds.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         while std::fs::metadata(file).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         // SAFETY: epoll calls on our own fds.
         unsafe {
-            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-            for fd in open_masters(masters) {
+            for fd in open_masters(masters).into_iter().take(1) {
                 let mut ev = libc::epoll_event {
                     events: (libc::EPOLLIN | libc::EPOLLET) as u32,
                     u64: fd as u64,
