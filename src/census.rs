@@ -220,6 +220,7 @@ mod tests {
                     slaves: vec![SlaveRef {
                         fd: 7,
                         pty: pty(26, 3),
+                        via_io_uring: false,
                     }],
                     event_queues: vec![],
                     started: None,
@@ -231,6 +232,7 @@ mod tests {
                     slaves: vec![SlaveRef {
                         fd: 0,
                         pty: pty(26, 1),
+                        via_io_uring: false,
                     }],
                     event_queues: vec![],
                     started: None,

@@ -56,8 +56,12 @@ pub struct MasterRef {
 /// A slave fd as the machine-wide scan sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct SlaveRef {
+    /// The slave's fd; for `via_io_uring`, the fd of the io_uring instance holding it.
     pub fd: i32,
     pub pty: PtyId,
+    /// Held only as a file registered with an io_uring instance (its fd may be closed): the
+    /// process uses the slave as much as through an fd, but there is no fd of it to release.
+    pub via_io_uring: bool,
 }
 
 /// One process that holds PTY fds.
@@ -186,12 +190,29 @@ impl Snapshot {
             holders.into_iter().filter(|h| h.pid != pid).collect()
         };
         ev.slave_holders = others(self.slave_holders(pty));
+        // the target's own io_uring holding the slave: it uses the PTY (and nothing of it is an
+        // fd a pair release could close)
+        if let Some(own) = self.process(pid) {
+            let rings: Vec<i32> = own
+                .slaves
+                .iter()
+                .filter(|s| s.via_io_uring && s.pty == pty)
+                .map(|s| s.fd)
+                .collect();
+            if !rings.is_empty() {
+                ev.slave_holders.push(Holder {
+                    pid,
+                    name: format!("{} (its io_uring)", own.name),
+                    fds: rings,
+                });
+            }
+        }
         ev.other_master_holders = others(self.master_holders(pty));
         if let Some(own) = self.process(pid) {
             ev.target_slave_fds = own
                 .slaves
                 .iter()
-                .filter(|s| s.pty == pty)
+                .filter(|s| s.pty == pty && !s.via_io_uring)
                 .map(|s| s.fd)
                 .collect();
             ev.aliases = own

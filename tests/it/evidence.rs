@@ -544,3 +544,37 @@ fn masters_registered_with_io_uring_are_kept() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(v.masters_open(), vec![100, 101]);
 }
+
+/// A slave held only as a file registered with an io_uring instance (its fd closed) is in use:
+/// its master is `live`, with the ring named as the holder, and kept; the other master goes.
+#[test]
+fn a_slave_held_by_io_uring_alone_keeps_its_master() {
+    if !require_root() {
+        return;
+    }
+    let v = Victim::spawn(&["--uring-slave", "--masters", "2"]);
+    let pid = v.pid.to_string();
+    let doc = crate::support::dry_run(&pid, &["--json"]).json();
+    let rows = masters(&doc);
+    let first = rows.iter().find(|r| r["fd"] == 100).expect("fd 100");
+    assert_eq!(first["verdict"], "live", "{first}");
+    assert!(
+        first["reason"].as_str().unwrap().contains("io_uring"),
+        "{first}"
+    );
+    assert!(
+        first["target_slave_fds"].as_array().unwrap().is_empty(),
+        "a ring is no slave fd to release: {first}"
+    );
+    let out = ptyreap(&[
+        "--pid",
+        &pid,
+        "--min-idle",
+        "0",
+        "--yes",
+        "--method",
+        "close",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(v.masters_open(), vec![100]);
+}

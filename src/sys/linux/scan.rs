@@ -134,6 +134,8 @@ pub enum LinkKind {
     MaybeSlave,
     /// An epoll instance (for the watched check).
     EventPoll,
+    /// An io_uring instance: files registered with it stay held after their fds are closed.
+    IoUring,
     Other,
 }
 
@@ -148,6 +150,9 @@ pub fn classify_link(link: &[u8]) -> LinkKind {
     }
     if link == b"anon_inode:[eventpoll]" {
         return LinkKind::EventPoll;
+    }
+    if link == b"anon_inode:[io_uring]" {
+        return LinkKind::IoUring;
     }
     let last = link.rsplit(|&b| b == b'/').next().unwrap_or(b"");
     if link.first() == Some(&b'/') && !last.is_empty() && last.iter().all(u8::is_ascii_digit) {
@@ -192,10 +197,14 @@ fn scan_process(
     }
     let Found {
         masters,
-        slaves,
+        mut slaves,
         event_queues,
+        rings,
         ..
     } = found;
+    for ring in rings {
+        slaves.extend(slaves_in_ring(proc_dir, pid, ring));
+    }
     if masters.is_empty() && slaves.is_empty() {
         return Ok(None);
     }
@@ -221,6 +230,7 @@ struct Found {
     masters: Vec<(RawFd, bool)>,
     slaves: Vec<SlaveRef>,
     event_queues: Vec<i32>,
+    rings: Vec<i32>,
     /// Every fd listed, of any kind.
     entries: usize,
 }
@@ -230,6 +240,7 @@ fn read_fds(fd_dir: &OwnedFd, scratch: &mut Scratch) -> Found {
         masters: Vec::new(),
         slaves: Vec::new(),
         event_queues: Vec::new(),
+        rings: Vec::new(),
         entries: 0,
     };
     let link = &mut scratch.link;
@@ -254,14 +265,63 @@ fn read_fds(fd_dir: &OwnedFd, scratch: &mut Scratch) -> Found {
             LinkKind::Master { on_devpts } => f.masters.push((fd, on_devpts)),
             LinkKind::MaybeSlave => {
                 if let Some(pty) = stat_slave(fd_dir, name) {
-                    f.slaves.push(SlaveRef { fd, pty });
+                    f.slaves.push(SlaveRef {
+                        fd,
+                        pty,
+                        via_io_uring: false,
+                    });
                 }
             }
             LinkKind::EventPoll => f.event_queues.push(fd),
+            LinkKind::IoUring => f.rings.push(fd),
             LinkKind::Other => {}
         }
     });
     f
+}
+
+/// The PTY slaves registered with `pid`'s io_uring instance `ring` (`UserFiles:` in its fdinfo
+/// lists each registered file by path, as the ring's owner sees it; the path is looked up
+/// under that process's root, so the device and devpts instance are the ones it holds). A
+/// slave registered there is held even after its fd was closed.
+fn slaves_in_ring(proc_dir: &OwnedFd, pid: i32, ring: i32) -> Vec<SlaveRef> {
+    let Some(info) = read_small(proc_dir, &format!("{pid}/fdinfo/{ring}")) else {
+        return Vec::new();
+    };
+    registered_paths(&info)
+        .into_iter()
+        .filter(|path| classify_link(path.as_bytes()) == LinkKind::MaybeSlave)
+        .filter_map(|path| {
+            let st = fstatat(proc_dir, &format!("{pid}/root{path}")).ok()?;
+            Some(SlaveRef {
+                fd: ring,
+                pty: slave_pty(&st)?,
+                via_io_uring: true,
+            })
+        })
+        .collect()
+}
+
+/// The paths an io_uring fdinfo lists under `UserFiles:` (`  N: PATH` lines).
+pub fn registered_paths(fdinfo: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_files = false;
+    for line in fdinfo.lines() {
+        if line.starts_with("UserFiles:") {
+            in_files = true;
+            continue;
+        }
+        if in_files {
+            let Some((index, path)) = line.trim_start().split_once(": ") else {
+                break;
+            };
+            if index.parse::<u32>().is_err() {
+                break;
+            }
+            out.push(path.to_string());
+        }
+    }
+    out
 }
 
 /// The fd directory of a live thread of `pid` whose leader is a zombie (None otherwise).
@@ -538,5 +598,14 @@ mod tests {
         assert_eq!(me.masters[0].fd, 0);
         assert!(me.masters[0].pty.is_some());
         assert!(found.iter().all(|p| p.pid != std::process::id() as i32));
+    }
+
+    #[test]
+    fn io_uring_registered_files_are_read_from_fdinfo() {
+        let info =
+            "SqMask:\t0x3\nUserFiles:\t2\n    0: /dev/pts/7\n    1: /dev/ptmx\nUserBufs:\t0\n";
+        assert_eq!(registered_paths(info), vec!["/dev/pts/7", "/dev/ptmx"]);
+        assert_eq!(classify_link(b"anon_inode:[io_uring]"), LinkKind::IoUring);
+        assert!(registered_paths("UserFiles:\t0\nUserBufs:\t0\n").is_empty());
     }
 }

@@ -135,31 +135,18 @@ pub fn io_uring_with_masters(pid: i32) -> Vec<i32> {
 /// Whether an io_uring fdinfo's `UserFiles:` list holds a PTY master (`/dev/ptmx`,
 /// `/dev/pts/ptmx`).
 pub fn registered_masters(fdinfo: &str) -> bool {
-    let mut in_files = false;
-    let mut listed = 0;
-    let mut count = 0u64;
-    for line in fdinfo.lines() {
-        if let Some(n) = line.strip_prefix("UserFiles:") {
-            in_files = true;
-            count = n.trim().parse().unwrap_or(0);
-            continue;
-        }
-        if in_files {
-            let Some((index, path)) = line.trim_start().split_once(": ") else {
-                break;
-            };
-            if index.parse::<u32>().is_err() {
-                break;
-            }
-            listed += 1;
-            if path.ends_with("ptmx") {
-                return true;
-            }
-        }
+    let paths = super::scan::registered_paths(fdinfo);
+    if paths.iter().any(|p| p.ends_with("ptmx")) {
+        return true;
     }
     // The kernel lists the files only when it gets the ring's lock at once (a submission under
     // way, an SQPOLL thread): files registered but not listed may be masters.
-    count > 0 && listed == 0
+    let count = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("UserFiles:"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    count > 0 && paths.is_empty()
 }
 
 /// poll and select exist as system calls on x86_64 only; aarch64 has just ppoll and pselect6.

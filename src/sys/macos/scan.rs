@@ -163,6 +163,7 @@ pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
                 .map(|&(fd, index)| SlaveRef {
                     fd,
                     pty: devfs.pty(index),
+                    via_io_uring: false,
                 })
                 .collect(),
             // inspect lists the target's kqueues itself (with their knotes)

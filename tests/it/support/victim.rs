@@ -41,6 +41,8 @@
 //!   parent's program and numbers on, as Tcl expect's `fork` does).
 //! - `--child-reads`: that child blocks in `read()` on its copy of the first master.
 //! - `--uring`: an io_uring instance with every master registered as a fixed file.
+//! - `--uring-slave`: the first master's slave is opened, registered with an io_uring instance
+//!   and its fd closed: the ring alone holds the slave (the PTY is in use, not hung up).
 //! - `--name NAME`: the process's name (comm), escape sequences and all.
 //! - `--block-trap`: the main thread also blocks SIGTRAP (a test queues one that must stay).
 //! - `--leader-exits`: the main loop runs in a second thread and the main thread exits
@@ -142,6 +144,7 @@ mod linux {
         child_reads: bool,
         name: Option<String>,
         uring: bool,
+        uring_slave: bool,
         spin_select: bool,
         spin_compute: bool,
         eintr_probes: bool,
@@ -195,6 +198,7 @@ mod linux {
                 "--child-reads" => a.child_reads = true,
                 "--name" => a.name = Some(value()),
                 "--uring" => a.uring = true,
+                "--uring-slave" => a.uring_slave = true,
                 "--spin-compute" => a.spin_compute = true,
                 "--eintr-probes" => a.eintr_probes = true,
                 "--poll-every-ms" => {
@@ -490,9 +494,9 @@ mod linux {
         }
     }
 
-    /// An io_uring instance with every master registered (IORING_REGISTER_FILES): requests on
-    /// them would be invisible to every other look at the process.
-    fn register_with_io_uring(masters: i32) {
+    /// An io_uring instance with `fds` registered (IORING_REGISTER_FILES): requests on them
+    /// would be invisible to every other look at the process. The ring fd is kept for good.
+    fn register_with_io_uring(fds: &[i32]) {
         // struct io_uring_params is 120 bytes; zero asks for the defaults.
         let mut params = [0u8; 120];
         // SAFETY: io_uring_setup with a valid params buffer; the ring fd is kept for good.
@@ -500,7 +504,6 @@ mod linux {
         if ring < 0 {
             die("io_uring_setup");
         }
-        let fds: Vec<i32> = (0..masters).map(|i| FIRST_FD + i).collect();
         const IORING_REGISTER_FILES: libc::c_long = 2;
         // SAFETY: io_uring_register with an array of `masters` fds.
         let r = unsafe {
@@ -659,7 +662,24 @@ mod linux {
             }
         }
         if a.uring {
-            register_with_io_uring(a.masters);
+            register_with_io_uring(&open_masters(a.masters));
+        }
+        if a.uring_slave {
+            // SAFETY: ptsname/open/close on the master we own.
+            unsafe {
+                libc::close(FIRST_FD);
+                let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+                if m < 0 || libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
+                    die("opening a PTY");
+                }
+                let s = libc::open(libc::ptsname(m), libc::O_RDWR | libc::O_NOCTTY);
+                if s < 0 || libc::dup2(m, FIRST_FD) != FIRST_FD {
+                    die("opening the slave");
+                }
+                libc::close(m);
+                register_with_io_uring(&[s]);
+                libc::close(s);
+            }
         }
         if a.sud {
             sud_main(&a);
