@@ -148,13 +148,36 @@ pub fn find_in_vdso(pid: i32, mem: &File, insn: &[u8], align: u64) -> io::Result
 /// The first syscall instruction in an executable mapping of the target: libc's first, then
 /// any other. Scanned in chunks straight from memory.
 pub fn find_in_text(maps: &[Mapping], mem: &File, insn: &[u8], align: u64) -> Option<u64> {
+    find_in(maps, |m| m.executable, mem, insn, align)
+}
+
+/// The first copy of `bytes` in the target's read-only file mappings (a library's constants:
+/// glibc's carry "/dev/null"), libc's first: data for a call that needs no write to the target.
+pub fn find_in_read_only(maps: &[Mapping], mem: &File, bytes: &[u8]) -> Option<u64> {
+    find_in(
+        maps,
+        |m| m.readable && !m.writable && !m.executable && m.path.starts_with('/'),
+        mem,
+        bytes,
+        1,
+    )
+}
+
+/// The first aligned copy of `needle` in the file mappings `wanted` picks, libc's first.
+fn find_in(
+    maps: &[Mapping],
+    wanted: impl Fn(&Mapping) -> bool,
+    mem: &File,
+    insn: &[u8],
+    align: u64,
+) -> Option<u64> {
     let is_libc = |m: &&Mapping| {
         let name = m.path.rsplit('/').next().unwrap_or("");
         name.starts_with("libc.so") || name.starts_with("libc-")
     };
     let exec = maps
         .iter()
-        .filter(|m| m.executable && !m.path.starts_with('['));
+        .filter(|m| wanted(m) && !m.path.starts_with('['));
     let ordered = exec
         .clone()
         .filter(is_libc)
@@ -229,5 +252,18 @@ mod tests {
         assert!(found.iter().all(|&a| vdso.contains(a) && vdso.executable));
         let libc = find_in_text(&maps, &mem, arch, crate::sys::linux::arch::INSN_ALIGN).unwrap();
         assert!(maps.iter().any(|m| m.executable && m.contains(libc)));
+    }
+
+    /// glibc's constants include "/dev/null": found in a read-only mapping, as the bytes.
+    #[test]
+    fn dev_null_path_in_own_read_only_memory() {
+        let me = std::process::id() as i32;
+        let mem = File::open("/proc/self/mem").unwrap();
+        let maps = read_maps(me).unwrap();
+        let at = find_in_read_only(&maps, &mem, b"/dev/null\0").expect("no /dev/null in libc");
+        let mut b = [0u8; 10];
+        mem.read_exact_at(&mut b, at).unwrap();
+        assert_eq!(&b, b"/dev/null\0");
+        assert!(maps.iter().any(|m| m.contains(at) && !m.writable));
     }
 }

@@ -497,14 +497,26 @@ impl<'a> Injector<'a> {
         )
     }
 
-    /// openat(AT_FDCWD, path, flags, mode), the path placed in scratch memory (restored later).
+    /// openat(AT_FDCWD, path, flags, mode). The path is taken from where the target's libraries
+    /// already carry it (read-only memory: glibc has "/dev/null"), so nothing is written; only
+    /// where none does is it placed in scratch memory (restored later).
     pub fn open(&mut self, path: &str, flags: i32, mode: u32) -> Result<i64, InjectError> {
         let mut bytes = path.as_bytes().to_vec();
         if bytes.contains(&0) {
             return Err(InjectError::Unexpected("NUL in path".into()));
         }
         bytes.push(0);
-        let addr = self.push_scratch(&bytes)?;
+        let pid = self.p.pid();
+        let found = {
+            let s = self.session()?;
+            gadget::read_maps(pid)
+                .ok()
+                .and_then(|maps| gadget::find_in_read_only(&maps, &s.mem, &bytes))
+        };
+        let addr = match found {
+            Some(at) => at,
+            None => self.push_scratch(&bytes)?,
+        };
         let at_fdcwd = libc::AT_FDCWD as i64 as u64;
         self.syscall(
             arch::nr::OPENAT,
