@@ -92,13 +92,13 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         return Ok(Vec::new());
     };
     let master_fds: BTreeSet<i32> = own.masters.iter().map(|m| m.fd).collect();
-    let mut watched = watchers::watchers(pid, &master_fds, &own.event_queues);
+    let mut watched = watchers::watchers(pid, &master_fds, &own.event_queues, None);
     // A process sharing the fd table is part of the target for every purpose here: its waits
     // watch the same fds, and it is no "other holder" (closing in one closes in both).
     let uring = watchers::io_uring_with_masters(pid);
     let sharers = preflight::fd_table_sharers(pid, snapshot);
     for (sharer, name) in &sharers {
-        for (fd, by) in watchers::watchers(*sharer, &master_fds, &[]) {
+        for (fd, by) in watchers::watchers(*sharer, &master_fds, &[], None) {
             let list = watched.entry(fd).or_default();
             list.extend(
                 by.into_iter()

@@ -75,13 +75,20 @@ pub fn parse_tty_index(fdinfo: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The `tfd:` numbers of an epoll fd's fdinfo: the fd numbers its entries were registered under
-/// (fs/eventpoll.c, `ep_show_fdinfo`).
-pub fn parse_epoll_tfds(fdinfo: &str) -> Vec<i32> {
+/// The entries of an epoll fd's fdinfo: each `tfd:` number (the fd number it was registered
+/// under) and its file's inode number (`ino:`, hex) (fs/eventpoll.c, `ep_show_fdinfo`).
+pub fn parse_epoll_tfds(fdinfo: &str) -> Vec<(i32, Option<u64>)> {
     fdinfo
         .lines()
         .filter_map(|l| l.strip_prefix("tfd:"))
-        .filter_map(|rest| rest.split_ascii_whitespace().next()?.parse().ok())
+        .filter_map(|rest| {
+            let tfd = rest.split_ascii_whitespace().next()?.parse().ok()?;
+            let ino = rest
+                .split_ascii_whitespace()
+                .find_map(|w| w.strip_prefix("ino:"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
+            Some((tfd, ino))
+        })
         .collect()
 }
 
@@ -324,8 +331,8 @@ mod tests {
         assert_eq!(parse_tty_index("pos:\t0\n"), None);
         let ep = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
                   tfd:        5 events:       19 data:                5  pos:0 ino:5 sdev:6\n\
-                  tfd:       12 events:       19 data:                c  pos:0 ino:5 sdev:6\n";
-        assert_eq!(parse_epoll_tfds(ep), vec![5, 12]);
+                  tfd:       12 events:       19 data:                c  pos:0 ino:1a sdev:6\n";
+        assert_eq!(parse_epoll_tfds(ep), vec![(5, Some(5)), (12, Some(0x1a))]);
     }
 
     #[test]

@@ -310,6 +310,12 @@ fn reap_stopped(
     }
     // the epoll sets to look into again inside the stop (one readlink per fd: not in the stop)
     let epoll_sets = super::scan::fds_linked_to(target.pid, b"anon_inode:[eventpoll]");
+    // the inodes of the planned masters' files, from our copies (an fstat each, not in the stop)
+    let master_inodes: std::collections::BTreeSet<u64> = pins
+        .iter()
+        .filter_map(|(_, p)| pty::fstat(p.master.as_raw_fd()).ok())
+        .map(|st| st.st_ino)
+        .collect();
     before_stop_hook();
     let mut stopped = StoppedProcess::stop(&target.pidfd, target.start_time, STOP_TIMEOUT)
         .map_err(|e| attach_error(target, e))?;
@@ -331,7 +337,7 @@ fn reap_stopped(
         }
     }
     go.sort_unstable();
-    for (i, by) in watched_since_the_look(target.pid, &epoll_sets, rows, &go) {
+    for (i, by) in watched_since_the_look(target.pid, &epoll_sets, &master_inodes, rows, &go) {
         reap::settle(
             &mut rows[i],
             Outcome::Changed,
@@ -358,8 +364,12 @@ fn reap_stopped(
         }
         Err(e) => Err(format!("cannot run a system call in the target: {e}")),
     };
-    // what the kernel did, whatever the calls reported
-    reconcile(&target.pidfd, &pins, &go, rows);
+    // After any failure, what the kernel did, read inside the stop whatever the calls reported;
+    // when every call did what it said, one look from outside afterwards (below) suffices.
+    let failed = run.is_err() || go.iter().any(|&i| rows[i].result != Some(Outcome::Closed));
+    if failed {
+        reconcile(&target.pidfd, &pins, &go, rows);
+    }
     if let Err(why) = run {
         reap::fail_unsettled(rows, &go, &why);
     }
@@ -367,6 +377,9 @@ fn reap_stopped(
     // 7. restore, resume, detach
     let resumed = stopped.resume();
     phase(PHASE_RESTORED);
+    if !failed {
+        verify_after(&target.pidfd, &pins, rows);
+    }
     drop(pins);
     let stopped_for = resumed
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
@@ -382,6 +395,7 @@ fn reap_stopped(
 fn watched_since_the_look(
     pid: i32,
     epoll_sets: &[i32],
+    master_inodes: &std::collections::BTreeSet<u64>,
     rows: &[MasterRow],
     go: &[usize],
 ) -> Vec<(usize, Vec<String>)> {
@@ -395,7 +409,7 @@ fn watched_since_the_look(
     }
     let fds: std::collections::BTreeSet<i32> =
         unwatched.iter().map(|&i| rows[i].evidence.fd).collect();
-    let now = super::watchers::watchers(pid, &fds, epoll_sets);
+    let now = super::watchers::watchers(pid, &fds, epoll_sets, Some(master_inodes));
     unwatched
         .into_iter()
         .filter_map(|i| Some((i, now.get(&rows[i].evidence.fd)?.clone())))
@@ -847,6 +861,20 @@ pub fn runs(fds: &[i32]) -> Vec<(i32, i32)> {
         }
     }
     out
+}
+
+/// From outside, after detaching, when every call reported success: a master reported released
+/// must no longer be the open file we pinned (the app may already have reused the number).
+fn verify_after(pidfd: &Pidfd, pins: &[(usize, Pinned)], rows: &mut [MasterRow]) {
+    let own = std::process::id() as i32;
+    for (i, pinned) in pins {
+        let r = &mut rows[*i];
+        if r.result == Some(Outcome::Closed)
+            && same_file(own, pidfd.pid(), &pinned.master, r.evidence.fd) == Some(true)
+        {
+            reap::settle(r, Outcome::Failed, "still open after the reap");
+        }
+    }
 }
 
 /// Inside the stop, after the calls: what the kernel really did to each row of `go`, read from the

@@ -20,17 +20,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::IoSliceMut;
 
 /// `epoll_fds`: the target's epoll fds. Returns, for each watched master fd, what watches it.
+/// `master_inodes`, when known (the inode numbers of the masters' files: the ptmx nodes they
+/// were opened through), lets an epoll entry of any other file be passed over without the kcmp
+/// against every master that finding a renumbered entry takes.
 pub fn watchers(
     pid: i32,
     masters: &BTreeSet<i32>,
     epoll_fds: &[i32],
+    master_inodes: Option<&BTreeSet<u64>>,
 ) -> BTreeMap<i32, Vec<String>> {
     let mut found: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for &epfd in epoll_fds {
         let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else {
             continue;
         };
-        for tfd in procfs::parse_epoll_tfds(&info) {
+        for (tfd, ino) in procfs::parse_epoll_tfds(&info) {
+            if let (Some(inodes), Some(ino)) = (master_inodes, ino) {
+                if !inodes.contains(&ino) {
+                    continue;
+                }
+            }
             if let Some(fd) = epoll_entry_master(pid, epfd, tfd, masters) {
                 found
                     .entry(fd)
