@@ -34,6 +34,7 @@ fn a_thread_waiting_for_its_vfork_child_is_refused_without_a_stop() {
         &v
     )));
     let before = v.signal_state();
+    v.status().expect("status"); // the heartbeat's gap counts from here
     let out = reap(v.pid, &[]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
@@ -65,6 +66,7 @@ fn a_thread_that_cannot_stop_holds_the_process_at_most_100_ms() {
         &v
     )));
     let before = v.signal_state();
+    v.status().expect("status"); // the heartbeat's gap counts from here
     let t = Instant::now();
     let out = support::reap_closing_with(v.pid, &["--json"], |cmd| {
         cmd.env("PTYREAP_TEST_NO_VFORK_CHECK", "1");
@@ -114,13 +116,21 @@ fn a_v1_freeze_inside_the_window_never_falsifies_a_result() {
         | 1;
     let mut rng = support::Rng(seed);
     let mut outcomes = std::collections::BTreeMap::new();
+    let mut seen_rounds = 0;
+    let mut frozen_inside = 0;
     for round in 0..10 {
         let mut v = Victim::spawn(&["--masters", "600", "--hole-every", "150", "--heartbeat"]);
         let before = v.signal_state();
         let cg = Cgroup::new(false, v.pid);
         let delay = Duration::from_micros(rng.next() % 4000);
         let child = support::spawn_reap(v.pid);
-        let seen = support::wait_for(Duration::from_secs(10), || traced(v.pid));
+        // no sleep between looks: the window lasts a few milliseconds
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut seen = false;
+        while !seen && Instant::now() < until {
+            seen = traced(v.pid);
+        }
+        seen_rounds += usize::from(seen);
         let t = Instant::now();
         while t.elapsed() < delay {
             std::hint::spin_loop();
@@ -137,7 +147,9 @@ fn a_v1_freeze_inside_the_window_never_falsifies_a_result() {
         let doc: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{ctx}: {e}: {text}"));
         let open = v.masters_open();
-        for m in doc["targets"][0]["masters"].as_array().expect("rows") {
+        let rows = doc["targets"][0]["masters"].as_array().expect("rows");
+        frozen_inside += usize::from(rows.iter().any(|m| m["result"] != "closed"));
+        for m in rows {
             let fd = m["fd"].as_i64().unwrap() as i32;
             let result = m["result"].as_str().unwrap_or("");
             assert_eq!(
@@ -153,7 +165,18 @@ fn a_v1_freeze_inside_the_window_never_falsifies_a_result() {
         v.assert_healthy(&before);
         drop(cg);
     }
-    eprintln!("seed {seed}: rows by result over 10 rounds: {outcomes:?}");
+    eprintln!(
+        "seed {seed}: rows by result over 10 rounds: {outcomes:?}; tracer seen in {seen_rounds}, \
+         freeze met in {frozen_inside}"
+    );
+    assert!(
+        seen_rounds >= 8,
+        "the window was seen in {seen_rounds} of 10 rounds"
+    );
+    assert!(
+        frozen_inside > 0,
+        "no round's freeze landed inside the window"
+    );
 }
 
 /// A master the app starts to watch between ptyreap's look and its stop (here: registered in the

@@ -97,6 +97,11 @@ pub fn held_by(pid: i32, tid: i32) -> String {
         return "it waits for its vfork child to exec or exit; try again in a moment".into();
     }
     let state = procfs::thread_state(pid, tid).map_or("?".into(), |c| c.to_string());
+    if state == "R" {
+        return "it is runnable but was not scheduled in time (a loaded machine); try again in \
+                a moment"
+            .into();
+    }
     let wchan =
         std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default();
     let wchan = if wchan.is_empty() || wchan == "0" {

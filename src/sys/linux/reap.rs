@@ -354,13 +354,15 @@ fn reap_stopped(
     }
 
     // 6. release
+    // A problem putting the injecting thread back is said, even when every row is settled.
+    let mut restore_problem = None;
     let run = match stopped.injector() {
         Ok(mut inj) => {
             let released = release(&mut inj, rows, &go, keeper, &target.pidfd);
-            let restored = inj
-                .finish()
-                .map_err(|e| format!("restoring the injecting thread: {e}"));
-            released.and(restored)
+            if let Err(e) = inj.finish() {
+                restore_problem = Some(format!("restoring the injecting thread: {e}"));
+            }
+            released
         }
         Err(e) => Err(format!("cannot run a system call in the target: {e}")),
     };
@@ -383,6 +385,12 @@ fn reap_stopped(
     drop(pins);
     let stopped_for = resumed
         .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
+    if let Some(problem) = restore_problem {
+        return Err(UserError::failure(format!(
+            "pid {}: the results below are what the kernel did, but {problem}",
+            target.pid
+        )));
+    }
     reap::finish_kept(rows);
     Ok(stopped_for)
 }
@@ -913,8 +921,7 @@ fn reconcile(pidfd: &Pidfd, pins: &[(usize, Pinned)], go: &[usize], rows: &mut [
                 r.result = Some(Outcome::Closed);
                 r.detail = None;
             }
-            (None, false) => {} // not reached: failed with the run's error
-            (Some(_), false) if still_open.len() < 1 + pinned.slaves.len() => {
+            (_, false) if still_open.len() < 1 + pinned.slaves.len() => {
                 let open: Vec<String> = still_open.iter().map(i32::to_string).collect();
                 let was = r.detail.take().unwrap_or_default();
                 reap::settle(
@@ -926,7 +933,8 @@ fn reconcile(pidfd: &Pidfd, pins: &[(usize, Pinned)], go: &[usize], rows: &mut [
                     ),
                 );
             }
-            (Some(_), false) => {}
+            // not released: its own failure, or (not reached) the run's error
+            (_, false) => {}
         }
     }
 }

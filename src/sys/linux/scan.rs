@@ -281,8 +281,8 @@ fn read_fds(fd_dir: &OwnedFd, scratch: &mut Scratch) -> Found {
 }
 
 /// The PTY slaves registered with `pid`'s io_uring instance `ring` (`UserFiles:` in its fdinfo
-/// lists each registered file by path, as the ring's owner sees it; the path is looked up
-/// under that process's root, so the device and devpts instance are the ones it holds). A
+/// lists each registered file by path; the device found there says which PTY and devpts
+/// instance). A
 /// slave registered there is held even after its fd was closed.
 fn slaves_in_ring(proc_dir: &OwnedFd, pid: i32, ring: i32) -> Vec<SlaveRef> {
     let Some(info) = read_small(proc_dir, &format!("{pid}/fdinfo/{ring}")) else {
@@ -291,11 +291,21 @@ fn slaves_in_ring(proc_dir: &OwnedFd, pid: i32, ring: i32) -> Vec<SlaveRef> {
     registered_paths(&info)
         .into_iter()
         .filter(|path| classify_link(path.as_bytes()) == LinkKind::MaybeSlave)
-        .filter_map(|path| {
-            let st = fstatat(proc_dir, &format!("{pid}/root{path}")).ok()?;
-            Some(SlaveRef {
+        .flat_map(|path| {
+            // fdinfo's path is resolved against ptyreap's root, which for a process with a root
+            // of its own (a container) may not be where it is: both readings count (keeping
+            // one PTY too many is the safe error)
+            let theirs = fstatat(proc_dir, &format!("{pid}/root{path}")).ok();
+            let ours = fstatat(proc_dir, &path).ok();
+            let mut ptys: Vec<PtyId> = [theirs, ours]
+                .iter()
+                .flatten()
+                .filter_map(slave_pty)
+                .collect();
+            ptys.dedup();
+            ptys.into_iter().map(move |pty| SlaveRef {
                 fd: ring,
-                pty: slave_pty(&st)?,
+                pty,
                 via_io_uring: true,
             })
         })

@@ -86,14 +86,14 @@ fn epoll_entry_master(pid: i32, epfd: i32, tfd: i32, masters: &BTreeSet<i32>) ->
         let at = &slot as *const kcmp::EpollSlot as libc::c_ulong;
         kcmp::same(pid, pid, kcmp::KCMP_EPOLL_TFD, fd as libc::c_ulong, at).ok()
     };
-    if masters.contains(&tfd) {
-        match same(tfd) {
-            Some(true) => return Some(tfd),
-            // kcmp unavailable (no CONFIG_KCMP, or not permitted): trust the number
-            None => return Some(tfd),
-            Some(false) => {}
-        }
+    match same(tfd) {
+        // the file still at that number: a planned master or not
+        Some(true) => return masters.contains(&tfd).then_some(tfd),
+        // kcmp unavailable (no CONFIG_KCMP, or not permitted): trust the number
+        None => return masters.contains(&tfd).then_some(tfd),
+        Some(false) => {}
     }
+    // renumbered (dup2, close and reuse): any master whose file it is
     masters.iter().copied().find(|&fd| same(fd) == Some(true))
 }
 

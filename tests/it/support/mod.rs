@@ -445,6 +445,17 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Whether the running kernel is at least `major.minor` (uname's release).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// Whether this kernel has Syscall User Dispatch (switching it off where it is off is harmless).
 pub fn syscall_user_dispatch_works() -> bool {
     // SAFETY: PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF on this thread, where it is off.

@@ -56,7 +56,8 @@
 //! - `--vfork-ms N`: one thread that makes children with `CLONE_VM | CLONE_VFORK` (a vfork), each
 //!   sleeping N ms: the thread waits for them in the kernel, where no ptrace stop reaches it.
 //! - `--heartbeat`: one thread that sleeps 1 ms at a time and records the longest gap between
-//!   its wake-ups (`max_gap_us` in the status): how long the process was held.
+//!   its wake-ups (`max_gap_us` in the status, since the previous status): how long the
+//!   process was held.
 //! - `--watch-when FILE`: one thread with an empty epoll set that waits for FILE to exist, then
 //!   registers the first master in that set (edge-triggered: it sleeps in `epoll_wait` after the
 //!   first report), then writes FILE.done.
@@ -933,7 +934,7 @@ mod linux {
             NOTIFIED.load(SeqCst),
             EINTRS.load(SeqCst),
             PROBE_CALLS.load(SeqCst),
-            MAX_GAP_US.load(SeqCst),
+            MAX_GAP_US.swap(0, SeqCst),
             open.join(",")
         )
     }

@@ -311,6 +311,10 @@ struct Session {
     sud: Option<SudConfig>,
     /// SUD is switched off right now.
     sud_off: bool,
+    /// The kernel could not report the thread's SUD configuration: SIGSYS stays unblocked while
+    /// our calls run, so that a dispatch of one is queued and dropped rather than forced onto a
+    /// handler the app blocks (which would reset it to the default action).
+    sud_unknown: bool,
     /// Set when, after a call returned, the thread did not come back to a stop: why.
     adrift: Option<String>,
     /// The thread's own signal queue when we took it.
@@ -389,6 +393,7 @@ impl<'a> Injector<'a> {
             filters,
             sud: None,
             sud_off: false,
+            sud_unknown: false,
             adrift: None,
             pending_before: Vec::new(),
             dirty: false,
@@ -894,8 +899,17 @@ fn block_signals(s: &mut Session) -> Result<(), InjectError> {
     s.dirty = true;
     // The synchronous signals keep the app's own setting: forcing one the app blocks would reset
     // its handler, and one it blocks must not be dequeued while we work.
-    let block = !SYNCHRONOUS | (mask & SYNCHRONOUS);
-    set_sigmask(s.tid, block).map_err(pt("SETSIGMASK"))
+    set_sigmask(s.tid, call_mask(s, mask)).map_err(pt("SETSIGMASK"))
+}
+
+/// The mask our calls run with, from the thread's own.
+fn call_mask(s: &Session, own: u64) -> u64 {
+    let block = !SYNCHRONOUS | (own & SYNCHRONOUS);
+    if s.sud_unknown {
+        block & !bit(libc::SIGSYS)
+    } else {
+        block
+    }
 }
 
 /// aarch64: the thread sits on a `svc` the kernel rewound, in a `do_signal` that will decide on
@@ -1138,8 +1152,13 @@ const SYS_USER_DISPATCH: i32 = 2;
 /// The thread's SUD configuration if it would take our calls (see dispatch.rs), checked once
 /// our instruction is known. A kernel that cannot report it (before 6.2, or without SUD) gives
 /// None: `run_call` still drops a SIGSYS the dispatch raises for our call.
-fn user_dispatch(s: &Session) -> Result<Option<SudConfig>, InjectError> {
+fn user_dispatch(s: &mut Session) -> Result<Option<SudConfig>, InjectError> {
     let Ok(config) = sud_config(s.tid) else {
+        s.sud_unknown = true;
+        if let Some(own) = s.orig_mask {
+            // already replaced (aarch64's settling): again, with SIGSYS open
+            set_sigmask(s.tid, call_mask(s, own)).map_err(pt("SETSIGMASK"))?;
+        }
         return Ok(None);
     };
     let mut byte = [0u8; 1];
@@ -1295,6 +1314,7 @@ fn restore_session(s: &mut Session) -> (i32, Result<(), InjectError>) {
             s.in_get_signal = true;
         }
         if let Err(e) = put_back(s) {
+            let _ = dispatch_back(s);
             return (pass, Err(e));
         }
     }

@@ -134,7 +134,9 @@ impl StoppedProcess {
 
     fn seize_all(&mut self, pidfd: &Pidfd, timeout: Duration) -> Result<(), AttachError> {
         let pid = self.pid;
-        let deadline = Instant::now() + timeout;
+        // seizing itself is bounded by the listing rounds; `timeout` bounds the wait that
+        // follows each round (thousands of threads take a while to seize, not to stop)
+        let mut deadline = Instant::now() + timeout;
         loop {
             let listed = match list_tasks(pid) {
                 Ok(t) => t,
@@ -215,6 +217,7 @@ impl StoppedProcess {
             if self.threads.len() == first {
                 break;
             }
+            deadline = Instant::now() + timeout;
             self.wait_seized(deadline, timeout)?;
         }
         if pidfd.has_exited() || self.threads.iter().all(|t| t.state == ThreadState::Gone) {
