@@ -18,9 +18,12 @@ pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
     let mut slave_holders: HashMap<_, Vec<i32>> = HashMap::new();
     for p in &snapshot.processes {
         for s in &p.slaves {
+            // a slave held by a process's own io_uring is in use by it: not its own plain fd
+            // (`orphaned` passes over those), so it is noted under a pid no process has
+            let holder = if s.via_io_uring { -p.pid } else { p.pid };
             let pids = slave_holders.entry(s.pty).or_default();
-            if !pids.contains(&p.pid) {
-                pids.push(p.pid);
+            if !pids.contains(&holder) {
+                pids.push(holder);
             }
         }
     }

@@ -566,6 +566,16 @@ fn a_slave_held_by_io_uring_alone_keeps_its_master() {
         first["target_slave_fds"].as_array().unwrap().is_empty(),
         "a ring is no slave fd to release: {first}"
     );
+    // the census agrees: one of its two PTYs looks orphaned
+    let census = ptyreap(&["--json"]).json();
+    let line = census["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == v.pid)
+        .cloned()
+        .expect("the victim in the census");
+    assert_eq!(line["orphaned"], 1, "{line}");
     let out = ptyreap(&[
         "--pid",
         &pid,

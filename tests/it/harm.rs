@@ -246,19 +246,9 @@ impl Cgroup {
         .unwrap();
     }
 
+    /// Freezes (or thaws) and waits until the kernel says it is done.
     pub(crate) fn freeze(&self, frozen: bool) {
-        if self.v2 {
-            std::fs::write(
-                self.dir.join("cgroup.freeze"),
-                if frozen { "1" } else { "0" },
-            )
-        } else {
-            std::fs::write(
-                self.dir.join("freezer.state"),
-                if frozen { "FROZEN" } else { "THAWED" },
-            )
-        }
-        .unwrap();
+        self.request(frozen);
         let want = if frozen { "frozen 1" } else { "frozen 0" };
         assert!(support::wait_for(Duration::from_secs(5), || {
             if self.v2 {

@@ -20,6 +20,18 @@ fn vfork_waiting(v: &Victim) -> bool {
     })
 }
 
+/// A victim whose vfork thread waits in the kernel, with a heartbeat whose gap counts from now,
+/// and its signal state.
+fn vfork_victim() -> (Victim, support::SignalState) {
+    let mut v = Victim::spawn(&["--vfork-ms", "3000", "--heartbeat"]);
+    assert!(support::wait_for(Duration::from_secs(5), || vfork_waiting(
+        &v
+    )));
+    let before = v.signal_state();
+    v.status().expect("status");
+    (v, before)
+}
+
 fn max_gap_ms(status: &std::collections::HashMap<String, String>) -> u64 {
     status["max_gap_us"].parse::<u64>().expect("max_gap_us") / 1000
 }
@@ -29,12 +41,7 @@ fn a_thread_waiting_for_its_vfork_child_is_refused_without_a_stop() {
     if !require_root() {
         return;
     }
-    let mut v = Victim::spawn(&["--vfork-ms", "3000", "--heartbeat"]);
-    assert!(support::wait_for(Duration::from_secs(5), || vfork_waiting(
-        &v
-    )));
-    let before = v.signal_state();
-    v.status().expect("status"); // the heartbeat's gap counts from here
+    let (mut v, before) = vfork_victim();
     let out = reap(v.pid, &[]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
@@ -61,12 +68,7 @@ fn a_thread_that_cannot_stop_holds_the_process_at_most_100_ms() {
     if !require_root() {
         return;
     }
-    let mut v = Victim::spawn(&["--vfork-ms", "3000", "--heartbeat"]);
-    assert!(support::wait_for(Duration::from_secs(5), || vfork_waiting(
-        &v
-    )));
-    let before = v.signal_state();
-    v.status().expect("status"); // the heartbeat's gap counts from here
+    let (mut v, before) = vfork_victim();
     let t = Instant::now();
     let out = support::reap_closing_with(v.pid, &["--json"], |cmd| {
         cmd.env("PTYREAP_TEST_NO_VFORK_CHECK", "1");
