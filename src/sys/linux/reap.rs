@@ -657,7 +657,7 @@ fn release(
     fds.dedup();
     let mut failed: Vec<(i32, String)> = Vec::new();
     // fds whose calls returned (whatever they returned)
-    let mut done: Vec<i32> = Vec::new();
+    let mut done: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut aborted: Option<String> = None;
     'runs: for (first, last) in runs(&fds) {
         let range = [first as u64, last as u64, 0, 0, 0, 0];
@@ -681,7 +681,7 @@ fn release(
             let args = [fd as u64, 0, 0, 0, 0, 0];
             if let Err(denied) = inj.permits(nr::CLOSE, args) {
                 failed.push((fd, denied.to_string()));
-                done.push(fd);
+                done.insert(fd);
                 continue;
             }
             match syscall(inj, nr::CLOSE, args) {
@@ -689,7 +689,7 @@ fn release(
                     if r < 0 {
                         failed.push((fd, errno_text(r)));
                     }
-                    done.push(fd);
+                    done.insert(fd);
                 }
                 Err(why) => {
                     aborted = Some(why);
