@@ -221,6 +221,27 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     parse_state(&stat)
 }
 
+/// Whether one thread has exited or is exiting: gone from /proc, a zombie, PF_EXITING in its
+/// flags (field 9, set first thing in `do_exit`), or SIGKILL pending for it or its process.
+pub fn thread_exiting(pid: i32, tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let flags = stat_field(&stat, 9).and_then(|f| f.parse::<u64>().ok());
+    if matches!(parse_state(&stat), None | Some('Z' | 'X'))
+        || flags.is_some_and(|f| f & PF_EXITING != 0)
+    {
+        return true;
+    }
+    ["SigPnd", "ShdPnd"].iter().any(|key| {
+        read_status_field(pid, Some(tid), key)
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & SIGKILL_BIT != 0)
+    })
+}
+
 /// The thread ids in /proc/PID/task, in ascending order.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?

@@ -1335,13 +1335,19 @@ fn restore_session(s: &mut Session) -> (i32, Result<(), InjectError>) {
     (pass, problem.map_or(Ok(()), Err))
 }
 
-/// Whether thread `tid` of `pid` has exited (no longer listed, or a zombie): ESRCH from ptrace
-/// means that only then; otherwise it just is not in a stop.
+/// Whether thread `tid` of `pid` has exited or is on its way out: no longer listed, a zombie,
+/// in `do_exit` (PF_EXITING), or with a SIGKILL pending. ESRCH from ptrace means that only
+/// then; otherwise the thread just is not in a stop. A SIGKILL wakes a traced thread before it
+/// shows any of these for a moment (dequeued, not yet in `do_exit`), so a live-looking thread
+/// is looked at again a few times within a few milliseconds.
 fn thread_gone(pid: i32, tid: i32) -> bool {
-    matches!(
-        super::super::procfs::thread_state(pid, tid),
-        None | Some('Z') | Some('X')
-    )
+    for _ in 0..5 {
+        if super::super::procfs::thread_exiting(pid, tid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
 }
 
 /// How long `catch_up` waits for a thread with its own registers to reach a stop.

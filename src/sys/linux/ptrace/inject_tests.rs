@@ -483,9 +483,13 @@ fn inject_threads_created_while_attaching() {
         let mut p = t.stop();
         let held = p.tids().to_vec();
         for (tid, name, st) in threads(pid) {
-            // A thread exiting at that moment is a zombie until reaped, never running.
+            // A thread exiting at that moment (in do_exit, then a zombie until reaped) cannot
+            // be held, and never runs user code again.
             assert!(
-                (held.contains(&tid) && st == 't') || st == 'Z' || st == 'X',
+                (held.contains(&tid) && st == 't')
+                    || st == 'Z'
+                    || st == 'X'
+                    || crate::sys::linux::procfs::thread_exiting(pid, tid),
                 "thread {tid} ({name}, {st}) not held: {held:?}"
             );
         }
