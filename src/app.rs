@@ -20,6 +20,12 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             return Ok(ExitCode::Success);
         }
         Some(cli::Command::Limit { set, json }) => return limit::run(*set, *json),
+        Some(cli::Command::Metrics) => {
+            let snapshot = sys::snapshot()?;
+            let census = census::census(&snapshot);
+            output::print(&crate::metrics::exposition(&census, None));
+            return Ok(ExitCode::Success);
+        }
         Some(cli::Command::Man) => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
@@ -103,10 +109,17 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
 /// print.
 fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     let Some((targets, snapshot)) = select(cli)? else {
-        eprintln!("ptyreap: no process holds a PTY master: nothing to do");
+        let seen = sys::snapshot_for(&[]).ok();
+        match seen.and_then(|s| s.visibility.gap()) {
+            Some(gap) => eprintln!(
+                "ptyreap: no process that ptyreap can see holds a PTY master: nothing to do \
+                 here; {gap}"
+            ),
+            None => eprintln!("ptyreap: no process holds a PTY master: nothing to do"),
+        }
         return Ok(ExitCode::Success);
     };
-    let (targets, mut reports, mut ptys) = inspect(cli, targets, &snapshot)?;
+    let (targets, mut reports, mut ptys, kept) = inspect(cli, targets, &snapshot)?;
     let printer = Printer { cli, style };
     let planned = count_planned(&reports);
     // Processes it cannot release in: said before any prompt, one line each.
@@ -135,6 +148,9 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
                     )
                 }
             );
+        }
+        for line in &kept {
+            eprintln!("ptyreap: {line}");
         }
         return Ok(ExitCode::Success);
     }
@@ -169,6 +185,9 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
              checked, {} failed; nothing else was touched",
             summary.released, summary.planned, summary.changed, summary.failed
         );
+    }
+    for line in &kept {
+        eprintln!("ptyreap: {line}");
     }
     if let Some(sig) = interrupt::received() {
         eprintln!(
@@ -232,12 +251,19 @@ fn select_only(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>>
 }
 
 /// Every target inspected, judged and planned, with the PTYs the plan frees. --all keeps only the
-/// processes and rows that free a PTY (and those it cannot release in, to say so).
+/// processes and rows that free a PTY (and those it cannot release in, to say so). Also what
+/// was kept that the user may want to know about (see [`what_was_kept`]).
+#[allow(clippy::type_complexity)]
 fn inspect(
     cli: &Cli,
     mut targets: Vec<sys::Target>,
     snapshot: &model::Snapshot,
-) -> Result<(Vec<sys::Target>, Vec<TargetReport>, ptys::PtyCount)> {
+) -> Result<(
+    Vec<sys::Target>,
+    Vec<TargetReport>,
+    ptys::PtyCount,
+    Vec<String>,
+)> {
     let mut reports = if cli.all {
         // one by one: a process that exits while being inspected drops out
         let mut kept = Vec::new();
@@ -259,6 +285,7 @@ fn inspect(
         }
     }
     let mut ptys = ptys::account(&mut reports);
+    let kept = what_was_kept(cli, &reports, &targets, snapshot);
     if cli.all {
         (targets, reports) = targets
             .into_iter()
@@ -270,7 +297,107 @@ fn inspect(
             .unzip();
         ptys = ptys::account(&mut reports);
     }
-    Ok((targets, reports, ptys))
+    Ok((targets, reports, ptys, kept))
+}
+
+/// What the plan keeps that a person in a hurry would want to know about, each with what to do:
+/// masters kept as `fresh` (with the exact command that frees them and how many PTYs it would),
+/// and masters kept as `unknown` because the scan could not see every process (another pid
+/// namespace, unreadable processes).
+fn what_was_kept(
+    cli: &Cli,
+    reports: &[TargetReport],
+    targets: &[sys::Target],
+    snapshot: &model::Snapshot,
+) -> Vec<String> {
+    let rows = || reports.iter().flat_map(|r| &r.masters);
+    let mut out = Vec::new();
+    let fresh: std::collections::BTreeSet<_> = rows()
+        .filter(|r| r.judgement.verdict == model::Verdict::Fresh)
+        .filter_map(|r| r.evidence.pty)
+        .collect();
+    if !fresh.is_empty() && !cli.min_idle.is_zero() {
+        let mut policy = cli.policy();
+        policy.min_idle = std::time::Duration::ZERO;
+        let frees = build_reports_lenient(cli, targets, snapshot, policy).map(|mut r| {
+            let mut count = ptys::account(&mut r);
+            if cli.all {
+                for t in r.iter_mut() {
+                    ptys::only_what_frees(t);
+                }
+                count = ptys::account(&mut r);
+            }
+            count.would_free
+        });
+        let n = fresh.len();
+        let what = match frees {
+            Ok(0) | Err(_) => "frees none of them now (they are kept for other reasons too)".into(),
+            Ok(k) => format!("would free {k} PTY{}", if k == 1 { "" } else { "s" }),
+        };
+        out.push(format!(
+            "kept {n} PTY{} as fresh (idle less than {}); if {} leaked: `{}` {what}",
+            if n == 1 { "" } else { "s" },
+            crate::duration::human(cli.min_idle.as_secs()),
+            if n == 1 { "it is" } else { "they are" },
+            rerun_with(cli, "--min-idle 0"),
+        ));
+    }
+    let unseen = rows()
+        .filter(|r| r.judgement.verdict == model::Verdict::Unknown && r.evidence.unseen.is_some())
+        .count();
+    if let (true, Some(gap)) = (unseen > 0, snapshot.visibility.gap()) {
+        let from_host = if snapshot.visibility.hidden.is_some() {
+            format!(
+                " (from the host: sudo nsenter --target 1 --mount --pid {})",
+                rerun_with(cli, "")
+            )
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "kept {unseen} master{} as unknown: {gap}{from_host}",
+            if unseen == 1 { "" } else { "s" }
+        ));
+    }
+    out
+}
+
+/// This run's command line with `extra` flags, as a person would type it again.
+fn rerun_with(cli: &Cli, extra: &str) -> String {
+    let mut parts = vec!["ptyreap".to_string()];
+    if cli.all {
+        parts.push("--all".into());
+    }
+    if cli.top {
+        parts.push("--top".into());
+    }
+    parts.extend(cli.pids.iter().map(|p| format!("--pid {p}")));
+    parts.extend(
+        cli.names
+            .iter()
+            .map(|n| format!("--name '{}'", n.replace('\'', "'\\''"))),
+    );
+    if cli.yes {
+        parts.push("--yes".into());
+    }
+    if !extra.is_empty() {
+        parts.push(extra.into());
+    }
+    parts.join(" ")
+}
+
+/// Like [`build_reports`] with another policy; a target that exits meanwhile drops out.
+fn build_reports_lenient(
+    cli: &Cli,
+    targets: &[sys::Target],
+    snapshot: &model::Snapshot,
+    policy: crate::verdict::Policy,
+) -> Result<Vec<TargetReport>, UserError> {
+    let choices = cli.choices();
+    Ok(targets
+        .iter()
+        .filter_map(|t| pipeline::judge_target(t, snapshot, &policy, &choices).ok())
+        .collect())
 }
 
 /// Shows the plan and asks; then, as the prompt may have taken minutes, looks again and keeps

@@ -1,11 +1,12 @@
 //! The census: who holds PTY masters and how many look orphaned, from a machine-wide snapshot.
 
-use crate::model::{Census, ProcessCount, ProcessPtys, Snapshot};
+use crate::model::{Census, DevId, ProcessCount, ProcessPtys, PtyId, Snapshot};
 use std::collections::HashMap;
 
-/// Processes holding masters, most masters first. A master "looks orphaned" when no process but
-/// its holder holds the slave and the slave is no session's controlling terminal (the full
-/// verdict adds idleness and the event-loop check).
+/// Processes holding masters, most PTYs first. A PTY "looks orphaned" when no process but its
+/// holder holds the slave and the slave is no session's controlling terminal (the full verdict
+/// adds idleness and the event-loop check). Every count is of PTYs, not fds: after a merge, the
+/// thirty fds of one process share one hung-up PTY, and that is one orphan, not thirty.
 pub fn census(snapshot: &Snapshot) -> Census {
     census_at(snapshot, crate::clock::now_precise())
 }
@@ -15,7 +16,7 @@ const RATE_WINDOW_S: f64 = 24.0 * 3600.0;
 
 /// The census as of `now` (seconds since the epoch).
 pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
-    let mut slave_holders: HashMap<_, Vec<i32>> = HashMap::new();
+    let mut slave_holders: HashMap<PtyId, Vec<i32>> = HashMap::new();
     for p in &snapshot.processes {
         for s in &p.slaves {
             // a slave held by a process's own io_uring is in use by it: not its own plain fd
@@ -28,7 +29,7 @@ pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
         }
     }
     // how many processes hold each PTY's master
-    let mut master_holders: HashMap<crate::model::PtyId, Vec<i32>> = HashMap::new();
+    let mut master_holders: HashMap<PtyId, Vec<i32>> = HashMap::new();
     for p in &snapshot.processes {
         for pty in p.masters.iter().filter_map(|m| m.pty) {
             let pids = master_holders.entry(pty).or_default();
@@ -37,139 +38,224 @@ pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
             }
         }
     }
+    // the machine's orphans: orphaned as each of their master holders sees them, with when each
+    // was made
+    let mut machine_orphans: HashMap<PtyId, (bool, Option<f64>)> = HashMap::new();
+    for p in &snapshot.processes {
+        let mine = orphaned_ptys(p, &slave_holders);
+        for m in &p.masters {
+            let Some(pty) = m.pty else { continue };
+            let entry = machine_orphans.entry(pty).or_insert((true, m.created));
+            entry.0 &= mine.contains_key(&pty);
+            entry.1 = entry.1.or(m.created);
+        }
+    }
+    let orphan_times = |on: Option<DevId>| -> Vec<f64> {
+        machine_orphans
+            .iter()
+            .filter(|(pty, (orphan, _))| *orphan && on.is_none_or(|d| pty.devpts == d))
+            .filter_map(|(_, (_, created))| *created)
+            .collect()
+    };
     let mut processes: Vec<ProcessCount> = snapshot
         .processes
         .iter()
         .filter(|p| !p.masters.is_empty())
-        .map(|p| ProcessCount {
-            pid: p.pid,
-            name: p.name.clone(),
-            masters: p.masters.len(),
-            orphaned: orphaned(p, &slave_holders),
-            ptys_only_here: only_here(p, &master_holders),
-            leak_per_hour: leak_per_hour(p, now),
-            not_releasable_because: None,
+        .map(|p| {
+            let orphans = orphaned_ptys(p, &slave_holders);
+            let times: Vec<f64> = orphans.values().filter_map(|c| *c).collect();
+            ProcessCount {
+                pid: p.pid,
+                name: p.name.clone(),
+                masters: p.masters.len(),
+                ptys: distinct_ptys(p),
+                orphaned: orphans.len(),
+                ptys_only_here: only_here(p, &master_holders),
+                leak_per_hour: sustained_pace(&times, now).map(per_hour),
+                not_releasable_because: None,
+            }
         })
         .collect();
-    processes.sort_by(|a, b| b.masters.cmp(&a.masters).then(a.pid.cmp(&b.pid)));
+    processes.sort_by(|a, b| {
+        (b.ptys, b.masters)
+            .cmp(&(a.ptys, a.masters))
+            .then(a.pid.cmp(&b.pid))
+    });
     let mut system = snapshot.system.clone();
-    system.exhausted_in_s = exhausted_in(snapshot, now);
-    Census { system, processes }
+    let global_pace = sustained_pace(&orphan_times(None), now);
+    let global = time_left(system.in_use, Some(system.limit), global_pace);
+    let (mut soonest, mut first) = (global, None);
+    for inst in system.instances.iter_mut().flatten() {
+        let pace = sustained_pace(&orphan_times(Some(inst.devpts)), now);
+        inst.leak_per_hour = pace.map(per_hour);
+        let own = inst.in_use.and_then(|used| time_left(used, inst.max, pace));
+        // every instance also runs out when the whole system does
+        inst.exhausted_in_s = [own, global].into_iter().flatten().min();
+        if own.is_some_and(|t| soonest.is_none_or(|s| t < s)) {
+            soonest = own;
+            first = Some(inst.devpts);
+        }
+    }
+    system.exhausted_first = first;
+    system.leak_per_hour = global_pace.map(per_hour);
+    system.exhausted_in_s = soonest;
+    Census {
+        system,
+        processes,
+        orphaned_ptys: machine_orphans.values().filter(|(o, _)| *o).count(),
+        unseen: snapshot.visibility.gap(),
+    }
 }
 
-/// Over the last 24 h, or the process's life if shorter.
-fn window(p: &ProcessPtys, now: f64) -> f64 {
-    p.started
-        .map_or(RATE_WINDOW_S, |s| (now - s).clamp(1.0, RATE_WINDOW_S))
+fn per_hour(per_second: f64) -> f64 {
+    (per_second * 3600.0 * 10.0).round() / 10.0
 }
 
-/// The process's PTYs made within its window, per hour: its leak rate, from the masters'
-/// creation times (the slave nodes' ctimes).
-fn leak_per_hour(p: &ProcessPtys, now: f64) -> f64 {
-    let w = window(p, now);
-    let recent: HashMap<crate::model::PtyId, f64> = recent_ptys(p, now).collect();
-    let span = pace_span(recent.values().copied(), w, now);
-    (recent.len() as f64 * 3600.0 / span * 10.0).round() / 10.0
+/// Seconds until `used` reaches `max` at `pace` PTYs a second: 0 when it is already there (full
+/// now, whatever the pace), None when there is no limit or nothing grows.
+fn time_left(used: u64, max: Option<u64>, pace: Option<f64>) -> Option<u64> {
+    let max = max?;
+    if used >= max {
+        return Some(0);
+    }
+    let pace = pace.filter(|&p| p > 0.0)?;
+    Some((((max - used) as f64) / pace).round().max(1.0) as u64)
 }
 
-/// The process's PTYs made within its window, with when.
-fn recent_ptys(p: &ProcessPtys, now: f64) -> impl Iterator<Item = (crate::model::PtyId, f64)> + '_ {
-    let since = now - window(p, now);
-    p.masters
+/// The fewest orphans, and the shortest time, that make a pace: fewer is a handful of PTYs
+/// anyone might leave behind; shorter is a burst, however it is spread.
+const PACE_MIN_PTYS: usize = 6;
+const PACE_MIN_SPAN_S: f64 = 2.0;
+
+/// The pace (PTYs a second) at which orphans are being made now, from when each was made; None
+/// when the times show no sustained growth. A leak is orphans made steadily and still being
+/// made: a burst (terminals restored at start, 490 PTYs made at once) is no pace, and neither is
+/// a leak that stopped. Looking back from now, the longest run of the latest orphans whose later
+/// half (in time) holds about as many as its earlier half, spread over that later half, with
+/// the last of them recent; the pace is the later half's, so a burst before a steady leak does
+/// not inflate it and old orphans from before do not dilute it.
+pub fn sustained_pace(times: &[f64], now: f64) -> Option<f64> {
+    let mut times: Vec<f64> = times
         .iter()
-        .filter_map(|m| m.pty.zip(m.created))
-        .filter(move |&(_, c)| c >= since)
-}
-
-/// The time over which PTYs made at `created` were made: from the first of them to now, once
-/// there are a few (a leak that began after the process did is measured from its beginning), else
-/// the whole window (one new terminal in an old process is no leak).
-fn pace_span(created: impl Iterator<Item = f64>, window: f64, now: f64) -> f64 {
-    let times: Vec<f64> = created.collect();
-    if times.len() < 3 {
-        return window;
-    }
-    let first = times.iter().copied().fold(f64::INFINITY, f64::min);
-    let last = times.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    // still going (spread over most of the time since the first), not a burst (an IDE restoring
-    // its terminals at once): only then is the pace measured from the first
-    if last - first < 0.5 * (now - first) {
-        return window;
-    }
-    (now - first).clamp(1.0, window)
-}
-
-/// At the current rate, seconds until the first limit is reached: the global one, or a devpts
-/// instance's own `max=` (counting that instance's PTYs alone). Every PTY counts once, however
-/// many processes hold copies; the window is the longest of its holders' (at most 24 h).
-fn exhausted_in(snapshot: &Snapshot, now: f64) -> Option<u64> {
-    let mut created: HashMap<crate::model::PtyId, f64> = HashMap::new();
-    let mut w: f64 = 0.0;
-    for p in &snapshot.processes {
-        let mut recent = recent_ptys(p, now).peekable();
-        if recent.peek().is_some() {
-            w = w.max(window(p, now));
+        .copied()
+        .filter(|&t| t >= now - RATE_WINDOW_S && t <= now)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    for start in 0..n {
+        let run = &times[start..];
+        if run.len() < PACE_MIN_PTYS {
+            break;
         }
-        created.extend(recent);
-    }
-    if created.is_empty() || w <= 0.0 {
-        return None;
-    }
-    let span = pace_span(created.values().copied(), w, now);
-    let rate = |n: usize| n as f64 / span; // per second
-    let sys = &snapshot.system;
-    let mut soonest: Option<f64> = None;
-    let mut consider = |remaining: f64, per_s: f64| {
-        if per_s > 0.0 {
-            let t = (remaining.max(0.0)) / per_s;
-            soonest = Some(soonest.map_or(t, |s: f64| s.min(t)));
+        let span = now - run[0];
+        if span < PACE_MIN_SPAN_S {
+            break;
         }
-    };
-    consider(sys.limit as f64 - sys.in_use as f64, rate(created.len()));
-    for inst in sys.instances.iter().flatten() {
-        if let (Some(max), Some(used)) = (inst.max, inst.in_use) {
-            let here = created.keys().filter(|p| p.devpts == inst.devpts).count();
-            consider(max as f64 - used as f64, rate(here));
+        let mid = run[0] + span / 2.0;
+        let early = run.partition_point(|&t| t < mid);
+        let late = &run[early..];
+        let (Some(&first_late), Some(&last)) = (late.first(), late.last()) else {
+            continue;
+        };
+        let balanced = late.len() * 3 >= early && early * 3 >= late.len() && early >= 2;
+        let spread = last - first_late >= 0.5 * (now - mid);
+        let recent = now - last <= span / 4.0;
+        if late.len() >= 3 && balanced && spread && recent {
+            return Some(late.len() as f64 / (now - mid));
         }
     }
-    soonest.map(|t| t.round() as u64)
+    None
 }
 
-fn only_here(p: &ProcessPtys, master_holders: &HashMap<crate::model::PtyId, Vec<i32>>) -> usize {
+/// How many PTYs its masters are on (a master it could not identify counts as one).
+fn distinct_ptys(p: &ProcessPtys) -> usize {
+    let known: std::collections::BTreeSet<PtyId> = p.masters.iter().filter_map(|m| m.pty).collect();
+    known.len() + p.masters.iter().filter(|m| m.pty.is_none()).count()
+}
+
+fn only_here(p: &ProcessPtys, master_holders: &HashMap<PtyId, Vec<i32>>) -> usize {
     let mine: std::collections::BTreeSet<_> = p.masters.iter().filter_map(|m| m.pty).collect();
     mine.into_iter()
         .filter(|pty| master_holders.get(pty).is_some_and(|pids| pids == &[p.pid]))
         .count()
 }
 
-fn orphaned(p: &ProcessPtys, slave_holders: &HashMap<crate::model::PtyId, Vec<i32>>) -> usize {
-    p.masters
+/// The PTYs of `p` that look orphaned from where it stands, each once, with when it was made.
+fn orphaned_ptys(
+    p: &ProcessPtys,
+    slave_holders: &HashMap<PtyId, Vec<i32>>,
+) -> HashMap<PtyId, Option<f64>> {
+    let mut out: HashMap<PtyId, Option<f64>> = HashMap::new();
+    let sessions: std::collections::HashSet<PtyId> = p
+        .masters
         .iter()
-        .filter(|m| m.session.is_none())
+        .filter(|m| m.session.is_some())
         .filter_map(|m| m.pty)
-        .filter(|pty| {
-            slave_holders
-                .get(pty)
-                .is_none_or(|pids| pids.iter().all(|&pid| pid == p.pid))
-        })
-        .count()
+        .collect();
+    for m in &p.masters {
+        let Some(pty) = m.pty else { continue };
+        let unheld = slave_holders
+            .get(&pty)
+            .is_none_or(|pids| pids.iter().all(|&pid| pid == p.pid));
+        if unheld && !sessions.contains(&pty) {
+            let created = out.entry(pty).or_insert(m.created);
+            *created = created.or(m.created);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A steady leak is a pace; a burst, a leak that stopped, a handful and a burst before a
+    /// steady leak are judged as what they are.
     #[test]
-    fn the_pace_is_measured_from_the_leak_s_beginning() {
-        // a steady leak that began 10 s ago in a process an hour old: 30 PTYs over 10 s
-        let times = (0..30).map(|i| 1000.0 + i as f64 / 3.0);
-        assert_eq!(pace_span(times, 3600.0, 1010.0), 10.0);
-        // one new terminal: the whole window, not a burst
-        assert_eq!(pace_span([1009.0].into_iter(), 3600.0, 1010.0), 3600.0);
-        // three opened together 10 s ago (terminals restored at start): a burst, no pace
-        let burst = [1000.0, 1000.1, 1000.2].into_iter();
-        assert_eq!(pace_span(burst, 3600.0, 1010.0), 3600.0);
+    fn only_a_sustained_leak_is_a_pace() {
+        let now = 1000.0;
+        // 10 a second for the last 4 s: 10/s
+        let steady: Vec<f64> = (0..40).map(|i| now - 4.0 + i as f64 / 10.0).collect();
+        let pace = sustained_pace(&steady, now).unwrap();
+        assert!((pace - 10.0).abs() < 1.0, "{pace}");
+        // the same after old orphans from an hour ago: the pace of the leak, not diluted
+        let mut with_old = steady.clone();
+        with_old.extend((0..20).map(|i| now - 3600.0 + i as f64));
+        let pace = sustained_pace(&with_old, now).unwrap();
+        assert!((pace - 10.0).abs() < 1.0, "{pace}");
+        // 490 made at once at start, then one every 10 s for 5 minutes: 0.1/s
+        let mut burst_then: Vec<f64> = vec![now - 3000.0; 490];
+        burst_then.extend((0..30).map(|i| now - 300.0 + 10.0 * i as f64 + 5.0));
+        let pace = sustained_pace(&burst_then, now).unwrap();
+        assert!((pace - 0.1).abs() < 0.02, "{pace}");
+        // a burst, then quiet: none
+        let burst: Vec<f64> = (0..30).map(|i| now - 10.0 + i as f64 * 0.001).collect();
+        assert_eq!(sustained_pace(&burst, now), None);
+        // 490 at start and none since: none
+        assert_eq!(sustained_pace(&[now - 600.0; 490], now), None);
+        // a steady leak that stopped a while ago: none
+        let stopped: Vec<f64> = (0..40).map(|i| now - 100.0 + i as f64 / 10.0).collect();
+        assert_eq!(sustained_pace(&stopped, now), None);
+        // a handful: none
+        assert_eq!(
+            sustained_pace(&[now - 3.0, now - 2.0, now - 1.0], now),
+            None
+        );
+        // a burst an hour after one old orphan: none
+        let mut late_burst = vec![now - 3600.0];
+        late_burst.extend((0..30).map(|i| now - 60.0 + i as f64 * 0.001));
+        assert_eq!(sustained_pace(&late_burst, now), None);
     }
+
+    #[test]
+    fn time_left_is_now_when_full() {
+        assert_eq!(time_left(8, Some(8), None), Some(0));
+        assert_eq!(time_left(9, Some(8), Some(1.0)), Some(0));
+        assert_eq!(time_left(4, Some(8), None), None);
+        assert_eq!(time_left(4, None, Some(1.0)), None);
+        assert_eq!(time_left(4, Some(8), Some(2.0)), Some(2));
+    }
+
     use crate::model::{DevId, MasterRef, PtyId, SlaveRef, SystemUsage};
 
     fn pty(instance: u32, index: u32) -> PtyId {
@@ -204,6 +290,8 @@ mod tests {
                 instances: None,
                 unreadable_processes: 0,
                 exhausted_in_s: None,
+                exhausted_first: None,
+                leak_per_hour: None,
             },
             processes: vec![
                 ProcessPtys {

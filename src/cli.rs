@@ -143,6 +143,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the census as Prometheus metrics (text exposition format) to stdout
+    #[command(long_about = METRICS_ABOUT)]
+    Metrics,
     /// Print the man page (roff) to stdout: ptyreap man | man -l -
     Man,
     /// Show the PTY limit and its use; --set N changes it until reboot (root)
@@ -156,15 +159,31 @@ pub enum Command {
     },
 }
 
+const METRICS_ABOUT: &str = "\
+Print the census in Prometheus's text exposition format: PTYs in use and the limit, per devpts \
+instance in use and max=, per process name PTYs held and orphaned PTYs, unreadable processes, \
+and the time to exhaustion when orphans are being made at a steady pace. Every count is of \
+PTYs, not fds.
+
+For node_exporter's textfile collector, let the watchdog rewrite a file after every pass (with \
+its counters: PTYs released, failures, passes, the last pass's time):
+  ptyreap watch --textfile /var/lib/prometheus/node-exporter/ptyreap.prom";
+
 const WATCH_ABOUT: &str = "\
-Periodic census: every --interval, log one line per process holding more than --warn PTY \
-masters (and send a desktop notification where one is possible, at most once per process per \
-hour); with --reap N, also reap the orphaned masters of every process holding more than N, with \
-the same safety protocol and verdict rules as the one-shot command (live, stale, fresh and \
-tracked masters are never reaped by the watchdog).
+Periodic census: every --interval, warn about each process holding more than --warn PTYs \
+(distinct PTYs, not fds: thirty merged fds are one PTY), once per leak episode -- from the pass \
+it goes over to the pass it is back under -- with one desktop notification where one is \
+possible; with --reap N, also reap the orphaned masters of every process holding more than N \
+PTYs, with the same safety protocol and verdict rules as the one-shot command (live, stale, \
+fresh and tracked masters are never reaped by the watchdog).
+
+Notifications: from a desktop session, through its session bus; from a root service, through \
+the session bus of each logged-in user (/run/user/UID/bus, as that user), with notify-send.
 
 Logs go to stderr, one greppable line per event (`ptyreap-watch: <time> <event> key=value ...`); \
-with --json, one JSON object per event and line on stdout. It keeps running when a target \
+under systemd (stderr is the journal) each line starts with its syslog priority instead (`<4>` \
+warning for over_warn, `<3>` for failures), so `journalctl -p warning` finds what matters; \
+with --json, one JSON object per event and line on stdout, with its `priority`. It keeps running when a target \
 exits, refuses attachment, or a pass fails; it needs no terminal; SIGTERM or SIGINT stop it \
 cleanly after the current step (never with a target stopped).";
 
@@ -178,17 +197,22 @@ pub struct WatchArgs {
     #[arg(long = "name", value_name = "NAME")]
     pub names: Vec<String>,
 
-    /// Log (and notify) when a process holds more than N PTY masters
+    /// Warn (and notify) when a process holds more than N PTYs
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub warn: usize,
 
-    /// Reap the orphaned masters of any process holding more than N
+    /// Reap the orphaned masters of any process holding more than N PTYs
     #[arg(long, value_name = "N")]
     pub reap: Option<usize>,
 
-    /// Time between passes
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    /// Time between passes (1s at least)
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_interval)]
     pub interval: Duration,
+
+    /// After every pass, rewrite FILE with the metrics (as `ptyreap metrics` prints them, plus
+    /// the watchdog's counters), atomically: for node_exporter's textfile collector
+    #[arg(long, value_name = "FILE")]
+    pub textfile: Option<PathBuf>,
 
     /// One pass, then exit (cron, tests)
     #[arg(long)]
@@ -308,6 +332,17 @@ impl Cli {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::duration::parse(text)
+}
+
+/// A pass takes a census of the whole machine: more than one a second is a busy loop.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(text)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "'{text}' is shorter than 1s: a pass scans every process, so passes are 1s apart at least (60s is the default)"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_fds(text: &str) -> Result<BTreeSet<i32>, String> {

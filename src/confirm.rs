@@ -35,6 +35,8 @@ pub fn confirm(reports: &mut [TargetReport]) -> Answer {
         .collect();
     let n = planned.len();
     let frees = crate::ptys::counted(reports);
+    // ^C at a prompt ends ptyreap (exit 130): with the cursor the prompt hid shown again
+    let _cursor = crate::interrupt::while_prompting();
     let choice = Select::new()
         .with_prompt(format!("Free {}?", crate::ptys::describe(&frees)))
         .items(&[

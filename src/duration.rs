@@ -3,15 +3,19 @@
 
 use std::time::Duration;
 
-/// Parses `0`, `90s`, `10m`, `2h`, `1d`, `1w`, `500ms` and sums like `1h30m`. A bare number is
-/// seconds.
+/// Parses `0`, `90s`, `10m`, `2h`, `1d`, `1w`, `500ms` and sums like `1h30m`. Every number but
+/// `0` needs its unit: `--min-idle 10` would otherwise be ten seconds where ten minutes was meant
+/// (the default is shown as `10m`).
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if let Ok(n) = text.parse::<u64>() {
+        if n == 0 {
+            return Ok(Duration::ZERO);
+        }
+        return Err(format!("'{text}' needs a unit: {n}s, {n}m, {n}h or {n}d"));
     }
     let mut total: u64 = 0;
     let mut rest = text;
@@ -109,7 +113,9 @@ mod tests {
         assert_eq!(parse("1d").unwrap().as_secs(), 86_400);
         assert_eq!(parse("1h30m").unwrap().as_secs(), 5400);
         assert_eq!(parse("1h 30m").unwrap().as_secs(), 5400);
-        assert_eq!(parse("45").unwrap().as_secs(), 45);
+        // a bare number but 0 is refused, with the units to choose from
+        let err = parse("45").unwrap_err();
+        assert!(err.contains("45s, 45m, 45h or 45d"), "{err}");
         assert_eq!(parse("1500ms").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse("1s500ms").unwrap(), Duration::from_millis(1500));
     }

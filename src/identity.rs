@@ -26,9 +26,9 @@ pub struct Identity {
     pub node_pty: Option<(String, String)>,
 }
 
-pub fn identify(exe: Option<&Path>, cmdline: &[String]) -> Identity {
+pub fn identify(exe: Option<&Path>, cmdline: &[String], native_modules: &[String]) -> Identity {
     let mut id = Identity {
-        node_pty: crate::leaks::node_pty_of(exe, cmdline),
+        node_pty: crate::leaks::node_pty_of(exe, cmdline, native_modules),
         ..Identity::default()
     };
     let Some(dir) = exe.and_then(Path::parent) else {
@@ -129,7 +129,11 @@ pub fn summary(id: &Identity) -> Option<String> {
 /// The identity of a running process, from its executable and command line.
 pub fn of_process(pid: i32) -> Identity {
     let info = crate::sys::process_info(pid);
-    identify(info.exe.as_deref().map(Path::new), &info.cmdline)
+    identify(
+        info.exe.as_deref().map(Path::new),
+        &info.cmdline,
+        &info.native_modules,
+    )
 }
 
 #[cfg(test)]
@@ -183,7 +187,7 @@ mod tests {
         write(&contents.join("Resources/app.asar"), &asar);
         let exe = contents.join("MacOS/Claude");
         write(&exe, b"");
-        let id = identify(Some(&exe), &[]);
+        let id = identify(Some(&exe), &[], &[]);
         assert_eq!(id.id.as_deref(), Some("com.anthropic.claudefordesktop"));
         assert_eq!(id.version.as_deref(), Some("0.14.10"));
         assert_eq!(id.electron.as_deref(), Some("35.1.2"));
@@ -209,23 +213,23 @@ mod tests {
         write(&root.join("resources/app.asar"), &asar);
         let exe = root.join("agentd");
         write(&exe, b"");
-        let id = identify(Some(&exe), &[]);
+        let id = identify(Some(&exe), &[], &[]);
         assert_eq!(id.id.as_deref(), Some("agentd"));
         assert_eq!(id.version.as_deref(), Some("2.4.1"));
         assert_eq!(id.electron.as_deref(), Some("33.2.0"));
         assert_eq!(id.node_pty.as_ref().map(|p| p.0.as_str()), Some("1.1.0"));
         // a `version` file that is no version is not taken for Electron's
         write(&root.join("version"), b"<html>\n");
-        assert_eq!(identify(Some(&exe), &[]).electron, None);
+        assert_eq!(identify(Some(&exe), &[], &[]).electron, None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn nothing_known_is_nothing_said() {
-        let id = identify(Some(Path::new("/nonexistent/dir/app")), &[]);
+        let id = identify(Some(Path::new("/nonexistent/dir/app")), &[], &[]);
         assert_eq!(id, Identity::default());
         assert_eq!(describe(&id), None);
-        assert_eq!(identify(None, &[]), Identity::default());
+        assert_eq!(identify(None, &[], &[]), Identity::default());
     }
 
     #[test]

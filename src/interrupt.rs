@@ -24,6 +24,44 @@ pub fn catch() {
     }
 }
 
+extern "C" fn show_cursor_and_die(sig: libc::c_int) {
+    const SHOW_CURSOR: &[u8] = b"\x1b[?25h";
+    // SAFETY: write, signal and raise are async-signal-safe; the default action then ends us
+    // by the same signal, as if no handler had been here.
+    unsafe {
+        libc::write(2, SHOW_CURSOR.as_ptr().cast(), SHOW_CURSOR.len());
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// While a prompt hides the cursor: SIGINT (the prompt raises it for ^C), SIGTERM and SIGHUP
+/// still end ptyreap as they would, but show the terminal's cursor first. Until `stop` is
+/// called on the guard; then the default actions are back.
+pub fn while_prompting() -> PromptGuard {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only makes async-signal-safe calls.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = show_cursor_and_die as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    PromptGuard
+}
+
+pub struct PromptGuard;
+
+impl Drop for PromptGuard {
+    fn drop(&mut self) {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: restoring the default disposition.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+}
+
 /// The last stop request, if any.
 pub fn received() -> Option<i32> {
     match RECEIVED.load(Ordering::SeqCst) {

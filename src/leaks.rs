@@ -51,15 +51,42 @@ pub fn known_leaks(version: &str, os: &str) -> Vec<String> {
         .collect()
 }
 
-/// The node-pty package.json an app ships, found without running anything: in an Electron app's
-/// `resources/app.asar` (or its `.unpacked` twin, or `resources/app/`), or in a `node_modules`
+/// The node-pty an app runs, found without running anything. First what the process really
+/// loaded: a mapped `pty.node` (node-pty's addon, `…/node-pty/build/Release/pty.node`), whose
+/// package's `package.json` is a few directories up, wherever the package lives. Then what an
+/// app ships: an Electron app's `resources/app.asar` (or `resources/app/`), or a `node_modules`
 /// above a script the process runs. (version, where).
-pub fn node_pty_of(exe: Option<&Path>, cmdline: &[String]) -> Option<(String, String)> {
+pub fn node_pty_of(
+    exe: Option<&Path>,
+    cmdline: &[String],
+    native_modules: &[String],
+) -> Option<(String, String)> {
     const PKG: &str = "node_modules/node-pty/package.json";
     let version = |bytes: &[u8]| -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
         v["version"].as_str().map(str::to_string)
     };
+    for addon in native_modules {
+        // an addon replaced on disk since it was loaded: its package may be too
+        let addon = addon.trim_end_matches(" (deleted)");
+        if Path::new(addon).file_name().is_none_or(|n| n != "pty.node") {
+            continue;
+        }
+        for dir in Path::new(addon).ancestors().skip(1).take(4) {
+            let pkg = dir.join("package.json");
+            let Ok(bytes) = std::fs::read(&pkg) else {
+                continue;
+            };
+            let is_node_pty = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| {
+                v["name"] == "node-pty"
+                    || v["name"] == "@homebridge/node-pty-prebuilt-multiarch"
+                    || v["name"] == "@lydell/node-pty"
+            });
+            if let (true, Some(v)) = (is_node_pty, version(&bytes)) {
+                return Some((v, pkg.display().to_string()));
+            }
+        }
+    }
     if let Some(dir) = exe.and_then(Path::parent) {
         for resources in [dir.join("resources"), dir.join("../Resources")] {
             let archive = resources.join("app.asar");

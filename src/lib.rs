@@ -18,6 +18,7 @@ pub mod identity;
 pub mod interrupt;
 pub mod leaks;
 pub mod limit;
+pub mod metrics;
 pub mod model;
 pub mod new_file;
 pub mod notify;

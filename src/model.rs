@@ -251,9 +251,17 @@ pub struct SystemUsage {
     pub instances: Option<Vec<DevptsInstance>>,
     /// Processes whose fds the scan could not read (their PTYs are not counted above as held).
     pub unreadable_processes: usize,
-    /// At the current rate, when the first limit (global, or an instance's `max=`) is reached;
-    /// None when nothing grows (or not computed: only the census does).
+    /// Seconds until the first limit (global, or an instance's `max=`) is reached at the pace
+    /// orphans are being made; 0 when one is reached now; None when nothing grows steadily (or
+    /// not computed: only the census does).
     pub exhausted_in_s: Option<u64>,
+    /// Which limit `exhausted_in_s` is about: the devpts instance (`major:minor`), or None for
+    /// the global limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted_first: Option<DevId>,
+    /// The pace at which orphaned PTYs are being made machine-wide (census.rs); None when
+    /// nothing shows a sustained leak.
+    pub leak_per_hour: Option<f64>,
 }
 
 /// One devpts instance: a private one (a container's, or `mount -o newinstance`) can be exhausted
@@ -267,6 +275,12 @@ pub struct DevptsInstance {
     pub in_use: Option<u64>,
     /// Its own `max=` mount option; None when unlimited (only the global limit applies).
     pub max: Option<u64>,
+    /// The pace at which orphaned PTYs are being made in it; None when nothing leaks steadily
+    /// (or not computed: only the census does).
+    pub leak_per_hour: Option<f64>,
+    /// Seconds until it is full at that pace, against its own `max=` and the global limit; 0
+    /// when it is full now.
+    pub exhausted_in_s: Option<u64>,
 }
 
 /// One line of the census.
@@ -274,14 +288,18 @@ pub struct DevptsInstance {
 pub struct ProcessCount {
     pub pid: i32,
     pub name: String,
+    /// Master fds (several may be one PTY: aliases, a merge).
     pub masters: usize,
-    /// Masters whose slave no other process holds and that are no session's terminal: the ones
+    /// Distinct PTYs those fds are on.
+    pub ptys: usize,
+    /// PTYs whose slave no other process holds and that are no session's terminal: the ones
     /// that look leaked (the per-fd verdict adds idleness and event-loop checks).
     pub orphaned: usize,
     /// PTYs whose master no other process holds: what quitting this process would free.
     pub ptys_only_here: usize,
-    /// Its PTYs made over the last 24 h (or its life, if shorter), per hour.
-    pub leak_per_hour: f64,
+    /// The pace at which it is making orphaned PTYs, per hour; None when its orphans show no
+    /// sustained growth (`census::sustained_pace`).
+    pub leak_per_hour: Option<f64>,
     /// Why ptyreap cannot release fds in it (macOS code signing, a frozen cgroup, ...); None when
     /// nothing known up front stands in the way.
     pub not_releasable_because: Option<String>,
@@ -291,6 +309,11 @@ pub struct ProcessCount {
 pub struct Census {
     pub system: SystemUsage,
     pub processes: Vec<ProcessCount>,
+    /// Distinct PTYs that look orphaned to every process holding their master.
+    pub orphaned_ptys: usize,
+    /// Who the scan could not see, with the way to see them (see [`Visibility::gap`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unseen: Option<String>,
 }
 
 /// Everything we know about one master fd of a target.
@@ -531,4 +554,7 @@ pub struct ProcessInfo {
     pub cmdline: Vec<String>,
     /// Unix time the process started.
     pub started_at: Option<i64>,
+    /// Native modules it has mapped (`*.node` files: node-pty's `pty.node` among them), each
+    /// path once: what it really loaded, wherever it came from.
+    pub native_modules: Vec<String>,
 }

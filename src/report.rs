@@ -39,7 +39,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let report =
         crate::pipeline::judge_target(&target, &snapshot, &policy, &plan::Choices::default())?;
     let info = sys::process_info(args.pid);
-    let identity = crate::identity::identify(info.exe.as_deref().map(Path::new), &info.cmdline);
+    let identity = crate::identity::identify(
+        info.exe.as_deref().map(Path::new),
+        &info.cmdline,
+        &info.native_modules,
+    );
     let generated = now();
     let counts: serde_json::Map<String, serde_json::Value> = [
         Verdict::Orphaned,

@@ -23,15 +23,12 @@ fn stop_requested() -> bool {
     crate::interrupt::received().is_some()
 }
 
-/// Seconds between two notifications about the same process.
 /// How long the watchdog remembers a poll()/select() loop it saw watching a master.
 const REMEMBER_POLLS_S: i64 = 3600;
 
-const NOTIFY_EVERY_S: i64 = 3600;
-
 pub fn run(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     crate::interrupt::catch();
-    let log = Log { json: args.json };
+    let log = Log::new(args.json);
     let mut state = State::load();
     log.event(
         "start",
@@ -90,96 +87,146 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
             ("in_use", json!(c.system.in_use)),
             ("limit", json!(c.system.limit)),
             ("holders", json!(watched.len())),
+            ("ptys", json!(watched.iter().map(|p| p.ptys).sum::<usize>())),
             (
-                "masters",
-                json!(watched.iter().map(|p| p.masters).sum::<usize>()),
+                "orphaned",
+                json!(watched.iter().map(|p| p.orphaned).sum::<usize>()),
             ),
+            ("unreadable", json!(snapshot.visibility.unreadable.len())),
         ],
     );
+    state.counters.passes += 1;
     // the processes to reap are watched over time together, once per pass (observe.rs)
     let to_reap: Vec<i32> = watched
         .iter()
-        .filter(|p| args.reap.is_some_and(|limit| p.masters > limit))
+        .filter(|p| args.reap.is_some_and(|limit| p.ptys > limit))
         .map(|p| p.pid)
         .collect();
     if !to_reap.is_empty() {
         sys::observe(&mut snapshot, &to_reap, args.observe);
         state.remember_polls(&mut snapshot.polls);
     }
+    let mut after: BTreeMap<i32, usize> = BTreeMap::new();
     for p in &watched {
         if stop_requested() {
             return Ok(());
         }
-        if p.masters > args.warn {
-            log.event(
-                "over_warn",
-                &[
-                    ("pid", json!(p.pid)),
-                    ("name", json!(p.name)),
-                    ("masters", json!(p.masters)),
-                    ("orphaned", json!(p.orphaned)),
-                    ("warn", json!(args.warn)),
-                    ("leak_per_hour", json!(p.leak_per_hour)),
-                    ("exhausted_in_s", json!(c.system.exhausted_in_s)),
-                ],
-            );
-            if !args.no_notify && state.notify_due(p.pid) {
-                let pace = match (p.leak_per_hour > 0.0, c.system.exhausted_in_s) {
-                    (true, Some(s)) => format!(
-                        " It leaks {}; at this rate PTYs run out in ~{}.",
-                        crate::render::table::rate(p.leak_per_hour),
-                        crate::duration::human(s.max(1))
-                    ),
-                    (true, None) => {
-                        format!(" It leaks {}.", crate::render::table::rate(p.leak_per_hour))
-                    }
-                    _ => String::new(),
-                };
-                let body = format!(
-                    "{} (pid {}) holds {} PTY masters, {} look orphaned.{pace} Inspect: sudo ptyreap --pid {} --dry-run",
-                    p.name, p.pid, p.masters, p.orphaned, p.pid
-                );
-                match notify::send("PTY leak", &body) {
-                    Ok(()) => log.event("notified", &[("pid", json!(p.pid))]),
-                    Err(why) => log.event(
-                        "notify_skipped",
-                        &[("pid", json!(p.pid)), ("why", json!(why))],
-                    ),
-                }
-                state.notified(p.pid);
-            }
-        }
-        if let Some(limit) = args.reap {
-            if p.masters > limit {
-                reap_one(args, log, p, &snapshot);
+        if args.reap.is_some_and(|limit| p.ptys > limit) {
+            if let Some(left) = reap_one(args, log, p, &snapshot, &mut state.counters) {
+                after.insert(p.pid, left);
             }
         }
     }
+    // a leak episode: from the pass a process goes over --warn to the pass it is back under
+    // (released, or gone): one warning and one notification each, never one per pass
+    for p in &watched {
+        let ptys = after.get(&p.pid).copied().unwrap_or(p.ptys);
+        let key = State::key(p.pid);
+        if ptys <= args.warn {
+            if state.episodes.remove(&key).is_some() {
+                log.event(
+                    "back_under_warn",
+                    &[
+                        ("pid", json!(p.pid)),
+                        ("name", json!(p.name)),
+                        ("ptys", json!(ptys)),
+                        ("warn", json!(args.warn)),
+                    ],
+                );
+            }
+            continue;
+        }
+        let fields = [
+            ("pid", json!(p.pid)),
+            ("name", json!(p.name)),
+            ("ptys", json!(ptys)),
+            ("masters", json!(p.masters)),
+            ("orphaned", json!(p.orphaned)),
+            ("warn", json!(args.warn)),
+            ("leak_per_hour", json!(p.leak_per_hour)),
+            ("exhausted_in_s", json!(c.system.exhausted_in_s)),
+        ];
+        if state.episodes.contains_key(&key) {
+            log.event("still_over_warn", &fields);
+            continue;
+        }
+        state.episodes.insert(key, now());
+        log.event("over_warn", &fields);
+        if args.no_notify {
+            continue;
+        }
+        let pace = match (p.leak_per_hour, c.system.exhausted_in_s) {
+            (Some(rate), Some(s)) if s > 0 => format!(
+                " It leaks {}; at this pace PTYs run out in ~{}.",
+                crate::render::table::rate(rate),
+                crate::duration::human(s)
+            ),
+            (Some(rate), _) => format!(" It leaks {}.", crate::render::table::rate(rate)),
+            _ => String::new(),
+        };
+        let body = format!(
+            "{} (pid {}) holds {} PTYs, {} of them look orphaned.{pace} Inspect: sudo ptyreap --pid {} --dry-run",
+            crate::output::escaped(&p.name),
+            p.pid,
+            ptys,
+            p.orphaned,
+            p.pid
+        );
+        match notify::send("PTY leak", &body) {
+            Ok(to) => log.event("notified", &[("pid", json!(p.pid)), ("to", json!(to))]),
+            Err(why) => log.event(
+                "notify_skipped",
+                &[("pid", json!(p.pid)), ("why", json!(why))],
+            ),
+        }
+    }
+    state.counters.last_pass = crate::clock::now_precise();
     state.forget_gone();
     state.save();
+    if let Some(path) = &args.textfile {
+        let text = crate::metrics::exposition(&c, Some(&state.counters));
+        if let Err(e) = crate::metrics::write_atomically(path, &text) {
+            log.event(
+                "textfile_failed",
+                &[
+                    ("path", json!(path.display().to_string())),
+                    ("error", json!(e.to_string())),
+                ],
+            );
+        }
+    }
     Ok(())
 }
 
 /// Reaps the orphaned masters of one process; logs every action and every refusal.
-fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::model::Snapshot) {
+/// Returns how many PTYs the process holds afterwards, when something was released.
+fn reap_one(
+    args: &WatchArgs,
+    log: &Log,
+    p: &ProcessCount,
+    snapshot: &crate::model::Snapshot,
+    counters: &mut crate::metrics::Counters,
+) -> Option<usize> {
     let who = [("pid", json!(p.pid)), ("name", json!(p.name))];
     let target = match sys::open_target(p.pid) {
         Ok(t) => t,
         Err(e) => {
-            return log.event(
+            log.event(
                 "reap_skipped",
                 &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
-            )
+            );
+            return None;
         }
     };
     let (policy, choices) = (args.policy(), args.choices());
     let mut report = match crate::pipeline::judge_target(&target, snapshot, &policy, &choices) {
         Ok(r) => r,
         Err(e) => {
-            return log.event(
+            log.event(
                 "reap_skipped",
                 &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
-            )
+            );
+            return None;
         }
     };
     if let Some(why) = &report.not_releasable_because {
@@ -188,10 +235,12 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
             .iter()
             .any(|r| r.judgement.verdict == crate::model::Verdict::Orphaned);
         if orphaned {
-            return log.event(
+            counters.failures += 1;
+            log.event(
                 "reap_failed",
                 &[who[0].clone(), who[1].clone(), ("why", json!(why))],
             );
+            return None;
         }
     }
     let planned = report
@@ -200,15 +249,13 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
         .filter(|r| r.action.is_close())
         .count();
     if planned == 0 {
-        return log.event(
+        log.event(
             "nothing_to_reap",
-            &[
-                who[0].clone(),
-                who[1].clone(),
-                ("masters", json!(p.masters)),
-            ],
+            &[who[0].clone(), who[1].clone(), ("ptys", json!(p.ptys))],
         );
+        return None;
     }
+    crate::ptys::account(std::slice::from_mut(&mut report));
     match sys::reap(&target, &mut report.masters) {
         Ok(stopped) => {
             for row in report.masters.iter().filter(|r| r.action.is_close()) {
@@ -235,6 +282,14 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
                 .iter()
                 .filter(|r| r.result == Some(Outcome::Closed))
                 .count();
+            let freed = crate::ptys::freed(std::slice::from_ref(&report));
+            let failed = report
+                .masters
+                .iter()
+                .filter(|r| r.result == Some(Outcome::Failed))
+                .count();
+            counters.released_ptys += freed as u64;
+            counters.failures += failed as u64;
             log.event(
                 "reap_done",
                 &[
@@ -242,36 +297,70 @@ fn reap_one(args: &WatchArgs, log: &Log, p: &ProcessCount, snapshot: &crate::mod
                     who[1].clone(),
                     ("closed", json!(closed)),
                     ("planned", json!(planned)),
+                    ("ptys_freed", json!(freed)),
                     ("stopped_us", json!(stopped.as_micros() as u64)),
                 ],
             );
+            Some(p.ptys.saturating_sub(freed))
         }
-        Err(e) => log.event(
-            "reap_failed",
-            &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
-        ),
+        Err(e) => {
+            counters.failures += 1;
+            log.event(
+                "reap_failed",
+                &[who[0].clone(), who[1].clone(), ("why", json!(e.message))],
+            );
+            None
+        }
     }
 }
 
 /// Events: one greppable line on stderr (`ptyreap-watch: <time> <event> key=value ...`), or one
-/// JSON object per line on stdout.
+/// JSON object per line on stdout. Each event has a syslog priority: under systemd (stderr is
+/// the journal stream named by `JOURNAL_STREAM`) a line starts with `<N>` instead of the time,
+/// which journald takes as the priority, so `journalctl -p warning` finds what matters.
 struct Log {
     json: bool,
+    journal: bool,
+}
+
+/// The syslog priority of an event: 3 error, 4 warning, 5 notice, 6 info.
+fn priority(event: &str) -> u8 {
+    match event {
+        "pass_failed" | "reap_failed" | "textfile_failed" => 3,
+        "over_warn" | "reap_skipped" => 4,
+        "reaped" | "reap_done" | "back_under_warn" | "notified" | "notify_skipped" | "start"
+        | "stop" => 5,
+        _ => 6,
+    }
 }
 
 impl Log {
+    fn new(json: bool) -> Log {
+        Log {
+            json,
+            journal: stderr_is_the_journal(),
+        }
+    }
+
     fn event(&self, event: &str, fields: &[(&str, Value)]) {
         let time = rfc3339(now());
+        let level = priority(event);
         if self.json {
             let mut obj = Map::new();
             obj.insert("time".into(), json!(time));
             obj.insert("event".into(), json!(event));
+            obj.insert("priority".into(), json!(level));
             for (k, v) in fields {
                 obj.insert((*k).into(), v.clone());
             }
             crate::output::println(&Value::Object(obj).to_string());
         } else {
-            let mut line = format!("ptyreap-watch: {time} {event}");
+            // the journal stamps each line itself
+            let mut line = if self.journal {
+                format!("<{level}>ptyreap-watch: {event}")
+            } else {
+                format!("ptyreap-watch: {time} {event}")
+            };
             for (k, v) in fields {
                 let text = match v {
                     Value::String(s) => format!("{s:?}"),
@@ -284,15 +373,36 @@ impl Log {
     }
 }
 
-/// What must outlive a pass: when we last notified about each process (by pid and start time, so
-/// a reused pid is a new process). Kept in `/var/lib/ptyreap/` as root, `$XDG_STATE_HOME/ptyreap/`
-/// otherwise (`PTYREAP_STATE_DIR` overrides both).
+/// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM` to its `dev:inode`
+/// (systemd.exec(5)); a stderr redirected elsewhere since keeps the variable but not the inode.
+fn stderr_is_the_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(want) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    want == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// What must outlive a pass: the leak episodes under way (by pid and start time, so a reused pid
+/// is a new process), each with when it began: a process warned about is not warned about again
+/// until it has been back under `--warn`. Kept in `/var/lib/ptyreap/` as root,
+/// `$XDG_STATE_HOME/ptyreap/` otherwise (`PTYREAP_STATE_DIR` overrides both), so a restarted
+/// watchdog does not notify again either.
 struct State {
     path: Option<PathBuf>,
-    last_notified: BTreeMap<String, i64>,
+    episodes: BTreeMap<String, i64>,
     /// What the poll looks of earlier passes saw, per process (`key`) and fd, with when: a loop
     /// whose period is longer than one look is still remembered for an hour (memory only).
     polled: BTreeMap<String, BTreeMap<i32, (i64, Vec<String>)>>,
+    /// Since this watchdog started: for the metrics.
+    counters: crate::metrics::Counters,
 }
 
 impl State {
@@ -312,16 +422,17 @@ impl State {
 
     fn load() -> State {
         let path = State::dir().map(|d| d.join("watch-state.json"));
-        let last_notified = path
+        let episodes = path
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| serde_json::from_value(v["last_notified"].clone()).ok())
+            .and_then(|v| serde_json::from_value(v["episodes"].clone()).ok())
             .unwrap_or_default();
         State {
             path,
-            last_notified,
+            episodes,
             polled: BTreeMap::new(),
+            counters: Default::default(),
         }
     }
 
@@ -364,19 +475,8 @@ impl State {
         (State::key(pid) == key).then_some(pid)
     }
 
-    fn notify_due(&self, pid: i32) -> bool {
-        self.last_notified
-            .get(&State::key(pid))
-            .is_none_or(|&t| now() - t >= NOTIFY_EVERY_S)
-    }
-
-    fn notified(&mut self, pid: i32) {
-        self.last_notified.insert(State::key(pid), now());
-    }
-
     fn forget_gone(&mut self) {
-        self.last_notified
-            .retain(|key, _| State::live(key).is_some());
+        self.episodes.retain(|key, _| State::live(key).is_some());
     }
 
     /// Written to a new file and renamed over the old one; a failure only costs a notification.
@@ -386,7 +486,7 @@ impl State {
         let _ = std::fs::create_dir_all(dir);
         let tmp = dir.join(format!(".watch-state.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        let body = json!({ "last_notified": self.last_notified }).to_string();
+        let body = json!({ "episodes": self.episodes }).to_string();
         if crate::new_file::write(&tmp, body.as_bytes()).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }
@@ -420,8 +520,9 @@ mod tests {
         let me = std::process::id() as i32;
         let mut state = State {
             path: None,
-            last_notified: BTreeMap::new(),
+            episodes: BTreeMap::new(),
             polled: BTreeMap::new(),
+            counters: Default::default(),
         };
         state.remember_polls(&mut look(me, 7, "poll() in thread 9 (seen 1 time in 1.5s)"));
         // the pass that saw it an hour and more ago is forgotten; a recent one is not

@@ -13,7 +13,15 @@ pub fn census(c: &Census) -> Value {
             v
         })
         .collect();
-    json!({ "system": c.system, "processes": processes })
+    let mut doc = json!({
+        "system": c.system,
+        "processes": processes,
+        "orphaned_ptys": c.orphaned_ptys,
+    });
+    if let Some(unseen) = &c.unseen {
+        doc["unseen"] = json!(unseen);
+    }
+    doc
 }
 
 /// The inspect / reap document.

@@ -107,36 +107,52 @@ pub fn census(c: &Census, style: &Style) -> String {
     let mut out = system(&c.system);
     out.push('\n');
     if c.processes.is_empty() {
-        out.push_str("No process holds a PTY master.\n");
+        match &c.unseen {
+            Some(gap) => {
+                let _ = writeln!(out, "No process that ptyreap can see holds a PTY master.");
+                let _ = writeln!(out, "  {gap}");
+            }
+            None => out.push_str("No process holds a PTY master.\n"),
+        }
         return out;
     }
-    let mut t = Table::new(vec![
+    // fds are shown only where they differ from PTYs (aliases, merged copies)
+    let fds_differ = c.processes.iter().any(|p| p.masters != p.ptys);
+    let mut head = vec![
         ("PID", true),
         ("NAME", false),
-        ("MASTERS", true),
+        ("PTYS", true),
         ("ORPHANED", true),
-        ("PTYS ONLY HERE", true),
+        ("ONLY HERE", true),
         ("LEAK", true),
-    ]);
+    ];
+    if fds_differ {
+        head.insert(3, ("FDS", true));
+    }
+    let mut t = Table::new(head);
     for p in &c.processes {
         let sgr = if p.orphaned > 0 { "33" } else { "" };
         // marked: ptyreap cannot release fds in it (the reason follows the table)
         let name = if p.not_releasable_because.is_some() {
-            format!("{} *", p.name)
+            format!("{} *", crate::output::escaped(&p.name))
         } else {
-            p.name.clone()
+            crate::output::escaped(&p.name)
         };
-        t.push(vec![
+        let mut row = vec![
             (p.pid.to_string(), ""),
             (name, ""),
-            (p.masters.to_string(), ""),
+            (p.ptys.to_string(), ""),
             (p.orphaned.to_string(), sgr),
             (p.ptys_only_here.to_string(), ""),
             (
-                rate(p.leak_per_hour),
-                if p.leak_per_hour > 0.0 { "33" } else { "" },
+                p.leak_per_hour.map_or(String::new(), rate),
+                if p.leak_per_hour.is_some() { "33" } else { "" },
             ),
-        ]);
+        ];
+        if fds_differ {
+            row.insert(3, (p.masters.to_string(), ""));
+        }
+        t.push(row);
     }
     out.push_str(&t.render(style, ""));
     let refused: Vec<_> = c
@@ -147,24 +163,70 @@ pub fn census(c: &Census, style: &Style) -> String {
     if !refused.is_empty() {
         out.push_str("\n* ptyreap cannot release PTYs in these processes, even as root:\n");
         for (p, why) in refused {
-            let _ = writeln!(out, "  {} ({}): {}", p.pid, p.name, why);
+            let _ = writeln!(
+                out,
+                "  {} ({}): {}",
+                p.pid,
+                crate::output::escaped(&p.name),
+                why
+            );
         }
     }
-    if let Some(s) = c.system.exhausted_in_s {
-        let _ = writeln!(
-            out,
-            "\nAt this rate the system runs out of PTYs in ~{}.",
-            human(s.max(1))
-        );
+    if let Some(line) = forecast(&c.system) {
+        let _ = writeln!(out, "\n{line}");
     }
-    let orphaned: usize = c.processes.iter().map(|p| p.orphaned).sum();
-    if orphaned > 0 {
-        let _ = writeln!(
-            out,
-            "\n{orphaned} masters look orphaned. Inspect one: sudo ptyreap --pid PID --dry-run"
-        );
+    let n = c.orphaned_ptys;
+    let plural = if n == 1 { ("", "s") } else { ("s", "") };
+    match &c.unseen {
+        Some(gap) => {
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "\n{n} PTY{} look{} orphaned from what ptyreap can see, which is not everything \
+                     (a holder may hide among what it cannot see).",
+                    plural.0, plural.1
+                );
+            }
+            let _ = writeln!(out, "Only what ptyreap can see is counted: {gap}");
+        }
+        None if n > 0 => {
+            let _ = writeln!(
+                out,
+                "\n{n} PTY{} look{} orphaned. Inspect one: sudo ptyreap --pid PID --dry-run",
+                plural.0, plural.1
+            );
+        }
+        None => {}
     }
     out
+}
+
+/// The forecast line: which limit is reached first and when, "exhausted now" when one is; None
+/// when nothing leaks steadily and nothing is full.
+pub fn forecast(sys: &SystemUsage) -> Option<String> {
+    let soonest = sys.exhausted_in_s?;
+    let what = match sys.exhausted_first {
+        None => "the system".to_string(),
+        Some(dev) => {
+            let at = sys
+                .instances
+                .iter()
+                .flatten()
+                .find(|i| i.devpts == dev)
+                .and_then(|i| i.mount.as_deref())
+                .unwrap_or("not mounted here");
+            format!("devpts {dev} ({at})")
+        }
+    };
+    Some(if soonest == 0 {
+        format!("PTYs are exhausted now in {what}: no new one can be opened there.")
+    } else {
+        format!(
+            "At the pace orphans are being made ({}), {what} runs out of PTYs in ~{}.",
+            sys.leak_per_hour.map_or(String::new(), rate),
+            human(soonest)
+        )
+    })
 }
 
 /// "+21/h", "+0.4/h", or nothing when not growing.

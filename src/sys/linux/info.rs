@@ -23,6 +23,9 @@ pub fn process_info(pid: i32) -> ProcessInfo {
         exe,
         cmdline,
         started_at: started_at(pid),
+        native_modules: std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|maps| super::procfs::parse_maps_paths(&maps, ".node"))
+            .unwrap_or_default(),
     }
 }
 

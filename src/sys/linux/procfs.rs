@@ -242,6 +242,25 @@ pub fn thread_exiting(pid: i32, tid: i32) -> bool {
     })
 }
 
+/// The paths of the files mapped in a /proc/PID/maps text whose names end with `suffix`, each
+/// once, in the order first seen. The path is everything after the fifth field (it may hold
+/// spaces); a deleted file's ` (deleted)` stays on it.
+pub fn parse_maps_paths(maps: &str, suffix: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        let mut rest = line;
+        for _ in 0..5 {
+            rest = rest.trim_start();
+            rest = rest.find(' ').map_or("", |i| &rest[i..]);
+        }
+        let path = rest.trim_start();
+        if path.starts_with('/') && path.ends_with(suffix) && !out.iter().any(|p| p == path) {
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
 /// The thread ids in /proc/PID/task, in ascending order.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?

@@ -59,6 +59,8 @@ pub fn usage(seen: &[ProcessPtys], also: &[i32]) -> SystemUsage {
                 mount: None,
                 in_use: None,
                 max: None,
+                leak_per_hour: None,
+                exhausted_in_s: None,
             },
         };
         instances.insert(dev, entry);
@@ -71,6 +73,8 @@ pub fn usage(seen: &[ProcessPtys], also: &[i32]) -> SystemUsage {
         instances: Some(instances.into_values().collect()),
         unreadable_processes: 0,
         exhausted_in_s: None,
+        exhausted_first: None,
+        leak_per_hour: None,
     }
 }
 
@@ -92,6 +96,8 @@ fn instance(m: &Mount, reachable_at: &str) -> DevptsInstance {
         mount: Some(crate::output::escaped(&m.mount_point)),
         in_use: count_ptys(reachable_at, m.dev),
         max: m.super_option("max").and_then(|v| v.parse().ok()),
+        leak_per_hour: None,
+        exhausted_in_s: None,
     }
 }
 

@@ -20,5 +20,6 @@ pub fn process_info(pid: i32) -> ProcessInfo {
         // KERN_PROCARGS2 would give it, but only for our own user's processes; left out
         cmdline: Vec::new(),
         started_at,
+        native_modules: Vec::new(),
     }
 }

@@ -93,6 +93,8 @@ pub fn usage(devfs: &Devfs) -> SystemUsage {
         instances: None,
         unreadable_processes: 0,
         exhausted_in_s: None,
+        exhausted_first: None,
+        leak_per_hour: None,
     }
 }
 
