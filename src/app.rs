@@ -380,6 +380,9 @@ fn rerun_with(cli: &Cli, extra: &str) -> String {
     if cli.yes {
         parts.push("--yes".into());
     }
+    if let Some(m) = cli.method {
+        parts.push(format!("--method {}", m.as_str()));
+    }
     if !extra.is_empty() {
         parts.push(extra.into());
     }

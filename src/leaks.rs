@@ -21,6 +21,17 @@ const KNOWN: &[KnownLeak] = &[
         fixed_in: "1.2.0-beta.10",
         what: "leaks one whole PTY per spawn (a probe master and the parent's slave, never closed)",
     },
+    // microsoft/node-pty src/unix/pty.cc (1.1.0): the forkpty() master is never made
+    // close-on-exec, and the child closes nothing before exec, so every shell spawned later
+    // holds copies of the masters opened before it (issue #657). Fixed child-side by closing
+    // fds >= 3 before exec: PR #867 (52417d5), first released in 1.2.0-beta.4 (as
+    // stablyai/orca#8855 records for the releases).
+    KnownLeak {
+        os: "linux",
+        fixed_in: "1.2.0-beta.4",
+        what: "lets every shell it spawns inherit the masters of the terminals opened before it, \
+               so a closed terminal's PTY stays allocated while any later shell lives",
+    },
     // the per-spawn kqueue in SetupExitCallback: f285d90 (PR #931), in 1.2.0-beta.14
     KnownLeak {
         os: "macos",
@@ -182,7 +193,8 @@ mod tests {
         assert!(known_leaks("1.2.0-beta.9", "macos")[0].contains("one whole PTY"));
         assert!(known_leaks("1.2.0-beta.14", "macos").is_empty());
         assert!(known_leaks("1.2.0", "macos").is_empty());
-        assert!(known_leaks("1.1.0", "linux").is_empty());
+        assert!(known_leaks("1.1.0", "linux")[0].contains("inherit the masters"));
+        assert!(known_leaks("1.2.0-beta.4", "linux").is_empty());
         assert!(known_leaks("not a version", "macos").is_empty());
     }
 

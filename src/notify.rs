@@ -74,7 +74,7 @@ fn user_buses(dir: &Path) -> Vec<(u32, u32, PathBuf)> {
             let uid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
             let bus = dir.join(uid.to_string()).join("bus");
             let meta = std::fs::symlink_metadata(&bus).ok()?;
-            let is_socket = meta.mode() & libc::S_IFMT == libc::S_IFSOCK;
+            let is_socket = std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type());
             (is_socket && meta.uid() == uid && uid != 0).then(|| (uid, primary_gid(uid), bus))
         })
         .collect();

@@ -4,7 +4,6 @@
 use crate::exit_code::UserError;
 use crate::model::{Action, Snapshot, TargetReport};
 use crate::{plan, sys, verdict};
-use std::collections::BTreeSet;
 
 /// Inspect, judge and plan one target. `only` (`--fd`) keeps just those fds, and every one of
 /// them must be a PTY master of the target.
@@ -63,14 +62,8 @@ fn not_a_master(target: &sys::Target, fd: i32, masters: &[i32]) -> UserError {
     let list = if masters.is_empty() {
         "none".to_string()
     } else {
-        // numerically: 3,4,10, never 10,3,4
-        masters
-            .iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(i32::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        // numerically and as ranges: 3-5,10, never 10,3,4,5
+        crate::verdict::fd_list(masters)
     };
     UserError::failure(format!(
         "fd {fd} of pid {} ({}) is not a PTY master: nothing was changed (its PTY masters: {list})",

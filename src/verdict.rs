@@ -121,11 +121,18 @@ pub fn judge(ev: &Evidence, policy: &Policy, now: i64) -> Judgement {
         )
     };
     if !ev.aliases.is_empty() {
+        // the same words on every fd of the group (itself included), so the table shows the
+        // group as one line: after a merge of 490 masters, not 490 lines of 489 numbers
+        let mut all = ev.aliases.clone();
+        all.push(ev.fd);
+        all.sort_unstable();
+        all.dedup();
         return verdict(
             Verdict::Merged,
             format!(
-                "master shared with fds {}: they free the PTY only together{copies}",
-                fd_list(&ev.aliases)
+                "one of {} fds on this master ({}): they free the PTY only together{copies}",
+                all.len(),
+                fd_list(&all)
             ),
         );
     }
@@ -169,8 +176,26 @@ fn holders_text(holders: &[Holder]) -> String {
 }
 
 /// `3,7,12`: fds as the reasons list them.
+/// fd numbers as ranges, in order: "3-52,60,70-72" (what `--fd` takes back).
 pub fn fd_list(fds: &[i32]) -> String {
-    fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+    let mut sorted = fds.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(match j - i {
+            0 => sorted[i].to_string(),
+            1 => format!("{},{}", sorted[i], sorted[j]),
+            _ => format!("{}-{}", sorted[i], sorted[j]),
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 #[cfg(test)]
@@ -285,7 +310,25 @@ mod tests {
         ev.watched_by = vec!["epoll fd 5".into()];
         let j = judge(&ev, &policy(0), NOW);
         assert_eq!(j.verdict, Verdict::Merged);
-        assert!(j.reason.contains("9,10"));
+        assert!(
+            j.reason.contains("one of 3 fds on this master (7,9,10)"),
+            "{}",
+            j.reason
+        );
+    }
+
+    #[test]
+    fn fd_lists_are_ranges() {
+        assert_eq!(fd_list(&[5, 3, 4, 6, 9, 11, 12]), "3-6,9,11,12");
+        assert_eq!(fd_list(&[]), "");
+        let many: Vec<i32> = (3..=492).collect();
+        assert_eq!(fd_list(&many), "3-492");
+        // what --fd takes back
+        let text = fd_list(&[3, 4, 5, 8]);
+        assert_eq!(
+            crate::plan::parse_fd_list(&text).unwrap(),
+            [3, 4, 5, 8].into()
+        );
     }
 
     #[test]

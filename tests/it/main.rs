@@ -23,6 +23,7 @@ mod races;
 mod reap;
 mod report;
 mod sigkill;
+mod signals;
 mod soak;
 mod stops;
 mod watch;

@@ -73,17 +73,12 @@ fn once_warns_and_reaps_only_orphans() {
     assert_eq!(warned.len(), 1, "{ev:?}");
     assert_eq!(warned[0]["pid"], f.pid);
     assert_eq!(warned[0]["masters"], 10);
-    // the pace: 10 PTYs made within the fixture's few seconds of life is a fast leak
-    assert!(
-        warned[0]["leak_per_hour"].as_f64().unwrap() > 100.0,
-        "{:?}",
-        warned[0]
-    );
-    assert!(
-        warned[0]["exhausted_in_s"].as_u64().is_some(),
-        "{:?}",
-        warned[0]
-    );
+    // warned about what is left after the reap: the tracked, live and unread PTYs
+    assert_eq!(warned[0]["ptys"], 4, "{:?}", warned[0]);
+    assert_eq!(warned[0]["priority"], 4, "{:?}", warned[0]);
+    // ten PTYs made at once are a burst, not a pace: no leak rate, no forecast
+    assert!(warned[0]["leak_per_hour"].is_null(), "{:?}", warned[0]);
+    assert!(warned[0]["exhausted_in_s"].is_null(), "{:?}", warned[0]);
     let reaped = of(&ev, "reaped");
     assert_eq!(reaped.len(), 6, "{ev:?}");
     assert!(reaped
@@ -243,8 +238,9 @@ fn sigterm_during_passes_never_leaves_a_target_stopped() {
             &[
                 "--pid",
                 &f.pid.to_string(),
+                // the shortest interval allowed; the signal lands in the first pass
                 "--interval",
-                "0",
+                "1s",
                 "--warn",
                 "0",
                 "--reap",
@@ -278,7 +274,7 @@ fn sigterm_during_passes_never_leaves_a_target_stopped() {
 }
 
 #[test]
-fn notifications_at_most_once_per_process_per_hour() {
+fn one_notification_per_leak_episode() {
     let dir = support::temp_dir("notify");
     let log = dir.join("notified");
     let fake = dir.join("notify-send");
@@ -316,4 +312,181 @@ fn notifications_at_most_once_per_process_per_hour() {
         "three passes, one notification: {sent}"
     );
     assert!(sent.contains(&format!("pid {pid}")), "{sent}");
+}
+
+/// After a merge of 30 orphans, the process holds one orphaned PTY (and its live ones): the
+/// census counts PTYs, the second look prints the merged fds as one line with ranges, and a
+/// watchdog warning above 10 PTYs is quiet.
+#[test]
+fn after_a_merge_counts_are_ptys_and_the_watchdog_is_quiet() {
+    if !support::require_root() {
+        return;
+    }
+    let state = support::temp_dir("watch-state");
+    let f = Fixture::spawn(&["--orphans", "30", "--live", "2"]);
+    let pid = f.pid.to_string();
+    let merged = support::ptyreap(&[
+        "--pid",
+        &pid,
+        "--min-idle",
+        "0",
+        "--yes",
+        "--method",
+        "merge",
+    ]);
+    assert_eq!(merged.code, 0, "{merged:?}");
+    assert_eq!(ptmx_fds(f.pid).len(), 32, "a merge keeps every number");
+    let census = support::ptyreap(&["--json"]).json();
+    let row = census["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == f.pid)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&row["masters"], &row["ptys"], &row["orphaned"]),
+        (&32.into(), &3.into(), &1.into()),
+        "{row}"
+    );
+    // the second look: the merged fds are one group, their list a range, not 30 lists of 29
+    let again = support::dry_run(f.pid, &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let merged_lines: Vec<&str> = again
+        .stdout
+        .lines()
+        .filter(|l| l.contains("merged"))
+        .collect();
+    assert!(merged_lines.len() <= 2, "{}", again.stdout);
+    assert!(again.stdout.len() < 4000, "{}", again.stdout);
+    let fds = f.fds("orphans");
+    let (lo, hi) = (fds.iter().min().unwrap(), fds.iter().max().unwrap());
+    assert!(
+        again.stdout.contains(&format!("({lo}-{hi})")),
+        "{}",
+        again.stdout
+    );
+    let out = watch(
+        &[
+            "--once",
+            "--pid",
+            &pid,
+            "--warn",
+            "10",
+            "--no-notify",
+            "--json",
+        ],
+        &[("PTYREAP_STATE_DIR", state.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let ev = events(&out.stdout);
+    assert!(of(&ev, "over_warn").is_empty(), "{ev:?}");
+    assert!(of(&ev, "still_over_warn").is_empty(), "{ev:?}");
+    assert_eq!(of(&ev, "pass")[0]["ptys"], 3, "{ev:?}");
+    f.assert_live("");
+}
+
+/// One warning per leak episode: the first pass over --warn warns, the next ones do not; back
+/// under it ends the episode, and going over again is a new one.
+#[test]
+fn one_warning_per_leak_episode() {
+    let state = support::temp_dir("watch-state");
+    let f = Fixture::spawn(&["--orphans", "3"]);
+    let pid = f.pid.to_string();
+    let env = [("PTYREAP_STATE_DIR", state.to_str().unwrap())];
+    let pass = |warn: &str| {
+        let out = watch(
+            &[
+                "--once",
+                "--pid",
+                &pid,
+                "--warn",
+                warn,
+                "--no-notify",
+                "--json",
+            ],
+            &env,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let ev = events(&out.stdout);
+        let named = |name| of(&ev, name).len();
+        (
+            named("over_warn"),
+            named("still_over_warn"),
+            named("back_under_warn"),
+        )
+    };
+    assert_eq!(pass("1"), (1, 0, 0));
+    assert_eq!(pass("1"), (0, 1, 0));
+    assert_eq!(pass("1"), (0, 1, 0));
+    assert_eq!(pass("5"), (0, 0, 1));
+    assert_eq!(pass("5"), (0, 0, 0));
+    assert_eq!(pass("1"), (1, 0, 0));
+}
+
+/// Under systemd (stderr is the journal stream `JOURNAL_STREAM` names), every line starts with
+/// its syslog priority, which journald reads: a warning is `<4>`, a pass `<6>`.
+#[test]
+fn journal_lines_carry_their_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = support::temp_dir("journal");
+    let f = Fixture::spawn(&["--orphans", "2"]);
+    let pid = f.pid.to_string();
+    let log = dir.join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
+        .args([
+            "watch",
+            "--once",
+            "--pid",
+            &pid,
+            "--warn",
+            "1",
+            "--no-notify",
+        ])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env("PTYREAP_STATE_DIR", dir.join("state"))
+        .stdin(Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>ptyreap-watch: over_warn ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>ptyreap-watch: pass ")),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
+    // elsewhere (the variable inherited, stderr another file): the plain lines
+    let other = support::temp_dir("journal-other").join("stderr");
+    let file = std::fs::File::create(&other).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
+        .args([
+            "watch",
+            "--once",
+            "--pid",
+            &pid,
+            "--warn",
+            "1",
+            "--no-notify",
+        ])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env("PTYREAP_STATE_DIR", dir.join("state2"))
+        .stdin(Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&other).unwrap();
+    assert!(
+        text.lines().all(|l| l.starts_with("ptyreap-watch: ")),
+        "{text}"
+    );
 }

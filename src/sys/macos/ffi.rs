@@ -1,8 +1,9 @@
 //! The kernel structures the macOS backend reads and writes, declared by hand with fixed-width
 //! types only, so that this file compiles — and its layout tests run — on Linux as well.
 //!
-//! Why by hand: `libc` lacks `proc_fileinfo`, `vnode_fdinfowithpath`, the kqueue knote records
-//! and the private `proc_info` flavors, and `mach2` 0.4 lacks the exception message layouts.
+//! Why by hand: `libc` lacks `proc_fileinfo`, `vnode_fdinfowithpath`, `proc_regionwithpathinfo`,
+//! the kqueue knote records and the private `proc_info` flavors, and `mach2` 0.4 lacks the
+//! exception message layouts.
 //! Every size and offset below is checked in the tests against the numbers that follow from the
 //! declarations in xnu-11417 (apple-oss-distributions/xnu): `bsd/sys/proc_info.h`,
 //! `bsd/sys/proc_info_private.h`, `bsd/sys/event_private.h`, `osfmk/mach/task_info.h`,
@@ -20,6 +21,9 @@ pub const PROC_ALL_PIDS: u32 = 1;
 /// `proc_pidinfo` flavors.
 pub const PROC_PIDLISTFDS: i32 = 1;
 pub const PROC_PIDTBSDINFO: i32 = 3;
+/// The VM region containing the address passed as `arg`, else the next one above it, with the
+/// path of the file it maps (empty when none). Fails (0, EINVAL) past the last region.
+pub const PROC_PIDREGIONPATHINFO: i32 = 8;
 /// proc_info_private.h: `struct proc_archinfo`.
 pub const PROC_PIDARCHINFO: i32 = 19;
 /// `proc_pidfdinfo` flavors.
@@ -125,33 +129,79 @@ pub struct VnodeInfoPath {
     pub vip_path: [u8; MAXPATHLEN],
 }
 
+impl Default for VnodeInfoPath {
+    fn default() -> Self {
+        VnodeInfoPath {
+            vip_vi: VnodeInfo::default(),
+            vip_path: [0; MAXPATHLEN],
+        }
+    }
+}
+
+impl VnodeInfoPath {
+    /// The path's bytes up to its NUL.
+    pub fn path_bytes(&self) -> &[u8] {
+        let raw = &self.vip_path;
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        &raw[..end]
+    }
+
+    /// The path up to its NUL (lossy: paths are bytes).
+    pub fn path(&self) -> String {
+        String::from_utf8_lossy(self.path_bytes()).into_owned()
+    }
+}
+
 /// `struct vnode_fdinfowithpath`: what PROC_PIDFDVNODEPATHINFO returns.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct VnodeFdInfoWithPath {
     pub pfi: ProcFileInfo,
     pub pvip: VnodeInfoPath,
 }
 
-impl Default for VnodeFdInfoWithPath {
-    fn default() -> Self {
-        VnodeFdInfoWithPath {
-            pfi: ProcFileInfo::default(),
-            pvip: VnodeInfoPath {
-                vip_vi: VnodeInfo::default(),
-                vip_path: [0; MAXPATHLEN],
-            },
-        }
-    }
-}
-
 impl VnodeFdInfoWithPath {
     /// The path up to its NUL (lossy: paths are bytes).
     pub fn path(&self) -> String {
-        let raw = &self.pvip.vip_path;
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        String::from_utf8_lossy(&raw[..end]).into_owned()
+        self.pvip.path()
     }
+}
+
+/// `struct proc_regioninfo`: one entry of the target's VM map (a submap, such as the shared
+/// cache, counts as one region).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcRegionInfo {
+    pub pri_protection: u32,
+    pub pri_max_protection: u32,
+    pub pri_inheritance: u32,
+    pub pri_flags: u32,
+    pub pri_offset: u64,
+    pub pri_behavior: u32,
+    pub pri_user_wired_count: u32,
+    pub pri_user_tag: u32,
+    pub pri_pages_resident: u32,
+    pub pri_pages_shared_now_private: u32,
+    pub pri_pages_swapped_out: u32,
+    pub pri_pages_dirtied: u32,
+    pub pri_ref_count: u32,
+    pub pri_shadow_depth: u32,
+    pub pri_share_mode: u32,
+    pub pri_private_pages_resident: u32,
+    pub pri_shared_pages_resident: u32,
+    pub pri_obj_id: u32,
+    pub pri_depth: u32,
+    pub pri_address: u64,
+    pub pri_size: u64,
+}
+
+/// `struct proc_regionwithpathinfo`: what PROC_PIDREGIONPATHINFO returns; `prp_vip` is all zero
+/// (an empty path) for a region that maps no file.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ProcRegionWithPathInfo {
+    pub prp_prinfo: ProcRegionInfo,
+    pub prp_vip: VnodeInfoPath,
 }
 
 /// `struct proc_bsdinfo`: what PROC_PIDTBSDINFO returns.
@@ -626,6 +676,29 @@ mod tests {
     }
 
     #[test]
+    fn region_layouts() {
+        // proc_regioninfo: 4 x u32 (16), pri_offset 16, 14 x u32 from 24 (56), then
+        // pri_address 80 and pri_size 88 → 96.
+        assert_eq!(size_of::<ProcRegionInfo>(), 96);
+        assert_eq!(align_of::<ProcRegionInfo>(), 8);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_offset), 16);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_behavior), 24);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_user_tag), 32);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_share_mode), 60);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_depth), 76);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_address), 80);
+        assert_eq!(offset_of!(ProcRegionInfo, pri_size), 88);
+        // proc_regionwithpathinfo = PROC_PIDREGIONPATHINFO_SIZE: 96 + vnode_info_path (1176)
+        // → 1272, a multiple of 8 as C's 8-aligned vinfo_stat makes it.
+        assert_eq!(size_of::<ProcRegionWithPathInfo>(), 1272);
+        assert_eq!(offset_of!(ProcRegionWithPathInfo, prp_vip), 96);
+        assert_eq!(
+            offset_of!(ProcRegionWithPathInfo, prp_vip) + offset_of!(VnodeInfoPath, vip_path),
+            248
+        );
+    }
+
+    #[test]
     fn bsdinfo_and_archinfo_layouts() {
         // proc_bsdinfo = PROC_PIDTBSDINFO_SIZE: 12 x u32 (48), comm[16], name[32], 6 x 32-bit
         // (24), two u64 start times → 136.
@@ -821,5 +894,11 @@ mod tests {
         let mut v = VnodeFdInfoWithPath::default();
         v.pvip.vip_path[..9].copy_from_slice(b"/dev/ptmx");
         assert_eq!(v.path(), "/dev/ptmx");
+        let mut r = ProcRegionWithPathInfo::default();
+        assert_eq!(r.prp_vip.path_bytes(), b"");
+        r.prp_vip.vip_path[..11].copy_from_slice(b"/a/pty.node");
+        assert_eq!(r.prp_vip.path(), "/a/pty.node");
+        r.prp_vip.vip_path.fill(b'a'); // no NUL: the whole buffer
+        assert_eq!(r.prp_vip.path_bytes().len(), MAXPATHLEN);
     }
 }

@@ -1,5 +1,5 @@
-//! Facts about a process for the bug report: executable and start time (the app's identity is
-//! read from its bundle's files by identity.rs).
+//! Facts about a process for the bug report: executable, start time and the native modules it
+//! has mapped (the app's identity is read from its bundle's files by identity.rs).
 
 use super::libproc;
 use crate::model::ProcessInfo;
@@ -20,6 +20,6 @@ pub fn process_info(pid: i32) -> ProcessInfo {
         // KERN_PROCARGS2 would give it, but only for our own user's processes; left out
         cmdline: Vec::new(),
         started_at,
-        native_modules: Vec::new(),
+        native_modules: libproc::mapped_paths(pid, ".node"),
     }
 }

@@ -262,6 +262,51 @@ pub fn exe_path(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Most regions one walk of a VM map visits (an Electron app maps a few thousand): a kernel
+/// answer that never moves on must not keep us asking.
+const MAX_REGIONS: usize = 100_000;
+
+/// The paths of the files the process has mapped whose names end with `suffix` (".node": native
+/// modules), each once, in address order. Read region by region with PROC_PIDREGIONPATHINFO,
+/// which needs no task port (dyld's image list would, and hardened apps refuse it): it answers
+/// for the region at or above an address, so the walk starts at 0 and resumes past each region.
+/// It ends past the last one; a process gone or not ours to read leaves what was found so far.
+pub fn mapped_paths(pid: i32, suffix: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut info = ffi::ProcRegionWithPathInfo::default();
+    let size = size_of::<ffi::ProcRegionWithPathInfo>() as i32;
+    let mut address = 0u64;
+    for _ in 0..MAX_REGIONS {
+        // SAFETY: `info` is a valid buffer of `size` bytes; the kernel fills all of it each time.
+        let n = unsafe {
+            libc::proc_pidinfo(
+                pid,
+                ffi::PROC_PIDREGIONPATHINFO,
+                address,
+                (&mut info as *mut ffi::ProcRegionWithPathInfo).cast(),
+                size,
+            )
+        };
+        if n != size {
+            break;
+        }
+        let path = info.prp_vip.path_bytes();
+        if !path.is_empty() && path.ends_with(suffix.as_bytes()) {
+            let path = String::from_utf8_lossy(path);
+            if !out.iter().any(|p| *p == path) {
+                out.push(path.into_owned());
+            }
+        }
+        // a region that ends at or below where we asked would have us ask again forever
+        let region = info.prp_prinfo;
+        match region.pri_address.checked_add(region.pri_size) {
+            Some(next) if next > address => address = next,
+            _ => break,
+        }
+    }
+    out
+}
+
 extern "C" {
     /// bsd/sys/codesign.h (not in libc): code-signing operations on a process.
     fn csops(pid: i32, ops: u32, useraddr: *mut c_void, usersize: usize) -> i32;
