@@ -148,6 +148,22 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         // durations and values
         case(&["--pid", &pid, "--min-idle", "10x"], 2, "unknown unit"),
         case(&["--pid", &pid, "--min-idle=-1m"], 2, "not a duration"),
+        // a bare number: seconds to some, minutes to others; only 0 needs no unit
+        case(
+            &["--pid", &pid, "--min-idle", "10"],
+            2,
+            "needs a unit: 10s, 10m",
+        ),
+        case(
+            &["watch", "--once", "--interval", "0"],
+            2,
+            "shorter than 1s",
+        ),
+        case(
+            &["watch", "--once", "--interval", "500ms"],
+            2,
+            "shorter than 1s",
+        ),
         case(
             &["--pid", &pid, "--include-stale", "banana"],
             2,
