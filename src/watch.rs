@@ -166,7 +166,7 @@ fn pass(args: &WatchArgs, log: &Log, state: &mut State) -> anyhow::Result<()> {
         };
         let body = format!(
             "{} (pid {}) holds {} PTYs, {} of them look orphaned.{pace} Inspect: sudo ptyreap --pid {} --dry-run",
-            crate::output::escaped(&p.name),
+            p.name,
             p.pid,
             ptys,
             p.orphaned,

@@ -133,10 +133,11 @@ pub fn census(c: &Census, style: &Style) -> String {
     for p in &c.processes {
         let sgr = if p.orphaned > 0 { "33" } else { "" };
         // marked: ptyreap cannot release fds in it (the reason follows the table)
+        // names are escaped by the scan already
         let name = if p.not_releasable_because.is_some() {
-            format!("{} *", crate::output::escaped(&p.name))
+            format!("{} *", p.name)
         } else {
-            crate::output::escaped(&p.name)
+            p.name.clone()
         };
         let mut row = vec![
             (p.pid.to_string(), ""),
@@ -163,13 +164,7 @@ pub fn census(c: &Census, style: &Style) -> String {
     if !refused.is_empty() {
         out.push_str("\n* ptyreap cannot release PTYs in these processes, even as root:\n");
         for (p, why) in refused {
-            let _ = writeln!(
-                out,
-                "  {} ({}): {}",
-                p.pid,
-                crate::output::escaped(&p.name),
-                why
-            );
+            let _ = writeln!(out, "  {} ({}): {}", p.pid, p.name, why);
         }
     }
     if let Some(line) = forecast(&c.system) {
