@@ -55,6 +55,15 @@ pub struct PromptGuard;
 
 impl Drop for PromptGuard {
     fn drop(&mut self) {
+        // every way out of a prompt shows the cursor: dialoguer does not when reading a key
+        // fails (a ^C whose SIGINT is blocked in an inherited signal mask comes back as an
+        // error), and a second "show" is harmless (only asked on a terminal)
+        {
+            use std::io::Write;
+            let mut err = std::io::stderr();
+            let _ = err.write_all(b"\x1b[?25h");
+            let _ = err.flush();
+        }
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: restoring the default disposition.
             unsafe { libc::signal(sig, libc::SIG_DFL) };

@@ -219,7 +219,8 @@ cat /run/user/65534/monitor.log
 /// ^C at the confirmation prompt, in a real terminal (tmux): ptyreap ends with 130, nothing is
 /// released, and the terminal's cursor is visible again.
 #[test]
-#[ignore = "passes alone (cargo test --test it -- --ignored signals::ctrl_c), fails beside the other tests: not yet understood"]
+#[ignore = "passes alone (cargo test --test it -- --ignored signals::ctrl_c); beside the watch tests \
+            ptyreap in the pane dies by a signal before its handler runs: not yet understood"]
 fn ctrl_c_at_the_prompt_shows_the_cursor_again() {
     if !support::require_root() || !need("tmux", "tmux") {
         return;
@@ -275,7 +276,12 @@ fn ctrl_c_at_the_prompt_shows_the_cursor_again() {
     let shown = support::wait_for(Duration::from_secs(3), || {
         tmux(&["display", "-p", "-t", "0", "#{cursor_flag}"]).trim() == "1"
     });
-    assert!(shown, "the cursor is hidden after ^C");
+    assert!(
+        shown,
+        "the cursor is hidden after ^C (status {}): {}",
+        tmux(&["display", "-p", "-t", "0", "#{pane_dead_status}"]),
+        tmux(&["capture-pane", "-p", "-t", "0"])
+    );
     assert_eq!(support::ptmx_fds(f.pid).len(), 3, "nothing released");
 }
 
