@@ -108,16 +108,12 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
 /// A run on targets, step by step: select, inspect and plan, confirm (then look again), reap,
 /// print.
 fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
-    let Some((targets, snapshot)) = select(cli)? else {
-        let seen = sys::snapshot_for(&[]).ok();
-        match seen.and_then(|s| s.visibility.gap()) {
-            Some(gap) => eprintln!(
-                "ptyreap: no process that ptyreap can see holds a PTY master: nothing to do \
-                 here; {gap}"
-            ),
-            None => eprintln!("ptyreap: no process holds a PTY master: nothing to do"),
+    let (targets, snapshot) = match select(cli)? {
+        Ok(selected) => selected,
+        Err(unseen) => {
+            nothing_holds_a_master(unseen);
+            return Ok(ExitCode::Success);
         }
-        return Ok(ExitCode::Success);
     };
     let (targets, mut reports, mut ptys, kept) = inspect(cli, targets, &snapshot)?;
     let printer = Printer { cli, style };
@@ -207,9 +203,24 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     Ok(summary.exit_code())
 }
 
+/// "Nothing to do", with what the scan could not see, if anything.
+fn nothing_holds_a_master(unseen: Option<String>) {
+    match unseen {
+        Some(gap) => eprintln!(
+            "ptyreap: no process that ptyreap can see holds a PTY master: nothing to do \
+             here; {gap}"
+        ),
+        None => eprintln!("ptyreap: no process holds a PTY master: nothing to do"),
+    }
+}
+
+/// What `select` chose: the targets with the snapshot they were chosen from, or, when nothing
+/// holds a PTY master, what that snapshot could not see (see `Visibility::gap`).
+type Selection = std::result::Result<(Vec<sys::Target>, model::Snapshot), Option<String>>;
+
 /// The targets of --pid, --name, --all and --top, opened, with the snapshot they were chosen
-/// from; None when nothing holds a PTY master.
-fn select(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>> {
+/// from (see [`Selection`]).
+fn select(cli: &Cli) -> Result<Selection> {
     let chosen = select_only(cli)?;
     Ok(chosen.map(|(targets, mut snapshot)| {
         // one look over time at every target's poll()/select() calls at once (observe.rs)
@@ -219,7 +230,7 @@ fn select(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>> {
     }))
 }
 
-fn select_only(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>> {
+fn select_only(cli: &Cli) -> Result<Selection> {
     // Check every pid before the (machine-wide) scan, so bad input fails fast and plainly.
     let mut targets = Vec::new();
     for &pid in &cli.pids {
@@ -228,7 +239,7 @@ fn select_only(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>>
     let snapshot = sys::snapshot_for(&cli.pids)?;
     let pids = select_targets(cli, &snapshot)?;
     if pids.is_empty() {
-        return Ok(None);
+        return Ok(Err(snapshot.visibility.gap()));
     }
     for pid in pids {
         if !targets.iter().any(|t| t.pid == pid) {
@@ -247,7 +258,7 @@ fn select_only(cli: &Cli) -> Result<Option<(Vec<sys::Target>, model::Snapshot)>>
         ))
         .into());
     }
-    Ok(Some((targets, snapshot)))
+    Ok(Ok((targets, snapshot)))
 }
 
 /// Every target inspected, judged and planned, with the PTYs the plan frees. --all keeps only the
@@ -319,20 +330,18 @@ fn what_was_kept(
     if !fresh.is_empty() && !cli.min_idle.is_zero() {
         let mut policy = cli.policy();
         policy.min_idle = std::time::Duration::ZERO;
-        let frees = build_reports_lenient(cli, targets, snapshot, policy).map(|mut r| {
-            let mut count = ptys::account(&mut r);
-            if cli.all {
-                for t in r.iter_mut() {
-                    ptys::only_what_frees(t);
-                }
-                count = ptys::account(&mut r);
+        let mut r = build_reports_lenient(cli, targets, snapshot, policy);
+        let mut frees = ptys::account(&mut r).would_free;
+        if cli.all {
+            for t in r.iter_mut() {
+                ptys::only_what_frees(t);
             }
-            count.would_free
-        });
+            frees = ptys::account(&mut r).would_free;
+        }
         let n = fresh.len();
         let what = match frees {
-            Ok(0) | Err(_) => "frees none of them now (they are kept for other reasons too)".into(),
-            Ok(k) => format!("would free {k} PTY{}", if k == 1 { "" } else { "s" }),
+            0 => "frees none of them now (they are kept for other reasons too)".into(),
+            k => format!("would free {k} PTY{}", if k == 1 { "" } else { "s" }),
         };
         out.push(format!(
             "kept {n} PTY{} as fresh (idle less than {}); if {} leaked: `{}` {what}",
@@ -395,12 +404,12 @@ fn build_reports_lenient(
     targets: &[sys::Target],
     snapshot: &model::Snapshot,
     policy: crate::verdict::Policy,
-) -> Result<Vec<TargetReport>, UserError> {
+) -> Vec<TargetReport> {
     let choices = cli.choices();
-    Ok(targets
+    targets
         .iter()
         .filter_map(|t| pipeline::judge_target(t, snapshot, &policy, &choices).ok())
-        .collect())
+        .collect()
 }
 
 /// Shows the plan and asks; then, as the prompt may have taken minutes, looks again and keeps

@@ -40,9 +40,13 @@ pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
     }
     // the machine's orphans: orphaned as each of their master holders sees them, with when each
     // was made
+    let orphans_of: Vec<HashMap<PtyId, Option<f64>>> = snapshot
+        .processes
+        .iter()
+        .map(|p| orphaned_ptys(p, &slave_holders))
+        .collect();
     let mut machine_orphans: HashMap<PtyId, (bool, Option<f64>)> = HashMap::new();
-    for p in &snapshot.processes {
-        let mine = orphaned_ptys(p, &slave_holders);
+    for (p, mine) in snapshot.processes.iter().zip(&orphans_of) {
         for m in &p.masters {
             let Some(pty) = m.pty else { continue };
             let entry = machine_orphans.entry(pty).or_insert((true, m.created));
@@ -60,9 +64,9 @@ pub fn census_at(snapshot: &Snapshot, now: f64) -> Census {
     let mut processes: Vec<ProcessCount> = snapshot
         .processes
         .iter()
-        .filter(|p| !p.masters.is_empty())
-        .map(|p| {
-            let orphans = orphaned_ptys(p, &slave_holders);
+        .zip(&orphans_of)
+        .filter(|(p, _)| !p.masters.is_empty())
+        .map(|(p, orphans)| {
             let times: Vec<f64> = orphans.values().filter_map(|c| *c).collect();
             ProcessCount {
                 pid: p.pid,

@@ -6,7 +6,7 @@
 //! format requires (backslash, double quote, newline), and anything else a terminal might act on
 //! is left to the consumer: the file is data, never printed raw by ptyreap.
 
-use crate::model::Census;
+use crate::model::{Census, DevptsInstance};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::io;
@@ -75,60 +75,28 @@ pub fn exposition(c: &Census, counters: Option<&Counters>) -> String {
         );
         sample(&mut out, "ptyreap_exhausted_in_seconds", &[], s as f64);
     }
-    let instances: Vec<_> = sys.instances.iter().flatten().collect();
-    let label = |i: &crate::model::DevptsInstance| {
-        vec![
-            ("devpts", i.devpts.to_string()),
-            ("mount", i.mount.clone().unwrap_or_default()),
-        ]
-    };
-    let with_use: Vec<_> = instances.iter().filter(|i| i.in_use.is_some()).collect();
-    if !with_use.is_empty() {
-        family(
-            &mut out,
-            "ptyreap_devpts_in_use",
-            "gauge",
-            "PTYs allocated in one devpts instance.",
-        );
-        for i in &with_use {
-            let n = i.in_use.unwrap_or(0) as f64;
-            sample(&mut out, "ptyreap_devpts_in_use", &label(i), n);
-        }
-    }
-    let with_max: Vec<_> = instances.iter().filter(|i| i.max.is_some()).collect();
-    if !with_max.is_empty() {
-        family(
-            &mut out,
-            "ptyreap_devpts_max",
-            "gauge",
-            "A devpts instance's own max= mount option.",
-        );
-        for i in &with_max {
-            let n = i.max.unwrap_or(0) as f64;
-            sample(&mut out, "ptyreap_devpts_max", &label(i), n);
-        }
-    }
-    let forecast: Vec<_> = instances
-        .iter()
-        .filter(|i| i.exhausted_in_s.is_some())
-        .collect();
-    if !forecast.is_empty() {
-        family(
-            &mut out,
-            "ptyreap_devpts_exhausted_in_seconds",
-            "gauge",
-            "Seconds until one devpts instance is full at its own pace (0: now).",
-        );
-        for i in &forecast {
-            let n = i.exhausted_in_s.unwrap_or(0) as f64;
-            sample(
-                &mut out,
-                "ptyreap_devpts_exhausted_in_seconds",
-                &label(i),
-                n,
-            );
-        }
-    }
+    let instances: Vec<&DevptsInstance> = sys.instances.iter().flatten().collect();
+    per_instance(
+        &mut out,
+        &instances,
+        "ptyreap_devpts_in_use",
+        "PTYs allocated in one devpts instance.",
+        |i| i.in_use,
+    );
+    per_instance(
+        &mut out,
+        &instances,
+        "ptyreap_devpts_max",
+        "A devpts instance's own max= mount option.",
+        |i| i.max,
+    );
+    per_instance(
+        &mut out,
+        &instances,
+        "ptyreap_devpts_exhausted_in_seconds",
+        "Seconds until one devpts instance is full at its own pace (0: now).",
+        |i| i.exhausted_in_s,
+    );
     // per process name: an app's many processes are one series, and a pid is no label
     let mut by_name: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for p in &c.processes {
@@ -209,6 +177,32 @@ pub fn exposition(c: &Census, counters: Option<&Counters>) -> String {
         );
     }
     out
+}
+
+/// One gauge family with a sample per devpts instance that has a value; nothing at all when
+/// none has (a family with no samples is noise).
+fn per_instance(
+    out: &mut String,
+    instances: &[&DevptsInstance],
+    name: &str,
+    help: &str,
+    value: impl Fn(&DevptsInstance) -> Option<u64>,
+) {
+    let samples: Vec<(&DevptsInstance, u64)> = instances
+        .iter()
+        .filter_map(|i| value(i).map(|v| (*i, v)))
+        .collect();
+    if samples.is_empty() {
+        return;
+    }
+    family(out, name, "gauge", help);
+    for (i, v) in samples {
+        let labels = [
+            ("devpts", i.devpts.to_string()),
+            ("mount", i.mount.clone().unwrap_or_default()),
+        ];
+        sample(out, name, &labels, v as f64);
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

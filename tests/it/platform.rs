@@ -9,26 +9,9 @@ use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The tool, or: skip (locally) / fail (in CI, which installs it).
-fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is missing and CI is set"
-        );
-        eprintln!("skipped: {name} is not installed");
-    }
-    found
-}
-
 #[test]
 fn the_systemd_unit_verifies() {
-    if !tool("systemd-analyze") {
+    if !support::require_tool("systemd-analyze", "systemd") {
         return;
     }
     let unit =
@@ -60,7 +43,7 @@ fn the_systemd_unit_verifies() {
 
 #[test]
 fn the_launchd_plist_is_well_formed() {
-    if !tool("xmllint") {
+    if !support::require_tool("xmllint", "libxml2-utils") {
         return;
     }
     let path = format!("{ROOT}/platform/macos/com.ptyreap.watch.plist");

@@ -8,22 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A tool the test needs from Debian: present, or (outside CI) a skip that says so.
-fn need(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing and CI is set (.ci/run installs {package})"
-        );
-        eprintln!("skipped: {tool} is not installed (apt-get install {package})");
-    }
-    found
-}
-
 /// `promtool check metrics` on `text`: its complaints, None when it accepts it.
 fn promtool_check(text: &str) -> Option<String> {
     let mut child = Command::new("promtool")
@@ -53,7 +37,7 @@ fn promtool_check(text: &str) -> Option<String> {
 /// the label, and promtool accepts the whole exposition.
 #[test]
 fn metrics_are_valid_prometheus_whatever_the_names() {
-    if !support::require_root() || !need("promtool", "prometheus") {
+    if !support::require_root() || !support::require_tool("promtool", "prometheus") {
         return;
     }
     let dir = support::temp_dir("metrics");
@@ -99,7 +83,7 @@ fn metrics_are_valid_prometheus_whatever_the_names() {
 /// file promtool accepts; the counters count what was released.
 #[test]
 fn the_watchdog_writes_a_textfile_for_node_exporter() {
-    if !support::require_root() || !need("promtool", "prometheus") {
+    if !support::require_root() || !support::require_tool("promtool", "prometheus") {
         return;
     }
     let dir = support::temp_dir("textfile");
@@ -156,9 +140,9 @@ fn the_watchdog_writes_a_textfile_for_node_exporter() {
 #[test]
 fn a_root_watchdog_notifies_the_user_s_session_bus() {
     if !support::require_root()
-        || !need("dbus-daemon", "dbus-daemon")
-        || !need("dbus-monitor", "dbus-bin")
-        || !need("notify-send", "libnotify-bin")
+        || !support::require_tool("dbus-daemon", "dbus-daemon")
+        || !support::require_tool("dbus-monitor", "dbus-bin")
+        || !support::require_tool("notify-send", "libnotify-bin")
     {
         return;
     }
@@ -222,7 +206,7 @@ cat /run/user/65534/monitor.log
 #[ignore = "passes alone (cargo test --test it -- --ignored signals::ctrl_c); beside the watch tests \
             ptyreap in the pane dies by a signal before its handler runs: not yet understood"]
 fn ctrl_c_at_the_prompt_shows_the_cursor_again() {
-    if !support::require_root() || !need("tmux", "tmux") {
+    if !support::require_root() || !support::require_tool("tmux", "tmux") {
         return;
     }
     let f = Fixture::spawn(&["--orphans", "3"]);

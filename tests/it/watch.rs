@@ -432,27 +432,35 @@ fn journal_lines_carry_their_priority() {
     let dir = support::temp_dir("journal");
     let f = Fixture::spawn(&["--orphans", "2"]);
     let pid = f.pid.to_string();
+    // one pass with stderr to `log`, JOURNAL_STREAM naming `journal` (a file's dev:inode)
+    let pass = |log: &std::path::Path, journal: &std::fs::Metadata, state: &str| {
+        let file = std::fs::File::create(log).unwrap();
+        let status = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
+            .args([
+                "watch",
+                "--once",
+                "--pid",
+                &pid,
+                "--warn",
+                "1",
+                "--no-notify",
+            ])
+            .env(
+                "JOURNAL_STREAM",
+                format!("{}:{}", journal.dev(), journal.ino()),
+            )
+            .env("PTYREAP_STATE_DIR", dir.join(state))
+            .stdin(Stdio::null())
+            .stderr(file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read_to_string(log).unwrap()
+    };
     let log = dir.join("stderr");
-    let file = std::fs::File::create(&log).unwrap();
-    let meta = file.metadata().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-        .args([
-            "watch",
-            "--once",
-            "--pid",
-            &pid,
-            "--warn",
-            "1",
-            "--no-notify",
-        ])
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .env("PTYREAP_STATE_DIR", dir.join("state"))
-        .stdin(Stdio::null())
-        .stderr(file)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::File::create(&log).unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let text = pass(&log, &meta, "state");
     assert!(
         text.lines()
             .any(|l| l.starts_with("<4>ptyreap-watch: over_warn ")),
@@ -465,26 +473,7 @@ fn journal_lines_carry_their_priority() {
     );
     assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
     // elsewhere (the variable inherited, stderr another file): the plain lines
-    let other = support::temp_dir("journal-other").join("stderr");
-    let file = std::fs::File::create(&other).unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_ptyreap"))
-        .args([
-            "watch",
-            "--once",
-            "--pid",
-            &pid,
-            "--warn",
-            "1",
-            "--no-notify",
-        ])
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .env("PTYREAP_STATE_DIR", dir.join("state2"))
-        .stdin(Stdio::null())
-        .stderr(file)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let text = std::fs::read_to_string(&other).unwrap();
+    let text = pass(&dir.join("other"), &meta, "state2");
     assert!(
         text.lines().all(|l| l.starts_with("ptyreap-watch: ")),
         "{text}"

@@ -512,6 +512,24 @@ pub fn require_machine_settings() -> bool {
     false
 }
 
+/// A program a test needs from the distribution: true when it is on PATH; otherwise a skip that
+/// says which `package` has it, or, in CI (which installs it), a failure.
+pub fn require_tool(name: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing and CI is set (.ci/run installs {package})"
+        );
+        eprintln!("skipped: {name} is not installed (apt-get install {package})");
+    }
+    found
+}
+
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
