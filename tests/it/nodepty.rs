@@ -162,3 +162,47 @@ fn the_copies_of_killed_terminals_are_freed_with_all() {
         assert!(host.ping(i), "terminal {i} no longer echoes after the reap");
     }
 }
+
+/// `report` on a real node-pty 1.1.0 host whose module lives in a directory unrelated to its
+/// script (target/node-pty, loaded by absolute path; no node_modules above the script): the
+/// addon it has mapped names the package, its version and its known leak on Linux.
+#[test]
+fn report_names_the_node_pty_the_process_loaded() {
+    if !require_root() {
+        return;
+    }
+    let Some(module) = node_pty() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "node-pty is not installed and CI is set (.ci/run installs it into target/node-pty)"
+        );
+        eprintln!("skipped: node-pty is not installed");
+        return;
+    };
+    let dir = support::temp_dir("nodepty-report");
+    let host = start_host(&dir, &module, &[]);
+    // the script's directory and those above it hold no node-pty: only the mapping tells
+    let script = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/support/ptyhost.js"
+    ));
+    assert!(script
+        .ancestors()
+        .all(|d| !d.join("node_modules/node-pty").exists()));
+    let out = ptyreap(&["report", "--pid", &host.pid.to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let app = &out.json()["app"];
+    assert_eq!(app["node_pty"]["version"], "1.1.0", "{app:#}");
+    let found_in = app["node_pty"]["found_in"].as_str().unwrap();
+    assert_eq!(
+        std::path::Path::new(found_in),
+        module.join("package.json"),
+        "{app:#}"
+    );
+    assert!(
+        app["known_leaks"][0]
+            .as_str()
+            .is_some_and(|l| l.contains("node-pty 1.1.0") && l.contains("inherit the masters")),
+        "{app:#}"
+    );
+}
