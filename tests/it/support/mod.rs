@@ -530,6 +530,23 @@ pub fn require_tool(name: &str, package: &str) -> bool {
     found
 }
 
+/// Whether `python` imports `module`; like [`require_tool`], a miss fails under CI.
+pub fn require_python_module(python: &str, module: &str, package: &str) -> bool {
+    let found = Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{python} cannot import {module} and CI is set (.ci/run installs {package})"
+        );
+        eprintln!("skipped: {python} cannot import {module} (apt-get install {package})");
+    }
+    found
+}
+
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
