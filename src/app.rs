@@ -20,6 +20,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             return Ok(ExitCode::Success);
         }
         Some(cli::Command::Limit { set, json }) => return limit::run(*set, *json),
+        Some(cli::Command::Resume { pid }) => return sys::resume(*pid),
         Some(cli::Command::Metrics) => {
             let snapshot = sys::snapshot()?;
             let census = census::census(&snapshot);

@@ -148,6 +148,13 @@ pub enum Command {
     Metrics,
     /// Print the man page (roff) to stdout: ptyreap man | man -l -
     Man,
+    /// macOS: resume an app a killed ptyreap left suspended (one suspension per thread)
+    #[command(long_about = RESUME_ABOUT)]
+    Resume {
+        /// The app's pid
+        #[arg(long, value_name = "PID")]
+        pid: i32,
+    },
     /// Show the PTY limit and its use; --set N changes it until reboot (root)
     Limit {
         /// The new limit (Linux: kernel.pty.max, 1 to 1048576; macOS: kern.tty.ptmx_max, at most 999)
@@ -158,6 +165,14 @@ pub enum Command {
         json: bool,
     },
 }
+
+const RESUME_ABOUT: &str = "\
+macOS only. While ptyreap releases fds it holds the app's threads suspended for about a \
+millisecond, and a separate process, ptyreap-guardian, resumes them should ptyreap die in that \
+window. If both die (kill -9 of both), nothing else would ever resume the app: this drops one \
+suspension from each of its suspended threads and removes a thread ptyreap left in it. A \
+debugger's own suspensions stay. Needs root, like a reap.
+  sudo ptyreap resume --pid 1234";
 
 const METRICS_ABOUT: &str = "\
 Print the census in Prometheus's text exposition format: PTYs in use and the limit, per devpts \

@@ -5,6 +5,8 @@ use ptyreap::cli::Cli;
 use ptyreap::exit_code::{ExitCode, UserError};
 
 fn main() -> std::process::ExitCode {
+    // macOS: the guardian of a reap is this binary under another name (it never returns then)
+    ptyreap::sys::run_if_guardian();
     let cli = Cli::parse();
     match ptyreap::app::run(&cli) {
         Ok(code) => code.into(),

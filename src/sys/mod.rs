@@ -27,9 +27,25 @@ pub use linux::{
 pub mod macos;
 #[cfg(target_os = "macos")]
 pub use macos::{
-    inspect, open_target, process_info, processes_named, reap, release_refusals, snapshot,
-    start_time, Target,
+    inspect, open_target, process_info, processes_named, reap, release_refusals, resume,
+    run_if_guardian, snapshot, start_time, Target,
 };
+
+/// `ptyreap resume` is macOS's: there a suspension outlives the process that made it. On Linux
+/// the kernel ends a tracer's stops when the tracer dies, so nothing of ptyreap's can be left.
+#[cfg(not(target_os = "macos"))]
+pub fn resume(_pid: i32) -> anyhow::Result<crate::exit_code::ExitCode> {
+    Err(crate::exit_code::UserError::usage(
+        "`ptyreap resume` is for macOS, where an app's suspended threads stay suspended if ptyreap \
+         and its guardian die; on this system the kernel resumes a target when ptyreap's tracer \
+         ends, so there is nothing to resume",
+    )
+    .into())
+}
+
+/// The macOS guardian is ptyreap run under another name; elsewhere there is none.
+#[cfg(not(target_os = "macos"))]
+pub fn run_if_guardian() {}
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 mod unsupported;
@@ -47,7 +63,7 @@ pub fn release_refusals(
 }
 
 /// Only Linux watches poll()/select() calls over time; macOS reads its waiters from each thread's
-/// saved state at the moment of the look, and never closes by default (no `opened_by`).
+/// saved state at the moment of the look.
 #[cfg(not(target_os = "linux"))]
 pub fn observe(
     _snapshot: &mut crate::model::Snapshot,

@@ -54,6 +54,8 @@ pub const PROC_FP_GUARDED: u32 = 4;
 
 /// `proc_bsdinfo.pbi_flags`: the process runs translated (proc_info_private.h).
 pub const PROC_FLAG_ROSETTA: u32 = 0x0200_0000;
+/// `pbi_flags`: the process called exec (its `P_EXEC`; bsd/sys/proc_info.h).
+pub const PROC_FLAG_EXEC: u32 = 0x4000;
 /// `proc_bsdinfo.pbi_status` of a zombie (bsd/sys/proc.h `SZOMB`).
 pub const SZOMB: u32 = 5;
 /// `proc_bsdinfo.e_tdev` when the process has no controlling terminal (NODEV).
@@ -418,6 +420,26 @@ pub const TASK_DYLD_INFO_COUNT: u32 = (std::mem::size_of::<TaskDyldInfo>() / 4) 
 /// `all_image_info_format` of a 64-bit process.
 pub const TASK_DYLD_ALL_IMAGE_INFO_64: i32 = 1;
 
+pub const MACH_TASK_BASIC_INFO: u32 = 20;
+
+/// `struct mach_task_basic_info`: its `suspend_count` is the task-wide suspension (task_suspend,
+/// pid_suspend, a debugger's stop), which holds a thread we create too (osfmk/kern/thread.c
+/// `thread_create_with_options_internal`: a new thread gets a second hold when
+/// `task->suspend_count > 0`, so our thread would never run).
+#[repr(C, packed(4))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachTaskBasicInfo {
+    pub virtual_size: u64,
+    pub resident_size: u64,
+    pub resident_size_max: u64,
+    pub user_time: [i32; 2],
+    pub system_time: [i32; 2],
+    pub policy: i32,
+    pub suspend_count: i32,
+}
+
+pub const MACH_TASK_BASIC_INFO_COUNT: u32 = (std::mem::size_of::<MachTaskBasicInfo>() / 4) as u32;
+
 /// The head of the 64-bit `struct dyld_all_image_infos` (osfmk/kdp/kdp_dyld.h
 /// `user64_dyld_all_image_infos`), up to the shared cache's base address: the fields that tell
 /// whether a libsystem address of ours is valid in another process.
@@ -768,6 +790,16 @@ mod tests {
         assert_eq!(offset_of!(X86ThreadState64, rip), 128);
         assert_eq!(offset_of!(X86ThreadState64, rflags), 136);
         assert_eq!(offset_of!(X86ThreadState64, gs), 160);
+    }
+
+    #[test]
+    fn task_basic_info_layout() {
+        // three mach_vm_size_t, two time_value_t (2 x integer_t), policy_t, integer_t under
+        // pack(4): 48 bytes, MACH_TASK_BASIC_INFO_COUNT 12, suspend_count last
+        assert_eq!(size_of::<MachTaskBasicInfo>(), 48);
+        assert_eq!(MACH_TASK_BASIC_INFO_COUNT, 12);
+        assert_eq!(offset_of!(MachTaskBasicInfo, user_time), 24);
+        assert_eq!(offset_of!(MachTaskBasicInfo, suspend_count), 44);
     }
 
     #[test]

@@ -5,13 +5,17 @@
 //! process (guardian.rs) that holds its own task port for the app and reads this log from a pipe.
 //! Each line is written *before* the act it announces:
 //! - `S <thread_id> <suspend_count>`: about to suspend that thread, whose count is that now;
-//! - `O <thread_id>`: a thread of ours was created in the app;
+//! - `O <thread_id> <stack>`: a thread of ours was created in the app, with the stack we
+//!   allocated for it there (announced right after `thread_create`, before anything else is done
+//!   with it);
 //! - `D`: everything is resumed and our thread is gone: nothing to repair.
 //!
 //! If the pipe ends without `D` (the reaper died: kill -9, a crash, a kernel guard exception),
 //! the guardian resumes each announced thread whose count is still above the one announced —
 //! exactly once, so a thread the reaper never got to suspend, or already resumed, is left alone —
-//! and terminates our threads. Thread ids (THREAD_IDENTIFIER_INFO) are unique for the boot, so
+//! after terminating our threads and freeing their stacks: ours first, because a thread of ours
+//! that was inside a call when the reaper died faults at its return address with no handler left,
+//! and must be gone before the app runs again (guardian.rs). Thread ids (THREAD_IDENTIFIER_INFO) are unique for the boot, so
 //! the guardian names the same threads through its own ports.
 //!
 //! Pure, so it is tested on Linux.
@@ -20,7 +24,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
     Suspending { thread_id: u64, count: i32 },
-    Ours { thread_id: u64 },
+    Ours { thread_id: u64, stack: u64 },
     Done,
 }
 
@@ -28,7 +32,7 @@ impl Record {
     pub fn line(&self) -> String {
         match self {
             Record::Suspending { thread_id, count } => format!("S {thread_id} {count}\n"),
-            Record::Ours { thread_id } => format!("O {thread_id}\n"),
+            Record::Ours { thread_id, stack } => format!("O {thread_id} {stack:#x}\n"),
             Record::Done => "D\n".to_string(),
         }
     }
@@ -42,6 +46,7 @@ impl Record {
             },
             "O" => Record::Ours {
                 thread_id: words.next()?.parse().ok()?,
+                stack: u64::from_str_radix(words.next()?.strip_prefix("0x")?, 16).ok()?,
             },
             "D" => Record::Done,
             _ => return None,
@@ -55,7 +60,7 @@ impl Record {
 pub struct Log {
     partial: Vec<u8>,
     suspending: Vec<(u64, i32)>,
-    ours: Vec<u64>,
+    ours: Vec<(u64, u64)>,
     done: bool,
 }
 
@@ -64,8 +69,12 @@ pub struct Log {
 pub struct Repairs {
     /// Threads to resume, once each.
     pub resume: Vec<u64>,
-    /// Threads of ours to terminate.
+    /// Threads of ours to terminate, before anything is resumed.
     pub terminate: Vec<u64>,
+    /// The stacks of the threads of ours terminated, to free once they are gone. Only of a
+    /// thread still alive: a stack whose thread is gone was freed by the reaper already, and the
+    /// app may have been given that memory since.
+    pub free_stacks: Vec<u64>,
 }
 
 impl Log {
@@ -79,7 +88,7 @@ impl Log {
                 Some(Record::Suspending { thread_id, count }) => {
                     self.suspending.push((thread_id, count))
                 }
-                Some(Record::Ours { thread_id }) => self.ours.push(thread_id),
+                Some(Record::Ours { thread_id, stack }) => self.ours.push((thread_id, stack)),
                 Some(Record::Done) => self.done = true,
                 None => {}
             }
@@ -103,13 +112,17 @@ impl Log {
                 resume.push(id);
             }
         }
-        let terminate = self
+        let alive: Vec<(u64, u64)> = self
             .ours
             .iter()
             .copied()
-            .filter(|&id| count_of(id).is_some())
+            .filter(|&(id, _)| count_of(id).is_some())
             .collect();
-        Repairs { resume, terminate }
+        Repairs {
+            resume,
+            terminate: alive.iter().map(|&(id, _)| id).collect(),
+            free_stacks: alive.iter().map(|&(_, stack)| stack).collect(),
+        }
     }
 }
 
@@ -128,13 +141,27 @@ mod tests {
                 thread_id: 7,
                 count: 3,
             },
-            Record::Ours { thread_id: 12 },
+            Record::Ours {
+                thread_id: 12,
+                stack: 0x1_0400_0000,
+            },
             Record::Done,
         ] {
             assert_eq!(Record::parse(&r.line()), Some(r));
         }
         for junk in [
-            "", "S", "S 1", "S x 1", "O", "D D", "X 1", "S 1 2 3", "S -1 0",
+            "",
+            "S",
+            "S 1",
+            "S x 1",
+            "O",
+            "O 12",
+            "O 12 4096",
+            "O 12 0x1 2",
+            "D D",
+            "X 1",
+            "S 1 2 3",
+            "S -1 0",
         ] {
             assert_eq!(Record::parse(junk), None, "{junk:?}");
         }
@@ -153,7 +180,10 @@ mod tests {
     #[test]
     fn a_reaper_that_finished_leaves_nothing_to_repair() {
         let log = log_of(&[
-            Record::Ours { thread_id: 9 },
+            Record::Ours {
+                thread_id: 9,
+                stack: 0x9000,
+            },
             Record::Suspending {
                 thread_id: 1,
                 count: 0,
@@ -167,7 +197,14 @@ mod tests {
     #[test]
     fn a_dead_reaper_is_repaired_exactly_once_per_thread() {
         let log = log_of(&[
-            Record::Ours { thread_id: 9 },
+            Record::Ours {
+                thread_id: 9,
+                stack: 0x9000,
+            },
+            Record::Ours {
+                thread_id: 8, // an earlier thread of ours, already gone: its stack was freed
+                stack: 0x8000,
+            },
             Record::Suspending {
                 thread_id: 1,
                 count: 0,
@@ -196,6 +233,7 @@ mod tests {
             Repairs {
                 resume: vec![1, 2],
                 terminate: vec![9],
+                free_stacks: vec![0x9000],
             }
         );
         // already resumed by the reaper before it died: nothing to do

@@ -6,14 +6,24 @@
 //! exception, read the return register, suspend the thread again and answer the exception, so it
 //! waits, parked, for the next call. One thread serves every call (490 closes are 490
 //! resume/fault round trips, not 490 thread creations); Drop terminates it. A fault anywhere
-//! else means the call failed (libc's error path stores errno, then faults reading the TSD
-//! base, which a bare thread lacks). The app's own threads stay suspended by the caller
-//! meanwhile; ours is the only one that runs.
+//! else means the call failed (libc's error path, `cerror_nocancel`, stores the app's global
+//! `errno` — libsyscall/custom/errno.c — then faults reading the TSD base, which a bare thread
+//! lacks). The app's own threads stay suspended by the caller meanwhile; ours is the only one
+//! that runs.
+//!
+//! What of the app's memory this writes: none of its code; the stack we allocated for our
+//! thread (on x86_64 each call's return address is written there); and, only when a call fails,
+//! the global `errno` above, which no suspended thread of the app is reading at that moment (each
+//! of its threads has its own errno in its TSD; the global one is a legacy variable).
 //!
 //! Safety of the addresses: the dyld shared cache is mapped at one slide per boot, so libsystem's
 //! functions sit at the same address in every process that maps the same cache; the caller checks
-//! that (`mach::shared_cache`), and `Injector::new` checks that the function's first bytes in the
-//! target are ours and executable there.
+//! that (`mach::shared_cache`: same UUID, same slide), and `Injector::new` checks that the
+//! function's first bytes in the target are ours. Not its protection: the shared cache is mapped
+//! into every task as one submap entry with `cur_prot` read-only (xnu
+//! osfmk/vm/vm_shared_region.c `vm_shared_region_enter`), and `mach_vm_region`'s basic info
+//! reports that entry's protection without descending into the submap (osfmk/vm/vm_map.c,
+//! `VM_REGION_BASIC_INFO_64`), so every libsystem function would read as non-executable.
 
 use super::arch;
 use super::ffi;
@@ -27,10 +37,8 @@ use mach2::port::MACH_PORT_NULL;
 use std::ffi::CStr;
 use std::time::Duration;
 
-/// Where our calls return to: inside __PAGEZERO (the first 4 GiB of every 64-bit Mac process,
-/// mapped with no access), canonical on x86_64, 4-byte aligned on arm64. Checked per target.
-const SENTINEL: u64 = 0x5eed_0000;
-const STACK_SIZE: u64 = 64 * 1024;
+use logic::SENTINEL;
+const STACK_SIZE: u64 = mach::OUR_STACK_SIZE;
 
 use mach::state::{State, COUNT, FLAVOR};
 
@@ -130,12 +138,15 @@ pub struct Injector<'t> {
 
 impl<'t> Injector<'t> {
     /// Checks the sentinel and the functions in the target, allocates the stack and creates our
-    /// thread, parked.
+    /// thread, parked. `announce(thread_id, stack)` runs right after the thread exists, before
+    /// anything else is done with it (the guardian must know it to remove it); when it fails,
+    /// the thread and its stack are removed again.
     pub fn new(
         task: &'t Port,
         (pid, name): (i32, &str),
         functions: &[Function],
         timeout: Duration,
+        announce: &mut dyn FnMut(u64, u64) -> Result<(), String>,
     ) -> Result<Self, String> {
         if mach::protection_at(task, SENTINEL)
             .is_some_and(|prot| prot & mach2::vm_prot::VM_PROT_EXECUTE != 0)
@@ -145,14 +156,8 @@ impl<'t> Injector<'t> {
                  has no safe return address in it"
             ));
         }
+        // (the functions' protection is not checked: see the module's docs)
         for f in functions {
-            let prot = mach::protection_at(task, f.addr);
-            if prot.is_none_or(|p| p & mach2::vm_prot::VM_PROT_EXECUTE == 0) {
-                return Err(format!(
-                    "{} ({:#x}) is not executable code in the target",
-                    f.name, f.addr
-                ));
-            }
             let mut theirs = [0u8; 16];
             mach::read_memory(task, f.addr, &mut theirs)
                 .map_err(|kr| format!("cannot read {} in the target: {}", f.name, kern_name(kr)))?;
@@ -201,6 +206,10 @@ impl<'t> Injector<'t> {
             thread,
             spent: None,
         };
+        // Drop terminates the thread and frees the stack if this fails
+        let id = mach::thread_id(injector.thread.port())
+            .ok_or_else(|| "cannot identify our thread in the target".to_string())?;
+        announce(id, stack)?;
         // SAFETY: our thread; a send right of ours (copied by the call).
         let kr = unsafe {
             mach2::thread_act::thread_set_exception_ports(

@@ -27,6 +27,14 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         return Ok(Vec::new());
     };
     let devfs = Devfs::read();
+    // for `opened_by`: the process's fork (or spawn) time and whether it exec'd since
+    let started = libproc::bsd_info(pid).ok().map(|i| {
+        let exec = i.pbi_flags & ffi::PROC_FLAG_EXEC != 0;
+        (
+            i.pbi_start_tvsec as f64 + i.pbi_start_tvusec as f64 / 1e6,
+            exec,
+        )
+    });
     let master_fds: BTreeSet<i32> = own.masters.iter().map(|m| m.fd).collect();
     let watch = watchers(pid, &master_fds);
     let mut out = Vec::with_capacity(own.masters.len());
@@ -39,6 +47,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             ..Evidence::default()
         };
         let mut shared = false;
+        let mut cloexec = false;
         match libproc::vnode_path_info(pid, m.fd) {
             Ok(v) => {
                 let st = v.pvip.vip_vi.vi_stat;
@@ -55,6 +64,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                 }
                 ev.guarded = v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0;
                 shared = v.pfi.fi_status & ffi::PROC_FP_SHARED != 0;
+                cloexec = v.pfi.fi_status & ffi::PROC_FP_CLEXEC != 0;
             }
             Err(e) => match FdProbeError::of(&e) {
                 FdProbeError::Closed => continue, // closed since the scan
@@ -73,6 +83,13 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                     ev.missing = Some(format!("cannot stat {path}, the master's slave node"))
                 }
                 None => {}
+            }
+            if let (Some((started, exec)), Some(ctime), None) = (
+                started,
+                slave_changed(&path, devfs.slave_rdev(pty.index)),
+                &ev.missing,
+            ) {
+                ev.opened_by = logic::opened_by(ctime, started, cloexec, exec);
             }
             ev.slave_path = Some(path);
             if ev.session.is_some() {
@@ -114,6 +131,15 @@ pub fn slave_last_io(path: &str, rdev: Option<u32>) -> Option<i64> {
         return None;
     }
     Some(m.atime().max(m.mtime()).max(m.ctime()))
+}
+
+/// The slave node's change time (see `logic::opened_by`); `rdev` as for `slave_last_io`.
+fn slave_changed(path: &str, rdev: Option<u32>) -> Option<i64> {
+    let m = std::fs::metadata(path).ok()?;
+    if rdev.is_some_and(|r| r != m.rdev() as u32) {
+        return None;
+    }
+    Some(m.ctime())
 }
 
 /// The foreground process group of the terminal, from the session leader's view.
@@ -172,11 +198,36 @@ impl Kqueue {
     }
 }
 
-/// Every knote on one of `fds` in the target's kqueues: its fd kqueues, its libdispatch
-/// workqueue kqueue and its workloop kqueues; then, when we can have its task port (as root, and
-/// macOS grants it), the threads waiting in select()/poll() on them (`waiters.rs`). Without the
-/// task port those are silently out of sight, as on a system that cannot show them.
+/// Every knote on one of `fds` in the target's kqueues (`kqueue_watchers`); then, when we can
+/// have its task port (as root, and macOS grants it), the threads waiting in select()/poll() on
+/// them (`waiters.rs`). Without the task port those are silently out of sight, as on a system
+/// that cannot show them.
 pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
+    let mut w = kqueue_watchers(pid, fds);
+    // only root gets task ports of other processes; a refusal is no news (SIP, platform binary)
+    let task = target::is_root()
+        .then(|| mach::task_for_pid(pid).ok())
+        .flatten();
+    if let Some(task) = task {
+        if mach::pid_of(&task) == Some(pid) {
+            let waits = waiters::waits(&task, fds, None);
+            for (fd, labels) in waits.by_fd {
+                w.by_fd.entry(fd).or_default().extend(labels);
+            }
+            if let Some(why) = waits.unreadable {
+                w.unreadable.get_or_insert_with(|| {
+                    format!("{why}, so whether its event loop still watches this master is unknown")
+                });
+            }
+        }
+    }
+    w
+}
+
+/// Every knote on one of `fds` in the target's kqueues: its fd kqueues, its libdispatch
+/// workqueue kqueue and its workloop kqueues. libproc alone: also what the reaper re-reads
+/// inside its suspension.
+pub fn kqueue_watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
     let mut w = Watchers {
         by_fd: BTreeMap::new(),
         unreadable: None,
@@ -220,23 +271,6 @@ pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
             }
             Err(e) if kq.vanished(&e) => {}
             Err(e) => unreadable(kq.label(), &e),
-        }
-    }
-    // only root gets task ports of other processes; a refusal is no news (SIP, platform binary)
-    let task = target::is_root()
-        .then(|| mach::task_for_pid(pid).ok())
-        .flatten();
-    if let Some(task) = task {
-        if mach::pid_of(&task) == Some(pid) {
-            let waits = waiters::waits(&task, fds, None);
-            for (fd, labels) in waits.by_fd {
-                found.entry(fd).or_default().extend(labels);
-            }
-            if let Some(why) = waits.unreadable {
-                w.unreadable.get_or_insert_with(|| {
-                    format!("{why}, so whether its event loop still watches this master is unknown")
-                });
-            }
         }
     }
     w.by_fd = found;

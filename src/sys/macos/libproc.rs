@@ -172,12 +172,20 @@ fn dynkqueue_calls() -> Option<(ListDynKqueueIds, PidDynKqueueInfo)> {
     })
 }
 
+fn missing_dynkqueue_api() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this macOS's libproc has no proc_list_dynkqueueids/proc_piddynkqueueinfo",
+    )
+}
+
 /// The ids of the process's dynamic kqueues (libdispatch workloops: no fd).
 /// `proc_list_dynkqueueids` is `proc_info(PROC_INFO_CALL_PIDINFO, pid, PROC_PIDLISTDYNKQUEUES)`
 /// unwrapped: -1 and errno on failure, else how many ids there are (possibly more than fit).
 pub fn dynamic_kqueue_ids(pid: i32) -> io::Result<Vec<u64>> {
     let Some((list, _)) = dynkqueue_calls() else {
-        return Ok(Vec::new());
+        // a macOS without the private calls still has workloops: unreadable, never "none"
+        return Err(missing_dynkqueue_api());
     };
     let mut cap = 64usize;
     loop {
@@ -203,7 +211,7 @@ pub fn dynamic_kqueue_ids(pid: i32) -> io::Result<Vec<u64>> {
 /// usual 0-and-errno on failure.
 pub fn dynamic_kqueue_knotes(pid: i32, id: u64) -> io::Result<Vec<ffi::KeventExtinfo>> {
     let Some((_, info)) = dynkqueue_calls() else {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH)); // no workloops on this system
+        return Err(missing_dynkqueue_api());
     };
     knotes_with(|buf, bytes| {
         // SAFETY: the buffer holds `bytes` bytes of records.

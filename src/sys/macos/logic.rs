@@ -4,6 +4,7 @@
 //! unit-tested on Linux.
 
 use super::ffi;
+use crate::model::{OpenedBy, Provenance};
 
 /// A macOS `dev_t` (32 bits): major in the top 8 bits, minor in the low 24 (bsd/sys/types.h).
 pub fn major(dev: u32) -> u32 {
@@ -55,6 +56,100 @@ const S_IFCHR: u16 = 0o020_000;
 
 /// Classifies a vnode fd by its path, mode and rdev. A slave is a character device with the
 /// slaves' major (learned from a /dev/ttysNNN node; when none is known, by its path).
+/// Where the reaper's calls return to: inside __PAGEZERO (the first 4 GiB of every 64-bit Mac
+/// process, mapped with no access), canonical on x86_64, 4-byte aligned on arm64. Checked per
+/// target. Also how `ptyreap resume` knows a thread the reaper left behind.
+pub const SENTINEL: u64 = 0x5eed_0000;
+
+/// What `ptyreap resume` does with one thread of an app left suspended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeStep {
+    /// A thread of the reaper's, left behind: parked at the sentinel, faulting there, or held
+    /// inside a call that returns there. Resumed, it would fault with no handler of ours (and
+    /// spin, its signals blocked): it is terminated instead.
+    Terminate,
+    /// Suspended: one suspension is dropped (the one ptyreap would have dropped; a debugger's
+    /// own holds stay).
+    Resume,
+    /// Not suspended: left alone.
+    Leave,
+}
+
+/// `pc`: the thread's pc; `returns_to`: its return address (arm64 lr; x86_64 the word at rsp).
+pub fn resume_step(suspend_count: i32, pc: u64, returns_to: Option<u64>) -> ResumeStep {
+    if pc == SENTINEL || returns_to == Some(SENTINEL) {
+        ResumeStep::Terminate
+    } else if suspend_count > 0 {
+        ResumeStep::Resume
+    } else {
+        ResumeStep::Leave
+    }
+}
+
+/// What `ptyreap resume` says it did.
+pub fn resume_summary(pid: i32, name: &str, resumed: usize, terminated: usize) -> String {
+    let who = format!("pid {pid} ({name})");
+    match (resumed, terminated) {
+        (0, 0) => format!("no thread of {who} is suspended: nothing to do"),
+        (r, 0) => format!(
+            "resumed {r} thread{} of {who} (one suspension each)",
+            plural(r)
+        ),
+        (0, t) => format!("removed {t} thread{} ptyreap had left in {who}", plural(t)),
+        (r, t) => format!(
+            "removed {t} thread{} ptyreap had left in {who}, and resumed {r} thread{} (one \
+             suspension each)",
+            plural(t),
+            plural(r)
+        ),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Who opened a master, from what macOS shows, with the rule both systems share
+/// (`OpenedBy::judge`: `inherited` only when the PTY is older than the process, the fd is not
+/// close-on-exec, and the process exec'd since its fork).
+///
+/// - The process's start (`proc_bsdinfo` `pbi_start_tvsec`/`_tvusec`) is its fork (or spawn):
+///   an exec keeps it (bsd/kern/kern_fork.c `forkproc`: "Keep the original start time for
+///   exec'ed proc").
+/// - The exec: `PROC_FLAG_EXEC`, the process's `P_EXEC`, set by every exec
+///   (bsd/kern/kern_exec.c) and never passed on by a fork (`forkproc` copies only P_LP64,
+///   P_TRANSLATED, P_DISABLE_ASLR, P_DELAYIDLESLEEP, P_SUGID and P_AFFINITY).
+/// - The PTY's creation: devfs keeps no birth time for the slave node (bsd/miscfs/devfs
+///   `devfs_getattr` returns no create time). The node is made with the master
+///   (bsd/kern/tty_ptmx.c `devfs_make_node`), with its times set to that second
+///   (devfs_tree.c), and its change time only grows after (chown, chmod, every write:
+///   `devfs_consider_time_update(DEVFS_UPDATE_CHANGE | ...)`), and cannot be set. So the PTY was
+///   made before `ctime + 1 s`: enough to prove "older than the process", never "younger" —
+///   hence `inherited` or nothing, and a session written to after the process started is no
+///   proof (its master stays `merge` by default, which costs at most that one PTY).
+pub fn opened_by(
+    node_ctime_s: i64,
+    started_s: f64,
+    cloexec: bool,
+    exec_since_fork: bool,
+) -> Option<OpenedBy> {
+    let provenance = Provenance {
+        created: Some(node_ctime_s as f64 + 1.0),
+        started: Some(started_s),
+        cloexec,
+        exec_since_fork,
+    };
+    OpenedBy::judge(&provenance, OPENED_BY_MARGIN).filter(|o| *o == OpenedBy::Inherited)
+}
+
+/// Doubt around the two times: the start is known to the microsecond, the bound on the PTY's
+/// creation is already a second wide.
+const OPENED_BY_MARGIN: f64 = 0.05;
+
 pub fn classify_vnode(path: &str, mode: u16, rdev: u32, slave_major: Option<u32>) -> VnodeKind {
     if mode & S_IFMT != S_IFCHR {
         return VnodeKind::Other;
@@ -332,6 +427,57 @@ pub fn shared_cache_mismatch(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resume_drops_one_suspension_and_removes_the_reapers_threads() {
+        use super::{resume_step, resume_summary, ResumeStep, SENTINEL};
+        assert_eq!(
+            resume_step(1, 0x1_8000_0000, Some(0x1_8000_1000)),
+            ResumeStep::Resume
+        );
+        assert_eq!(resume_step(3, 0x1_8000_0000, None), ResumeStep::Resume);
+        assert_eq!(resume_step(0, 0x1_8000_0000, None), ResumeStep::Leave);
+        // the reaper's thread: parked or faulting at the sentinel, or inside a call returning
+        // there, whatever its count
+        assert_eq!(resume_step(1, SENTINEL, None), ResumeStep::Terminate);
+        assert_eq!(resume_step(0, SENTINEL, None), ResumeStep::Terminate);
+        assert_eq!(
+            resume_step(1, 0x1_8000_0000, Some(SENTINEL)),
+            ResumeStep::Terminate
+        );
+        assert_eq!(
+            resume_summary(7, "app", 0, 0),
+            "no thread of pid 7 (app) is suspended: nothing to do"
+        );
+        assert_eq!(
+            resume_summary(7, "app", 1, 0),
+            "resumed 1 thread of pid 7 (app) (one suspension each)"
+        );
+        assert!(resume_summary(7, "app", 4, 1).starts_with("removed 1 thread ptyreap"));
+    }
+
+    #[test]
+    fn inherited_only_with_an_older_pty_no_cloexec_and_an_exec() {
+        use crate::model::OpenedBy;
+        let started = 1_000.5;
+        // (ctime of the slave node, cloexec, exec since the fork) -> opened_by
+        let cases = [
+            (990, false, true, Some(OpenedBy::Inherited)),
+            (999, false, true, Some(OpenedBy::Inherited)), // made before 1000.0 < 1000.5
+            (1000, false, true, None), // made before 1001.0: could be after the start
+            (990, true, true, None),   // close-on-exec: it never crossed an exec
+            (990, false, false, None), // a fork without exec keeps the program's numbers
+            (2000, false, true, None), // written to since: no proof either way, never "self"
+            (2000, true, false, None),
+        ];
+        for (ctime, cloexec, exec, want) in cases {
+            assert_eq!(
+                super::opened_by(ctime, started, cloexec, exec),
+                want,
+                "{ctime} {cloexec} {exec}"
+            );
+        }
+    }
+
     use super::*;
     use crate::model::{DevId, Evidence, Holder, PtyId, Verdict};
     use crate::verdict::{judge, Policy};

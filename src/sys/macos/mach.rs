@@ -270,6 +270,26 @@ pub fn shared_cache(task: mach_port_t) -> Option<SharedCache> {
     SharedCache::from_head(&head)
 }
 
+/// The task-wide suspend count (task_suspend, pid_suspend, a debugger), or None if unreadable.
+pub fn task_suspend_count(task: &Port) -> Option<i32> {
+    let mut info = ffi::MachTaskBasicInfo::default();
+    let mut count = ffi::MACH_TASK_BASIC_INFO_COUNT;
+    // SAFETY: `info` holds MACH_TASK_BASIC_INFO_COUNT words.
+    let kr = unsafe {
+        mach2::task::task_info(
+            task.name(),
+            ffi::MACH_TASK_BASIC_INFO,
+            (&mut info as *mut ffi::MachTaskBasicInfo).cast(),
+            &mut count,
+        )
+    };
+    (kr == KERN_SUCCESS).then_some(info.suspend_count)
+}
+
+/// The size of the stack the reaper allocates in the target for its thread (the guardian frees
+/// it when the reaper could not).
+pub const OUR_STACK_SIZE: u64 = 64 * 1024;
+
 /// The protection of the region holding `addr`, or None when no region holds it.
 pub fn protection_at(task: &Port, addr: u64) -> Option<i32> {
     use mach2::vm_region::{vm_region_basic_info_64, VM_REGION_BASIC_INFO_64};

@@ -10,8 +10,9 @@
 //! target itself to call close() or dup2(): with its task port we suspend its threads, create a
 //! thread of ours in it that starts at libsystem's function and returns into an unmapped
 //! sentinel, catch that fault on an exception port of ours, read the result and terminate the
-//! thread. No memory of the app's is written and no code is injected (the hardened runtime would
-//! forbid it anyway).
+//! thread. No code is injected (the hardened runtime would forbid it anyway), and of the app's
+//! memory only the stack we allocate there is written — plus, when a call fails, libc's legacy
+//! global `errno` (inject.rs).
 //!
 //! macOS refuses task ports for hardened-runtime apps while System Integrity Protection is on,
 //! even to root: that case is reported plainly (`logic::task_port_refusal`) with what the user
@@ -45,6 +46,8 @@ mod mach;
 #[cfg(target_os = "macos")]
 mod reap;
 #[cfg(target_os = "macos")]
+mod resume;
+#[cfg(target_os = "macos")]
 mod scan;
 #[cfg(target_os = "macos")]
 mod target;
@@ -52,11 +55,15 @@ mod target;
 mod waiters;
 
 #[cfg(target_os = "macos")]
+pub use guardian::run_if_guardian;
+#[cfg(target_os = "macos")]
 pub use info::{process_info, start_time};
 #[cfg(target_os = "macos")]
 pub use inspect::inspect;
 #[cfg(target_os = "macos")]
 pub use reap::reap;
+#[cfg(target_os = "macos")]
+pub use resume::resume;
 #[cfg(target_os = "macos")]
 pub use scan::snapshot;
 #[cfg(target_os = "macos")]

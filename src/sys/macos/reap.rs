@@ -7,14 +7,17 @@
 //!    still be our pid with the same start time. The target must be plain arm64/x86_64 like us
 //!    (not arm64e, not Rosetta), map the same dyld shared cache at the same slide, and hold
 //!    libsystem's close/dup2 at our addresses with our bytes.
-//! 3. The guardian (guardian.rs), a process that resumes the app should ptyreap die inside the
-//!    window; then our one thread, created held, its exception port and a parked state set —
-//!    all before anything of the app's is suspended.
+//! 3. The guardian (guardian.rs, its own executable `ptyreap-guardian`), a process that removes
+//!    our thread and resumes the app should ptyreap die inside the window; then our one thread,
+//!    created held and announced to the guardian at once (with its stack), its exception port
+//!    and a parked state set — all before anything of the app's is suspended. A task suspended
+//!    as a whole (a debugger, `pid_suspend`) is refused: it would hold our thread too.
 //! 4. Every thread of the app but ours is suspended with `thread_suspend`, each announced to the
 //!    guardian first (re-listing until no new one appears); `task_suspend` would hold ours too.
 //! 5. Inside the suspension every planned fd is re-verified with libproc: still the same PTY
 //!    master, not guarded; a stale one still silent; a pair's slave fds still that PTY's slave;
-//!    the merge keeper and the /dev/null source still what they were. Anything else: `changed`.
+//!    the merge keeper and the /dev/null source still what they were; no kqueue, workloop or
+//!    select()/poll() thread of the app watching it. Anything else: `changed`.
 //! 6. Each release is one call on our thread (`inject.rs`), with a time-out, after re-listing
 //!    the app's threads (the kernel starts workqueue threads unsuspended). A time-out stops the
 //!    remaining calls; a close() left waiting behind the app's own reader is re-checked after.
@@ -97,6 +100,18 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             "it is stopped (SIGSTOP or a debugger): continue it first (kill -CONT)".into(),
         ));
     }
+    // suspended as a task (a debugger, pid_suspend, App Nap's freezer) without SSTOP: a thread
+    // created in it is held too, and the first call would only time out
+    match mach::task_suspend_count(&task) {
+        Some(0) => {}
+        Some(n) => {
+            return Err(nothing(format!(
+                "it is suspended as a whole ({n} task suspension(s): a debugger, or \
+                 pid_suspend), so no thread can run in it: resume it first"
+            )))
+        }
+        None => return Err(nothing("cannot read whether it is suspended".into())),
+    }
     let arch = libproc::arch_info(target.pid)
         .map_err(|e| nothing(format!("cannot read its architecture: {e}")))?;
     let code = TargetCode {
@@ -153,18 +168,14 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     // our thread, created held with its exception port and a parked state, before anything of
     // the app's is suspended
     let mut guardian = Guardian::start(target.pid).map_err(nothing)?;
-    let mut injector = Injector::new(
+    let injector = Injector::new(
         &task,
         (target.pid, &target.name),
         &[close, dup2],
         CALL_TIMEOUT,
-    )
-    .map_err(nothing)?;
-    let ours = mach::thread_id(injector.thread())
-        .ok_or_else(|| nothing("cannot identify our thread".into()))?;
-    guardian
-        .announce(Record::Ours { thread_id: ours })
-        .map_err(nothing)?;
+        &mut |thread_id, stack| guardian.announce(Record::Ours { thread_id, stack }),
+    );
+    let mut injector = injector.map_err(nothing)?;
     let devfs = Devfs::read();
 
     // 4. suspend the app's threads (not ours), each announced to the guardian first
@@ -179,6 +190,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         drop(suspension);
         return Err(target::no_such(target.pid));
     }
+    test_hooks::suspended();
 
     // 5. re-verify inside the suspension
     let mut go: Vec<usize> = Vec::new();
@@ -188,6 +200,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             Err(why) => reap::settle(&mut rows[i], Outcome::Changed, why),
         }
     }
+    hold_back_watched(target.pid, rows, &mut go);
     super::waiters::hold_back_waited(&task, injector.thread().name(), rows, &mut go);
     if let Some(fd) = keeper {
         if let Err(why) = verify_keeper(target.pid, fd, rows, &devfs) {
@@ -301,6 +314,56 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     recheck_pending(target.pid, rows, &may_complete, &devfs);
     reap::finish_kept(rows);
     Ok(stopped_for)
+}
+
+/// Inside the suspension: a planned fd (or a slave fd released with it) that a kqueue or
+/// workloop of the app now watches leaves `go` as `changed` — a source registered between the
+/// plan and the suspension (the look is libproc's, cheap); all of them when some kqueue could
+/// not be read.
+fn hold_back_watched(pid: i32, rows: &mut [MasterRow], go: &mut Vec<usize>) {
+    let released = |row: &MasterRow| -> Vec<i32> {
+        std::iter::once(row.evidence.fd)
+            .chain(row.evidence.target_slave_fds.iter().copied())
+            .collect()
+    };
+    let fds: std::collections::BTreeSet<i32> =
+        go.iter().flat_map(|&i| released(&rows[i])).collect();
+    let now = super::inspect::kqueue_watchers(pid, &fds);
+    go.retain(|&i| {
+        if !rows[i].evidence.watched_by.is_empty() {
+            return true; // planned though watched: --include-tracked asked for it
+        }
+        let why = match &now.unreadable {
+            Some(why) => Some(why.clone()),
+            None => released(&rows[i]).iter().find_map(|fd| {
+                now.by_fd
+                    .get(fd)
+                    .map(|by| format!("the app watches it now ({})", by.join(", ")))
+            }),
+        };
+        let keep = why.is_none();
+        if let Some(why) = why {
+            reap::settle(&mut rows[i], Outcome::Changed, why);
+        }
+        keep
+    });
+}
+
+/// Test-only hooks of the macOS workflow (.github/workflows/macos.yml), inert unless their
+/// variables are set: a marker file written once the app's threads are all suspended, and a
+/// hold inside the window, so that its kill test can kill ptyreap there for certain.
+mod test_hooks {
+    pub fn suspended() {
+        if let Some(path) = std::env::var_os("PTYREAP_TEST_SUSPENDED_MARKER") {
+            let _ = std::fs::write(path, b"");
+            let hold = std::env::var("PTYREAP_TEST_HOLD_SUSPENDED_MS")
+                .ok()
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(10_000);
+            std::thread::sleep(std::time::Duration::from_millis(hold));
+        }
+    }
 }
 
 /// How long a close() left waiting behind a reader is watched for, after the window.

@@ -23,13 +23,20 @@
 use super::ffi;
 use super::logic::{self, Arch, TargetCode};
 
-/// The entitlement prefix exec turns into `TFRO_HARDENED` (bsd/kern/kern_exec.c).
-pub const BROWSER_ENGINE_ENTITLEMENT: &[u8] = b"com.apple.developer.web-browser-engine.";
+/// The entitlement prefixes exec turns into `TFRO_HARDENED` (bsd/kern/kern_exec.c
+/// `encode_HR_entitlement` of the four `kCSWebBrowser*Entitlement`s): the public keys and the
+/// private ones Apple's own engines carry (xnu's tests/entitlements/
+/// hardened-binary-entitlements-1.plist lists both for each mask).
+pub const BROWSER_ENGINE_ENTITLEMENTS: [&[u8]; 2] = [
+    b"com.apple.developer.web-browser-engine.",
+    b"com.apple.private.web-browser-engine.",
+];
 
 /// Whether an entitlements blob names a web-browser engine.
 pub fn names_browser_engine(blob: &[u8]) -> bool {
-    blob.windows(BROWSER_ENGINE_ENTITLEMENT.len())
-        .any(|w| w == BROWSER_ENGINE_ENTITLEMENT)
+    BROWSER_ENGINE_ENTITLEMENTS
+        .iter()
+        .any(|key| blob.windows(key.len()).any(|w| w == *key))
 }
 
 /// xnu's hard cap on `kern.tty.ptmx_max` (bsd/kern/tty_ptmx.c `PTMX_MAX_HARD`).
@@ -385,6 +392,12 @@ mod tests {
     fn browser_engine_entitlements_are_found_in_the_blob() {
         let plist = b"\xfa\xde\x71\x71\0\0\0\x90<plist><dict><key>com.apple.developer.web-browser-engine.webcontent</key><true/></dict></plist>";
         assert!(names_browser_engine(plist));
+        assert!(names_browser_engine(
+            b"<key>com.apple.private.web-browser-engine.gpu</key><true/>"
+        ));
+        assert!(!names_browser_engine(
+            b"<key>com.apple.private.web-browser-engine</key><true/>"
+        ));
         assert!(!names_browser_engine(
             b"<key>com.apple.security.cs.allow-jit</key><true/>"
         ));

@@ -150,12 +150,29 @@ fn thread_waits(
         Err(KERN_TERMINATED | MACH_SEND_INVALID_DEST) => return Ok(None),
         Err(kr) => return Err(format!("thread_get_state: {}", kern_name(kr))),
     };
-    let Some(call) = syscall_of(&state) else {
-        return Ok(None);
-    };
     let mut read =
         |addr: u64, buf: &mut [u8]| mach::read_memory(task, addr, buf).map_err(kern_name);
+    let Some(call) = syscall_of(&state) else {
+        just_returned(&state, &mut read)?;
+        return Ok(None);
+    };
     waits::thread_waits_on(&call, TRAP, below, &mut read)
+}
+
+/// x86_64: a thread held just past `syscall` with a result in rax: Err if that call was a
+/// select or poll (see `waits::x86_returned_from`). arm64 keeps the number in x16, so
+/// `syscall_of` has already told.
+#[cfg(target_arch = "x86_64")]
+fn just_returned(state: &State, read: &mut waits::Reader<'_>) -> Result<(), String> {
+    let mut code = [0u8; 10];
+    match read(state.rip.wrapping_sub(10), &mut code) {
+        Ok(()) => waits::x86_returned_from(&code, state.rdi),
+        Err(_) => Ok(()), // no code there: not a thread past a libsystem stub
+    }
+}
+#[cfg(target_arch = "aarch64")]
+fn just_returned(_: &State, _: &mut waits::Reader<'_>) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(target_arch = "aarch64")]

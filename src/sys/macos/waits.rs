@@ -25,8 +25,13 @@
 //!
 //! Conservative on every doubt: a set that cannot be read is an error (the caller makes it
 //! `unknown`, or `changed` in the reaper), never an empty set; a trap instruction that cannot be
-//! read counts as a trap. A thread that has just returned from the call (suspended on its way
-//! back to user space, with x0/rax already the result) decodes to a harmless subset.
+//! read counts as a trap. A thread held just after the call returned (suspended on its way back
+//! to user space) is an error too, never "waits on nothing": the kernel has written the results
+//! over its sets (a subset of what it waited on), and it is about to act on them. On arm64 its
+//! registers keep the number and rewrite x0/x1 (`Syscall::maybe_returned`); on x86_64 rax becomes
+//! the result and the number is read back from libsystem's stub before the trap
+//! (`x86_returned_from`). A thread whose call is to be restarted (ERESTART winds its pc back onto
+//! the trap) still holds its arguments and is read like one inside the call.
 
 use super::ffi;
 
@@ -39,6 +44,9 @@ pub struct Syscall {
     pub args: [u64; 6],
     /// The address just before the saved pc, where the trap instruction sits.
     pub trap_at: u64,
+    /// The registers have the shape the kernel leaves when the call has returned (see `arch`):
+    /// past the trap, such a thread cannot be told from one inside the call.
+    pub maybe_returned: bool,
 }
 
 /// The calls that wait on fd sets.
@@ -88,11 +96,50 @@ pub fn thread_waits_on(
         return Ok(None);
     };
     let mut insn = vec![0u8; trap.len()];
-    // an unreadable instruction proves nothing: treat the thread as inside the call
-    if read(call.trap_at, &mut insn).is_ok() && insn != trap {
-        return Ok(None);
+    // an unreadable instruction proves nothing: treat the thread as past the trap
+    let past_trap = read(call.trap_at, &mut insn).is_err() || insn == trap;
+    if past_trap {
+        if call.maybe_returned {
+            return Err(returned(kind));
+        }
+    } else {
+        // to be restarted: its pc wound back onto the trap, its arguments as they were
+        let at_pc = call.trap_at.wrapping_add(trap.len() as u64);
+        if read(at_pc, &mut insn).is_err() || insn != trap {
+            return Ok(None);
+        }
     }
     waits_on(kind, &call.args, below, read).map(|fds| Some((kind, fds)))
+}
+
+fn returned(kind: WaitCall) -> String {
+    format!(
+        "it may have just returned from {}(), and its sets now hold the results",
+        kind.name()
+    )
+}
+
+/// x86_64: a thread held just past `syscall` with a result in rax (no class bits) returned from
+/// the call whose number libsystem's stub loaded before the trap (libsyscall/custom/SYS.h:
+/// `movl $(0x2000000 | number), %eax; movq %rcx, %r10; syscall`). `code`: the 10 bytes before
+/// the saved rip; `rdi`: the number of an indirect syscall(2) (the kernel leaves rdi alone).
+/// Err when that call waits on fd sets; Ok otherwise (another call, or code that is no stub).
+pub fn x86_returned_from(code: &[u8; 10], rdi: u64) -> Result<(), String> {
+    let [0xb8, n0, n1, n2, n3, 0x49, 0x89, 0xca, 0x0f, 0x05] = *code else {
+        return Ok(());
+    };
+    let loaded = u32::from_le_bytes([n0, n1, n2, n3]);
+    if loaded >> ffi::SYSCALL_CLASS_SHIFT != ffi::SYSCALL_CLASS_UNIX as u32 {
+        return Ok(());
+    }
+    let number = match (loaded as u64) & ffi::SYSCALL_NUMBER_MASK {
+        n if n == ffi::SYS_SYSCALL as u64 => rdi,
+        n => n,
+    };
+    match WaitCall::of(number) {
+        Some(kind) => Err(returned(kind)),
+        None => Ok(()),
+    }
 }
 
 /// The fds below `below` that a thread in `kind` with these arguments waits on, sorted.
@@ -242,6 +289,7 @@ mod tests {
             number: number as u64,
             args: [nd, sets[0], sets[1], sets[2], 0, 0],
             trap_at: 0x1000,
+            maybe_returned: false,
         }
     }
 
@@ -361,6 +409,62 @@ mod tests {
             &mut big.reader(),
         );
         assert_eq!(got.unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn a_thread_that_may_have_returned_is_unreadable_not_idle() {
+        // arm64: past the trap, x1 rewritten to 0 by the return (read set / nfds)
+        let mem = Memory::new()
+            .map(0x1000, SVC.to_vec())
+            .map(0x2000, fd_set(&[3], 1));
+        for number in [93, 230] {
+            let mut call = select_call(number, 1, [0, 0, 0]);
+            call.maybe_returned = true;
+            let got = thread_waits_on(&call, &SVC, 64, &mut mem.reader());
+            assert!(got.unwrap_err().contains("just returned"), "{number}");
+        }
+        // the same registers in a call that is not a wait: nothing to say
+        let mut call = select_call(3, 1, [0, 0, 0]);
+        call.maybe_returned = true;
+        assert_eq!(
+            thread_waits_on(&call, &SVC, 64, &mut mem.reader()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_call_to_be_restarted_is_read_like_one_inside() {
+        // ERESTART: pc wound back onto the svc, so the svc is at pc (trap_at + 4), and the
+        // instruction before it is the stub's `mov x16`; x1 may be anything
+        let mem = Memory::new()
+            .map(0x1000, 0xd280_0bb0u32.to_le_bytes().to_vec()) // mov x16, #93
+            .map(0x1004, SVC.to_vec())
+            .map(0x2000, fd_set(&[3, 6], 1));
+        let mut call = select_call(93, 8, [0x2000, 0, 0]);
+        call.maybe_returned = true;
+        let got = thread_waits_on(&call, &SVC, 64, &mut mem.reader()).unwrap();
+        assert_eq!(got, Some((WaitCall::Select, vec![3, 6])));
+    }
+
+    #[test]
+    fn x86_stubs_tell_the_call_a_thread_returned_from() {
+        let stub = |loaded: u32| -> [u8; 10] {
+            let n = loaded.to_le_bytes();
+            [0xb8, n[0], n[1], n[2], n[3], 0x49, 0x89, 0xca, 0x0f, 0x05]
+        };
+        for number in [93u32, 230, 407, 417, 394, 395] {
+            let got = x86_returned_from(&stub(0x200_0000 | number), 0);
+            assert!(got.unwrap_err().contains("just returned"), "{number}");
+        }
+        // read(), a Mach trap's class, code that is no stub: not a wait
+        assert_eq!(x86_returned_from(&stub(0x200_0003), 0), Ok(()));
+        assert_eq!(x86_returned_from(&stub(0x100_005d), 0), Ok(()));
+        let mut other = stub(0x200_005d);
+        other[5] = 0x90;
+        assert_eq!(x86_returned_from(&other, 0), Ok(()));
+        // the indirect syscall(2): the number is in rdi
+        assert!(x86_returned_from(&stub(0x200_0000), 93).is_err());
+        assert_eq!(x86_returned_from(&stub(0x200_0000), 3), Ok(()));
     }
 
     #[test]

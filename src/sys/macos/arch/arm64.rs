@@ -34,6 +34,12 @@ pub fn returned(state: &ArmThreadState64, sentinel: u64) -> Option<u64> {
 /// (bsd/dev/arm/systemcalls.c `arm_get_syscall_number`, `arm_get_u64_syscall_args`): the number
 /// is the low 16 bits of x16, arguments from x0; x16 = 0 is the indirect syscall(2), number in x0
 /// and arguments from x1. The trap (`svc #0x80`) is the instruction before the saved pc.
+///
+/// On its way back the kernel rewrites x0 and x1 (`arm_prepare_u64_syscall_return`: the result,
+/// and `uu_rval[1]`, which starts each call at 0, or 0 on an error), but not x16 or the pc: a
+/// thread held just after its select() or poll() returned looks like one inside it. x1 = 0 is
+/// that shape (select's read set, poll's nfds, an indirect call's first argument), and rare
+/// inside a real wait: such a thread is `maybe_returned`.
 pub fn syscall(state: &ArmThreadState64) -> Syscall {
     let code = state.x[ffi::ARM64_SYSCALL_CODE_REG];
     let (number, first) = if code != 0 {
@@ -47,6 +53,7 @@ pub fn syscall(state: &ArmThreadState64) -> Syscall {
         number: number as u64,
         args,
         trap_at: state.pc.wrapping_sub(4),
+        maybe_returned: state.x[1] == 0,
     }
 }
 
@@ -69,6 +76,7 @@ mod tests {
         assert_eq!(c.number, 93);
         assert_eq!(c.args, [10, 11, 12, 13, 14, 15]);
         assert_eq!(c.trap_at, 0x1_8000_1004);
+        assert!(!c.maybe_returned);
         // the kernel keeps only the low 16 bits of x16
         s.x[16] = 0xdead_0000_0000_00e6;
         assert_eq!(syscall(&s).number, 230);
@@ -78,6 +86,9 @@ mod tests {
         let c = syscall(&s);
         assert_eq!(c.number, 417);
         assert_eq!(c.args, [11, 12, 13, 14, 15, 16]);
+        // x1 rewritten to 0 on the way back: it may have returned already
+        s.x[1] = 0;
+        assert!(syscall(&s).maybe_returned);
         // a pc of 0 does not underflow
         s.pc = 0;
         assert_eq!(syscall(&s).trap_at, u64::MAX - 3);

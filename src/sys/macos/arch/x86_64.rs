@@ -78,6 +78,8 @@ pub fn syscall(state: &X86ThreadState64) -> Option<Syscall> {
         number,
         args,
         trap_at: state.rip.wrapping_sub(2),
+        // rax still holds the class and number: the kernel has not written a result yet
+        maybe_returned: false,
     })
 }
 

@@ -1,0 +1,102 @@
+//! `ptyreap resume --pid N`: the way back for an app left suspended, should both the reaper and
+//! its guardian have died inside the window (a `kill -9` of both, a crash of the machine's
+//! watchdog that took the guardian with it). `thread_suspend` counts have no owner, so nothing
+//! else would ever resume it (osfmk/kern/thread_act.c: `user_stop_count` is a plain count).
+//!
+//! Each thread of the app with a suspension loses one (`thread_resume`): the one the reaper
+//! would have dropped, leaving any other holder's (a debugger's) in place. A thread the reaper
+//! created and left behind is terminated, never resumed (`logic::resume_step`). A task
+//! suspended as a whole is not touched: that suspension is not ptyreap's.
+
+use super::libproc;
+use super::logic::{self, RefusalContext, ResumeStep};
+use super::mach::{self, Port};
+use super::target;
+use crate::exit_code::{ExitCode, UserError};
+
+pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
+    let target = target::open(pid)?;
+    let task = match mach::task_for_pid(pid) {
+        Ok(task) => task,
+        Err(_) if !target.still_alive() => return Err(target::no_such(pid).into()),
+        Err(kr) => {
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "ptyreap".into());
+            let flags = libproc::codesign_flags(pid).unwrap_or(0);
+            let ctx = RefusalContext {
+                pid,
+                name: &target.name,
+                exe: &exe,
+                platform_binary: flags & super::ffi::CS_PLATFORM_BINARY != 0,
+            };
+            let why = logic::task_port_refusal(kr, target::is_root(), &ctx)
+                .unwrap_or_else(|| logic::kern_name(kr));
+            return Err(UserError::failure(why).into());
+        }
+    };
+    if mach::pid_of(&task) != Some(pid) || !target.still_alive() {
+        return Err(target::no_such(pid).into());
+    }
+    let threads = mach::threads(&task).map_err(|kr| {
+        UserError::failure(format!(
+            "cannot list the threads of pid {pid} ({}): {}; nothing was changed",
+            target.name,
+            logic::kern_name(kr)
+        ))
+    })?;
+    let (mut resumed, mut terminated) = (0, 0);
+    for t in &threads {
+        let Some(count) = mach::suspend_count(t) else {
+            continue; // exited meanwhile
+        };
+        let Ok(state) = mach::thread_state(t) else {
+            continue;
+        };
+        match logic::resume_step(count, pc_of(&state), returns_to(&task, &state)) {
+            ResumeStep::Terminate => {
+                // SAFETY: a thread the reaper created in the app and left behind.
+                if unsafe { mach::thread_terminate(t.name()) } == 0 {
+                    terminated += 1;
+                }
+            }
+            ResumeStep::Resume => {
+                // SAFETY: a suspended thread of the app; one suspension dropped.
+                if unsafe { mach2::thread_act::thread_resume(t.name()) } == 0 {
+                    resumed += 1;
+                }
+            }
+            ResumeStep::Leave => {}
+        }
+    }
+    println!(
+        "{}",
+        logic::resume_summary(pid, &target.name, resumed, terminated)
+    );
+    if let Some(n @ 1..) = mach::task_suspend_count(&task) {
+        println!(
+            "the task itself is also suspended ({n} time(s), by a debugger or pid_suspend, not \
+             by ptyreap): that debugger resumes it"
+        );
+    }
+    Ok(ExitCode::Success)
+}
+
+#[cfg(target_arch = "aarch64")]
+fn pc_of(state: &mach::state::State) -> u64 {
+    state.pc
+}
+#[cfg(target_arch = "aarch64")]
+fn returns_to(_: &Port, state: &mach::state::State) -> Option<u64> {
+    Some(state.lr)
+}
+#[cfg(target_arch = "x86_64")]
+fn pc_of(state: &mach::state::State) -> u64 {
+    state.rip
+}
+#[cfg(target_arch = "x86_64")]
+fn returns_to(task: &Port, state: &mach::state::State) -> Option<u64> {
+    let mut word = [0u8; 8];
+    mach::read_memory(task, state.rsp, &mut word).ok()?;
+    Some(u64::from_le_bytes(word))
+}
