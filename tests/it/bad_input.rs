@@ -171,6 +171,9 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         ),
         case(&["--pid", &pid, "--method", "shred"], 2, "invalid value"),
         case(&["watch", "--interval", "5x", "--once"], 2, "unknown unit"),
+        // macOS's way back for a suspended app: nothing of ptyreap's can be left stopped here
+        line(&["resume", "--pid", &pid], 2, "`ptyreap resume` is for macOS"),
+        case(&["resume"], 2, "--pid"),
         case(
             &["watch", "--warn", "-1", "--once"],
             2,

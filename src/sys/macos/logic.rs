@@ -61,6 +61,21 @@ const S_IFCHR: u16 = 0o020_000;
 /// target. Also how `ptyreap resume` knows a thread the reaper left behind.
 pub const SENTINEL: u64 = 0x5eed_0000;
 
+/// Why a task suspended as a whole (a debugger's stop, `pid_suspend`, with no SSTOP) is refused:
+/// a thread created in it is held too (`ffi::MachTaskBasicInfo`), so the first call would only
+/// time out and be misreported. `count`: MACH_TASK_BASIC_INFO's, None when unreadable.
+pub fn task_suspended_refusal(count: Option<i32>) -> Option<String> {
+    match count {
+        Some(0) => None,
+        Some(n) => Some(format!(
+            "it is suspended as a whole ({n} task suspension{}: a debugger, or pid_suspend), so \
+             no thread can run in it: resume it first",
+            if n == 1 { "" } else { "s" }
+        )),
+        None => Some("cannot read whether it is suspended as a whole".into()),
+    }
+}
+
 /// What `ptyreap resume` does with one thread of an app left suspended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeStep {
@@ -453,6 +468,20 @@ mod tests {
             "resumed 1 thread of pid 7 (app) (one suspension each)"
         );
         assert!(resume_summary(7, "app", 4, 1).starts_with("removed 1 thread ptyreap"));
+    }
+
+    #[test]
+    fn a_task_suspended_as_a_whole_is_refused() {
+        assert_eq!(super::task_suspended_refusal(Some(0)), None);
+        let one = super::task_suspended_refusal(Some(1)).unwrap();
+        assert!(one.contains("(1 task suspension:"), "{one}");
+        assert!(super::task_suspended_refusal(Some(2))
+            .unwrap()
+            .contains("2 task suspensions"));
+        assert!(
+            super::task_suspended_refusal(None).is_some(),
+            "unreadable is no go-ahead"
+        );
     }
 
     #[test]

@@ -102,15 +102,8 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     }
     // suspended as a task (a debugger, pid_suspend, App Nap's freezer) without SSTOP: a thread
     // created in it is held too, and the first call would only time out
-    match mach::task_suspend_count(&task) {
-        Some(0) => {}
-        Some(n) => {
-            return Err(nothing(format!(
-                "it is suspended as a whole ({n} task suspension(s): a debugger, or \
-                 pid_suspend), so no thread can run in it: resume it first"
-            )))
-        }
-        None => return Err(nothing("cannot read whether it is suspended".into())),
+    if let Some(why) = logic::task_suspended_refusal(mach::task_suspend_count(&task)) {
+        return Err(nothing(why));
     }
     let arch = libproc::arch_info(target.pid)
         .map_err(|e| nothing(format!("cannot read its architecture: {e}")))?;
