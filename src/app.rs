@@ -21,6 +21,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Some(cli::Command::Limit { set, json }) => return limit::run(*set, *json),
         Some(cli::Command::Resume { pid }) => return sys::resume(*pid),
+        Some(cli::Command::Rescue(args)) => return crate::rescue::run(args),
         Some(cli::Command::Metrics) => {
             let snapshot = sys::snapshot()?;
             let census = census::census(&snapshot);

@@ -148,6 +148,10 @@ pub enum Command {
     Metrics,
     /// Print the man page (roff) to stdout: ptyreap man | man -l -
     Man,
+    /// Free PTYs when none are left, with no terminal: release orphans machine-wide, raise the
+    /// limit if still full (root; never prompts)
+    #[command(long_about = RESCUE_ABOUT)]
+    Rescue(RescueArgs),
     /// macOS: resume an app a killed ptyreap left suspended (one suspension per thread)
     #[command(long_about = RESUME_ABOUT)]
     Resume {
@@ -253,6 +257,35 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_notify: bool,
 }
+
+#[derive(Debug, Args)]
+pub struct RescueArgs {
+    /// Release only these processes' orphans instead of every process's (repeatable)
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<i32>,
+
+    /// How long a master must be idle to be released (in an emergency, 2 minutes is idle)
+    #[arg(long, value_name = "DUR", default_value = "2m", value_parser = parse_duration)]
+    pub min_idle: Duration,
+
+    /// Never change the PTY limit
+    #[arg(long)]
+    pub no_raise: bool,
+}
+
+const RESCUE_ABOUT: &str = "\
+For when no terminal opens because every PTY is taken. Needs root and no terminal, and never \
+prompts: it prints the census, releases every orphaned master copy whose PTY it can free \
+machine-wide (as `ptyreap --all --yes`: never live, stale, fresh or tracked ones), and if the \
+system's PTY limit is still reached, raises it until reboot (Linux: kernel.pty.max doubled, or \
+more so that 1024 are free; macOS: kern.tty.ptmx_max to 999, the most xnu allows). Exits 0 when \
+a PTY can be opened again, 1 when PTYs are still exhausted.
+
+Run it without a terminal:
+  ssh -T root@host ptyreap rescue                 (-T: ssh allocates no PTY)
+  systemd-run --wait --pipe ptyreap rescue         (Linux, from any root context)
+  osascript -e 'do shell script \"/usr/local/bin/ptyreap rescue\" with administrator privileges'
+                                                   (macOS: asks for the password in a dialog)";
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {

@@ -32,6 +32,7 @@ pub mod ptys;
 pub mod reap;
 pub mod render;
 pub mod report;
+pub mod rescue;
 pub mod sys;
 pub mod verdict;
 pub mod watch;

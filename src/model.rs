@@ -264,6 +264,25 @@ pub struct SystemUsage {
     pub leak_per_hour: Option<f64>,
 }
 
+impl SystemUsage {
+    /// Whether the system-wide limit is reached: Linux keeps `reserve` PTYs for the initial
+    /// devpts instance, so every other one is full at `limit - reserve`.
+    pub fn globally_full(&self) -> bool {
+        self.limit > 0 && self.in_use >= self.limit.saturating_sub(self.reserve.unwrap_or(0))
+    }
+
+    /// Whether some devpts instance is at its own `max=`.
+    pub fn an_instance_full(&self) -> bool {
+        self.instances.iter().flatten().any(DevptsInstance::full)
+    }
+}
+
+impl DevptsInstance {
+    pub fn full(&self) -> bool {
+        matches!((self.in_use, self.max), (Some(n), Some(m)) if n >= m)
+    }
+}
+
 /// One devpts instance: a private one (a container's, or `mount -o newinstance`) can be exhausted
 /// by its own `max=` while the global count is low.
 #[derive(Debug, Clone, Serialize)]

@@ -73,10 +73,7 @@ pub fn system(sys: &SystemUsage) -> String {
     if let Some(reserve) = sys.reserve {
         let _ = write!(out, ", {reserve} reserved for the initial devpts instance");
     }
-    // Linux keeps `reserve` PTYs for the initial devpts instance: every other one is full at
-    // limit - reserve
-    let usable = sys.limit.saturating_sub(sys.reserve.unwrap_or(0));
-    if sys.limit > 0 && sys.in_use >= usable {
+    if sys.globally_full() {
         out.push_str("  FULL: no new PTY can be opened (ptyreap limit --set N raises the limit)");
     }
     out.push('\n');
@@ -94,9 +91,10 @@ pub fn system(sys: &SystemUsage) -> String {
             .in_use
             .map_or("? in use".to_string(), |n| format!("{n} in use"));
         let max = inst.max.map_or(String::new(), |m| format!(", max {m}"));
-        let full = match (inst.in_use, inst.max) {
-            (Some(n), Some(m)) if n >= m => "  FULL: no new PTY can be opened here",
-            _ => "",
+        let full = if inst.full() {
+            "  FULL: no new PTY can be opened here"
+        } else {
+            ""
         };
         let _ = writeln!(out, "  devpts {} at {at}: {used}{max}{full}", inst.devpts);
     }

@@ -172,7 +172,11 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         case(&["--pid", &pid, "--method", "shred"], 2, "invalid value"),
         case(&["watch", "--interval", "5x", "--once"], 2, "unknown unit"),
         // macOS's way back for a suspended app: nothing of ptyreap's can be left stopped here
-        line(&["resume", "--pid", &pid], 2, "`ptyreap resume` is for macOS"),
+        line(
+            &["resume", "--pid", &pid],
+            2,
+            "`ptyreap resume` is for macOS",
+        ),
         case(&["resume"], 2, "--pid"),
         case(
             &["watch", "--warn", "-1", "--once"],
@@ -259,6 +263,11 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
         cases.push(Case {
             uid: Some(65534),
             ..line(&["--pid", &pid, "--dry-run"], 1, "not permitted to inspect").and("sudo")
+        });
+        // the emergency needs root, and says how to get it without a terminal
+        cases.push(Case {
+            uid: Some(65534),
+            ..line(&["rescue"], 1, "rescue needs root").and("ssh -T root@localhost")
         });
     }
     assert!(cases.len() >= 25, "{} cases", cases.len());
