@@ -28,13 +28,14 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             output::print(&crate::metrics::exposition(&census, None));
             return Ok(ExitCode::Success);
         }
-        Some(cli::Command::Man) => {
+        Some(cli::Command::Man { dir: None }) => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
             clap_mangen::Man::new(cmd).render(&mut text)?;
             output::print_bytes(&text);
             return Ok(ExitCode::Success);
         }
+        Some(cli::Command::Man { dir: Some(dir) }) => return write_man_pages(dir),
         None => {}
     }
     let style = Style::detect(cli.verbose);
@@ -48,6 +49,33 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         return run_census(cli, &style);
     }
     run_targets(cli, &style)
+}
+
+/// Every man page into `dir`: ptyreap.1, and ptyreap-SUB.1 for each subcommand (the pages the
+/// main page's SEE ALSO names), for packagers. Lists what it wrote.
+fn write_man_pages(dir: &std::path::Path) -> Result<ExitCode> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = vec![("ptyreap".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        // clap takes static names (it lacks its `string` feature here); a few pages, once
+        let name: &'static str = format!("ptyreap-{}", sub.get_name()).leak();
+        let usage: &'static str = format!("ptyreap {}", sub.get_name()).leak();
+        let page = sub
+            .clone()
+            .name(name)
+            .bin_name(usage)
+            .version(env!("CARGO_PKG_VERSION"));
+        pages.push((name.to_string(), page));
+    }
+    for (name, page) in pages {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, text)
+            .map_err(|e| UserError::failure(format!("cannot write {}: {e}", path.display())))?;
+        output::println(&path.display().to_string());
+    }
+    Ok(ExitCode::Success)
 }
 
 fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {

@@ -147,7 +147,12 @@ pub enum Command {
     #[command(long_about = METRICS_ABOUT)]
     Metrics,
     /// Print the man page (roff) to stdout: ptyreap man | man -l -
-    Man,
+    Man {
+        /// Instead, write every page into DIR: ptyreap.1 and ptyreap-SUBCOMMAND.1 for each
+        /// subcommand (for packaging)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Free PTYs when none are left, with no terminal: release orphans machine-wide, raise the
     /// limit if still full (root; never prompts)
     #[command(long_about = RESCUE_ABOUT)]

@@ -121,6 +121,43 @@ fn completions_and_man_page() {
         &man.stdout[..200]
     );
     assert!(man.stdout.contains("dry\\-run"));
+    // one page per subcommand for packagers, each the page the main one's SEE ALSO names, and
+    // each clean for man(1)
+    let dir = support::temp_dir("man-pages");
+    let out = support::ptyreap(&["man", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let main_page = std::fs::read_to_string(dir.join("ptyreap.1")).unwrap();
+    for sub in [
+        "watch",
+        "report",
+        "completions",
+        "metrics",
+        "man",
+        "limit",
+        "rescue",
+        "resume",
+    ] {
+        let page = dir.join(format!("ptyreap-{sub}.1"));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{sub}: {e}"));
+        assert!(text.contains(&format!("ptyreap {sub}")), "{sub}");
+        assert!(main_page.contains(&format!("ptyreap\\-{sub}(1)")), "{sub}");
+    }
+    if support::require_tool("man", "man-db") {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let out = std::process::Command::new("man")
+                .args(["--warnings", "-l"])
+                .arg(&path)
+                .env("MANWIDTH", "80")
+                .output()
+                .unwrap();
+            let warnings = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && warnings.trim().is_empty(),
+                "{path:?}: {warnings}"
+            );
+        }
+    }
     let version = support::ptyreap(&["--version"]);
     assert_eq!(
         version.stdout.trim(),
