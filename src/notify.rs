@@ -48,6 +48,8 @@ pub fn send(title: &str, body: &str) -> Result<String, String> {
         )
         .env("XDG_RUNTIME_DIR", bus.parent().unwrap_or(Path::new("/")))
         .env_remove("DISPLAY")
+        // our working directory may be one the user cannot enter (root's home)
+        .current_dir("/")
         // std drops every supplementary group when root sets a uid
         .uid(uid)
         .gid(gid);

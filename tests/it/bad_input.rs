@@ -274,9 +274,9 @@ fn every_bad_input_has_its_code_and_message_and_closes_nothing() {
 
     for c in &cases {
         let mut cmd = Command::new(if c.via_sh {
-            "sh"
+            "sh".into()
         } else {
-            env!("CARGO_BIN_EXE_ptyreap")
+            support::runnable_by_anyone(env!("CARGO_BIN_EXE_ptyreap"))
         });
         cmd.args(&c.args)
             .stdin(Stdio::null())

@@ -34,7 +34,7 @@ fn recovers_when_it_can_and_says_so_when_it_cannot() {
     raises_the_limit_when_it_is_the_limit_that_is_reached();
 }
 
-const PTY_MAX: &str = "/proc/sys/kernel/pty/max";
+use support::PTY_MAX;
 
 fn read_number(path: &str) -> u64 {
     std::fs::read_to_string(path)
@@ -42,15 +42,6 @@ fn read_number(path: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
-}
-
-/// Puts kernel.pty.max back however the test ends.
-struct RestoreMax(u64);
-
-impl Drop for RestoreMax {
-    fn drop(&mut self) {
-        std::fs::write(PTY_MAX, format!("{}\n", self.0)).unwrap();
-    }
 }
 
 /// The system's own limit reached (kernel.pty.max lowered to what is in use) and nothing the
@@ -61,8 +52,7 @@ fn raises_the_limit_when_it_is_the_limit_that_is_reached() {
         return;
     }
     let f = Fixture::spawn(&["--live", "1"]);
-    let original = read_number(PTY_MAX);
-    let _restore = RestoreMax(original);
+    let _restore = support::PtyMaxRestored::now();
     let in_use = read_number("/proc/sys/kernel/pty/nr");
     std::fs::write(PTY_MAX, format!("{in_use}\n")).unwrap();
     assert!(

@@ -187,12 +187,6 @@ fn the_limit_is_shown_and_set_until_reboot() {
             .parse()
             .unwrap()
     };
-    struct Restore(u64);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write(MAX, format!("{}\n", self.0));
-        }
-    }
     let was = read();
     let shown = support::ptyreap(&["limit", "--json"]);
     assert_eq!(shown.code, 0, "{shown:?}");
@@ -213,7 +207,8 @@ fn the_limit_is_shown_and_set_until_reboot() {
         return;
     }
     // only now: without the opt-in, not even the same value is written back
-    let _restore = Restore(was);
+    let restore = support::PtyMaxRestored::now();
+    assert_eq!(restore.original(), was);
     let want = (was + 1).to_string();
     let set = support::ptyreap(&["limit", "--set", &want]);
     assert_eq!(set.code, 0, "{set:?}");

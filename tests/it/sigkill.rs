@@ -11,16 +11,30 @@
 use crate::support::{self, ptmx_fds, spawn_reap, Fixture, Rng, Threads};
 use std::time::Duration;
 
-/// Waits until no `ptyreap-tracer` process is left: a tracer outlives a killed ptyreap and may
-/// still be pinning or releasing when the target's threads look untraced.
-fn no_tracers_left() {
+/// Waits until no `ptyreap-tracer` of ours for `pid` is left: a tracer outlives a killed
+/// ptyreap and may still be pinning or releasing when the target's threads look untraced. Only
+/// tracers started for this target count (its command line is ptyreap's, `--pid PID`): another
+/// ptyreap on the machine is none of this test's business.
+fn no_tracers_left(pid: i32) {
+    let ours = |dir: &std::path::Path| {
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        comm.trim() == "ptyreap-tracer"
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--pid" && w[1] == pid.to_string().as_bytes())
+    };
     let ok = support::wait_for(Duration::from_secs(30), || {
-        std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .map_or(true, |c| c.trim() != "ptyreap-tracer")
-        })
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .all(|e| !ours(&e.path()))
     });
-    assert!(ok, "a ptyreap-tracer is still running after 30 s");
+    assert!(
+        ok,
+        "a ptyreap-tracer for pid {pid} is still running after 30 s"
+    );
 }
 
 fn calibrate() -> Duration {
@@ -49,7 +63,7 @@ fn kill_9_of_ptyreap_never_harms_the_target() {
         unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         let mut child = child;
         let _ = child.wait();
-        no_tracers_left();
+        no_tracers_left(f.pid);
         assert_eq!(
             support::settle(f.pid, SETTLE),
             Threads::Running,

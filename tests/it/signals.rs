@@ -153,6 +153,8 @@ fn a_root_watchdog_notifies_the_user_s_session_bus() {
     let f = Fixture::spawn(&["--orphans", "2"]);
     let script = format!(
         r#"set -e
+# (the user's programs must not start in a checkout only root may enter)
+cd /
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/user/65534
 chown 65534:65534 /run/user/65534

@@ -503,13 +503,113 @@ pub fn require_machine_settings() -> bool {
     if std::env::var_os("PTYREAP_TEST_SYSCTL").is_some_and(|v| v == "1") {
         return true;
     }
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!(
-            "this test changes kernel.pty.max: CI must set PTYREAP_TEST_SYSCTL=1 (.ci/run does)"
-        );
-    }
+    // not even in CI: .ci/run runs the README's command as it is, then these with the variable
     eprintln!("skipped: this test changes kernel.pty.max (set PTYREAP_TEST_SYSCTL=1 to run it)");
     false
+}
+
+/// `path` (one of cargo's built binaries), or a link to it (a copy across file systems) that any
+/// user can run: some tests run ptyreap or the victim as another user, and a clone in a directory
+/// only its owner may enter (a 0700 home, `mktemp -d`) hides `target/` from them (EACCES). The
+/// link lives in a directory of root's in the system's temp dir, named by the binary's inode and
+/// time, so reruns reuse it; an older one of the same binary is replaced.
+pub fn runnable_by_anyone(path: &str) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let original = PathBuf::from(path);
+    let reachable = original
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable {
+        return original;
+    }
+    static LINKS: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+    let mut links = LINKS.lock().unwrap();
+    if let Some((_, link)) = links.iter().find(|(o, _)| *o == original) {
+        return link.clone();
+    }
+    let meta = fs::metadata(&original).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("ptyreap-test-bins-{me}"));
+    let _ = fs::create_dir(&dir);
+    let dir_meta = fs::symlink_metadata(&dir).unwrap();
+    assert!(
+        dir_meta.is_dir() && dir_meta.uid() == me && dir_meta.mode() & 0o022 == 0,
+        "{dir:?} is not a directory only this user may write: remove it"
+    );
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let name = original.file_name().unwrap().to_string_lossy().into_owned();
+    let link = dir.join(format!("{name}-{}-{}", meta.ino(), meta.mtime()));
+    if !link.exists() {
+        for old in fs::read_dir(&dir).unwrap().flatten() {
+            if old
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+            {
+                let _ = fs::remove_file(old.path());
+            }
+        }
+        if fs::hard_link(&original, &link).is_err() {
+            let partial = dir.join(format!(".{name}.{}", std::process::id()));
+            fs::copy(&original, &partial).unwrap();
+            fs::rename(&partial, &link).unwrap();
+        }
+    }
+    fs::set_permissions(&link, fs::Permissions::from_mode(0o755)).unwrap();
+    links.push((original, link.clone()));
+    link
+}
+
+/// kernel.pty.max put back however the test ends: on drop (a pass or a panic), and — should the
+/// test process be killed or interrupted (^C, a time-out) — by a watcher in a session of its
+/// own that outlives it and writes the value back once the test process is gone. Made before the
+/// first change.
+pub struct PtyMaxRestored {
+    original: u64,
+    watcher: Child,
+}
+
+pub const PTY_MAX: &str = "/proc/sys/kernel/pty/max";
+
+impl PtyMaxRestored {
+    pub fn now() -> PtyMaxRestored {
+        let original: u64 = fs::read_to_string(PTY_MAX).unwrap().trim().parse().unwrap();
+        let script = format!(
+            "trap '' INT TERM HUP; while kill -0 {me} 2>/dev/null; do sleep 0.2; done; \
+             echo {original} > {PTY_MAX}",
+            me = std::process::id()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; a session of its own: ^C in the test's terminal
+        // and a kill of the test's process group miss it
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let watcher = cmd.spawn().expect("starting the kernel.pty.max watcher");
+        PtyMaxRestored { original, watcher }
+    }
+
+    pub fn original(&self) -> u64 {
+        self.original
+    }
+}
+
+impl Drop for PtyMaxRestored {
+    fn drop(&mut self) {
+        let _ = fs::write(PTY_MAX, format!("{}\n", self.original));
+        let _ = self.watcher.kill();
+        let _ = self.watcher.wait();
+    }
 }
 
 /// A program a test needs from the distribution: true when it is on PATH; otherwise a skip that
@@ -680,7 +780,8 @@ pub fn ptyreap(args: &[&str]) -> Output {
 /// `ptyreap`, after `configure` had its say on the command (an environment variable, a
 /// pre_exec hook).
 pub fn ptyreap_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap"));
+    // (`configure` may make it another user's run)
+    let mut cmd = Command::new(runnable_by_anyone(env!("CARGO_BIN_EXE_ptyreap")));
     cmd.args(args)
         .env("NO_COLOR", "1")
         // the default poll look, whatever the caller's environment says
@@ -900,7 +1001,10 @@ impl Victim {
         let ptys = shared_ptys();
         let dir = temp_dir("victim");
         let ready = dir.join("ready");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptyreap-victim"));
+        let mut cmd = Command::new(match uid {
+            Some(_) => runnable_by_anyone(env!("CARGO_BIN_EXE_ptyreap-victim")),
+            None => PathBuf::from(env!("CARGO_BIN_EXE_ptyreap-victim")),
+        });
         cmd.args(args)
             .arg("--ready")
             .arg(&ready)
