@@ -93,9 +93,13 @@ fn install_watchdog_is_idempotent() {
         second.contains("nothing changed") && !second.contains("installed"),
         "{second}"
     );
+    // the watchdog's episodes: removed with the rest
+    let state = root.join("var/lib/ptyreap");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("episodes"), "{}").unwrap();
     let gone = run(&["--uninstall"]);
     assert!(gone.contains("removed"), "{gone}");
-    assert!(!unit.exists() && !bin.exists());
+    assert!(!unit.exists() && !bin.exists() && !state.exists(), "{gone}");
     assert!(
         run(&["--uninstall"]).contains("absent"),
         "uninstalling twice is fine"
@@ -163,4 +167,55 @@ fn completions_and_man_page() {
         version.stdout.trim(),
         format!("ptyreap {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Without systemd the installer says it started nothing, prints the command to run instead, and
+/// exits 1 — run for real (not `--root`) in a private mount namespace whose /usr/local, /etc/systemd,
+/// /var/lib and /run are empty tmpfs mounts, so nothing of the machine's is touched.
+#[test]
+fn install_watchdog_without_systemd_says_nothing_was_started() {
+    if !support::require_root() || !support::require_tool("unshare", "util-linux") {
+        return;
+    }
+    if !Path::new("/etc/systemd").is_dir() {
+        eprintln!("skipped: no /etc/systemd to mount over here");
+        return;
+    }
+    let script = format!(
+        r#"set -e
+for d in /usr/local /etc/systemd /var/lib /run; do mount -t tmpfs tmpfs "$d"; done
+set +e
+{ROOT}/scripts/install-watchdog --binary {bin}; echo "exit=$?"
+ls /usr/local/bin /etc/systemd/system
+{ROOT}/scripts/install-watchdog --uninstall; echo "exit=$?"
+ls /usr/local/bin /etc/systemd/system
+"#,
+        bin = env!("CARGO_BIN_EXE_ptyreap"),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let (install, uninstall) = stdout
+        .split_once("exit=1")
+        .unwrap_or_else(|| panic!("the install did not exit 1: {stdout}\n{stderr}"));
+    assert!(
+        install.contains("installed /usr/local/bin/ptyreap"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(
+        stderr.contains("/usr/local/bin/ptyreap watch --warn"),
+        "the command to run instead: {stderr}"
+    );
+    assert!(uninstall.contains("ptyreap-watch.service"), "{stdout}");
+    let after = uninstall
+        .split_once("exit=0")
+        .map(|(_, a)| a)
+        .unwrap_or_else(|| panic!("the uninstall did not exit 0: {stdout}\n{stderr}"));
+    assert!(!after.contains("ptyreap"), "left behind: {after}");
 }
