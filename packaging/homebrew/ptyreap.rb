@@ -1,8 +1,9 @@
 # Homebrew formula for ptyreap: builds from source, then signs the binary with the debugger
-# entitlement (platform/macos/ptyreap.entitlements) that reaping on macOS needs. Copy it into a tap
-# (e.g. Formula/ptyreap.rb in a homebrew-tap repository), or install straight from this file:
-#   brew install --formula ./packaging/homebrew/ptyreap.rb          (the release below)
-#   brew install --HEAD --formula ./packaging/homebrew/ptyreap.rb   (the main branch)
+# entitlement (platform/macos/ptyreap.entitlements) that reaping on macOS needs. Homebrew installs
+# formulae only from taps (not from a file path), so put it into one, e.g. a local tap:
+#   brew tap-new --no-git local/ptyreap
+#   cp packaging/homebrew/ptyreap.rb "$(brew --repository local/ptyreap)/Formula/"
+#   brew install --HEAD local/ptyreap/ptyreap     (the main branch; without --HEAD: the release below)
 class Ptyreap < Formula
   desc "Find and release leaked pseudoterminal masters in running processes"
   homepage "https://github.com/ptyreap/ptyreap"
