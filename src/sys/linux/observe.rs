@@ -551,7 +551,7 @@ const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_SAMPLE_TID: u64 = 1 << 1;
 const PERF_SAMPLE_RAW: u64 = 1 << 10;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
-const PERF_EVENT_IOC_SET_FILTER: libc::c_ulong = 0x4008_2406;
+const PERF_EVENT_IOC_SET_FILTER: libc::Ioctl = 0x4008_2406;
 const PERF_RECORD_SAMPLE: u32 = 9;
 const PERF_RECORD_LOST: u32 = 2;
 /// `data_head` and `data_tail` in `struct perf_event_mmap_page`.

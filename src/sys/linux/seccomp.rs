@@ -271,7 +271,7 @@ pub fn parse_mode(status: &str) -> Mode {
     }
 }
 
-const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_FILTER: crate::sys::linux::ptrace::PtraceRequest = 0x420c;
 
 /// The filters of a stopped tracee, oldest first (`PTRACE_SECCOMP_GET_FILTER` index 0 is the
 /// first installed). The order does not change the verdict: every filter runs.

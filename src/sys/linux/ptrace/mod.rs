@@ -25,6 +25,7 @@ mod attach_error;
 mod dispatch;
 mod inject;
 mod raw;
+pub(crate) use raw::Request as PtraceRequest;
 mod stopped;
 
 #[cfg(test)]

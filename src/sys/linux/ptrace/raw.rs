@@ -14,15 +14,24 @@ const PTRACE_O_TRACEEXEC: usize = 0x10;
 pub(crate) const SEIZE_OPTIONS: usize = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC;
 /// The tracee's seccomp filters do not run while set (include/uapi/linux/ptrace.h).
 pub(crate) const PTRACE_O_SUSPEND_SECCOMP: usize = 1 << 21;
-const PTRACE_SYSEMU: libc::c_uint = 31;
-const PTRACE_SETOPTIONS: libc::c_uint = 0x4200;
-const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
-const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
-const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
-const PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4210;
-const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: libc::c_uint = 0x4211;
+/// ptrace's request type: glibc declares `c_uint` (and its PTRACE_* constants so), musl `c_int`.
+#[cfg(target_env = "gnu")]
+pub(crate) type Request = libc::c_uint;
+#[cfg(not(target_env = "gnu"))]
+pub(crate) type Request = libc::c_int;
 
-fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+const PTRACE_SYSEMU: Request = 31;
+// libc's musl module types these two c_uint, unlike its other PTRACE_* constants there
+const PTRACE_GETSIGMASK: Request = 0x420a;
+const PTRACE_SETSIGMASK: Request = 0x420b;
+const PTRACE_SETOPTIONS: Request = 0x4200;
+const PTRACE_PEEKSIGINFO: Request = 0x4209;
+const PTRACE_GET_SYSCALL_INFO: Request = 0x420e;
+const PTRACE_GET_RSEQ_CONFIGURATION: Request = 0x420f;
+const PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG: Request = 0x4210;
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG: Request = 0x4211;
+
+fn ptrace(req: Request, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
     // SAFETY: only requests whose addr/data are integers or point to memory owned by the caller
     // for the duration of the call are passed through here.
     let rc = unsafe { libc::ptrace(req, tid, addr, data) };
@@ -222,23 +231,12 @@ pub(crate) fn resume(tid: i32, how: Resume, sig: i32) -> io::Result<()> {
 
 pub(crate) fn get_sigmask(tid: i32) -> io::Result<u64> {
     let mut mask: u64 = 0;
-    ptrace(
-        libc::PTRACE_GETSIGMASK,
-        tid,
-        8,
-        &mut mask as *mut u64 as usize,
-    )?;
+    ptrace(PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as usize)?;
     Ok(mask)
 }
 
 pub(crate) fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
-    ptrace(
-        libc::PTRACE_SETSIGMASK,
-        tid,
-        8,
-        &mask as *const u64 as usize,
-    )
-    .map(drop)
+    ptrace(PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as usize).map(drop)
 }
 
 pub(crate) fn get_siginfo(tid: i32) -> io::Result<libc::siginfo_t> {
