@@ -67,3 +67,11 @@ impl std::fmt::Display for UserError {
 }
 
 impl std::error::Error for UserError {}
+
+/// Prints `err` the one way ptyreap prints an error (once, one line per cause chain, after
+/// `ptyreap: `) and returns its exit code: a UserError's own, else a failure.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("ptyreap: {err:#}");
+    err.downcast_ref::<UserError>()
+        .map_or(ExitCode::Failure, |u| u.code)
+}

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use ptyreap::cli::Cli;
-use ptyreap::exit_code::{ExitCode, UserError};
 
 fn main() -> std::process::ExitCode {
     // macOS: the guardian of a reap is this binary under another name (it never returns then)
@@ -10,13 +9,6 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match ptyreap::app::run(&cli) {
         Ok(code) => code.into(),
-        Err(err) => {
-            let code = match err.downcast_ref::<UserError>() {
-                Some(user) => user.code,
-                None => ExitCode::Failure,
-            };
-            eprintln!("ptyreap: {err:#}");
-            code.into()
-        }
+        Err(err) => ptyreap::exit_code::report(&err).into(),
     }
 }

@@ -9,7 +9,7 @@
 //! at its own `max=` cannot be raised from here: the last line says how.
 
 use crate::cli::{Cli, RescueArgs};
-use crate::exit_code::{ExitCode, UserError};
+use crate::exit_code::{report, ExitCode, UserError};
 use crate::model::SystemUsage;
 use crate::render::{self, Style};
 use crate::{census, output, sys};
@@ -55,10 +55,7 @@ pub fn run(args: &RescueArgs) -> Result<ExitCode> {
                     "== the limit itself is reached: raising it from {} to {new} (until reboot)",
                     after.limit
                 ));
-                let code = match crate::limit::run(Some(new), false) {
-                    Ok(code) => code,
-                    Err(e) => report(&e),
-                };
+                let code = crate::limit::run(Some(new), false).unwrap_or_else(|e| report(&e));
                 output::println(&format!("(ptyreap limit exited {})", code as i32));
                 after = census_table(&style)?;
             }
@@ -112,16 +109,7 @@ fn reap(target: &[String], min_idle: &str) -> ExitCode {
             return ExitCode::Usage;
         }
     };
-    match crate::app::run(&cli) {
-        Ok(code) => code,
-        Err(e) => report(&e),
-    }
-}
-
-fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("ptyreap: {err:#}");
-    err.downcast_ref::<UserError>()
-        .map_or(ExitCode::Failure, |u| u.code)
+    crate::app::run(&cli).unwrap_or_else(|e| report(&e))
 }
 
 /// The limit to raise to: macOS's hard cap; on Linux twice the limit, and at least 1024 usable

@@ -179,7 +179,7 @@ fn the_limit_is_shown_and_set_until_reboot() {
     }
     // changes the machine's limit, which emergency.rs lowers too
     let _alone = support::exclusive_ptys();
-    const MAX: &str = "/proc/sys/kernel/pty/max";
+    const MAX: &str = support::PTY_MAX;
     let read = || -> u64 {
         std::fs::read_to_string(MAX)
             .unwrap()

@@ -249,18 +249,9 @@ fn read_memory_of(task: mach_port_t, addr: u64, buf: &mut [u8]) -> Result<(), ke
 /// The shared cache a task maps, from its `dyld_all_image_infos` (TASK_DYLD_INFO). `task` may be
 /// our own (`mach_task_self()`), to compare.
 pub fn shared_cache(task: mach_port_t) -> Option<SharedCache> {
-    let mut info = ffi::TaskDyldInfo::default();
-    let mut count = ffi::TASK_DYLD_INFO_COUNT;
-    // SAFETY: `info` holds TASK_DYLD_INFO_COUNT words.
-    let kr = unsafe {
-        mach2::task::task_info(
-            task,
-            ffi::TASK_DYLD_INFO,
-            (&mut info as *mut ffi::TaskDyldInfo).cast(),
-            &mut count,
-        )
-    };
-    if kr != KERN_SUCCESS || { info.all_image_info_format } != ffi::TASK_DYLD_ALL_IMAGE_INFO_64 {
+    let info: ffi::TaskDyldInfo =
+        task_info_of(task, ffi::TASK_DYLD_INFO, ffi::TASK_DYLD_INFO_COUNT)?;
+    if { info.all_image_info_format } != ffi::TASK_DYLD_ALL_IMAGE_INFO_64 {
         return None;
     }
     let mut raw = [0u8; std::mem::size_of::<ffi::DyldAllImageInfosHead>()];
@@ -272,18 +263,21 @@ pub fn shared_cache(task: mach_port_t) -> Option<SharedCache> {
 
 /// The task-wide suspend count (task_suspend, pid_suspend, a debugger), or None if unreadable.
 pub fn task_suspend_count(task: &Port) -> Option<i32> {
-    let mut info = ffi::MachTaskBasicInfo::default();
-    let mut count = ffi::MACH_TASK_BASIC_INFO_COUNT;
-    // SAFETY: `info` holds MACH_TASK_BASIC_INFO_COUNT words.
-    let kr = unsafe {
-        mach2::task::task_info(
-            task.name(),
-            ffi::MACH_TASK_BASIC_INFO,
-            (&mut info as *mut ffi::MachTaskBasicInfo).cast(),
-            &mut count,
-        )
-    };
-    (kr == KERN_SUCCESS).then_some(info.suspend_count)
+    let info: ffi::MachTaskBasicInfo = task_info_of(
+        task.name(),
+        ffi::MACH_TASK_BASIC_INFO,
+        ffi::MACH_TASK_BASIC_INFO_COUNT,
+    )?;
+    Some(info.suspend_count)
+}
+
+/// `task_info` of one flavor, as `info_of` does `thread_info`: `count` words of `T`.
+fn task_info_of<T: Default>(task: mach_port_t, flavor: u32, count: u32) -> Option<T> {
+    let mut info = T::default();
+    let mut n = count;
+    // SAFETY: `info` holds `count` words of this flavor.
+    let kr = unsafe { mach2::task::task_info(task, flavor, (&mut info as *mut T).cast(), &mut n) };
+    (kr == KERN_SUCCESS).then_some(info)
 }
 
 /// The size of the stack the reaper allocates in the target for its thread (the guardian frees

@@ -33,7 +33,7 @@ use super::guardian_log::Record;
 use super::inject::{CallError, Function, Injector};
 use super::inspect::slave_last_io;
 use super::libproc;
-use super::logic::{self, Arch, RefusalContext, TargetCode};
+use super::logic::{self, Arch, TargetCode};
 use super::mach::{self, Suspension};
 use super::scan::Devfs;
 use super::target::{self, Target};
@@ -71,28 +71,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     };
 
     // 2. the task port, pinned to the pid and start time, and whether a call can run in it
-    let task = match mach::task_for_pid(target.pid) {
-        Ok(task) => task,
-        Err(_) if !target.still_alive() => return Err(target::no_such(target.pid)),
-        Err(kr) => {
-            let exe = std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "ptyreap".into());
-            let flags = libproc::codesign_flags(target.pid).unwrap_or(0);
-            let ctx = RefusalContext {
-                pid: target.pid,
-                name: &target.name,
-                exe: &exe,
-                platform_binary: flags & ffi::CS_PLATFORM_BINARY != 0,
-            };
-            let why = logic::task_port_refusal(kr, target::is_root(), &ctx)
-                .unwrap_or_else(|| logic::kern_name(kr));
-            return Err(UserError::failure(why));
-        }
-    };
-    if mach::pid_of(&task) != Some(target.pid) || !target.still_alive() {
-        return Err(target::no_such(target.pid));
-    }
+    let task = target.task_port()?;
     let info = libproc::bsd_info(target.pid).map_err(|_| target::no_such(target.pid))?;
     if info.pbi_status == 4 {
         // SSTOP: the task is suspended as a whole, so a thread of ours would never run
@@ -241,9 +220,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         }
         let row = &rows[i];
         let method = row.action.method().unwrap_or(Method::Close);
-        let fds: Vec<i32> = std::iter::once(row.evidence.fd)
-            .chain(row.evidence.target_slave_fds.iter().copied())
-            .collect();
+        let fds = released_fds(row);
         let mut failure: Option<String> = None;
         for fd in fds {
             let result = match method {
@@ -314,31 +291,44 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
 /// plan and the suspension (the look is libproc's, cheap); all of them when some kqueue could
 /// not be read.
 fn hold_back_watched(pid: i32, rows: &mut [MasterRow], go: &mut Vec<usize>) {
-    let released = |row: &MasterRow| -> Vec<i32> {
-        std::iter::once(row.evidence.fd)
-            .chain(row.evidence.target_slave_fds.iter().copied())
-            .collect()
-    };
     let fds: std::collections::BTreeSet<i32> =
-        go.iter().flat_map(|&i| released(&rows[i])).collect();
+        go.iter().flat_map(|&i| released_fds(&rows[i])).collect();
     let now = super::inspect::kqueue_watchers(pid, &fds);
-    go.retain(|&i| {
-        if !rows[i].evidence.watched_by.is_empty() {
-            return true; // planned though watched: --include-tracked asked for it
+    hold_back(rows, go, |row| {
+        if !row.evidence.watched_by.is_empty() {
+            return None; // planned though watched: --include-tracked asked for it
         }
-        let why = match &now.unreadable {
+        match &now.unreadable {
             Some(why) => Some(why.clone()),
-            None => released(&rows[i]).iter().find_map(|fd| {
+            None => released_fds(row).iter().find_map(|fd| {
                 now.by_fd
                     .get(fd)
                     .map(|by| format!("the app watches it now ({})", by.join(", ")))
             }),
-        };
-        let keep = why.is_none();
-        if let Some(why) = why {
-            reap::settle(&mut rows[i], Outcome::Changed, why);
         }
-        keep
+    });
+}
+
+/// The fds releasing a row closes or replaces: its master, and a pair's slave fds with it.
+pub(super) fn released_fds(row: &MasterRow) -> Vec<i32> {
+    std::iter::once(row.evidence.fd)
+        .chain(row.evidence.target_slave_fds.iter().copied())
+        .collect()
+}
+
+/// Inside the suspension: the rows of `go` that `why` has something against leave it, settled
+/// `changed` with that reason.
+pub(super) fn hold_back(
+    rows: &mut [MasterRow],
+    go: &mut Vec<usize>,
+    mut why: impl FnMut(&MasterRow) -> Option<String>,
+) {
+    go.retain(|&i| match why(&rows[i]) {
+        Some(why) => {
+            reap::settle(&mut rows[i], Outcome::Changed, why);
+            false
+        }
+        None => true,
     });
 }
 

@@ -8,36 +8,14 @@
 //! created and left behind is terminated, never resumed (`logic::resume_step`). A task
 //! suspended as a whole is not touched: that suspension is not ptyreap's.
 
-use super::libproc;
-use super::logic::{self, RefusalContext, ResumeStep};
+use super::logic::{self, ResumeStep};
 use super::mach::{self, Port};
 use super::target;
 use crate::exit_code::{ExitCode, UserError};
 
 pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
     let target = target::open(pid)?;
-    let task = match mach::task_for_pid(pid) {
-        Ok(task) => task,
-        Err(_) if !target.still_alive() => return Err(target::no_such(pid).into()),
-        Err(kr) => {
-            let exe = std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "ptyreap".into());
-            let flags = libproc::codesign_flags(pid).unwrap_or(0);
-            let ctx = RefusalContext {
-                pid,
-                name: &target.name,
-                exe: &exe,
-                platform_binary: flags & super::ffi::CS_PLATFORM_BINARY != 0,
-            };
-            let why = logic::task_port_refusal(kr, target::is_root(), &ctx)
-                .unwrap_or_else(|| logic::kern_name(kr));
-            return Err(UserError::failure(why).into());
-        }
-    };
-    if mach::pid_of(&task) != Some(pid) || !target.still_alive() {
-        return Err(target::no_such(pid).into());
-    }
+    let task = target.task_port()?;
     let threads = mach::threads(&task).map_err(|kr| {
         UserError::failure(format!(
             "cannot list the threads of pid {pid} ({}): {}; nothing was changed",

@@ -25,6 +25,37 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Its task port, checked to still be this process (a pid may be reused meanwhile); a
+    /// refusal explained (`logic::task_port_refusal`), a process gone said so.
+    pub fn task_port(&self) -> Result<super::mach::Port, UserError> {
+        use super::logic;
+        let task = match super::mach::task_for_pid(self.pid) {
+            Ok(task) => task,
+            Err(_) if !self.still_alive() => return Err(no_such(self.pid)),
+            Err(kr) => {
+                let exe = std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "ptyreap".into());
+                let flags = libproc::codesign_flags(self.pid).unwrap_or(0);
+                let ctx = logic::RefusalContext {
+                    pid: self.pid,
+                    name: &self.name,
+                    exe: &exe,
+                    platform_binary: flags & ffi::CS_PLATFORM_BINARY != 0,
+                };
+                let why = logic::task_port_refusal(kr, is_root(), &ctx)
+                    .unwrap_or_else(|| logic::kern_name(kr));
+                return Err(UserError::failure(why));
+            }
+        };
+        if super::mach::pid_of(&task) != Some(self.pid) || !self.still_alive() {
+            return Err(no_such(self.pid));
+        }
+        Ok(task)
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -16,7 +16,7 @@ use super::arch;
 use super::logic::kern_name;
 use super::mach::{self, Port};
 use super::waits::{self, Syscall, WaitCall};
-use crate::model::{MasterRow, Outcome};
+use crate::model::MasterRow;
 use mach::state::State;
 use mach2::kern_return::KERN_TERMINATED;
 use mach2::message::MACH_SEND_INVALID_DEST;
@@ -113,28 +113,17 @@ pub fn hold_back_waited(
     rows: &mut [MasterRow],
     go: &mut Vec<usize>,
 ) {
-    let released = |row: &MasterRow| -> Vec<i32> {
-        std::iter::once(row.evidence.fd)
-            .chain(row.evidence.target_slave_fds.iter().copied())
-            .collect()
-    };
-    let fds: Vec<i32> = go.iter().flat_map(|&i| released(&rows[i])).collect();
+    use super::reap::{hold_back, released_fds};
+    let fds: Vec<i32> = go.iter().flat_map(|&i| released_fds(&rows[i])).collect();
     let waited = planned_fds_waited_on(task, ours, &fds);
-    go.retain(|&i| {
-        let why = match &waited {
-            Ok(by_fd) => released(&rows[i])
-                .iter()
-                .find_map(|fd| by_fd.get(fd))
-                .cloned(),
-            Err(why) => Some(format!(
-                "{why}, so ptyreap cannot tell whether it still uses it"
-            )),
-        };
-        let keep = why.is_none();
-        if let Some(why) = why {
-            crate::reap::settle(&mut rows[i], Outcome::Changed, why);
-        }
-        keep
+    hold_back(rows, go, |row| match &waited {
+        Ok(by_fd) => released_fds(row)
+            .iter()
+            .find_map(|fd| by_fd.get(fd))
+            .cloned(),
+        Err(why) => Some(format!(
+            "{why}, so ptyreap cannot tell whether it still uses it"
+        )),
     });
 }
 
