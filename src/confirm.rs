@@ -124,7 +124,7 @@ fn label(t: &TargetReport, r: &MasterRow) -> String {
         t.pid,
         r.evidence.fd,
         r.judgement.verdict.as_str(),
-        r.judgement.reason
+        r.reason()
     )
 }
 

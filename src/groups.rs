@@ -29,7 +29,8 @@ fn shape(r: &MasterRow) -> impl PartialEq + '_ {
             ev.target_slave_fds.is_empty(),
             ev.aliases.is_empty(),
             r.frees_pty,
-            r.merge_keeper,
+            r.merge_onto,
+            r.is_merge_target(),
             // the reason without what is the row's alone: rows with different reasons never
             // merge
             shared_reason(std::slice::from_ref(r)),
@@ -76,7 +77,7 @@ pub fn shared_reason(rows: &[MasterRow]) -> String {
     let Some(first) = rows.first() else {
         return String::new();
     };
-    let mut reason = first.judgement.reason.clone();
+    let mut reason = first.reason();
     if let Some(path) = &first.evidence.slave_path {
         reason = reason.replace(path.as_str(), "the slave");
     }
@@ -130,7 +131,8 @@ mod tests {
             },
             result: None,
             detail: None,
-            merge_keeper: false,
+            merge_onto: None,
+            notes: Vec::new(),
             frees_pty: None,
         }
     }

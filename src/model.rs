@@ -543,11 +543,157 @@ pub struct MasterRow {
     pub result: Option<Outcome>,
     /// Why it failed or changed, after a reap.
     pub detail: Option<String>,
-    /// The fd the other `merge` fds are dup2()ed onto (kept).
-    pub merge_keeper: bool,
+    /// For a `merge` row: the fd its master is dup2()ed onto, named once by the plan (never a
+    /// row the plan releases).
+    pub merge_onto: Option<i32>,
+    /// What the plan and the PTY count say of this row beyond the verdict; `reason` composes the
+    /// words.
+    pub notes: Vec<PlanNote>,
     /// For a planned row: whether releasing it (with the other planned rows) frees its PTY, i.e.
     /// every copy of the master is planned (see ptys.rs). None until counted.
     pub frees_pty: Option<bool>,
+}
+
+impl MasterRow {
+    /// A row as the plan first has it: nothing noted, nothing released yet.
+    pub fn planned(evidence: Evidence, judgement: Judgement, action: Action) -> MasterRow {
+        MasterRow {
+            evidence,
+            judgement,
+            action,
+            result: None,
+            detail: None,
+            merge_onto: None,
+            notes: Vec::new(),
+            frees_pty: None,
+        }
+    }
+
+    /// The verdict's reason followed by the plan's notes, in words.
+    pub fn reason(&self) -> String {
+        let mut out = self.judgement.reason.clone();
+        for note in &self.notes {
+            note.write(self.evidence.fd, &mut out);
+        }
+        out
+    }
+
+    /// Whether the plan keeps this fd as what the merged fds are dup2()ed onto.
+    pub fn is_merge_target(&self) -> bool {
+        self.notes
+            .iter()
+            .any(|n| matches!(n, PlanNote::MergeTarget { .. }))
+    }
+}
+
+/// What the plan (plan.rs) and the PTY count (ptys.rs) add to a row's verdict. Typed, so no stage
+/// rewrites another's words; [`MasterRow::reason`] and the JSON's `notes` render them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "note", rename_all = "snake_case")]
+pub enum PlanNote {
+    /// Released by the default method (no `--method`), for this reason.
+    DefaultMethod { method: Method, why: DefaultWhy },
+    /// An unread orphan released (`--include-unread`): its bytes are lost.
+    UnreadLost { bytes: u32 },
+    /// Kept: the merged fds now share this master. `kept_anyway`: a hung-up master the plan keeps
+    /// regardless (tracked, not included).
+    MergeTarget { kept_anyway: bool },
+    /// Kept: the only fd to merge, and merging needs a second.
+    MergeNeedsSecond,
+    /// Planned, but the PTY stays allocated: copies held by other processes (pid and name), fds
+    /// of this process that are kept, and a process to add to free it.
+    StaysAllocated {
+        others: Vec<String>,
+        own: Vec<i32>,
+        add_pid: Option<i32>,
+    },
+    /// `--all`: kept, since releasing this copy would free no PTY.
+    FreesNothing,
+}
+
+/// Why the default method is what it is (plan::default_for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultWhy {
+    /// Inherited across an exec, and every poll loop was watched: the program never saw it.
+    Inherited,
+    /// Inherited, but a standard stream (fd 0-2).
+    StandardStream,
+    /// Inherited, but poll loops were not watched (why).
+    PollsUnseen(String),
+    /// The program opened it itself.
+    SelfOpened,
+    /// No evidence that it crossed an exec.
+    NoEvidence,
+}
+
+impl PlanNote {
+    fn write(&self, fd: i32, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            PlanNote::DefaultMethod { why, .. } => match why {
+                DefaultWhy::StandardStream => write!(
+                    out,
+                    "; merge: inherited, but fd {fd} is standard {}",
+                    ["input", "output", "error"][fd.clamp(0, 2) as usize]
+                ),
+                DefaultWhy::Inherited => {
+                    write!(
+                        out,
+                        "; close: inherited across an exec, the program never saw this fd"
+                    )
+                }
+                DefaultWhy::PollsUnseen(why) => {
+                    write!(
+                        out,
+                        "; merge: inherited, but poll loops were not watched ({why})"
+                    )
+                }
+                DefaultWhy::SelfOpened => {
+                    write!(
+                        out,
+                        "; merge: the program opened it and may still use the number"
+                    )
+                }
+                DefaultWhy::NoEvidence => write!(
+                    out,
+                    "; merge: no evidence that it crossed an exec (the program may know the number)"
+                ),
+            },
+            PlanNote::UnreadLost { bytes } => {
+                write!(out, "; its {bytes} unread byte(s) will be lost")
+            }
+            PlanNote::MergeTarget { kept_anyway: true } => {
+                write!(out, "; the keeper the merged fds now share (kept anyway)")
+            }
+            PlanNote::MergeTarget { kept_anyway: false } => {
+                write!(out, "; kept as the keeper the merged fds now share")
+            }
+            PlanNote::MergeNeedsSecond => write!(out, "; kept: merging needs a second fd"),
+            PlanNote::StaysAllocated {
+                others,
+                own,
+                add_pid,
+            } => {
+                let mut why = Vec::new();
+                if !others.is_empty() {
+                    why.push(format!("also held by {}", others.join(", ")));
+                }
+                if !own.is_empty() {
+                    let own: Vec<String> = own.iter().map(i32::to_string).collect();
+                    why.push(format!("fd {} of this process is kept", own.join(",")));
+                }
+                let _ = write!(out, "; stays allocated: {}", why.join("; "));
+                match add_pid {
+                    Some(p) => write!(out, " — add --pid {p} or use --all"),
+                    None => Ok(()),
+                }
+            }
+            PlanNote::FreesNothing => {
+                write!(out, " (kept: releasing this copy would free nothing)")
+            }
+        };
+    }
 }
 
 /// One inspected (and maybe reaped) process.

@@ -49,7 +49,9 @@ pub fn judge_target(
 /// so no prompt is shown for it; `withheld` counts what it would have released.
 pub fn withhold(report: &mut TargetReport, why: String) {
     for row in report.masters.iter_mut() {
-        row.merge_keeper = false;
+        // nothing is released here: how it would have been is no longer true
+        row.merge_onto = None;
+        row.notes.clear();
         if row.action.is_close() {
             row.action = Action::Keep;
             report.withheld += 1;

@@ -1,7 +1,9 @@
 //! Verdicts + the user's choices (`--fd`, `--include-tracked`, `--method`) → what to release, and
 //! how. Pure logic; the reaper only executes what this decided (after re-verifying each fd).
 
-use crate::model::{Action, Evidence, Judgement, MasterRow, Method, OpenedBy, Verdict};
+use crate::model::{
+    Action, DefaultWhy, Evidence, Judgement, MasterRow, Method, OpenedBy, PlanNote, Verdict,
+};
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Default)]
@@ -44,29 +46,25 @@ pub fn plan(judged: Vec<(Evidence, Judgement)>, choices: &Choices) -> Vec<Master
                 }
                 _ => None,
             };
-            let mut judgement = judgement;
-            let released_orphan = matches!(judgement.verdict, Verdict::Orphaned | Verdict::Unread)
-                && method.is_some();
-            if released_orphan && choices.method.is_none() {
-                judgement.reason += &why_default(&evidence);
+            let mut notes = Vec::new();
+            let released_orphan = matches!(judgement.verdict, Verdict::Orphaned | Verdict::Unread);
+            if let (true, Some(method), None) = (released_orphan, method, choices.method) {
+                let why = why_default(&evidence);
+                notes.push(PlanNote::DefaultMethod { method, why });
             }
             if judgement.verdict == Verdict::Unread && method.is_some() {
-                let n = evidence.unread_bytes.unwrap_or(0);
-                judgement.reason += &format!("; its {n} unread byte(s) will be lost");
+                let bytes = evidence.unread_bytes.unwrap_or(0);
+                notes.push(PlanNote::UnreadLost { bytes });
             }
+            let action = method.map_or(Action::Keep, Action::Close);
             MasterRow {
-                evidence,
-                judgement,
-                action: method.map_or(Action::Keep, Action::Close),
-                result: None,
-                detail: None,
-                merge_keeper: false,
-                frees_pty: None,
+                notes,
+                ..MasterRow::planned(evidence, judgement, action)
             }
         })
         .collect();
     rows.sort_by_key(|r| r.evidence.fd);
-    choose_merge_keeper(&mut rows);
+    name_merge_target(&mut rows);
     rows
 }
 
@@ -83,71 +81,60 @@ fn default_for(ev: &Evidence) -> Method {
     }
 }
 
-fn why_default(ev: &Evidence) -> String {
+fn why_default(ev: &Evidence) -> DefaultWhy {
     match ev.opened_by {
-        Some(OpenedBy::Inherited) if ev.fd <= 2 => format!(
-            "; merge: inherited, but fd {} is standard {}",
-            ev.fd,
-            ["input", "output", "error"][ev.fd.clamp(0, 2) as usize]
-        ),
+        Some(OpenedBy::Inherited) if ev.fd <= 2 => DefaultWhy::StandardStream,
         Some(OpenedBy::Inherited) => match &ev.polls_unseen {
-            None => "; close: inherited across an exec, the program never saw this fd".into(),
-            Some(why) => format!("; merge: inherited, but poll loops were not watched ({why})"),
+            None => DefaultWhy::Inherited,
+            Some(why) => DefaultWhy::PollsUnseen(why.clone()),
         },
-        Some(OpenedBy::SelfOpened) => {
-            "; merge: the program opened it and may still use the number".into()
-        }
-        None => {
-            "; merge: no evidence that it crossed an exec (the program may know the number)".into()
-        }
+        Some(OpenedBy::SelfOpened) => DefaultWhy::SelfOpened,
+        None => DefaultWhy::NoEvidence,
     }
 }
 
-/// `merge` dup2()s one master over the others. The keeper is an existing merged group if the
-/// target has one (so repeated runs keep a single PTY), else the lowest fd being merged; it is
-/// kept, and says so.
-fn choose_merge_keeper(rows: &mut [MasterRow]) {
-    let merging = rows
-        .iter()
-        .filter(|r| r.action == Action::Close(Method::Merge))
-        .count();
-    if merging == 0 {
-        return;
-    }
-    let existing = rows
-        .iter()
-        .position(|r| r.judgement.verdict == Verdict::Merged);
-    if existing.is_some() {
-        return; // the merge target is that group; the reaper dup2()s onto its lowest fd
-    }
-    // A hung-up master the plan keeps anyway (tracked, not included): merging onto it keeps no
-    // PTY more than was kept already. Hung up only: a slave never opened could still be, and
-    // the merged fds would then read a live session.
-    let kept_anyway = rows.iter().position(|r| {
-        r.judgement.verdict == Verdict::Tracked
-            && r.action == Action::Keep
-            && r.evidence.hung_up == Some(true)
-    });
-    if let Some(k) = kept_anyway {
-        let row = &mut rows[k];
-        row.merge_keeper = true;
-        row.judgement.reason += "; the keeper the merged fds now share (kept anyway)";
-        return;
-    }
-    let Some(keeper) = rows
-        .iter()
-        .position(|r| r.action == Action::Close(Method::Merge))
-    else {
+/// `merge` dup2()s one master over the others; the plan names which, once, on every merge row
+/// (`merge_onto`). Never a row the plan releases: a merged fd named for close would be closed
+/// first and the dup would fail. In order: an existing merged group the plan keeps (so repeated
+/// runs keep a single PTY), a hung-up master kept anyway, else the lowest fd being merged, which
+/// is then kept, and says so.
+fn name_merge_target(rows: &mut [MasterRow]) {
+    let merging: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].action == Action::Close(Method::Merge))
+        .collect();
+    let Some(&lowest) = merging.first() else {
         return;
     };
-    let row = &mut rows[keeper];
-    row.merge_keeper = merging > 1;
-    row.action = Action::Keep;
-    row.judgement.reason += if merging == 1 {
-        "; kept: merging needs a second fd"
+    let kept = |r: &MasterRow| r.action == Action::Keep;
+    let onto = if let Some(group) = rows
+        .iter()
+        .position(|r| r.judgement.verdict == Verdict::Merged && kept(r))
+    {
+        group
+    } else if let Some(k) = rows.iter().position(|r| {
+        // A hung-up master the plan keeps anyway (tracked, not included): merging onto it
+        // keeps no PTY more than was kept already. Hung up only: a slave never opened could
+        // still be, and the merged fds would then read a live session.
+        r.judgement.verdict == Verdict::Tracked && kept(r) && r.evidence.hung_up == Some(true)
+    }) {
+        rows[k]
+            .notes
+            .push(PlanNote::MergeTarget { kept_anyway: true });
+        k
     } else {
-        "; kept as the keeper the merged fds now share"
+        let row = &mut rows[lowest];
+        row.action = Action::Keep;
+        if merging.len() == 1 {
+            row.notes.push(PlanNote::MergeNeedsSecond);
+            return;
+        }
+        row.notes.push(PlanNote::MergeTarget { kept_anyway: false });
+        lowest
     };
+    let fd = rows[onto].evidence.fd;
+    for &i in merging.iter().filter(|&&i| i != onto) {
+        rows[i].merge_onto = Some(fd);
+    }
 }
 
 /// Parses `--fd 3,7-12`.
@@ -182,7 +169,7 @@ pub fn parse_fd_list(text: &str) -> Result<BTreeSet<i32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reap::merge_keeper;
+    use crate::reap::merge_target as merge_keeper;
 
     fn row(fd: i32, verdict: Verdict) -> (Evidence, Judgement) {
         opened(fd, verdict, Some(OpenedBy::Inherited))
@@ -252,15 +239,11 @@ mod tests {
                 (5, Action::Close(Method::Close)),
             ]
         );
-        assert!(rows[0]
-            .judgement
-            .reason
-            .contains("merge: the program opened it"));
+        assert!(rows[0].reason().contains("merge: the program opened it"));
         assert!(rows[1]
-            .judgement
-            .reason
+            .reason()
             .contains("merge: no evidence that it crossed an exec"));
-        assert!(rows[2].judgement.reason.contains("close: inherited"));
+        assert!(rows[2].reason().contains("close: inherited"));
         assert_eq!(merge_keeper(&rows), Some(3));
         // --method still decides
         let forced = plan(
@@ -295,7 +278,7 @@ mod tests {
             ]
         );
         assert_eq!(merge_keeper(&rows), Some(9));
-        assert!(rows[2].judgement.reason.contains("keeper"));
+        assert!(rows[2].reason().contains("keeper"));
         // one never opened is not: it could still become a live session
         let mut fresh = opened(9, Verdict::Tracked, Some(OpenedBy::SelfOpened));
         fresh.0.hung_up = Some(false);
@@ -367,15 +350,12 @@ mod tests {
         // fd 0 is merged into (it is the keeper: the lowest fd merged), fd 5 merged
         assert_eq!(rows[0].action, Action::Keep);
         assert!(
-            rows[0].judgement.reason.contains("standard input"),
+            rows[0].reason().contains("standard input"),
             "{}",
-            rows[0].judgement.reason
+            rows[0].reason()
         );
         assert_eq!(rows[1].action, Action::Close(Method::Merge));
-        assert!(rows[1]
-            .judgement
-            .reason
-            .contains("poll loops were not watched"));
+        assert!(rows[1].reason().contains("poll loops were not watched"));
         assert_eq!(rows[2].action, Action::Close(Method::Close));
     }
 
@@ -401,10 +381,7 @@ mod tests {
         };
         let rows = plan(vec![unread], &included);
         assert_eq!(rows[0].action, Action::Close(Method::Close));
-        assert!(rows[0]
-            .judgement
-            .reason
-            .contains("19 unread byte(s) will be lost"));
+        assert!(rows[0].reason().contains("19 unread byte(s) will be lost"));
     }
 
     #[test]
@@ -429,8 +406,31 @@ mod tests {
                 (5, Action::Close(Method::Merge)),
             ]
         );
-        assert!(rows[1].judgement.reason.ends_with("now share"));
+        assert!(rows[1].reason().ends_with("now share"));
         assert_eq!(merge_keeper(&rows), Some(4));
+    }
+
+    /// `--fd 4,8 --include-tracked`, fd 8 one of a merged group: 8 is closed, so it is not what
+    /// 4 merges onto; with nothing else to merge onto, 4 is kept.
+    #[test]
+    fn a_merged_fd_named_for_close_is_never_the_merge_target() {
+        let mut tracked = row(4, Verdict::Tracked);
+        tracked.0.opened_by = Some(OpenedBy::SelfOpened);
+        let mut merged = row(8, Verdict::Merged);
+        merged.0.aliases = vec![7];
+        let choices = Choices {
+            fds: Some([4, 8].into()),
+            include_tracked: true,
+            ..Choices::default()
+        };
+        let rows = plan(vec![tracked, merged], &choices);
+        assert_eq!(
+            actions(&rows),
+            vec![(4, Action::Keep), (8, Action::Close(Method::Close))]
+        );
+        assert_eq!(merge_keeper(&rows), None);
+        assert_eq!(rows[0].notes, vec![PlanNote::MergeNeedsSecond]);
+        assert!(rows.iter().all(|r| r.merge_onto.is_none()));
     }
 
     #[test]

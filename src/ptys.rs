@@ -3,7 +3,7 @@
 //! shell an IDE spawns holds copies of the masters of the terminals opened before it, and
 //! closing the app's copies alone frees nothing. Pure: rows in, counts and notes out.
 
-use crate::model::{Action, MasterRow, Outcome, PtyId, TargetReport};
+use crate::model::{Action, MasterRow, Outcome, PlanNote, PtyId, TargetReport};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a set of plans frees, in PTYs.
@@ -76,34 +76,25 @@ pub fn account(reports: &mut [TargetReport]) -> PtyCount {
                     outside |= !selected.contains(&h.pid);
                 }
             }
-            let own: Vec<String> = missing
+            let own: Vec<i32> = missing
                 .iter()
                 .filter(|(p, _)| *p == pid)
-                .map(|(_, fd)| fd.to_string())
+                .map(|&(_, fd)| fd)
                 .collect();
-            let mut why = Vec::new();
-            if !others.is_empty() {
-                why.push(format!("also held by {}", others.join(", ")));
-            }
-            if !own.is_empty() {
-                why.push(format!("fd {} of this process is kept", own.join(",")));
-            }
-            // idempotent: counted again after the prompt, the note is written once
-            if let Some(i) = r.judgement.reason.find("; stays allocated: ") {
-                r.judgement.reason.truncate(i);
-            }
-            r.judgement.reason += &format!("; stays allocated: {}", why.join("; "));
-            if outside {
-                let first = r
-                    .evidence
-                    .other_master_holders
-                    .iter()
-                    .find(|h| !selected.contains(&h.pid))
-                    .map(|h| h.pid);
-                if let Some(p) = first {
-                    r.judgement.reason += &format!(" — add --pid {p} or use --all");
-                }
-            }
+            let add_pid = r
+                .evidence
+                .other_master_holders
+                .iter()
+                .find(|h| outside && !selected.contains(&h.pid))
+                .map(|h| h.pid);
+            // counted again after the prompt: the note is replaced, never written twice
+            r.notes
+                .retain(|n| !matches!(n, PlanNote::StaysAllocated { .. }));
+            r.notes.push(PlanNote::StaysAllocated {
+                others,
+                own,
+                add_pid,
+            });
         }
         count.processes += usize::from(any);
     }
@@ -147,7 +138,8 @@ pub fn only_what_frees(report: &mut TargetReport) -> bool {
     for r in report.masters.iter_mut() {
         if r.action.is_close() && r.frees_pty != Some(true) {
             r.action = Action::Keep;
-            r.judgement.reason += " (kept: releasing this copy would free nothing)";
+            r.merge_onto = None;
+            r.notes.push(PlanNote::FreesNothing);
         }
     }
     report.masters.iter().any(|r| r.action.is_close())
@@ -205,7 +197,8 @@ mod tests {
             },
             result: None,
             detail: None,
-            merge_keeper: false,
+            merge_onto: None,
+            notes: Vec::new(),
             frees_pty: None,
         }
     }
@@ -250,7 +243,7 @@ mod tests {
         let mut one = vec![target(10, vec![row(3, 7, &shared(10), true)])];
         let c = account(&mut one);
         assert_eq!(c.would_free, 0);
-        let reason = &one[0].masters[0].judgement.reason;
+        let reason = &one[0].masters[0].reason();
         assert!(
             reason.contains("stays allocated: also held by 11 (bash), 12 (bash)")
                 && reason.contains("add --pid 11 or use --all"),

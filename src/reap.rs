@@ -4,7 +4,7 @@
 //! stop the target, re-verify each planned fd inside the stop, release, restore, look again from
 //! outside — the protocol of docs/DESIGN.md, "Reaping".
 
-use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
+use crate::model::{Action, MasterRow, Method, Outcome};
 
 /// The rows to release: planned `close`, not settled yet (refresh may have settled some).
 pub fn planned(rows: &[MasterRow]) -> Vec<usize> {
@@ -47,43 +47,30 @@ pub fn finish_kept(rows: &mut [MasterRow]) {
     }
 }
 
-/// The fd every `merge` row is dup2()ed onto, as the plan named it (`plan::choose_merge_keeper`):
-/// an existing merged group's lowest fd, else the row marked keeper.
-pub fn merge_keeper(rows: &[MasterRow]) -> Option<i32> {
-    if !rows
-        .iter()
-        .any(|r| r.action == Action::Close(Method::Merge))
-    {
-        return None;
-    }
+/// The fd every planned `merge` row is dup2()ed onto, as the plan named it
+/// (`plan::name_merge_target`: one for the whole target).
+pub fn merge_target(rows: &[MasterRow]) -> Option<i32> {
     rows.iter()
-        .find(|r| r.judgement.verdict == Verdict::Merged)
-        .or_else(|| rows.iter().find(|r| r.merge_keeper))
-        .map(|r| r.evidence.fd)
+        .filter(|r| r.action == Action::Close(Method::Merge))
+        .find_map(|r| r.merge_onto)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Evidence, Judgement};
+    use crate::model::{Evidence, Judgement, Verdict};
 
     fn row(fd: i32, action: Action) -> MasterRow {
-        MasterRow {
-            evidence: Evidence {
-                fd,
-                ..Evidence::default()
-            },
-            judgement: Judgement {
-                verdict: Verdict::Orphaned,
-                reason: String::new(),
-                idle_s: None,
-            },
-            action,
-            result: None,
-            detail: None,
-            merge_keeper: false,
-            frees_pty: None,
-        }
+        let evidence = Evidence {
+            fd,
+            ..Evidence::default()
+        };
+        let judgement = Judgement {
+            verdict: Verdict::Orphaned,
+            reason: String::new(),
+            idle_s: None,
+        };
+        MasterRow::planned(evidence, judgement, action)
     }
 
     #[test]

@@ -376,7 +376,7 @@ fn push_row(table: &mut Table, r: &MasterRow, reaped: bool, group: Option<&[Mast
         }
         let mut reason = match group {
             Some(rows) => crate::groups::shared_reason(rows),
-            None => r.judgement.reason.clone(),
+            None => r.reason(),
         };
         if let Some(detail) = &r.detail {
             let _ = write!(reason, " [{detail}]");

@@ -214,6 +214,70 @@ fn merge_keeps_every_number_a_hung_up_master() {
     f.assert_live("");
 }
 
+/// `--fd 4,8 --include-tracked` with fd 8 in a merged group and fd 4 tracked: 8 is planned for
+/// close, so it can never be what 4 is merged onto (closed first, the dup would fail). With no
+/// other fd to merge onto, 4 is kept, its own PTY; 8 is closed; the group's other fds stay.
+#[test]
+fn a_merged_fd_planned_for_close_is_never_the_merge_target() {
+    if !support::require_root() {
+        return;
+    }
+    let f = Fixture::spawn_private_devpts(&["--tracked", "5", "--live", "1"], 16);
+    let t = f.fds("tracked");
+    let list = |fds: &[i32]| fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let pid = f.pid.to_string();
+    let args = |fds: &str| {
+        ptyreap(&[
+            "--pid",
+            &pid,
+            "--fd",
+            fds,
+            "--min-idle",
+            "0",
+            "--yes",
+            "--include-tracked",
+            "--json",
+        ])
+    };
+    // a merged group: t1..t3 onto t0
+    let first = args(&list(&t[..4]));
+    assert_eq!(first.code, 0, "{first:?}");
+    let group = support::tty_index(f.pid, t[0]);
+    assert_eq!(support::tty_index(f.pid, t[3]), group);
+    let own = support::tty_index(f.pid, t[4]);
+    assert_ne!(own, group);
+
+    let out = args(&list(&[t[3], t[4]]));
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let rows = doc["targets"][0]["masters"].as_array().unwrap();
+    let row = |fd: i32| rows.iter().find(|m| m["fd"] == fd).unwrap().clone();
+    assert_eq!(row(t[3])["result"], "closed", "{}", row(t[3]));
+    assert_eq!(row(t[4])["action"], "keep", "{}", row(t[4]));
+    assert_eq!(row(t[4])["result"], "kept", "{}", row(t[4]));
+    assert!(
+        row(t[4])["reason"]
+            .as_str()
+            .unwrap()
+            .contains("merging needs a second fd"),
+        "{}",
+        row(t[4])
+    );
+    assert!(!ptmx_fds(f.pid).contains(&t[3]), "fd {} closed", t[3]);
+    assert_eq!(
+        support::tty_index(f.pid, t[4]),
+        own,
+        "fd {} untouched",
+        t[4]
+    );
+    assert_eq!(
+        support::tty_index(f.pid, t[0]),
+        group,
+        "the group's keeper stays"
+    );
+    f.assert_live("");
+}
+
 #[test]
 fn devnull_keeps_the_numbers_taken_by_dev_null() {
     if !support::require_root() {

@@ -294,7 +294,7 @@ fn reap_stopped(
     planned: &[usize],
     phase: &dyn Fn(u8),
 ) -> Result<Duration, UserError> {
-    let keeper = reap::merge_keeper(rows);
+    let keeper = reap::merge_target(rows);
     // Copies of every planned fd, checked now; inside the stop one kcmp per fd proves the target
     // still has the very same open file. They are closed only after the target is resumed: the
     // last close of a PTY does the kernel's release work, which need not happen inside the stop.

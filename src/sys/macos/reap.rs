@@ -105,7 +105,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
     let dup2 = Function::ours(&[c"dup2"]).map_err(nothing)?;
 
     // the sources of dup2: the merge keeper and a /dev/null the target already has open
-    let keeper = reap::merge_keeper(rows);
+    let keeper = reap::merge_target(rows);
     let devnull_rdev = std::fs::metadata("/dev/null").map(|m| m.rdev() as u32).ok();
     let wants_devnull = planned
         .iter()
