@@ -155,7 +155,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         .filter_map(|r| r.not_releasable_because.clone())
         .collect();
     for why in &refusals {
-        eprintln!("ptyreap: {why}");
+        crate::output::message(format_args!("{why}"));
     }
     if cli.dry_run || planned == 0 {
         printer.plan(&reports, &snapshot.system, cli.dry_run);
@@ -176,7 +176,7 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
             );
         }
         for line in &kept {
-            eprintln!("ptyreap: {line}");
+            crate::output::message(format_args!("{line}"));
         }
         return Ok(ExitCode::Success);
     }
@@ -206,20 +206,20 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         } else {
             String::new()
         };
-        eprintln!(
-            "ptyreap: released {} of {} planned master(s): {hung_up}{} changed since they were \
+        crate::output::message(format_args!(
+            "released {} of {} planned master(s): {hung_up}{} changed since they were \
              checked, {} failed; nothing else was touched",
             summary.released, summary.planned, summary.changed, summary.failed
-        );
+        ));
     }
     for line in &kept {
-        eprintln!("ptyreap: {line}");
+        crate::output::message(format_args!("{line}"));
     }
     if let Some(sig) = interrupt::received() {
-        eprintln!(
-            "ptyreap: stopped by {}: every target was restored; the results above say what was released",
+        crate::output::message(format_args!(
+            "stopped by {}: every target was restored; the results above say what was released",
             interrupt::name(sig)
-        );
+        ));
         return Ok(ExitCode::for_signal(sig));
     }
     if !refusals.is_empty() {
@@ -236,11 +236,13 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
 /// "Nothing to do", with what the scan could not see, if anything.
 fn nothing_holds_a_master(unseen: Option<String>) {
     match unseen {
-        Some(gap) => eprintln!(
-            "ptyreap: no process that ptyreap can see holds a PTY master: nothing to do \
+        Some(gap) => crate::output::message(format_args!(
+            "no process that ptyreap can see holds a PTY master: nothing to do \
              here; {gap}"
-        ),
-        None => eprintln!("ptyreap: no process holds a PTY master: nothing to do"),
+        )),
+        None => {
+            crate::output::message(format_args!("no process holds a PTY master: nothing to do"))
+        }
     }
 }
 
@@ -497,7 +499,7 @@ fn reap_all(targets: &[sys::Target], reports: &mut [TargetReport]) -> usize {
         match sys::reap(target, &mut report.masters) {
             Ok(stopped) => report.stopped_us = Some(stopped.as_micros() as u64),
             Err(err) => {
-                eprintln!("ptyreap: {err}");
+                crate::output::message(format_args!("{err}"));
                 whole_target_errors += 1;
                 let planned = reap::planned(&report.masters);
                 reap::fail_unsettled(&mut report.masters, &planned, &err.message);

@@ -71,7 +71,7 @@ impl std::error::Error for UserError {}
 /// Prints `err` the one way ptyreap prints an error (once, one line per cause chain, after
 /// `ptyreap: `) and returns its exit code: a UserError's own, else a failure.
 pub fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("ptyreap: {err:#}");
+    crate::output::message(format_args!("{err:#}"));
     err.downcast_ref::<UserError>()
         .map_or(ExitCode::Failure, |u| u.code)
 }

@@ -30,9 +30,15 @@ pub fn print_bytes(bytes: &[u8]) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("ptyreap: writing to stdout: {e}");
+        message(format_args!("writing to stdout: {e}"));
         std::process::exit(1);
     }
+}
+
+/// One line of ptyreap's own to stderr (a refusal, a summary, an error), with the one prefix
+/// every such line has.
+pub fn message(line: std::fmt::Arguments) {
+    eprintln!("ptyreap: {line}");
 }
 
 /// `text` with every control character (C0, DEL, C1) written as `\xNN` (and a backslash as

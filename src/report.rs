@@ -98,7 +98,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         None => crate::output::print(&text),
         Some(path) => {
             crate::new_file::write(path, text.as_bytes()).map_err(|e| write_error(path, e))?;
-            eprintln!("ptyreap: report written to {}", path.display());
+            crate::output::message(format_args!("report written to {}", path.display()));
         }
     }
     Ok(ExitCode::Success)

@@ -102,10 +102,10 @@ fn reap(target: &[String], min_idle: &str) -> ExitCode {
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => {
-            eprintln!(
-                "ptyreap: {}",
+            crate::output::message(format_args!(
+                "{}",
                 e.to_string().lines().next().unwrap_or_default()
-            );
+            ));
             return ExitCode::Usage;
         }
     };
