@@ -15,6 +15,7 @@ proptest! {
     fn proc_parsers_never_panic(text in ".{0,400}") {
         let _ = procfs::parse_stat(&text);
         let _ = procfs::parse_tty_index(&text);
+        let _ = procfs::parse_fd_flags(&text);
         let _ = procfs::parse_epoll_tfds(&text);
         let _ = procfs::parse_mountinfo(&text);
         let _ = procfs::parse_syscall(&text);

@@ -117,7 +117,7 @@ fn reap(target: &[String], min_idle: &str) -> ExitCode {
 /// raise.
 fn raised_limit(sys: &SystemUsage) -> Option<u64> {
     #[cfg(target_os = "macos")]
-    let new = crate::sys::macos::releasable::PTMX_MAX_HARD;
+    let new = crate::sys::macos::preflight::PTMX_MAX_HARD;
     #[cfg(not(target_os = "macos"))]
     let new = (sys.limit * 2).max(sys.in_use + sys.reserve.unwrap_or(0) + 1024);
     (new > sys.limit).then_some(new)

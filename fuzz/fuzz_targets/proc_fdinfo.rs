@@ -6,6 +6,7 @@ use ptyreap::sys::linux::procfs;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = procfs::parse_tty_index(&text);
+    let _ = procfs::parse_fd_flags(&text);
     let tfds = procfs::parse_epoll_tfds(&text);
     assert!(tfds.len() <= text.matches("tfd:").count());
 });

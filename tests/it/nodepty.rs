@@ -52,16 +52,13 @@ impl Drop for Host {
 fn start_host(dir: &std::path::Path, module: &std::path::Path, kill: &[usize]) -> Host {
     let ready = dir.join("ready.json");
     let mut cmd = Command::new("node");
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/it/support/ptyhost.js"
-    ))
-    .arg(&ready)
-    .arg("6")
-    .args(kill.iter().map(|k| k.to_string()))
-    .env("NODE_PTY_PATH", module)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped());
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bin/ptyhost.js"))
+        .arg(&ready)
+        .arg("6")
+        .args(kill.iter().map(|k| k.to_string()))
+        .env("NODE_PTY_PATH", module)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     // SAFETY: only raw syscalls between fork and exec (a private devpts instance).
     unsafe {
         cmd.pre_exec(|| support::private_devpts(c"newinstance,ptmxmode=0666,max=32"));
@@ -182,10 +179,7 @@ fn report_names_the_node_pty_the_process_loaded() {
     let dir = support::temp_dir("nodepty-report");
     let host = start_host(&dir, &module, &[]);
     // the script's directory and those above it hold no node-pty: only the mapping tells
-    let script = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/it/support/ptyhost.js"
-    ));
+    let script = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bin/ptyhost.js"));
     assert!(script
         .ancestors()
         .all(|d| !d.join("node_modules/node-pty").exists()));

@@ -68,6 +68,19 @@ pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `tty-index:` of a PTY master's /proc/PID/fdinfo/FD (drivers/tty/pty.c, since ~4.14).
+/// The open flags in an fdinfo (`flags:`, octal).
+pub fn parse_fd_flags(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+}
+
+/// The open flags of `pid`'s `fd`, from its fdinfo.
+pub fn fd_flags(pid: i32, fd: i32) -> Option<u32> {
+    parse_fd_flags(&std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?)
+}
+
 pub fn parse_tty_index(fdinfo: &str) -> Option<u32> {
     fdinfo
         .lines()
@@ -313,6 +326,14 @@ pub fn ignored_signals(pid: i32) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fd_flags_are_octal_and_optional() {
+        let info = "pos:\t0\nflags:\t02100002\nmnt_id:\t26\ntty-index:\t4\n";
+        assert_eq!(parse_fd_flags(info), Some(0o2100002));
+        assert_eq!(parse_fd_flags("pos:\t0\n"), None);
+        assert_eq!(parse_fd_flags("flags:\t9x\n"), None);
+    }
 
     #[test]
     fn stat_fields_count_from_after_the_comm() {

@@ -469,17 +469,7 @@ fn verify(pidfd: &Pidfd, row: &MasterRow) -> Result<(), String> {
     let ev = &row.evidence;
     let fd = ev.fd;
     let expected = ev.pty.ok_or_else(|| format!("fd {fd}: PTY unknown"))?;
-    let copy = pidfd
-        .get_fd(fd)
-        .map_err(|e| format!("fd {fd} is gone ({e})"))?;
-    let node = pty::slave_node(copy.as_fd(), false)
-        .map_err(|_| format!("fd {fd} is no longer a PTY master"))?;
-    if node.pty != expected {
-        return Err(format!(
-            "fd {fd} is now PTY {} of devpts {}",
-            node.pty.index, node.pty.devpts
-        ));
-    }
+    let (copy, node) = copy_master(pidfd, "fd", fd, Some(expected))?;
     if let Some(sid) = pty::session(copy.as_fd()) {
         return Err(format!("its slave is now the terminal of session {sid}"));
     }
@@ -492,15 +482,43 @@ fn verify(pidfd: &Pidfd, row: &MasterRow) -> Result<(), String> {
         return Err("the session spoke again".into());
     }
     for &sfd in &ev.target_slave_fds {
-        let slave = pidfd
-            .get_fd(sfd)
-            .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
-        let st = pty::fstat(slave.as_raw_fd()).map_err(|e| format!("slave fd {sfd}: {e}"))?;
-        if super::scan::slave_pty(&st) != Some(expected) {
-            return Err(format!("slave fd {sfd} is no longer this PTY's slave"));
-        }
+        copy_slave(pidfd, sfd, Some(expected))?;
     }
     Ok(())
+}
+
+/// Our copy of the target's master `fd` (`what` names it in errors: "fd", "merge keeper fd"),
+/// still the master of `expected`: the check every look at a master inside the reap makes.
+fn copy_master(
+    pidfd: &Pidfd,
+    what: &str,
+    fd: i32,
+    expected: Option<PtyId>,
+) -> Result<(OwnedFd, pty::SlaveNode), String> {
+    let copy = pidfd
+        .get_fd(fd)
+        .map_err(|e| format!("{what} {fd} is gone ({e})"))?;
+    let node = pty::slave_node(copy.as_fd(), false)
+        .map_err(|_| format!("{what} {fd} is no longer a PTY master"))?;
+    if Some(node.pty) != expected {
+        return Err(format!(
+            "{what} {fd} is now PTY {} of devpts {}",
+            node.pty.index, node.pty.devpts
+        ));
+    }
+    Ok((copy, node))
+}
+
+/// Our copy of the target's slave fd `sfd`, still the slave of `expected`.
+fn copy_slave(pidfd: &Pidfd, sfd: i32, expected: Option<PtyId>) -> Result<OwnedFd, String> {
+    let slave = pidfd
+        .get_fd(sfd)
+        .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
+    let st = pty::fstat(slave.as_raw_fd()).map_err(|e| format!("slave fd {sfd}: {e}"))?;
+    if super::scan::slave_pty(&st) != expected {
+        return Err(format!("slave fd {sfd} is no longer this PTY's slave"));
+    }
+    Ok(slave)
 }
 
 /// Our copies of a planned row's fds: the master's, and a pair's slave fds'. While pinned, the
@@ -536,29 +554,11 @@ impl Drop for Pinned {
 /// Copies the row's fds, checking that the master still is the PTY the evidence describes (the
 /// rest — session, hang-up, a pair's slaves — is checked inside the stop, on these copies).
 fn pin(pidfd: &Pidfd, row: &MasterRow) -> Result<Pinned, String> {
-    let fd = row.evidence.fd;
-    let copy = |fd: i32| {
-        pidfd
-            .get_fd(fd)
-            .map_err(|e| format!("fd {fd} is gone ({e})"))
-    };
-    let master = copy(fd)?;
-    let node = pty::slave_node(master.as_fd(), false)
-        .map_err(|_| format!("fd {fd} is no longer a PTY master"))?;
-    if Some(node.pty) != row.evidence.pty {
-        return Err(format!(
-            "fd {fd} is now PTY {} of devpts {}",
-            node.pty.index, node.pty.devpts
-        ));
-    }
+    let pty = row.evidence.pty;
+    let (master, _) = copy_master(pidfd, "fd", row.evidence.fd, pty)?;
     let mut slaves = Vec::new();
     for &sfd in &row.evidence.target_slave_fds {
-        let slave = copy(sfd)?;
-        let st = pty::fstat(slave.as_raw_fd()).map_err(|e| format!("slave fd {sfd}: {e}"))?;
-        if super::scan::slave_pty(&st) != row.evidence.pty {
-            return Err(format!("slave fd {sfd} is no longer this PTY's slave"));
-        }
-        slaves.push((sfd, slave));
+        slaves.push((sfd, copy_slave(pidfd, sfd, pty)?));
     }
     Ok(Pinned {
         master,
@@ -619,15 +619,7 @@ fn verify_keeper(pidfd: &Pidfd, fd: i32, rows: &[MasterRow]) -> Result<(), Strin
         .iter()
         .find(|r| r.evidence.fd == fd)
         .and_then(|r| r.evidence.pty);
-    let copy = pidfd
-        .get_fd(fd)
-        .map_err(|e| format!("merge keeper fd {fd} is gone ({e})"))?;
-    let node = pty::slave_node(copy.as_fd(), false)
-        .map_err(|_| format!("merge keeper fd {fd} is no longer a PTY master"))?;
-    if Some(node.pty) != expected {
-        return Err(format!("merge keeper fd {fd} changed"));
-    }
-    Ok(())
+    copy_master(pidfd, "merge keeper fd", fd, expected).map(drop)
 }
 
 /// The fds a row releases: the master and, for a pair, the target's slave fds.
@@ -797,17 +789,9 @@ fn set_result(row: &mut MasterRow, errs: Vec<String>) {
     }
 }
 
-/// The open flags of the target's `fd` (`flags:` in its fdinfo, octal).
-fn fd_flags(pid: i32, fd: i32) -> Option<u32> {
-    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-}
-
 /// Whether the target's `fd` is close-on-exec (fdinfo shows O_CLOEXEC for FD_CLOEXEC).
 fn close_on_exec(pid: i32, fd: i32) -> Option<bool> {
-    fd_flags(pid, fd).map(|f| f & libc::O_CLOEXEC as u32 != 0)
+    super::procfs::fd_flags(pid, fd).map(|f| f & libc::O_CLOEXEC as u32 != 0)
 }
 
 /// Whether our copy is the null device itself (character device 1:3), whatever its path says.
@@ -826,7 +810,7 @@ fn existing_devnull(pidfd: &Pidfd) -> Option<i32> {
     super::scan::fds_linked_to(pid, b"/dev/null")
         .into_iter()
         .find(|&fd| {
-            fd_flags(pid, fd).is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
+            super::procfs::fd_flags(pid, fd).is_some_and(|flags| flags & 3 == libc::O_RDWR as u32)
                 && pidfd.get_fd(fd).is_ok_and(|c| is_null_device(&c))
         })
 }

@@ -3,7 +3,7 @@
 //! shared?), the slave node's times for the last I/O, the machine-wide scan for the other
 //! holders, and the target's kqueues (fd kqueues, the workqueue kqueue, the workloops) for
 //! whether its event loop still watches the fd. With the task port (root), also the threads
-//! waiting in select()/poll(), read from their registers and memory (`waiters.rs`).
+//! waiting in select()/poll(), read from their registers and memory (`watchers.rs`).
 //!
 //! What macOS cannot tell from outside: the unread bytes and POLLHUP (both need the fd itself),
 //! so `unread_bytes` and `hung_up` stay unknown.
@@ -14,7 +14,7 @@ use super::logic;
 use super::mach;
 use super::scan::Devfs;
 use super::target::{self, Target};
-use super::waiters;
+use super::watchers;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Holder, Snapshot};
 use crate::sys::checks::{self, FdProbeError};
@@ -200,7 +200,7 @@ impl Kqueue {
 
 /// Every knote on one of `fds` in the target's kqueues (`kqueue_watchers`); then, when we can
 /// have its task port (as root, and macOS grants it), the threads waiting in select()/poll() on
-/// them (`waiters.rs`). Without the task port those are silently out of sight, as on a system
+/// them (`watchers.rs`). Without the task port those are silently out of sight, as on a system
 /// that cannot show them.
 pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
     let mut w = kqueue_watchers(pid, fds);
@@ -210,7 +210,7 @@ pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
         .flatten();
     if let Some(task) = task {
         if mach::pid_of(&task) == Some(pid) {
-            let waits = waiters::waits(&task, fds, None);
+            let waits = watchers::waits(&task, fds, None);
             for (fd, labels) in waits.by_fd {
                 w.by_fd.entry(fd).or_default().extend(labels);
             }

@@ -6,7 +6,7 @@
 //! master (`/dev/ptmx`, minor = PTY index) and a slave (`/dev/ttysNNN`), and the knotes of the
 //! target's kqueues (fd kqueues, the workqueue kqueue, libdispatch's workloops) tell whether its
 //! event loop still watches a master. A select()/poll() loop leaves no knote to list: with the
-//! task port (root) its waiting threads are read instead (`waiters.rs`, decoded in `waits.rs`). Releasing an fd needs the
+//! task port (root) its waiting threads are read instead (`watchers.rs`, decoded in `waits.rs`). Releasing an fd needs the
 //! target itself to call close() or dup2(): with its task port we suspend its threads, create a
 //! thread of ours in it that starts at libsystem's function and returns into an unmapped
 //! sentinel, catch that fault on an exception port of ours, read the result and terminate the
@@ -28,7 +28,7 @@ pub mod arch;
 pub mod ffi;
 pub mod guardian_log;
 pub mod logic;
-pub mod releasable;
+pub mod preflight;
 pub mod waits;
 
 #[cfg(target_os = "macos")]
@@ -50,9 +50,11 @@ mod resume;
 #[cfg(target_os = "macos")]
 mod scan;
 #[cfg(target_os = "macos")]
+mod suspension;
+#[cfg(target_os = "macos")]
 mod target;
 #[cfg(target_os = "macos")]
-mod waiters;
+mod watchers;
 
 #[cfg(target_os = "macos")]
 pub use guardian::run_if_guardian;

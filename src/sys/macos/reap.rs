@@ -1,7 +1,7 @@
 //! Reaping on macOS with the Mach task APIs: the protocol of docs/DESIGN.md ("Reaping"), with
 //! its step numbers:
 //!
-//! 1. Up front (releasable.rs): platform binaries and hardened tasks are refused, since setting a
+//! 1. Up front (preflight.rs): platform binaries and hardened tasks are refused, since setting a
 //!    thread state in them is fatal to ptyreap; then signals that would end us are blocked.
 //! 2. The task port (`task_for_pid`; refusals explained by `logic::task_port_refusal`), checked to
 //!    still be our pid with the same start time. The target must be plain arm64/x86_64 like us
@@ -34,8 +34,9 @@ use super::inject::{CallError, Function, Injector};
 use super::inspect::slave_last_io;
 use super::libproc;
 use super::logic::{self, Arch, TargetCode};
-use super::mach::{self, Suspension};
+use super::mach;
 use super::scan::Devfs;
+use super::suspension::Suspension;
 use super::target::{self, Target};
 use crate::exit_code::UserError;
 use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
@@ -55,7 +56,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         reap::finish_kept(rows);
         return Ok(Duration::ZERO);
     }
-    // 1. platform binaries and hardened tasks are refused before anything (see releasable.rs):
+    // 1. platform binaries and hardened tasks are refused before anything (see preflight.rs):
     // setting a thread state in them is fatal to ptyreap, with the app's threads suspended
     if let Some(why) = target::refused_now(target) {
         return Err(UserError::failure(why));
@@ -173,7 +174,7 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         }
     }
     hold_back_watched(target.pid, rows, &mut go);
-    super::waiters::hold_back_waited(&task, injector.thread().name(), rows, &mut go);
+    super::watchers::hold_back_waited(&task, injector.thread().name(), rows, &mut go);
     if let Some(fd) = keeper {
         if let Err(why) = verify_keeper(target.pid, fd, rows, &devfs) {
             reap::withdraw(rows, &mut go, Method::Merge, &why);

@@ -4,7 +4,7 @@
 use super::ffi;
 use super::libproc;
 use super::logic::{Arch, TargetCode};
-use super::releasable::{self, Facts, Machine};
+use super::preflight::{self, Facts, Machine};
 use crate::exit_code::UserError;
 use crate::model::Snapshot;
 
@@ -135,7 +135,7 @@ extern "C" {
 /// bsd/sys/csr.h
 const CSR_ALLOW_TASK_FOR_PID: u32 = 1 << 2;
 
-/// What decides whether fds can be released in `pid`, read from outside (releasable.rs).
+/// What decides whether fds can be released in `pid`, read from outside (preflight.rs).
 fn facts(pid: i32) -> Facts {
     let info = libproc::bsd_info(pid).ok();
     let code = libproc::arch_info(pid)
@@ -152,7 +152,7 @@ fn facts(pid: i32) -> Facts {
         cs_flags: libproc::codesign_flags(pid),
         // SAFETY: a plain syscall wrapper taking an integer mask.
         sip_restricts_debugging: unsafe { csr_check(CSR_ALLOW_TASK_FOR_PID) } != 0,
-        browser_engine: libproc::entitlements(pid).map(|b| releasable::names_browser_engine(&b)),
+        browser_engine: libproc::entitlements(pid).map(|b| preflight::names_browser_engine(&b)),
         code,
     }
 }
@@ -170,7 +170,7 @@ pub fn release_refusals(
         .map(|&(pid, name)| {
             let mut facts = facts(pid);
             facts.is_root |= as_root;
-            let refusal = releasable::decide(&facts, Arch::ours(), pid, name)?;
+            let refusal = preflight::decide(&facts, Arch::ours(), pid, name)?;
             Some(refusal_message(&refusal, pid, name, Some(snapshot)))
         })
         .collect()
@@ -180,7 +180,7 @@ pub fn release_refusals(
 /// for the ways out are read only when refused.
 pub fn refused_now(target: &Target) -> Option<String> {
     let (pid, name) = (target.pid, &target.name);
-    let refusal = releasable::decide(&facts(pid), Arch::ours(), pid, name)?;
+    let refusal = preflight::decide(&facts(pid), Arch::ours(), pid, name)?;
     Some(refusal_message(
         &refusal,
         pid,
@@ -190,7 +190,7 @@ pub fn refused_now(target: &Target) -> Option<String> {
 }
 
 fn refusal_message(
-    refusal: &releasable::Refusal,
+    refusal: &preflight::Refusal,
     pid: i32,
     name: &str,
     snapshot: Option<&Snapshot>,
@@ -199,12 +199,12 @@ fn refusal_message(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "ptyreap".into());
     let machine = Machine {
-        limit: snapshot.map_or(super::releasable::PTMX_MAX_HARD, |s| s.system.limit),
+        limit: snapshot.map_or(super::preflight::PTMX_MAX_HARD, |s| s.system.limit),
         in_use: snapshot.map_or(0, |s| s.system.in_use),
         masters: snapshot
             .and_then(|s| s.process(pid))
             .map_or(0, |p| p.masters.len()),
         exe: &exe,
     };
-    releasable::message(refusal, pid, name, &machine)
+    preflight::message(refusal, pid, name, &machine)
 }
