@@ -319,6 +319,7 @@ mod tests {
                     }],
                     event_queues: vec![],
                     started: None,
+                    unlisted_rings: vec![],
                 },
                 ProcessPtys {
                     pid: 20,
@@ -331,6 +332,7 @@ mod tests {
                     }],
                     event_queues: vec![],
                     started: None,
+                    unlisted_rings: vec![],
                 },
                 ProcessPtys {
                     pid: 30,
@@ -339,6 +341,7 @@ mod tests {
                     slaves: vec![],
                     event_queues: vec![],
                     started: None,
+                    unlisted_rings: vec![],
                 },
             ],
         };

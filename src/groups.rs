@@ -113,28 +113,22 @@ mod tests {
     use crate::model::{Action, Evidence, Judgement, Method, Verdict};
 
     fn row(fd: i32, verdict: Verdict, idle: u64) -> MasterRow {
-        MasterRow {
-            evidence: Evidence {
-                fd,
-                slave_path: Some(format!("/dev/pts/{fd}")),
-                ..Evidence::default()
-            },
-            judgement: Judgement {
-                verdict,
-                reason: format!("no process holds /dev/pts/{fd}; idle {}", human(idle)),
-                idle_s: Some(idle),
-            },
-            action: if verdict == Verdict::Orphaned {
-                Action::Close(Method::Close)
-            } else {
-                Action::Keep
-            },
-            result: None,
-            detail: None,
-            merge_onto: None,
-            notes: Vec::new(),
-            frees_pty: None,
-        }
+        let evidence = Evidence {
+            fd,
+            slave_path: Some(format!("/dev/pts/{fd}")),
+            ..Evidence::default()
+        };
+        let judgement = Judgement {
+            verdict,
+            reason: format!("no process holds /dev/pts/{fd}; idle {}", human(idle)),
+            idle_s: Some(idle),
+        };
+        let action = if verdict == Verdict::Orphaned {
+            Action::Close(Method::Close)
+        } else {
+            Action::Keep
+        };
+        MasterRow::planned(evidence, judgement, action)
     }
 
     #[test]

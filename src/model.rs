@@ -77,6 +77,9 @@ pub struct ProcessPtys {
     pub event_queues: Vec<i32>,
     /// When the process started (seconds since the epoch), if known.
     pub started: Option<f64>,
+    /// Its io_uring instances whose registered files the kernel would not list (it lists them
+    /// only when it gets the ring's lock at once): they may hold any PTY's slave.
+    pub unlisted_rings: Vec<i32>,
 }
 
 /// Every PTY fd on the machine (that we may see), and the system's PTY usage.

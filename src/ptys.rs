@@ -171,36 +171,30 @@ mod tests {
     }
 
     fn row(fd: i32, p: u32, others: &[(i32, &[i32])], close: bool) -> MasterRow {
-        MasterRow {
-            evidence: Evidence {
-                fd,
-                pty: Some(pty(p)),
-                other_master_holders: others
-                    .iter()
-                    .map(|(pid, fds)| Holder {
-                        pid: *pid,
-                        name: "bash".into(),
-                        fds: fds.to_vec(),
-                    })
-                    .collect(),
-                ..Evidence::default()
-            },
-            judgement: Judgement {
-                verdict: Verdict::Orphaned,
-                reason: "r".into(),
-                idle_s: Some(9),
-            },
-            action: if close {
-                Action::Close(Method::Close)
-            } else {
-                Action::Keep
-            },
-            result: None,
-            detail: None,
-            merge_onto: None,
-            notes: Vec::new(),
-            frees_pty: None,
-        }
+        let evidence = Evidence {
+            fd,
+            pty: Some(pty(p)),
+            other_master_holders: others
+                .iter()
+                .map(|(pid, fds)| Holder {
+                    pid: *pid,
+                    name: "bash".into(),
+                    fds: fds.to_vec(),
+                })
+                .collect(),
+            ..Evidence::default()
+        };
+        let judgement = Judgement {
+            verdict: Verdict::Orphaned,
+            reason: "r".into(),
+            idle_s: Some(9),
+        };
+        let action = if close {
+            Action::Close(Method::Close)
+        } else {
+            Action::Keep
+        };
+        MasterRow::planned(evidence, judgement, action)
     }
 
     fn target(pid: i32, masters: Vec<MasterRow>) -> TargetReport {

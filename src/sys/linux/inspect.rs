@@ -154,6 +154,19 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
         ev.fd_table_shared_with = shared;
         ev.other_master_holders = others;
         blind_spots(&mut ev, &uring, &mut readers);
+        if ev.slave_holders.is_empty() {
+            for p in snapshot
+                .processes
+                .iter()
+                .filter(|p| !p.unlisted_rings.is_empty())
+            {
+                ev.blind_spots.push(format!(
+                    "pid {} ({}) has an io_uring instance (fd {}) whose registered files the \
+                     kernel would not list: this PTY's slave may be one of them",
+                    p.pid, p.name, p.unlisted_rings[0]
+                ));
+            }
+        }
         out.push(ev);
     }
     Ok(out)

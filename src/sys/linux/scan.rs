@@ -202,10 +202,14 @@ fn scan_process(
         rings,
         ..
     } = found;
+    let mut unlisted_rings = Vec::new();
     for ring in rings {
-        slaves.extend(slaves_in_ring(proc_dir, pid, ring));
+        match slaves_in_ring(proc_dir, pid, ring) {
+            Some(held) => slaves.extend(held),
+            None => unlisted_rings.push(ring),
+        }
     }
-    if masters.is_empty() && slaves.is_empty() {
+    if masters.is_empty() && slaves.is_empty() && unlisted_rings.is_empty() {
         return Ok(None);
     }
     let masters = identify_masters(proc_dir, &fd_dir, pid, &masters);
@@ -222,6 +226,7 @@ fn scan_process(
         slaves,
         event_queues,
         started,
+        unlisted_rings,
     }))
 }
 
@@ -283,12 +288,24 @@ fn read_fds(fd_dir: &OwnedFd, scratch: &mut Scratch) -> Found {
 /// The PTY slaves registered with `pid`'s io_uring instance `ring` (`UserFiles:` in its fdinfo
 /// lists each registered file by path; the device found there says which PTY and devpts
 /// instance). A
-/// slave registered there is held even after its fd was closed.
-fn slaves_in_ring(proc_dir: &OwnedFd, pid: i32, ring: i32) -> Vec<SlaveRef> {
-    let Some(info) = read_small(proc_dir, &format!("{pid}/fdinfo/{ring}")) else {
-        return Vec::new();
+/// slave registered there is held even after its fd was closed. None when the kernel would not
+/// list the files: it lists them only when it gets the ring's lock at once, and a submission or
+/// another reader of the fdinfo may hold it; read again a few times, a millisecond apart, then
+/// say so (the caller must not take it for "no slave").
+fn slaves_in_ring(proc_dir: &OwnedFd, pid: i32, ring: i32) -> Option<Vec<SlaveRef>> {
+    let mut tries = 0;
+    let paths = loop {
+        let info = read_small(proc_dir, &format!("{pid}/fdinfo/{ring}"))?; // gone: nothing held
+        match listed_paths(&info) {
+            Some(paths) => break paths,
+            None if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            None => return None,
+        }
     };
-    registered_paths(&info)
+    let held = paths
         .into_iter()
         .filter(|path| classify_link(path.as_bytes()) == LinkKind::MaybeSlave)
         .flat_map(|path| {
@@ -309,7 +326,20 @@ fn slaves_in_ring(proc_dir: &OwnedFd, pid: i32, ring: i32) -> Vec<SlaveRef> {
                 via_io_uring: true,
             })
         })
-        .collect()
+        .collect();
+    Some(held)
+}
+
+/// The registered files' paths, or None when the fdinfo counts files it does not list (the
+/// kernel did not get the ring's lock).
+pub fn listed_paths(fdinfo: &str) -> Option<Vec<String>> {
+    let paths = registered_paths(fdinfo);
+    let count = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("UserFiles:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (paths.len() >= count).then_some(paths)
 }
 
 /// The paths an io_uring fdinfo lists under `UserFiles:` (`  N: PATH` lines).
@@ -617,5 +647,8 @@ mod tests {
         assert_eq!(registered_paths(info), vec!["/dev/pts/7", "/dev/ptmx"]);
         assert_eq!(classify_link(b"anon_inode:[io_uring]"), LinkKind::IoUring);
         assert!(registered_paths("UserFiles:\t0\nUserBufs:\t0\n").is_empty());
+        // counted but not listed: the kernel did not get the ring's lock
+        assert_eq!(listed_paths("UserFiles:\t2\nUserBufs:\t0\n"), None);
+        assert_eq!(listed_paths(info).map(|p| p.len()), Some(2));
     }
 }

@@ -171,6 +171,7 @@ pub fn scan(devfs: &Devfs) -> anyhow::Result<(Vec<ProcessPtys>, Ctty)> {
             // inspect lists the target's kqueues itself (with their knotes)
             event_queues: Vec::new(),
             started: None,
+            unlisted_rings: Vec::new(),
         })
         .collect();
     processes.sort_by_key(|p| p.pid);
