@@ -169,7 +169,7 @@ pub fn parse_fd_list(text: &str) -> Result<BTreeSet<i32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reap::merge_target as merge_keeper;
+    use crate::reap::merge_target;
 
     fn row(fd: i32, verdict: Verdict) -> (Evidence, Judgement) {
         opened(fd, verdict, Some(OpenedBy::Inherited))
@@ -244,7 +244,7 @@ mod tests {
             .reason()
             .contains("merge: no evidence that it crossed an exec"));
         assert!(rows[2].reason().contains("close: inherited"));
-        assert_eq!(merge_keeper(&rows), Some(3));
+        assert_eq!(merge_target(&rows), Some(3));
         // --method still decides
         let forced = plan(
             vec![opened(3, Verdict::Orphaned, Some(OpenedBy::SelfOpened))],
@@ -277,7 +277,7 @@ mod tests {
                 (9, Action::Keep),
             ]
         );
-        assert_eq!(merge_keeper(&rows), Some(9));
+        assert_eq!(merge_target(&rows), Some(9));
         assert!(rows[2].reason().contains("keeper"));
         // one never opened is not: it could still become a live session
         let mut fresh = opened(9, Verdict::Tracked, Some(OpenedBy::SelfOpened));
@@ -290,7 +290,7 @@ mod tests {
             ],
             &Choices::default(),
         );
-        assert_eq!(merge_keeper(&rows), Some(3));
+        assert_eq!(merge_target(&rows), Some(3));
     }
 
     #[test]
@@ -407,7 +407,7 @@ mod tests {
             ]
         );
         assert!(rows[1].reason().ends_with("now share"));
-        assert_eq!(merge_keeper(&rows), Some(4));
+        assert_eq!(merge_target(&rows), Some(4));
     }
 
     /// `--fd 4,8 --include-tracked`, fd 8 one of a merged group: 8 is closed, so it is not what
@@ -428,7 +428,7 @@ mod tests {
             actions(&rows),
             vec![(4, Action::Keep), (8, Action::Close(Method::Close))]
         );
-        assert_eq!(merge_keeper(&rows), None);
+        assert_eq!(merge_target(&rows), None);
         assert_eq!(rows[0].notes, vec![PlanNote::MergeNeedsSecond]);
         assert!(rows.iter().all(|r| r.merge_onto.is_none()));
     }
@@ -456,7 +456,7 @@ mod tests {
                 (9, Action::Keep),
             ]
         );
-        assert_eq!(merge_keeper(&rows), Some(9));
+        assert_eq!(merge_target(&rows), Some(9));
     }
 
     #[test]
@@ -473,7 +473,7 @@ mod tests {
         assert!(rows
             .iter()
             .all(|r| r.action == Action::Close(Method::Devnull)));
-        assert_eq!(merge_keeper(&rows), None);
+        assert_eq!(merge_target(&rows), None);
     }
 
     #[test]

@@ -15,10 +15,16 @@ const OPENED_BY_MARGIN: f64 = 0.05;
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsFd;
 
-/// What may use the PTY where ptyreap cannot look: registered with the target's io_uring, or read
-/// by another holder of the master (see `watchers`).
+/// What may use the PTY where ptyreap cannot look: registered with the target's io_uring, read
+/// by another holder of the master (see `watchers`), or, for a slave nobody is seen to hold, an
+/// io_uring anywhere whose files the kernel would not list (`unlisted`, read once per inspect).
 /// `readers` remembers each holder's blocked readers: one look per holder, not one per master.
-fn blind_spots(ev: &mut Evidence, uring: &[i32], readers: &mut HashMap<i32, Vec<(i32, i32)>>) {
+fn blind_spots(
+    ev: &mut Evidence,
+    uring: &[i32],
+    unlisted: &[String],
+    readers: &mut HashMap<i32, Vec<(i32, i32)>>,
+) {
     if let Some(fd) = uring.first() {
         ev.blind_spots.push(format!(
             "the target's io_uring instance (fd {fd}) has PTY masters registered, and which ones \
@@ -37,6 +43,9 @@ fn blind_spots(ev: &mut Evidence, uring: &[i32], readers: &mut HashMap<i32, Vec<
                 ));
             }
         }
+    }
+    if ev.slave_holders.is_empty() {
+        ev.blind_spots.extend_from_slice(unlisted);
     }
 }
 
@@ -96,6 +105,18 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
     // A process sharing the fd table is part of the target for every purpose here: its waits
     // watch the same fds, and it is no "other holder" (closing in one closes in both).
     let uring = watchers::io_uring_with_masters(pid);
+    let unlisted: Vec<String> = snapshot
+        .processes
+        .iter()
+        .filter_map(|p| {
+            let ring = p.unlisted_rings.first()?;
+            Some(format!(
+                "pid {} ({}) has an io_uring instance (fd {ring}) whose registered files the \
+                 kernel would not list: this PTY's slave may be one of them",
+                p.pid, p.name
+            ))
+        })
+        .collect();
     let sharers = preflight::fd_table_sharers(pid, snapshot);
     for (sharer, name) in &sharers {
         for (fd, by) in watchers::watchers(*sharer, &master_fds, &[], None) {
@@ -153,20 +174,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             .partition(|h| sharers.iter().any(|(p, _)| *p == h.pid));
         ev.fd_table_shared_with = shared;
         ev.other_master_holders = others;
-        blind_spots(&mut ev, &uring, &mut readers);
-        if ev.slave_holders.is_empty() {
-            for p in snapshot
-                .processes
-                .iter()
-                .filter(|p| !p.unlisted_rings.is_empty())
-            {
-                ev.blind_spots.push(format!(
-                    "pid {} ({}) has an io_uring instance (fd {}) whose registered files the \
-                     kernel would not list: this PTY's slave may be one of them",
-                    p.pid, p.name, p.unlisted_rings[0]
-                ));
-            }
-        }
+        blind_spots(&mut ev, &uring, &unlisted, &mut readers);
         out.push(ev);
     }
     Ok(out)

@@ -144,18 +144,9 @@ pub fn io_uring_with_masters(pid: i32) -> Vec<i32> {
 /// Whether an io_uring fdinfo's `UserFiles:` list holds a PTY master (`/dev/ptmx`,
 /// `/dev/pts/ptmx`).
 pub fn registered_masters(fdinfo: &str) -> bool {
-    let paths = super::scan::registered_paths(fdinfo);
-    if paths.iter().any(|p| p.ends_with("ptmx")) {
-        return true;
-    }
     // The kernel lists the files only when it gets the ring's lock at once (a submission under
     // way, an SQPOLL thread): files registered but not listed may be masters.
-    let count = fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("UserFiles:"))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    count > 0 && paths.is_empty()
+    super::scan::listed_paths(fdinfo).is_none_or(|paths| paths.iter().any(|p| p.ends_with("ptmx")))
 }
 
 /// poll and select exist as system calls on x86_64 only; aarch64 has just ppoll and pselect6.
