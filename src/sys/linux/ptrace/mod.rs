@@ -9,8 +9,12 @@
 //! - `stopped.rs`: [`StoppedProcess`], the guard holding every thread stopped, and
 //!   [`in_tracer_thread`]; the kernel behaviour the stop relies on is described there.
 //! - `dispatch.rs`: Syscall User Dispatch, which would turn our calls into the app's SIGSYS.
-//! - `inject.rs`: the [`Injector`], which borrows a [`StoppedProcess`] and runs syscalls in it;
-//!   the kernel behaviour injection relies on is described there.
+//! - `inject/`: the [`Injector`], which borrows a [`StoppedProcess`] and runs syscalls in it;
+//!   the kernel behaviour injection relies on is described in its `mod.rs`, which holds the
+//!   session (one call, restoring the thread). Beside it, one concern each: `error.rs`
+//!   ([`InjectError`]), `thread.rs` (which thread, which instruction, scratch room),
+//!   `filters.rs` (seccomp), `rseq.rs`, `signals.rs` (blocked, delivered, our traps drained) and
+//!   `user_dispatch.rs`.
 //!
 //! The /proc files read on the way (stat, status, task) are read and parsed by `procfs`. The
 //! tests of the injector (real processes, real ptrace) are in `inject_tests.rs`, the target

@@ -53,6 +53,29 @@
 //! - Nothing is ever written into the target's code. Data (the path for `openat`) goes into its
 //!   stack far below the stack pointer, where the stopped thread will not look, and the bytes that
 //!   were there are put back before we let go.
+//!
+//! This file holds the session: taking the thread's state, one call between its syscall stops,
+//! and putting the thread back. The other concerns are in the files beside it (ptrace/mod.rs
+//! lists them).
+
+mod error;
+mod filters;
+mod rseq;
+mod signals;
+mod thread;
+mod user_dispatch;
+
+use error::pt;
+pub use error::{errno_of, InjectError};
+use filters::*;
+use rseq::rseq_abort_target;
+#[cfg(test)]
+pub(crate) use rseq::RseqCs;
+#[cfg(test)]
+pub(crate) use signals::own_signals;
+use signals::*;
+use thread::*;
+use user_dispatch::*;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -70,197 +93,6 @@ use super::raw::{
 };
 use super::stopped::{StoppedProcess, ThreadState};
 
-/// Why an injected call could not be made. The target is restored regardless (on drop).
-#[derive(Debug)]
-pub enum InjectError {
-    /// The target (or the thread we were using) is gone: it exited or was killed.
-    Exited,
-    /// It ran a new program.
-    Exec,
-    /// No thread is stopped at a place where we can work (all are gone or in odd stops).
-    NoUsableThread,
-    /// A 32-bit (compat) target.
-    Unsupported(&'static str),
-    /// No syscall instruction found anywhere in the target's executable memory.
-    NoSyscallInstruction,
-    /// A seccomp filter of the thread would not let the call run (checked before making it).
-    Seccomp {
-        nr: i64,
-        action: seccomp::Action,
-    },
-    /// Every usable thread is in strict seccomp mode.
-    SeccompStrict,
-    /// The thread has seccomp filters that could neither be suspended nor read.
-    SeccompUnreadable {
-        suspend: io::Error,
-        read: io::Error,
-    },
-    /// The call did not come back within its deadline; the thread was pulled back to a stop.
-    Timeout {
-        nr: i64,
-        waited: Duration,
-        /// The call had begun (its entry was seen), so it may have had an effect.
-        began: bool,
-    },
-    /// The thread did not come back to a stop even when interrupted (an unkillable kernel
-    /// wait): its registers could not be put back.
-    Stuck {
-        tid: i32,
-    },
-    /// After a call that returned, the thread did not come back to a stop (a freezer landed):
-    /// its own registers are back, but no further call can be made on it.
-    Adrift {
-        tid: i32,
-        why: String,
-    },
-    /// The thread is not in a stop when its state was to be put back or read, and it has not
-    /// exited: it runs on (or is held by the kernel) with its own registers.
-    NotStopped {
-        tid: i32,
-    },
-    /// Our instruction faulted (suppressed).
-    Fault {
-        signal: i32,
-        addr: u64,
-    },
-    /// No room for scratch data on the thread's stack.
-    NoScratch,
-    /// The thread's Syscall User Dispatch would take our call, and could not be switched off
-    /// for it (or put back exactly afterwards).
-    UserDispatch {
-        tid: i32,
-        why: String,
-    },
-    /// Syscall User Dispatch (unreadable on this kernel) turned our call into a SIGSYS, which
-    /// was dropped: the call was not made.
-    Dispatched {
-        nr: i64,
-    },
-    Ptrace {
-        what: &'static str,
-        source: io::Error,
-    },
-    Memory {
-        addr: u64,
-        source: io::Error,
-    },
-    Unexpected(String),
-    /// `syscall` after the injector was finished.
-    Finished,
-}
-
-impl fmt::Display for InjectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InjectError::Exited => write!(f, "the process exited"),
-            InjectError::Exec => write!(f, "the process ran a new program"),
-            InjectError::NoUsableThread => write!(f, "no thread stopped at a usable place"),
-            InjectError::Unsupported(what) => write!(f, "unsupported target: {what}"),
-            InjectError::NoSyscallInstruction => {
-                write!(f, "no syscall instruction found in the process")
-            }
-            InjectError::Seccomp { nr, action } => write!(
-                f,
-                "a seccomp filter in the process would {action} for syscall {nr}, so ptyreap \
-                 did not make it"
-            ),
-            InjectError::SeccompStrict => write!(
-                f,
-                "the process runs in strict seccomp mode (any call but read, write and exit \
-                 kills it)"
-            ),
-            InjectError::SeccompUnreadable { suspend, read } => write!(
-                f,
-                "the process has seccomp filters that ptyreap can neither suspend ({suspend}) \
-                 nor read ({read}); run ptyreap as root outside any seccomp sandbox (not under \
-                 a systemd SystemCallFilter)"
-            ),
-            InjectError::Timeout { nr, waited, began } => write!(
-                f,
-                "syscall {nr} {} within {} ms (is the process frozen, or waiting on a seccomp \
-                 supervisor?); it was interrupted",
-                if *began {
-                    "did not return"
-                } else {
-                    "did not start"
-                },
-                waited.as_millis()
-            ),
-            InjectError::Stuck { tid } => write!(
-                f,
-                "thread {tid} did not come back from the kernel even when interrupted; its \
-                 registers could not be put back yet"
-            ),
-            InjectError::Adrift { tid, why } => write!(
-                f,
-                "after the previous call returned, thread {tid} did not come back to a stop \
-                 ({why}); no further call was made"
-            ),
-            InjectError::NotStopped { tid } => write!(
-                f,
-                "thread {tid} did not come back to a stop (the kernel holds it, as a freezer \
-                 does); its own registers and signal mask are back in place"
-            ),
-            InjectError::Fault { signal, addr } => {
-                write!(
-                    f,
-                    "the injected instruction at {addr:#x} faulted (signal {signal})"
-                )
-            }
-            InjectError::NoScratch => write!(f, "no room on the thread's stack for scratch data"),
-            InjectError::UserDispatch { tid, why } => write!(
-                f,
-                "thread {tid} runs with Syscall User Dispatch on (as Wine and Proton do) and \
-                 ptyreap cannot switch it off for its calls ({why}); nothing was run in the \
-                 process"
-            ),
-            InjectError::Dispatched { nr } => write!(
-                f,
-                "the process's Syscall User Dispatch turned syscall {nr} into a SIGSYS (this \
-                 kernel, before Linux 6.2, does not let ptyreap read it); the signal was \
-                 dropped before the app saw it and the call was not made"
-            ),
-            InjectError::Ptrace { what, source } => write!(f, "ptrace {what}: {source}"),
-            InjectError::Memory { addr, source } => {
-                write!(f, "target memory at {addr:#x}: {source}")
-            }
-            InjectError::Unexpected(what) => write!(f, "unexpected: {what}"),
-            InjectError::Finished => write!(f, "the injector was already finished"),
-        }
-    }
-}
-
-impl std::error::Error for InjectError {}
-
-/// A ptrace failure; ESRCH means the thread is no longer stopped for us: it was killed.
-fn pt(what: &'static str) -> impl Fn(io::Error) -> InjectError {
-    move |source| {
-        if source.raw_os_error() == Some(libc::ESRCH) {
-            InjectError::Exited
-        } else {
-            InjectError::Ptrace { what, source }
-        }
-    }
-}
-
-/// The errno of a raw kernel result (-4095..-1), if it is one.
-pub fn errno_of(ret: i64) -> Option<i32> {
-    (-4095..0).contains(&ret).then_some(-ret as i32)
-}
-
-const fn bit(sig: i32) -> u64 {
-    1 << (sig - 1)
-}
-
-/// Signals the kernel may force on the thread (a fault of our instruction, a seccomp trap, our
-/// single-step trap). Never blocked by us: forcing a blocked signal resets its handler.
-const SYNCHRONOUS: u64 = bit(libc::SIGTRAP)
-    | bit(libc::SIGSEGV)
-    | bit(libc::SIGBUS)
-    | bit(libc::SIGILL)
-    | bit(libc::SIGFPE)
-    | bit(libc::SIGSYS);
-
 /// How long one injected call may take, from the registers set to its exit stop. The calls made
 /// are close, close_range, dup3 and openat of /dev/null: microseconds (the last close of each
 /// PTY, with its release work, happens in ptyreap after the stop: it holds a copy). A thread
@@ -272,21 +104,6 @@ pub const CALL_DEADLINE: Duration = Duration::from_millis(200);
 /// back from a call): it is not blocked then, so this is only ever reached by a kernel that
 /// holds it.
 const STOP_DEADLINE: Duration = Duration::from_secs(2);
-
-/// What the thread's seccomp filters mean for our calls.
-enum Filters {
-    /// No filter (or strict mode elsewhere): calls run as made.
-    None,
-    /// `PTRACE_O_SUSPEND_SECCOMP` set on the thread: the filters do not run.
-    Suspended,
-    /// The filters, evaluated over each call before it is made.
-    Evaluated(Vec<Vec<seccomp::Insn>>),
-}
-
-/// Test hook: behave as if `PTRACE_O_SUSPEND_SECCOMP` were refused, so that the evaluator path
-/// runs against real filters (the kernel refuses it only to tracers that are themselves
-/// sandboxed, which a test cannot easily arrange for the tracer alone).
-const NO_SUSPEND_ENV: &str = "PTYREAP_TEST_NO_SUSPEND_SECCOMP";
 
 /// Room for scratch data: this far below the red zone (a signal frame written meanwhile, even
 /// with large vector state, stays above it), at most this much.
@@ -604,198 +421,6 @@ impl Drop for Injector<'_> {
     }
 }
 
-fn scratch_top_for(sp: u64) -> u64 {
-    (sp - arch::RED_ZONE - SCRATCH_GAP) & !15
-}
-
-/// The scratch area's top for a thread whose stack pointer is `sp`: SCRATCH_GAP below the red
-/// zone if the stack mapping reaches that far (a main stack grows on demand: we do not make it),
-/// else as low in the mapping as there is room for.
-fn scratch_area(maps: &[gadget::Mapping], sp: u64) -> Option<u64> {
-    let stack = maps.iter().find(|m| m.contains(sp - 1) && m.writable)?;
-    let want = scratch_top_for(sp);
-    let top = if want - SCRATCH_SIZE >= stack.start {
-        want
-    } else {
-        stack.start + SCRATCH_SIZE
-    };
-    // Keep clear of the red zone and whatever a signal frame would need.
-    (top + 1024 <= sp - arch::RED_ZONE).then_some(top)
-}
-
-/// Pick the thread to work on: stopped by our interrupt (or a group stop), 64-bit; preferably one
-/// whose mask we may replace, then one sitting after its own syscall instruction, then one
-/// waiting on a futex.
-fn choose_thread(p: &StoppedProcess, mem: &File, only: Option<i32>) -> Result<usize, InjectError> {
-    let mut best: Option<(u32, usize)> = None;
-    let (mut compat, mut strict) = (false, false);
-    for (i, t) in p.threads().iter().enumerate() {
-        if t.state
-            != (ThreadState::Stopped {
-                event: true,
-                pass: 0,
-            })
-            || only.is_some_and(|o| o != t.tid)
-        {
-            continue;
-        }
-        let Ok(regs) = arch::get_regs(t.tid) else {
-            continue;
-        };
-        if !regs.is_native() {
-            compat = true;
-            continue;
-        }
-        if seccomp::mode(p.pid(), t.tid).ok() == Some(seccomp::Mode::Strict) {
-            strict = true;
-            continue;
-        }
-        if in_compat_call(mem, &regs) {
-            compat = true;
-            continue;
-        }
-        let rewound = arch::REWINDS_BEFORE_STOP && is_insn(mem, regs.pc());
-        let mask_ok = rewound || !arch::may_have_temporary_mask(&regs);
-        let own = rewound || regs.own_insn_candidate().is_some_and(|a| is_insn(mem, a));
-        // Should ptyreap's tracer be killed during a call, the thread returns from its own
-        // syscall with our call's result: harmless for a futex wait (spurious wake-ups are part
-        // of its contract; every waiter checks again), not for a read (a 0 reads as EOF).
-        let forgiving = regs.current_syscall() == Some(arch::nr::FUTEX as u64);
-        // A thread whose Syscall User Dispatch is off (nearly all) needs no switching.
-        let undispatched = sud_config(t.tid).map_or(true, |c| c.mode == 0);
-        let score = 16 * u32::from(undispatched)
-            + 8 * u32::from(mask_ok)
-            + 4 * u32::from(own)
-            + 2 * u32::from(forgiving)
-            + u32::from(t.tid != p.pid());
-        if best.is_none_or(|(b, _)| score > b) {
-            best = Some((score, i));
-        }
-    }
-    match best {
-        Some((_, i)) => Ok(i),
-        None if compat => Err(InjectError::Unsupported(
-            "32-bit process, or a thread in a 32-bit system call",
-        )),
-        None if strict => Err(InjectError::SeccompStrict),
-        None => Err(InjectError::NoUsableThread),
-    }
-}
-
-/// A thread inside a system call it made with the other ABI's instruction (x86_64 `int 0x80`).
-fn in_compat_call(mem: &File, regs: &Regs) -> bool {
-    let Some(insn) = arch::COMPAT_SYSCALL_INSN else {
-        return false;
-    };
-    let mut b = vec![0u8; insn.len()];
-    regs.current_syscall().is_some()
-        && mem
-            .read_exact_at(&mut b, regs.pc().wrapping_sub(insn.len() as u64))
-            .is_ok()
-        && b == insn
-}
-
-fn find_gadget(pid: i32, mem: &File) -> Result<u64, InjectError> {
-    if let Ok(found) = gadget::find_in_vdso(pid, mem, SYSCALL_INSN, INSN_ALIGN) {
-        if let Some(&a) = found.first() {
-            return Ok(a);
-        }
-    }
-    let maps = gadget::read_maps(pid).map_err(|_| InjectError::Exited)?;
-    gadget::find_in_text(&maps, mem, SYSCALL_INSN, INSN_ALIGN)
-        .ok_or(InjectError::NoSyscallInstruction)
-}
-
-/// What the thread's seccomp mode and filters mean for our calls: decided before anything of
-/// it changes (see seccomp.rs).
-fn seccomp_filters(pid: i32, tid: i32) -> Result<Filters, InjectError> {
-    match seccomp::mode(pid, tid).map_err(|_| InjectError::Exited)? {
-        seccomp::Mode::Disabled => Ok(Filters::None),
-        seccomp::Mode::Strict => Err(InjectError::SeccompStrict),
-        seccomp::Mode::Filter => {
-            let suspend = if std::env::var_os(NO_SUSPEND_ENV).is_some() {
-                Err(io::Error::from_raw_os_error(libc::EPERM))
-            } else {
-                raw::set_options(tid, raw::SEIZE_OPTIONS | raw::PTRACE_O_SUSPEND_SECCOMP)
-            };
-            match suspend {
-                Ok(()) => Ok(Filters::Suspended),
-                Err(suspend) => match seccomp::read_filters(tid) {
-                    Ok(filters) => Ok(Filters::Evaluated(filters)),
-                    Err(read) => Err(InjectError::SeccompUnreadable { suspend, read }),
-                },
-            }
-        }
-    }
-}
-
-/// The filters' verdict on one call, exactly as it would be made from our instruction.
-fn permits(s: &Session, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
-    let Filters::Evaluated(filters) = &s.filters else {
-        return Ok(());
-    };
-    let call = seccomp::Call {
-        nr: nr as i32,
-        arch: seccomp::AUDIT_ARCH,
-        instruction_pointer: s.insn + INSN_LEN,
-        args,
-    };
-    match seccomp::evaluate(filters, &call) {
-        Ok(action) if action.runs() => Ok(()),
-        Ok(action) => Err(InjectError::Seccomp { nr, action }),
-        Err(bad) => Err(InjectError::Unexpected(format!(
-            "the process's seccomp filter cannot be evaluated ({})",
-            bad.0
-        ))),
-    }
-}
-
-/// A thread that first stopped on its way to a signal: let it take the signal (as it would have
-/// once let go) and catch it at an event stop at the handler's entry. True when one is ready.
-fn retrap_signalled(p: &mut StoppedProcess) -> bool {
-    let Some(idx) = p
-        .threads()
-        .iter()
-        .position(|t| matches!(t.state, ThreadState::Stopped { event: false, pass } if pass != 0))
-    else {
-        return false;
-    };
-    let (tid, ThreadState::Stopped { mut pass, .. }) =
-        (p.threads()[idx].tid, p.threads()[idx].state)
-    else {
-        return false;
-    };
-    for _ in 0..16 {
-        if interrupt(tid).is_err() || resume(tid, Resume::Cont, pass).is_err() {
-            return false;
-        }
-        match wait_stop_until(tid, Instant::now() + STOP_DEADLINE) {
-            Ok(Some(Stop::Event(_))) => {
-                let event = ThreadState::Stopped {
-                    event: true,
-                    pass: 0,
-                };
-                p.set_thread_state(idx, event);
-                return true;
-            }
-            Ok(Some(Stop::Signal(next))) => pass = next,
-            Ok(Some(Stop::Syscall | Stop::OtherEvent(_))) => pass = 0,
-            Ok(Some(Stop::Gone(_))) => {
-                p.set_thread_state(idx, ThreadState::Gone);
-                return false;
-            }
-            _ => {
-                // Not stopped (yet): the release waits for it like any thread never seen stopped.
-                p.set_thread_state(idx, ThreadState::Running);
-                return false;
-            }
-        }
-    }
-    let held = ThreadState::Stopped { event: false, pass };
-    p.set_thread_state(idx, held);
-    false
-}
-
 /// Take the thread's own state as the one to restore. The thread is at an event stop. Returns
 /// the thread's own syscall instruction, if usable.
 fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
@@ -825,91 +450,6 @@ fn capture(s: &mut Session) -> Result<Option<u64>, InjectError> {
     s.base = Some(regs);
     s.extra = Some(arch::get_extra(tid).map_err(pt("GETREGSET"))?);
     Ok(own)
-}
-
-/// `struct rseq_cs` (include/uapi/linux/rseq.h): version, flags, start_ip, post_commit_offset,
-/// abort_ip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RseqCs {
-    pub start_ip: u64,
-    pub post_commit_offset: u64,
-    pub abort_ip: u64,
-}
-
-impl RseqCs {
-    pub(crate) fn from_bytes(b: &[u8; 32]) -> RseqCs {
-        let word = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        RseqCs {
-            start_ip: word(8),
-            post_commit_offset: word(16),
-            abort_ip: word(24),
-        }
-    }
-
-    /// Where the kernel would send a thread whose pc is `pc` (`rseq_ip_fixup`): the abort
-    /// handler when pc is inside the critical section, else nowhere.
-    pub(crate) fn abort_for(&self, pc: u64) -> Option<u64> {
-        let inside = pc.wrapping_sub(self.start_ip) < self.post_commit_offset;
-        inside.then_some(self.abort_ip)
-    }
-}
-
-/// If the thread sits inside an rseq critical section: the abort handler the kernel would move
-/// it to on its way back to user mode (see the module doc). A section the kernel would refuse
-/// (bad signature; it would kill the thread with SIGSEGV) makes the thread unusable.
-fn rseq_abort_target(s: &Session, regs: &Regs) -> Result<Option<u64>, InjectError> {
-    let Ok(Some((area, signature))) = raw::rseq_configuration(s.tid) else {
-        return Ok(None);
-    };
-    let mut word = [0u8; 8];
-    if s.mem.read_exact_at(&mut word, area + 8).is_err() {
-        return Ok(None);
-    }
-    let cs_addr = u64::from_ne_bytes(word);
-    if cs_addr == 0 {
-        return Ok(None);
-    }
-    let mut raw_cs = [0u8; 32];
-    if s.mem.read_exact_at(&mut raw_cs, cs_addr).is_err() {
-        return Ok(None);
-    }
-    let cs = RseqCs::from_bytes(&raw_cs);
-    let Some(abort) = cs.abort_for(regs.pc()) else {
-        return Ok(None);
-    };
-    let mut sig = [0u8; 4];
-    let signed = s.mem.read_exact_at(&mut sig, abort.wrapping_sub(4)).is_ok()
-        && u32::from_ne_bytes(sig) == signature;
-    if !signed {
-        return Err(InjectError::Unexpected(format!(
-            "thread {} is inside an rseq critical section with a bad abort handler",
-            s.tid
-        )));
-    }
-    Ok(Some(abort))
-}
-
-/// Block the thread's signals for a call (see the module doc), keeping its own mask to put back.
-fn block_signals(s: &mut Session) -> Result<(), InjectError> {
-    if !s.may_mask || s.orig_mask.is_some() {
-        return Ok(());
-    }
-    let mask = get_sigmask(s.tid).map_err(pt("GETSIGMASK"))?;
-    s.orig_mask = Some(mask);
-    s.dirty = true;
-    // The synchronous signals keep the app's own setting: forcing one the app blocks would reset
-    // its handler, and one it blocks must not be dequeued while we work.
-    set_sigmask(s.tid, call_mask(s, mask)).map_err(pt("SETSIGMASK"))
-}
-
-/// The mask our calls run with, from the thread's own.
-fn call_mask(s: &Session, own: u64) -> u64 {
-    let block = !SYNCHRONOUS | (own & SYNCHRONOUS);
-    if s.sud_unknown {
-        block & !bit(libc::SIGSYS)
-    } else {
-        block
-    }
 }
 
 /// aarch64: the thread sits on a `svc` the kernel rewound, in a `do_signal` that will decide on
@@ -973,26 +513,6 @@ fn unexpected(stop: Stop) -> InjectError {
         Stop::Gone(_) => InjectError::Exited,
         Stop::Exec => InjectError::Exec,
         other => InjectError::Unexpected(format!("stop {other:?}")),
-    }
-}
-
-/// From a signal-delivery stop with the thread's own registers and mask in place: hand it `sig`
-/// (delivered as the kernel would: handler frame, default action) and catch the thread at an event
-/// stop before it runs any user instruction. Signals met on the way are delivered likewise.
-fn pass_and_retrap(s: &mut Session, mut sig: i32) -> Result<(), InjectError> {
-    let tid = s.tid;
-    loop {
-        interrupt(tid).map_err(pt("INTERRUPT"))?;
-        resume(tid, Resume::Cont, sig).map_err(pt("CONT"))?;
-        match wait(s)? {
-            Stop::Event(_) => {
-                s.in_get_signal = true;
-                return Ok(());
-            }
-            Stop::Signal(next) => sig = next,
-            Stop::Syscall | Stop::OtherEvent(_) => sig = 0,
-            other => return Err(unexpected(other)),
-        }
     }
 }
 
@@ -1145,76 +665,6 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
         "signals kept arriving: syscall {nr} not made after {MAX_SIGNAL_ROUNDS} deliveries"
     )))
 }
-
-/// `si_code` of a SIGSYS from Syscall User Dispatch (include/uapi/asm-generic/siginfo.h).
-const SYS_USER_DISPATCH: i32 = 2;
-
-/// The thread's SUD configuration if it would take our calls (see dispatch.rs), checked once
-/// our instruction is known. A kernel that cannot report it (before 6.2, or without SUD) gives
-/// None: `run_call` still drops a SIGSYS the dispatch raises for our call.
-fn user_dispatch(s: &mut Session) -> Result<Option<SudConfig>, InjectError> {
-    let Ok(config) = sud_config(s.tid) else {
-        s.sud_unknown = true;
-        if let Some(own) = s.orig_mask {
-            // already replaced (aarch64's settling): again, with SIGSYS open
-            set_sigmask(s.tid, call_mask(s, own)).map_err(pt("SETSIGMASK"))?;
-        }
-        return Ok(None);
-    };
-    let mut byte = [0u8; 1];
-    let selector = (config.selector != 0
-        && s.mem.read_exact_at(&mut byte, config.selector).is_ok())
-    .then_some(byte[0]);
-    if !dispatch::dispatches(&config, s.insn + INSN_LEN, selector) {
-        return Ok(None);
-    }
-    if dispatch::restoring(&config).is_none() {
-        return Err(InjectError::UserDispatch {
-            tid: s.tid,
-            why: format!("its configuration {config:?} could not be put back exactly"),
-        });
-    }
-    Ok(Some(config))
-}
-
-/// Test hook: behave as a kernel before 6.2, which cannot report a thread's SUD configuration,
-/// so that the SIGSYS our call then causes is met (and dropped) for real.
-const NO_SUD_CONFIG_ENV: &str = "PTYREAP_TEST_NO_SUD_CONFIG";
-
-fn sud_config(tid: i32) -> io::Result<SudConfig> {
-    if std::env::var_os(NO_SUD_CONFIG_ENV).is_some() {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
-    }
-    raw::sud_config(tid)
-}
-
-/// Just before one of our calls: SUD off for this thread, if it would take the call.
-fn dispatch_off(s: &mut Session) -> Result<(), InjectError> {
-    if s.sud.is_none() || s.sud_off {
-        return Ok(());
-    }
-    raw::set_sud_config(s.tid, &dispatch::OFF).map_err(|e| InjectError::UserDispatch {
-        tid: s.tid,
-        why: e.to_string(),
-    })?;
-    s.sud_off = true;
-    Ok(())
-}
-
-/// At the call's exit stop (or any stop after it): the thread's SUD configuration back exactly.
-fn dispatch_back(s: &mut Session) -> Result<(), InjectError> {
-    let Some(config) = s.sud.filter(|_| s.sud_off) else {
-        return Ok(());
-    };
-    let back = dispatch::restoring(&config)
-        .ok_or_else(|| InjectError::Unexpected("SUD configuration cannot be put back".into()))?;
-    raw::set_sud_config(s.tid, &back).map_err(pt("SET_SYSCALL_USER_DISPATCH_CONFIG"))?;
-    s.sud_off = false;
-    Ok(())
-}
-
-/// How many foreign signals one call may deliver before it gives up (see `run_call`).
-const MAX_SIGNAL_ROUNDS: usize = 64;
 
 /// x86_64, at our call's exit stop: the thread's own registers back at once, and on to an event
 /// stop before it runs any user instruction (see the module doc). A signal met on the way is
@@ -1404,68 +854,4 @@ fn stop_in_get_signal(tid: i32) -> Result<i32, InjectError> {
             other => return Err(unexpected(other)),
         }
     }
-}
-
-/// SIGTRAP or SIGSYS queued on the thread by the kernel since we took it: ours (a trapped call,
-/// a trap of our making), never the app's. Its own and other senders' signals are not counted.
-pub(crate) fn own_signals(before: &[Pending], now: &[Pending]) -> Vec<Pending> {
-    let mut left: Vec<Pending> = before.to_vec();
-    let mut ours = Vec::new();
-    for &p in now {
-        if let Some(i) = left.iter().position(|&b| b == p) {
-            left.remove(i);
-        } else if matches!(p.0, libc::SIGTRAP | libc::SIGSYS) && p.1 > 0 {
-            ours.push(p);
-        }
-    }
-    ours
-}
-
-/// Take out of the thread's queue what [`own_signals`] finds, with the thread's own state in
-/// place: everything but that signal blocked, let the thread dequeue it, drop it, catch the
-/// thread again before any user instruction; the thread's own mask comes back on every path.
-fn drain_own_signals(s: &mut Session, pass: &mut i32) -> Result<(), InjectError> {
-    let tid = s.tid;
-    let now = raw::pending_signals(tid).map_err(pt("PEEKSIGINFO"))?;
-    let ours = own_signals(&s.pending_before, &now);
-    if ours.is_empty() {
-        return Ok(());
-    }
-    if *pass != 0 {
-        // At a signal-delivery stop for a foreign signal: deliver it first, then drain.
-        pass_and_retrap(s, *pass)?;
-        *pass = 0;
-    }
-    let own_mask = get_sigmask(tid).map_err(pt("GETSIGMASK"))?;
-    let drained = (|| {
-        for (sig, _) in ours {
-            // A few rounds: a blocked synchronous signal of the app's may be dequeued first
-            // (dequeue_synchronous_signal does not look at the mask); it is handed back.
-            for _ in 0..8 {
-                set_sigmask(tid, !bit(sig)).map_err(pt("SETSIGMASK"))?;
-                // No interrupt pending: get_signal dequeues the signal we saw queued.
-                resume(tid, Resume::Cont, 0).map_err(pt("CONT"))?;
-                let (got, deliver) = match wait(s)? {
-                    Stop::Signal(got) if got == sig => (true, 0),
-                    Stop::Signal(other) => (false, other),
-                    Stop::Event(_) => (false, 0),
-                    other => return Err(unexpected(other)),
-                };
-                // Ours is dropped; the app's is handed back (blocked, the kernel queues it
-                // again); and the thread is caught before it runs any user instruction.
-                interrupt(tid).map_err(pt("INTERRUPT"))?;
-                resume(tid, Resume::Cont, deliver).map_err(pt("CONT"))?;
-                match wait(s)? {
-                    Stop::Event(_) => {}
-                    other => return Err(unexpected(other)),
-                }
-                if got {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    })();
-    let restored = set_sigmask(tid, own_mask).map_err(pt("SETSIGMASK"));
-    drained.and(restored)
 }
