@@ -62,7 +62,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total))
 }
 
-/// A short window as people read it: `300ms`, `1.5s`, `2s`.
+/// A short window as people read it: `300ms`, `1.5s`, `2s` (the Linux look's window).
+#[cfg(any(target_os = "linux", test))]
 pub fn human_precise(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {

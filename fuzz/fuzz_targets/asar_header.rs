@@ -2,7 +2,7 @@
 //! panic, whatever the sizes and the JSON say, and what it locates must lie inside the file.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ptyreap::asar;
+use ptyreap::testing::asar;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((index, data_start)) = asar::parse_header(data, data.len() as u64) {

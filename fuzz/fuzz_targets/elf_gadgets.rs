@@ -1,7 +1,7 @@
 //! The syscall-instruction finder over an ELF image (a vDSO or libc read from a target's memory).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ptyreap::sys::linux::gadget;
+use ptyreap::testing::gadget;
 
 fuzz_target!(|data: &[u8]| {
     for (insn, align) in [(&[0x0f, 0x05][..], 1), (&[0x01, 0x00, 0x00, 0xd4][..], 4)] {

@@ -1,7 +1,7 @@
 //! /proc/PID/fdinfo/FD: a PTY master's tty-index, an epoll set's tfd lines.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ptyreap::sys::linux::procfs;
+use ptyreap::testing::procfs;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

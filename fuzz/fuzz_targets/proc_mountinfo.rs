@@ -1,7 +1,7 @@
 //! /proc/PID/mountinfo: mount points are escaped octal and may contain anything.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ptyreap::sys::linux::procfs;
+use ptyreap::testing::procfs;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -1,7 +1,7 @@
 //! /proc/PID/task/TID/syscall: the call a thread waits in, and its arguments.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ptyreap::sys::linux::procfs;
+use ptyreap::testing::procfs;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

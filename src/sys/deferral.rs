@@ -61,7 +61,9 @@ impl SignalDeferral {
         SignalDeferral::blocking(&set)
     }
 
-    /// Every signal blocked: around creating a thread in a target, which inherits the mask.
+    /// Every signal blocked: around creating a thread in a target, which inherits the mask
+    /// (macOS, mach.rs).
+    #[cfg(any(target_os = "macos", test))]
     pub fn every() -> io::Result<SignalDeferral> {
         // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -372,9 +372,9 @@ fn frozen_cgroups_are_refused_before_anything_is_touched() {
 /// back, the thread is restored exactly, and on thaw the target runs on as before.
 #[test]
 fn a_call_that_cannot_run_is_interrupted_at_its_deadline() {
-    use ptyreap::sys::linux::pidfd::Pidfd;
-    use ptyreap::sys::linux::procfs;
-    use ptyreap::sys::linux::ptrace::{InjectError, StoppedProcess};
+    use ptyreap::testing::procfs;
+    use ptyreap::testing::Pidfd;
+    use ptyreap::testing::{InjectError, StoppedProcess};
     if !require_root() {
         return;
     }
@@ -489,7 +489,7 @@ fn merge_and_devnull_keep_close_on_exec() {
 /// comes back afterwards.
 #[test]
 fn the_slave_is_locked_during_the_window_and_restored() {
-    use ptyreap::sys::linux::pidfd::Pidfd;
+    use ptyreap::testing::Pidfd;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     if !require_root() {

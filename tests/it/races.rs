@@ -111,14 +111,14 @@ fn a_reused_pid_is_never_touched() {
     // if the process had exited and another had taken its pid before the attach.
     let f = Fixture::spawn(&["--orphans", "5"]);
     let before = ptmx_fds(f.pid);
-    let mut target = ptyreap::sys::open_target(f.pid).unwrap();
-    let snapshot = ptyreap::sys::snapshot().unwrap();
-    let policy = ptyreap::verdict::Policy {
+    let mut target = ptyreap::testing::open_target(f.pid).unwrap();
+    let snapshot = ptyreap::testing::snapshot().unwrap();
+    let policy = ptyreap::testing::Policy {
         min_idle: Duration::ZERO,
         include_stale: None,
     };
     let mut report =
-        ptyreap::pipeline::judge_target(&target, &snapshot, &policy, &close_choices()).unwrap();
+        ptyreap::testing::judge_target(&target, &snapshot, &policy, &close_choices()).unwrap();
     assert_eq!(
         report
             .masters
@@ -128,7 +128,7 @@ fn a_reused_pid_is_never_touched() {
         5
     );
     target.start_time += 1;
-    let err = ptyreap::sys::reap(&target, &mut report.masters).unwrap_err();
+    let err = ptyreap::testing::reap(&target, &mut report.masters).unwrap_err();
     assert!(
         err.message.contains("nothing was changed"),
         "{}",
@@ -139,9 +139,9 @@ fn a_reused_pid_is_never_touched() {
 }
 
 /// The close path is what these races exercise (the default merges what the fixture opened).
-fn close_choices() -> ptyreap::plan::Choices {
-    ptyreap::plan::Choices {
-        method: Some(ptyreap::model::Method::Close),
+fn close_choices() -> ptyreap::testing::Choices {
+    ptyreap::testing::Choices {
+        method: Some(ptyreap::testing::Method::Close),
         ..Default::default()
     }
 }

@@ -145,7 +145,7 @@ fn the_report_names_the_node_pty_an_app_ships() {
     }
     let dir = support::temp_dir("asar-app");
     std::fs::create_dir_all(dir.join("resources")).unwrap();
-    let archive = ptyreap::asar::build(&[
+    let archive = ptyreap::testing::asar::build(&[
         ("package.json", br#"{"name":"leaky-app","version":"3.2.1"}"#),
         (
             "node_modules/node-pty/package.json",

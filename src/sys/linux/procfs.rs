@@ -316,13 +316,6 @@ pub fn read_status_field(pid: i32, tid: Option<i32>, key: &str) -> Option<String
     status_field(&text, key).map(str::to_string)
 }
 
-/// Signals the process ignores (SigIgn), as a mask with bit `n-1` for signal `n`.
-pub fn ignored_signals(pid: i32) -> io::Result<u64> {
-    let v = read_status_field(pid, None, "SigIgn")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no SigIgn"))?;
-    u64::from_str_radix(&v, 16).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,10 +199,11 @@ fn scan_process(pid: i32, info: Option<&ffi::ProcBsdInfo>, devfs: &Devfs) -> Opt
     if masters.is_empty() && slaves.is_empty() {
         return None;
     }
+    // printed as itself: a process names itself, control characters and all
     let name = info
         .map(ffi::ProcBsdInfo::name)
         .or_else(|| libproc::exe_path(pid).map(|p| file_name(&p)))
-        .unwrap_or_else(|| "?".into());
+        .map_or_else(|| "?".into(), |n| crate::output::escaped(&n));
     Some(Found {
         pid,
         name,

@@ -7,6 +7,7 @@ use super::logic::{Arch, TargetCode};
 use super::preflight::{self, Facts, Machine};
 use crate::exit_code::UserError;
 use crate::model::Snapshot;
+use crate::output::escaped;
 
 #[derive(Debug)]
 pub struct Target {
@@ -82,13 +83,13 @@ pub fn open(pid: i32) -> Result<Target, UserError> {
         Ok(info) => info,
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             let name = libproc::exe_path(pid)
-                .map(|p| super::scan::file_name(&p))
-                .unwrap_or_else(|| "?".into());
+                .map_or_else(|| "?".into(), |p| escaped(&super::scan::file_name(&p)));
             return Err(not_permitted(pid, &name));
         }
         Err(_) => return Err(no_such(pid)),
     };
-    let name = info.name();
+    // printed as itself (the name matched in `processes_named` is the raw one)
+    let name = escaped(&info.name());
     if info.pbi_status == ffi::SZOMB {
         return Err(crate::sys::checks::zombie(pid, &name, info.pbi_ppid));
     }

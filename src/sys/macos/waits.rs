@@ -124,6 +124,7 @@ fn returned(kind: WaitCall) -> String {
 /// `movl $(0x2000000 | number), %eax; movq %rcx, %r10; syscall`). `code`: the 10 bytes before
 /// the saved rip; `rdi`: the number of an indirect syscall(2) (the kernel leaves rdi alone).
 /// Err when that call waits on fd sets; Ok otherwise (another call, or code that is no stub).
+#[cfg(any(target_arch = "x86_64", test))]
 pub fn x86_returned_from(code: &[u8; 10], rdi: u64) -> Result<(), String> {
     let [0xb8, n0, n1, n2, n3, 0x49, 0x89, 0xca, 0x0f, 0x05] = *code else {
         return Ok(());

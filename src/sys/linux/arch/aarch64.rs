@@ -20,6 +20,7 @@ pub mod nr {
     pub const OPENAT: i64 = 56;
     pub const DUP3: i64 = 24;
     pub const CLOSE_RANGE: i64 = 436;
+    #[cfg(test)]
     pub const GETPID: i64 = 172;
     pub const FUTEX: i64 = 98;
     pub const RT_SIGSUSPEND: i64 = 133;
@@ -38,7 +39,7 @@ pub const SYSCALL_INSN: &[u8] = &[0x01, 0x00, 0x00, 0xd4];
 pub const INSN_ALIGN: u64 = 4;
 
 pub fn insn_aligned(addr: u64) -> bool {
-    addr % 4 == 0
+    addr.is_multiple_of(4)
 }
 /// AAPCS64 has no red zone.
 pub const RED_ZONE: u64 = 0;
@@ -71,10 +72,6 @@ impl Regs {
         self.0.pstate & PSR_MODE32 == 0
     }
 
-    pub fn ret(&self) -> i64 {
-        self.0.regs[0] as i64
-    }
-
     /// The kernel forgets the number before the stop, so this is x8, the number the thread last
     /// loaded: a guess that may name a call the thread is not in (callers only use it to be
     /// careful).
@@ -100,8 +97,10 @@ impl Regs {
     }
 }
 
+#[cfg(test)]
 const NR_RESTART_SYSCALL: u64 = 128;
 
+#[cfg(test)]
 impl Regs {
     /// The same state as `before` (taken at the stop), counting as unchanged the one difference
     /// settling makes: x8 switched to `restart_syscall` on a rewound call (the kernel would have

@@ -13,6 +13,7 @@ pub mod nr {
     pub const OPENAT: i64 = 257;
     pub const DUP3: i64 = 292;
     pub const CLOSE_RANGE: i64 = 436;
+    #[cfg(test)]
     pub const GETPID: i64 = 39;
     pub const FUTEX: i64 = 202;
     pub const RT_SIGSUSPEND: i64 = 130;
@@ -68,11 +69,6 @@ impl Regs {
         self.0.cs == 0x33
     }
 
-    /// The syscall's return value after it ran.
-    pub fn ret(&self) -> i64 {
-        self.0.rax as i64
-    }
-
     /// The syscall the thread is in (interrupted or finished but not yet returned to user mode).
     pub fn current_syscall(&self) -> Option<u64> {
         ((self.0.orig_rax as i64) >= 0).then_some(self.0.orig_rax)
@@ -105,6 +101,7 @@ impl Regs {
     }
 }
 
+#[cfg(test)]
 impl Regs {
     /// The same state as `before`: on x86_64 nothing may differ (see aarch64's).
     pub fn same_state_as(&self, before: &Regs) -> bool {

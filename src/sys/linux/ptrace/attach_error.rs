@@ -66,9 +66,14 @@ impl fmt::Display for AttachError {
             AttachError::Exec { pid } => {
                 write!(f, "process {pid} ran a new program while being stopped")
             }
-            AttachError::PidReused { pid, .. } => write!(
+            AttachError::PidReused {
+                pid,
+                expected,
+                found,
+            } => write!(
                 f,
-                "pid {pid} now belongs to another process than the one inspected"
+                "pid {pid} now belongs to another process than the one inspected (started at \
+                 tick {found}, not {expected})"
             ),
             AttachError::OwnProcess { pid } => write!(f, "pid {pid} is ptyreap itself"),
             AttachError::AlreadyTraced {

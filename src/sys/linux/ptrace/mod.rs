@@ -5,7 +5,7 @@
 //! - `raw.rs`: the ptrace requests and `waitpid` stops themselves (seize, interrupt, detach,
 //!   resume, signal masks and infos, waiting for a stop).
 //! - `attach_error.rs`: [`AttachError`], why a process could not be stopped, and the diagnosis of
-//!   an EPERM ([`diagnose_eperm`]).
+//!   an EPERM (`diagnose_eperm`).
 //! - `stopped.rs`: [`StoppedProcess`], the guard holding every thread stopped, and
 //!   [`in_tracer_thread`]; the kernel behaviour the stop relies on is described there.
 //! - `dispatch.rs`: Syscall User Dispatch, which would turn our calls into the app's SIGSYS.
@@ -37,6 +37,8 @@ mod inject_tests;
 #[cfg(test)]
 mod test_target;
 
-pub use attach_error::{diagnose_eperm, AttachError};
-pub use inject::{errno_of, InjectError, Injector};
-pub use stopped::{in_tracer_thread, ResumeError, StoppedProcess};
+pub use attach_error::AttachError;
+#[cfg(test)]
+use inject::errno_of;
+pub use inject::{InjectError, Injector};
+pub use stopped::{in_tracer_thread, StoppedProcess};

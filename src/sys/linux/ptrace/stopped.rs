@@ -52,7 +52,6 @@ pub(crate) struct Thread {
 pub struct StoppedProcess {
     pid: i32,
     threads: Vec<Thread>,
-    stopped_tids: Vec<i32>,
     /// Just before the first interrupt: the start of the stop, conservatively.
     since: Option<Instant>,
     /// When the last held thread was let go.
@@ -121,7 +120,6 @@ impl StoppedProcess {
         let mut p = StoppedProcess {
             pid,
             threads: Vec::new(),
-            stopped_tids: Vec::new(),
             since: None,
             resumed: None,
             released: false,
@@ -232,7 +230,6 @@ impl StoppedProcess {
         {
             return Err(AttachError::Exec { pid });
         }
-        self.refresh_tids();
         Ok(())
     }
 
@@ -330,27 +327,18 @@ impl StoppedProcess {
         }
     }
 
-    fn refresh_tids(&mut self) {
-        self.stopped_tids = self
-            .threads
-            .iter()
-            .filter(|t| matches!(t.state, ThreadState::Stopped { .. }))
-            .map(|t| t.tid)
-            .collect();
-    }
-
     pub fn pid(&self) -> i32 {
         self.pid
     }
 
     /// The threads held stopped.
-    pub fn tids(&self) -> &[i32] {
-        &self.stopped_tids
-    }
-
-    /// When the stop began (just before the first thread was interrupted).
-    pub fn stopped_since(&self) -> Option<Instant> {
-        self.since
+    #[cfg(test)]
+    pub(crate) fn tids(&self) -> Vec<i32> {
+        self.threads
+            .iter()
+            .filter(|t| matches!(t.state, ThreadState::Stopped { .. }))
+            .map(|t| t.tid)
+            .collect()
     }
 
     /// Every thread seized, in the order seized, with where it is.
@@ -362,7 +350,6 @@ impl StoppedProcess {
     /// on it (an injection); [`StoppedProcess::tids`] follows.
     pub(crate) fn set_thread_state(&mut self, idx: usize, state: ThreadState) {
         self.threads[idx].state = state;
-        self.refresh_tids();
     }
 
     /// Restore, resume and detach every thread. Returns how long the target was stopped, from the
@@ -428,7 +415,6 @@ impl StoppedProcess {
         if let Some(tid) = sweep_traced(self.pid) {
             problem.get_or_insert(never_stopped(self.pid, tid));
         }
-        self.stopped_tids.clear();
         match problem {
             None => Ok(()),
             Some(p) => Err(p),

@@ -193,8 +193,13 @@ fn reap_stopped(
         verify_after(&target.pidfd, &pins, rows);
     }
     drop(pins);
-    let stopped_for = resumed
-        .map_err(|e| UserError::failure(format!("pid {}: resuming failed: {e}", target.pid)))?;
+    let stopped_for = resumed.map_err(|e| {
+        UserError::failure(format!(
+            "pid {}: resuming failed after {} ms stopped: {e}",
+            target.pid,
+            e.stopped.as_millis()
+        ))
+    })?;
     if let Some(problem) = restore_problem {
         return Err(UserError::failure(format!(
             "pid {}: the results below are what the kernel did, but {problem}",

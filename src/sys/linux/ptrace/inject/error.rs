@@ -176,6 +176,7 @@ pub(super) fn pt(what: &'static str) -> impl Fn(io::Error) -> InjectError {
 }
 
 /// The errno of a raw kernel result (-4095..-1), if it is one.
-pub fn errno_of(ret: i64) -> Option<i32> {
+#[cfg(test)]
+pub(crate) fn errno_of(ret: i64) -> Option<i32> {
     (-4095..0).contains(&ret).then_some(-ret as i32)
 }

@@ -65,8 +65,10 @@ mod signals;
 mod thread;
 mod user_dispatch;
 
+#[cfg(test)]
+pub(crate) use error::errno_of;
 use error::pt;
-pub use error::{errno_of, InjectError};
+pub use error::InjectError;
 use filters::*;
 use rseq::rseq_abort_target;
 #[cfg(test)]
@@ -144,7 +146,6 @@ struct Session {
     scratch_top: Option<u64>,
     scratch_used: u64,
     saved_mem: Vec<(u64, Vec<u8>)>,
-    calls: u64,
 }
 
 /// Runs syscalls in a stopped target. Made by [`StoppedProcess::injector`]; dropping it (or
@@ -165,7 +166,8 @@ impl StoppedProcess {
     }
 
     /// The same, on thread `tid` (which must be stopped by our interrupt or a group stop).
-    pub fn injector_on(&mut self, tid: i32) -> Result<Injector<'_>, InjectError> {
+    #[cfg(test)]
+    pub(crate) fn injector_on(&mut self, tid: i32) -> Result<Injector<'_>, InjectError> {
         Injector::new(self, Some(tid))
     }
 }
@@ -219,7 +221,6 @@ impl<'a> Injector<'a> {
             scratch_top: None,
             scratch_used: 0,
             saved_mem: Vec::new(),
-            calls: 0,
         };
         let mut inj = Injector {
             p,
@@ -246,18 +247,9 @@ impl<'a> Injector<'a> {
         Ok(())
     }
 
-    /// The thread the calls run on.
-    pub fn tid(&self) -> i32 {
-        self.s.as_ref().map_or(0, |s| s.tid)
-    }
-
-    /// Address of the syscall instruction used.
-    pub fn syscall_insn(&self) -> u64 {
-        self.s.as_ref().map_or(0, |s| s.insn)
-    }
-
     /// Whether the thread's seccomp filters are suspended for our calls.
-    pub fn seccomp_suspended(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn seccomp_suspended(&self) -> bool {
         self.s
             .as_ref()
             .is_some_and(|s| matches!(s.filters, Filters::Suspended))
@@ -265,7 +257,7 @@ impl<'a> Injector<'a> {
 
     /// Whether the thread's seccomp filters would let `nr(args)` run as made (always, when it has
     /// none or they are suspended). Nothing is run.
-    pub fn permits(&self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
+    pub(crate) fn permits(&self, nr: i64, args: [u64; 6]) -> Result<(), InjectError> {
         let s = self.s.as_ref().ok_or(InjectError::Finished)?;
         permits(s, nr, args)
     }
@@ -273,7 +265,7 @@ impl<'a> Injector<'a> {
     /// Run one syscall in the target; the raw kernel result (-errno on error). Only calls that
     /// do not block (close, close_range, dup3, openat of a device such as /dev/null); each is
     /// bounded by [`CALL_DEADLINE`], and refused unless the thread's seccomp filters permit it.
-    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
+    pub(crate) fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
         let pid = self.p.pid();
         let s = self.session()?;
         if let Some(why) = &s.adrift {
@@ -304,7 +296,13 @@ impl<'a> Injector<'a> {
     }
 
     /// close_range(first, last, flags): every fd from `first` to `last` inclusive.
-    pub fn close_range(&mut self, first: u32, last: u32, flags: u32) -> Result<i64, InjectError> {
+    #[cfg(test)]
+    pub(crate) fn close_range(
+        &mut self,
+        first: u32,
+        last: u32,
+        flags: u32,
+    ) -> Result<i64, InjectError> {
         self.syscall(
             arch::nr::CLOSE_RANGE,
             [first.into(), last.into(), flags.into(), 0, 0, 0],
@@ -312,7 +310,8 @@ impl<'a> Injector<'a> {
     }
 
     /// dup3(old, new, flags). Note: EINVAL when `old == new` (dup2 would succeed).
-    pub fn dup3(&mut self, old: i32, new: i32, flags: i32) -> Result<i64, InjectError> {
+    #[cfg(test)]
+    pub(crate) fn dup3(&mut self, old: i32, new: i32, flags: i32) -> Result<i64, InjectError> {
         self.syscall(
             arch::nr::DUP3,
             [old as u64, new as u64, flags as u64, 0, 0, 0],
@@ -322,7 +321,7 @@ impl<'a> Injector<'a> {
     /// openat(AT_FDCWD, path, flags, mode). The path is taken from where the target's libraries
     /// already carry it (read-only memory: glibc has "/dev/null"), so nothing is written; only
     /// where none does is it placed in scratch memory (restored later).
-    pub fn open(&mut self, path: &str, flags: i32, mode: u32) -> Result<i64, InjectError> {
+    pub(crate) fn open(&mut self, path: &str, flags: i32, mode: u32) -> Result<i64, InjectError> {
         let mut bytes = path.as_bytes().to_vec();
         if bytes.contains(&0) {
             return Err(InjectError::Unexpected("NUL in path".into()));
@@ -346,24 +345,10 @@ impl<'a> Injector<'a> {
         )
     }
 
-    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), InjectError> {
-        let s = self.s.as_ref().ok_or(InjectError::Finished)?;
-        s.mem
-            .read_exact_at(buf, addr)
-            .map_err(|source| InjectError::Memory { addr, source })
-    }
-
-    /// Write target memory. The caller restores it; [`Injector::push_scratch`] does that itself.
-    pub fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), InjectError> {
-        let s = self.session()?;
-        s.mem
-            .write_all_at(data, addr)
-            .map_err(|source| InjectError::Memory { addr, source })
-    }
-
     /// The top of the scratch area: an address on the injecting thread's stack, far below its
     /// stack pointer, that nothing uses while the thread is stopped. Data goes *below* it.
-    pub fn stack_scratch(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn stack_scratch(&self) -> u64 {
         self.s
             .as_ref()
             .and_then(|s| s.base)
@@ -372,7 +357,7 @@ impl<'a> Injector<'a> {
 
     /// Copy `data` into scratch memory in the target and return its address; the bytes it
     /// replaced are put back when the injector finishes. At most 4 KiB in all.
-    pub fn push_scratch(&mut self, data: &[u8]) -> Result<u64, InjectError> {
+    pub(crate) fn push_scratch(&mut self, data: &[u8]) -> Result<u64, InjectError> {
         let pid = self.p.pid();
         let s = self.session()?;
         let top = match s.scratch_top {
@@ -401,11 +386,6 @@ impl<'a> Injector<'a> {
             .map_err(|source| InjectError::Memory { addr, source })?;
         s.scratch_used = used;
         Ok(addr)
-    }
-
-    /// How many calls ran.
-    pub fn calls(&self) -> u64 {
-        self.s.as_ref().map_or(0, |s| s.calls)
     }
 
     /// Restore the thread now, reporting problems (dropping does the same silently).
@@ -578,7 +558,6 @@ fn run_call(s: &mut Session, nr: i64, args: [u64; 6]) -> Result<i64, InjectError
                         resume(tid, Resume::Syscall, 0).map_err(pt("SYSCALL"))?;
                     }
                     SyscallStop::Exit { rval } if began => {
-                        s.calls += 1;
                         dispatch_back(s)?;
                         if !interrupted && !arch::REWINDS_BEFORE_STOP {
                             // The call ran: its result stands whatever happens next. A thread
