@@ -11,9 +11,9 @@
 use super::ffi;
 use super::libproc;
 use super::logic;
-use super::mach;
 use super::scan::Devfs;
 use super::target::{self, Target};
+use super::task::ports;
 use super::watchers;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Holder, Snapshot};
@@ -206,10 +206,10 @@ pub fn watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
     let mut w = kqueue_watchers(pid, fds);
     // only root gets task ports of other processes; a refusal is no news (SIP, platform binary)
     let task = target::is_root()
-        .then(|| mach::task_for_pid(pid).ok())
+        .then(|| ports::task_for_pid(pid).ok())
         .flatten();
     if let Some(task) = task {
-        if mach::pid_of(&task) == Some(pid) {
+        if ports::pid_of(&task) == Some(pid) {
             let waits = watchers::waits(&task, fds, None);
             for (fd, labels) in waits.by_fd {
                 w.by_fd.entry(fd).or_default().extend(labels);

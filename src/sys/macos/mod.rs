@@ -12,37 +12,33 @@
 //! sentinel, catch that fault on an exception port of ours, read the result and terminate the
 //! thread. No code is injected (the hardened runtime would forbid it anyway), and of the app's
 //! memory only the stack we allocate there is written — plus, when a call fails, libc's legacy
-//! global `errno` (inject.rs).
+//! global `errno` (task/thread.rs).
 //!
 //! macOS refuses task ports for hardened-runtime apps while System Integrity Protection is on,
 //! even to root: that case is reported plainly (`logic::task_port_refusal`) with what the user
 //! can do, and the census and dry runs keep working.
 //!
-//! Layout: `ffi` (kernel structures, fixed-width), `logic` (pure decisions and messages) and
-//! `arch` (thread states) build on every OS so their tests run on Linux; the rest is macOS only.
+//! Layout: the engine (ports, the guardian, the suspension, our thread) is the `task/` folder;
+//! `reap.rs` is the protocol that drives it, one function per step. `ffi` (kernel structures,
+//! fixed-width), `logic` (pure decisions and messages), `arch` (thread states) and the guardian's
+//! log build on every OS so their tests run on Linux; the rest is macOS only.
 
 // On other systems only the tests use the layouts and pure logic.
 #![cfg_attr(not(target_os = "macos"), allow(dead_code))]
 
 pub mod arch;
 pub mod ffi;
-pub mod guardian_log;
 pub mod logic;
 pub mod preflight;
+pub mod task;
 pub mod waits;
 
 #[cfg(target_os = "macos")]
-mod guardian;
-#[cfg(target_os = "macos")]
 mod info;
-#[cfg(target_os = "macos")]
-mod inject;
 #[cfg(target_os = "macos")]
 mod inspect;
 #[cfg(target_os = "macos")]
 mod libproc;
-#[cfg(target_os = "macos")]
-mod mach;
 #[cfg(target_os = "macos")]
 mod reap;
 #[cfg(target_os = "macos")]
@@ -50,14 +46,10 @@ mod resume;
 #[cfg(target_os = "macos")]
 mod scan;
 #[cfg(target_os = "macos")]
-mod suspension;
-#[cfg(target_os = "macos")]
 mod target;
 #[cfg(target_os = "macos")]
 mod watchers;
 
-#[cfg(target_os = "macos")]
-pub use guardian::run_if_guardian;
 #[cfg(target_os = "macos")]
 pub use info::{process_info, start_time};
 #[cfg(target_os = "macos")]
@@ -70,3 +62,5 @@ pub use resume::resume;
 pub use scan::snapshot;
 #[cfg(target_os = "macos")]
 pub use target::{open as open_target, processes_named, release_refusals, Target};
+#[cfg(target_os = "macos")]
+pub use task::guardian::run_if_guardian;

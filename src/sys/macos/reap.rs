@@ -7,7 +7,7 @@
 //!    still be our pid with the same start time. The target must be plain arm64/x86_64 like us
 //!    (not arm64e, not Rosetta), map the same dyld shared cache at the same slide, and hold
 //!    libsystem's close/dup2 at our addresses with our bytes.
-//! 3. The guardian (guardian.rs, its own executable `ptyreap-guardian`), a process that removes
+//! 3. The guardian (task/guardian.rs, its own executable `ptyreap-guardian`), a process that removes
 //!    our thread and resumes the app should ptyreap die inside the window; then our one thread,
 //!    created held and announced to the guardian at once (with its stack), its exception port
 //!    and a parked state set — all before anything of the app's is suspended. A task suspended
@@ -18,7 +18,7 @@
 //!    master, not guarded; a stale one still silent; a pair's slave fds still that PTY's slave;
 //!    the merge keeper and the /dev/null source still what they were; no kqueue, workloop or
 //!    select()/poll() thread of the app watching it. Anything else: `changed`.
-//! 6. Each release is one call on our thread (`inject.rs`), with a time-out, after re-listing
+//! 6. Each release is one call on our thread (`task/thread.rs`), with a time-out, after re-listing
 //!    the app's threads (the kernel starts workqueue threads unsuspended). A time-out stops the
 //!    remaining calls; a close() left waiting behind the app's own reader is re-checked after.
 //! 7. The app's threads are resumed (the guard does it on every path), our thread terminated,
@@ -28,16 +28,16 @@
 //! on its way back to user space: the app runs none of its own code while we work.
 
 use super::ffi;
-use super::guardian::Guardian;
-use super::guardian_log::Record;
-use super::inject::{CallError, Function, Injector};
 use super::inspect::slave_last_io;
 use super::libproc;
 use super::logic::{self, Arch, TargetCode};
-use super::mach;
 use super::scan::Devfs;
-use super::suspension::Suspension;
 use super::target::{self, Target};
+use super::task::guardian::Guardian;
+use super::task::guardian_log::Record;
+use super::task::ports;
+use super::task::suspension::Suspension;
+use super::task::thread::{CallError, Function, Injector};
 use crate::exit_code::UserError;
 use crate::model::{Action, MasterRow, Method, Outcome, Verdict};
 use crate::reap;
@@ -50,43 +50,107 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long suspending every thread may take.
 const SUSPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The protocol, one call per step (the module doc has the steps).
 pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserError> {
     let planned = reap::planned(rows);
     if planned.is_empty() {
         reap::finish_kept(rows);
         return Ok(Duration::ZERO);
     }
-    // 1. platform binaries and hardened tasks are refused before anything (see preflight.rs):
-    // setting a thread state in them is fatal to ptyreap, with the app's threads suspended
+    // 1.
     if let Some(why) = target::refused_now(target) {
         return Err(UserError::failure(why));
     }
     let _deferred = SignalDeferral::new().map_err(|e| {
         UserError::failure(format!("cannot defer signals: {e}; nothing was changed"))
     })?;
-    let nothing = |why: String| {
-        UserError::failure(format!(
-            "pid {} ({}): {why}; nothing was changed",
-            target.pid, target.name
-        ))
-    };
-
-    // 2. the task port, pinned to the pid and start time, and whether a call can run in it
+    // 2.
     let task = target.task_port()?;
+    let calls = calls_possible(target, &task)?;
+    let sources = Sources::find(target.pid, rows, &planned);
+    let planned: Vec<usize> = planned
+        .into_iter()
+        .filter(|&i| rows[i].result.is_none())
+        .collect();
+    if planned.is_empty() {
+        reap::finish_kept(rows);
+        return Ok(Duration::ZERO);
+    }
+    // 3. the guardian first (it outlives us: dropped last, it is told all was put back)
+    let mut guardian = Guardian::start(target.pid).map_err(|why| nothing(target, why))?;
+    let mut injector = our_thread(target, &task, &calls, &mut guardian)?;
+    let devfs = Devfs::read();
+    // 4.
+    let mut suspension = Suspension::all(
+        &task,
+        injector.thread().name(),
+        &mut guardian,
+        SUSPEND_TIMEOUT,
+    )
+    .map_err(|why| nothing(target, why))?;
+    if !target.still_alive() {
+        drop(suspension);
+        return Err(target::no_such(target.pid));
+    }
+    test_hooks::suspended();
+    // 5.
+    let go = reverify(
+        target.pid, &task, &injector, rows, &planned, &sources, &devfs,
+    );
+    test_hooks::close_invalid_fd(&mut injector, calls.close);
+    // 6.
+    let mut window = Window {
+        task: &task,
+        injector: &mut injector,
+        suspension: &mut suspension,
+        guardian: &mut guardian,
+    };
+    let may_complete = release(&mut window, rows, &go, &calls, &sources);
+    // 7. resume (after a last re-listing), release every port, check from outside
+    let _ = suspension.catch_up(&task, &mut guardian);
+    let stopped_for = suspension.resume();
+    drop(injector);
+    drop(guardian);
+    drop(task);
+    verify_after(target.pid, rows, &sources, &devfs);
+    recheck_pending(target.pid, rows, &may_complete, &devfs);
+    reap::finish_kept(rows);
+    Ok(stopped_for)
+}
+
+/// A refusal before anything of the app's was touched.
+fn nothing(target: &Target, why: String) -> UserError {
+    UserError::failure(format!(
+        "pid {} ({}): {why}; nothing was changed",
+        target.pid, target.name
+    ))
+}
+
+/// libsystem's functions our thread calls, at our addresses (the same in the target: step 2).
+struct Calls {
+    close: Function,
+    dup2: Function,
+}
+
+/// Step 2: whether a call can run in the task at all: not stopped or suspended as a whole, plain
+/// arm64/x86_64 like us, the same dyld shared cache at the same slide; then libsystem's close
+/// and dup2 as ours.
+fn calls_possible(target: &Target, task: &ports::Port) -> Result<Calls, UserError> {
     let info = libproc::bsd_info(target.pid).map_err(|_| target::no_such(target.pid))?;
     if info.pbi_status == 4 {
         // SSTOP: the task is suspended as a whole, so a thread of ours would never run
         return Err(nothing(
+            target,
             "it is stopped (SIGSTOP or a debugger): continue it first (kill -CONT)".into(),
         ));
     }
     // suspended as a task (a debugger, pid_suspend, App Nap's freezer) without SSTOP: a thread
     // created in it is held too, and the first call would only time out
-    if let Some(why) = logic::task_suspended_refusal(mach::task_suspend_count(&task)) {
-        return Err(nothing(why));
+    if let Some(why) = logic::task_suspended_refusal(ports::task_suspend_count(task)) {
+        return Err(nothing(target, why));
     }
     let arch = libproc::arch_info(target.pid)
-        .map_err(|e| nothing(format!("cannot read its architecture: {e}")))?;
+        .map_err(|e| nothing(target, format!("cannot read its architecture: {e}")))?;
     let code = TargetCode {
         cputype: arch.p_cputype,
         cpusubtype: arch.p_cpusubtype,
@@ -97,28 +161,39 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
         return Err(UserError::failure(why));
     }
     // SAFETY: reads our own task port's name (not a right we must release).
-    let ours = mach::shared_cache(unsafe { mach2::traps::mach_task_self() });
-    let theirs = mach::shared_cache(task.name());
+    let ours = ports::shared_cache(unsafe { mach2::traps::mach_task_self() });
+    let theirs = ports::shared_cache(task.name());
     if let Some(why) = logic::shared_cache_mismatch(ours, theirs, target.pid, &target.name) {
         return Err(UserError::failure(why));
     }
-    let close = Function::ours(&[c"close$NOCANCEL", c"close"]).map_err(nothing)?;
-    let dup2 = Function::ours(&[c"dup2"]).map_err(nothing)?;
+    Ok(Calls {
+        close: Function::ours(&[c"close$NOCANCEL", c"close"]).map_err(|w| nothing(target, w))?,
+        dup2: Function::ours(&[c"dup2"]).map_err(|w| nothing(target, w))?,
+    })
+}
 
-    // the sources of dup2: the merge keeper and a /dev/null the target already has open
-    let keeper = reap::merge_target(rows);
-    let devnull_rdev = std::fs::metadata("/dev/null").map(|m| m.rdev() as u32).ok();
-    let wants_devnull = planned
-        .iter()
-        .any(|&i| rows[i].action == Action::Close(Method::Devnull));
-    let devnull = if wants_devnull {
-        find_devnull(target.pid, devnull_rdev)
-    } else {
-        None
-    };
-    if wants_devnull && devnull.is_none() {
-        for &i in &planned {
-            if rows[i].action == Action::Close(Method::Devnull) {
+/// The sources of dup2: the merge target the plan named, and a /dev/null the target already
+/// has open (ptyreap writes no memory in it to open one).
+struct Sources {
+    merge_onto: Option<i32>,
+    devnull: Option<i32>,
+    devnull_rdev: Option<u32>,
+}
+
+impl Sources {
+    /// Found before the window; devnull rows fail here when the target has no /dev/null open.
+    fn find(pid: i32, rows: &mut [MasterRow], planned: &[usize]) -> Sources {
+        let devnull_rdev = std::fs::metadata("/dev/null").map(|m| m.rdev() as u32).ok();
+        let is_devnull_row = |r: &MasterRow| r.action == Action::Close(Method::Devnull);
+        let wants_devnull = planned.iter().any(|&i| is_devnull_row(&rows[i]));
+        let devnull = wants_devnull
+            .then(|| find_devnull(pid, devnull_rdev))
+            .flatten();
+        if wants_devnull && devnull.is_none() {
+            for &i in planned {
+                if !is_devnull_row(&rows[i]) {
+                    continue;
+                }
                 reap::settle(
                     &mut rows[i],
                     Outcome::Failed,
@@ -127,87 +202,92 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
                 );
             }
         }
+        Sources {
+            merge_onto: reap::merge_target(rows),
+            devnull,
+            devnull_rdev,
+        }
     }
-    let planned: Vec<usize> = planned
-        .into_iter()
-        .filter(|&i| rows[i].result.is_none())
-        .collect();
-    if planned.is_empty() {
-        reap::finish_kept(rows);
-        return Ok(Duration::ZERO);
-    }
+}
 
-    // 3. the guardian first (it outlives us: dropped last, it is told all was put back), then
-    // our thread, created held with its exception port and a parked state, before anything of
-    // the app's is suspended
-    let mut guardian = Guardian::start(target.pid).map_err(nothing)?;
-    let injector = Injector::new(
-        &task,
+/// Step 3, after the guardian: our one thread, created held with its exception port and a
+/// parked state and announced to the guardian at once, before anything of the app's is
+/// suspended.
+fn our_thread<'t>(
+    target: &Target,
+    task: &'t ports::Port,
+    calls: &Calls,
+    guardian: &mut Guardian,
+) -> Result<Injector<'t>, UserError> {
+    Injector::new(
+        task,
         (target.pid, &target.name),
-        &[close, dup2],
+        &[calls.close, calls.dup2],
         CALL_TIMEOUT,
         &mut |thread_id, stack| guardian.announce(Record::Ours { thread_id, stack }),
-    );
-    let mut injector = injector.map_err(nothing)?;
-    let devfs = Devfs::read();
-
-    // 4. suspend the app's threads (not ours), each announced to the guardian first
-    let mut suspension = Suspension::all(
-        &task,
-        injector.thread().name(),
-        &mut guardian,
-        SUSPEND_TIMEOUT,
     )
-    .map_err(nothing)?;
-    if !target.still_alive() {
-        drop(suspension);
-        return Err(target::no_such(target.pid));
-    }
-    test_hooks::suspended();
+    .map_err(|why| nothing(target, why))
+}
 
-    // 5. re-verify inside the suspension
+/// Step 5, inside the suspension: the planned rows still as planned (the rest settled
+/// `changed`), then the merge target and the /dev/null source still what they were.
+fn reverify(
+    pid: i32,
+    task: &ports::Port,
+    injector: &Injector<'_>,
+    rows: &mut [MasterRow],
+    planned: &[usize],
+    sources: &Sources,
+    devfs: &Devfs,
+) -> Vec<usize> {
     let mut go: Vec<usize> = Vec::new();
-    for &i in &planned {
-        match verify(target.pid, &rows[i], &devfs) {
+    for &i in planned {
+        match verify(pid, &rows[i], devfs) {
             Ok(()) => go.push(i),
             Err(why) => reap::settle(&mut rows[i], Outcome::Changed, why),
         }
     }
-    hold_back_watched(target.pid, rows, &mut go);
-    super::watchers::hold_back_waited(&task, injector.thread().name(), rows, &mut go);
-    if let Some(fd) = keeper {
-        if let Err(why) = verify_keeper(target.pid, fd, rows, &devfs) {
+    hold_back_watched(pid, rows, &mut go);
+    super::watchers::hold_back_waited(task, injector.thread().name(), rows, &mut go);
+    if let Some(fd) = sources.merge_onto {
+        if let Err(why) = verify_keeper(pid, fd, rows, devfs) {
             reap::withdraw(rows, &mut go, Method::Merge, &why);
         }
     }
-    if let Some(fd) = devnull {
-        if !is_devnull(target.pid, fd, devnull_rdev) {
+    if let Some(fd) = sources.devnull {
+        if !is_devnull(pid, fd, sources.devnull_rdev) {
             let why = format!("fd {fd} of the target is no longer /dev/null");
             reap::withdraw(rows, &mut go, Method::Devnull, &why);
         }
     }
+    go
+}
 
-    // The macOS workflow's check of the error path (a close that fails faults inside libc, and
-    // the same thread must then serve the real calls): never set outside it.
-    if std::env::var_os("PTYREAP_TEST_CLOSE_INVALID_FD").is_some() {
-        let bad = i32::MAX;
-        let r = injector.call(close, &[bad as u64]);
-        eprintln!(
-            "ptyreap: test: close({bad}) in the target: {}",
-            match r {
-                Ok(v) => format!("returned {}", v as i32),
-                Err(e) => e.to_string(),
-            }
-        );
-    }
+/// What steps 6 and 7 work with while the app is suspended.
+struct Window<'w, 't> {
+    task: &'w ports::Port,
+    injector: &'w mut Injector<'t>,
+    suspension: &'w mut Suspension,
+    guardian: &'w mut Guardian,
+}
 
-    // 6. release, one call per fd (and per slave fd of a pair), on our one thread
+/// Step 6: one call per fd (and per slave fd of a pair) on our one thread, after re-listing the
+/// app's threads each time; the first call that times out or is refused stops the rest. Returns
+/// the rows whose close() may still complete once the app runs (it waited behind the app's own
+/// call on the fd).
+fn release(
+    w: &mut Window<'_, '_>,
+    rows: &mut [MasterRow],
+    go: &[usize],
+    calls: &Calls,
+    sources: &Sources,
+) -> Vec<usize> {
     let mut stop_all: Option<String> = None;
     let mut may_complete: Vec<usize> = Vec::new();
-    for &i in &go {
+    for &i in go {
         if stop_all.is_none() {
             // threads the kernel started meanwhile (workqueue threads appear unsuspended)
-            if let Err(why) = suspension.catch_up(&task, &mut guardian) {
+            if let Err(why) = w.suspension.catch_up(w.task, w.guardian) {
                 stop_all = Some(why);
             }
         }
@@ -219,72 +299,83 @@ pub fn reap(target: &Target, rows: &mut [MasterRow]) -> Result<Duration, UserErr
             );
             continue;
         }
-        let row = &rows[i];
-        let method = row.action.method().unwrap_or(Method::Close);
-        let fds = released_fds(row);
-        let mut failure: Option<String> = None;
-        for fd in fds {
-            let result = match method {
-                Method::Close => injector.call(close, &[fd as u64]),
-                Method::Merge => match keeper {
-                    Some(k) => injector.call(dup2, &[k as u64, fd as u64]),
-                    None => Err(CallError::Mach("no keeper to merge onto".into())),
-                },
-                Method::Devnull => match devnull {
-                    Some(n) => injector.call(dup2, &[n as u64, fd as u64]),
-                    None => Err(CallError::Mach("no /dev/null source".into())),
-                },
-            };
-            // close returns 0, dup2 the new fd (the int in the low 32 bits of the register)
-            let expected = if method == Method::Close { 0 } else { fd };
-            match result {
-                Ok(v) if v as i32 == expected => {}
-                Ok(v) => {
-                    failure = Some(format!("{}({fd}) returned {}", fn_name(method), v as i32));
-                    break;
-                }
-                Err(CallError::TimedOut) => {
-                    // close() waits in fileproc_drain for a thread of the app inside a read or
-                    // ioctl on this fd: it finishes by itself once that returns
-                    let why = format!(
-                        "{}({fd}) was still waiting for a thread of the app inside a call on \
-                         this fd when ptyreap's time ran out",
-                        fn_name(method)
-                    );
-                    stop_all = Some(why.clone());
-                    failure = Some(why);
+        let method = rows[i].action.method().unwrap_or(Method::Close);
+        let failure = release_row(w.injector, &rows[i], method, calls, sources);
+        if let Some((why, stops)) = &failure {
+            match stops {
+                Stops::TimedOut => {
                     may_complete.push(i);
-                    break;
-                }
-                Err(e @ (CallError::Refused(_) | CallError::Mach(_))) => {
-                    let why = format!("{}({fd}): {e}", fn_name(method));
                     stop_all = Some(why.clone());
-                    failure = Some(why);
-                    break;
                 }
-                Err(e) => {
-                    failure = Some(format!("{}({fd}): {e}", fn_name(method)));
-                    break;
-                }
+                Stops::All => stop_all = Some(why.clone()),
+                Stops::ThisRow => {}
             }
         }
-        let row = &mut rows[i];
         match failure {
-            None => row.result = Some(Outcome::Closed),
-            Some(why) => reap::settle(row, Outcome::Failed, why),
+            None => rows[i].result = Some(Outcome::Closed),
+            Some((why, _)) => reap::settle(&mut rows[i], Outcome::Failed, why),
         }
     }
+    may_complete
+}
 
-    // 7. resume (after a last re-listing), release, check from outside
-    let _ = suspension.catch_up(&task, &mut guardian);
-    let stopped_for = suspension.resume();
-    drop(injector);
-    drop(guardian);
-    drop(task);
-    verify_after(target.pid, rows, keeper, devnull_rdev, &devfs);
-    recheck_pending(target.pid, rows, &may_complete, &devfs);
-    reap::finish_kept(rows);
-    Ok(stopped_for)
+/// How far a failed call's consequences reach.
+enum Stops {
+    /// This row only (the call returned something else).
+    ThisRow,
+    /// Every call after it (our thread or its port cannot be trusted to serve another).
+    All,
+    /// Every call after it, and this row's call may still complete once the app runs.
+    TimedOut,
+}
+
+/// The calls for one row; None when each returned what it should.
+fn release_row(
+    injector: &mut Injector<'_>,
+    row: &MasterRow,
+    method: Method,
+    calls: &Calls,
+    sources: &Sources,
+) -> Option<(String, Stops)> {
+    for fd in released_fds(row) {
+        let result = match method {
+            Method::Close => injector.call(calls.close, &[fd as u64]),
+            Method::Merge => match sources.merge_onto {
+                Some(k) => injector.call(calls.dup2, &[k as u64, fd as u64]),
+                None => Err(CallError::Mach("no keeper to merge onto".into())),
+            },
+            Method::Devnull => match sources.devnull {
+                Some(n) => injector.call(calls.dup2, &[n as u64, fd as u64]),
+                None => Err(CallError::Mach("no /dev/null source".into())),
+            },
+        };
+        // close returns 0, dup2 the new fd (the int in the low 32 bits of the register)
+        let expected = if method == Method::Close { 0 } else { fd };
+        let name = fn_name(method);
+        match result {
+            Ok(v) if v as i32 == expected => {}
+            Ok(v) => {
+                return Some((
+                    format!("{name}({fd}) returned {}", v as i32),
+                    Stops::ThisRow,
+                ))
+            }
+            // close() waits in fileproc_drain for a thread of the app inside a read or ioctl
+            // on this fd: it finishes by itself once that returns
+            Err(CallError::TimedOut) => {
+                let why = format!(
+                    "{name}({fd}) was still waiting for a thread of the app inside a call on \
+                     this fd when ptyreap's time ran out"
+                );
+                return Some((why, Stops::TimedOut));
+            }
+            Err(e @ (CallError::Refused(_) | CallError::Mach(_))) => {
+                return Some((format!("{name}({fd}): {e}"), Stops::All))
+            }
+            Err(e) => return Some((format!("{name}({fd}): {e}"), Stops::ThisRow)),
+        }
+    }
+    None
 }
 
 /// Inside the suspension: a planned fd (or a slave fd released with it) that a kqueue or
@@ -335,7 +426,8 @@ pub(super) fn hold_back(
 
 /// Test-only hooks of the macOS workflow (.github/workflows/macos.yml), inert unless their
 /// variables are set: a marker file written once the app's threads are all suspended, and a
-/// hold inside the window, so that its kill test can kill ptyreap there for certain.
+/// hold inside the window, so that its kill test can kill ptyreap there for certain; a close of
+/// an invalid fd before the releases.
 mod test_hooks {
     pub fn suspended() {
         if let Some(path) = std::env::var_os("PTYREAP_TEST_SUSPENDED_MARKER") {
@@ -347,6 +439,21 @@ mod test_hooks {
                 .min(10_000);
             std::thread::sleep(std::time::Duration::from_millis(hold));
         }
+    }
+
+    /// The workflow's check of the error path: a close that fails faults inside libc, and the
+    /// same thread must then serve the real calls.
+    pub fn close_invalid_fd(injector: &mut super::Injector<'_>, close: super::Function) {
+        if std::env::var_os("PTYREAP_TEST_CLOSE_INVALID_FD").is_none() {
+            return;
+        }
+        let bad = i32::MAX;
+        let r = injector.call(close, &[bad as u64]);
+        let what = match r {
+            Ok(v) => format!("returned {}", v as i32),
+            Err(e) => e.to_string(),
+        };
+        crate::output::message(format_args!("test: close({bad}) in the target: {what}"));
     }
 }
 
@@ -475,14 +582,9 @@ fn is_devnull(pid: i32, fd: i32, rdev: Option<u32>) -> bool {
 
 /// From outside, after resuming: a closed fd must be gone (or no longer that PTY: the app may
 /// already have reused the number), a merged one now the keeper's PTY, a devnull one /dev/null.
-fn verify_after(
-    pid: i32,
-    rows: &mut [MasterRow],
-    keeper: Option<i32>,
-    devnull_rdev: Option<u32>,
-    devfs: &Devfs,
-) {
-    let keeper_pty = keeper.and_then(|k| {
+fn verify_after(pid: i32, rows: &mut [MasterRow], sources: &Sources, devfs: &Devfs) {
+    let devnull_rdev = sources.devnull_rdev;
+    let keeper_pty = sources.merge_onto.and_then(|k| {
         rows.iter()
             .find(|r| r.evidence.fd == k)
             .and_then(|r| r.evidence.pty)

@@ -9,14 +9,14 @@
 //! suspended as a whole is not touched: that suspension is not ptyreap's.
 
 use super::logic::{self, ResumeStep};
-use super::mach::{self, Port};
 use super::target;
+use super::task::ports::{self, Port};
 use crate::exit_code::{ExitCode, UserError};
 
 pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
     let target = target::open(pid)?;
     let task = target.task_port()?;
-    let threads = mach::threads(&task).map_err(|kr| {
+    let threads = ports::threads(&task).map_err(|kr| {
         UserError::failure(format!(
             "cannot list the threads of pid {pid} ({}): {}; nothing was changed",
             target.name,
@@ -25,16 +25,16 @@ pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
     })?;
     let (mut resumed, mut terminated) = (0, 0);
     for t in &threads {
-        let Some(count) = mach::suspend_count(t) else {
+        let Some(count) = ports::suspend_count(t) else {
             continue; // exited meanwhile
         };
-        let Ok(state) = mach::thread_state(t) else {
+        let Ok(state) = ports::thread_state(t) else {
             continue;
         };
         match logic::resume_step(count, pc_of(&state), returns_to(&task, &state)) {
             ResumeStep::Terminate => {
                 // SAFETY: a thread the reaper created in the app and left behind.
-                if unsafe { mach::thread_terminate(t.name()) } == 0 {
+                if unsafe { ports::thread_terminate(t.name()) } == 0 {
                     terminated += 1;
                 }
             }
@@ -51,7 +51,7 @@ pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
         "{}",
         logic::resume_summary(pid, &target.name, resumed, terminated)
     );
-    if let Some(n @ 1..) = mach::task_suspend_count(&task) {
+    if let Some(n @ 1..) = ports::task_suspend_count(&task) {
         println!(
             "the task itself is also suspended ({n} time(s), by a debugger or pid_suspend, not \
              by ptyreap): that debugger resumes it"
@@ -61,20 +61,20 @@ pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(target_arch = "aarch64")]
-fn pc_of(state: &mach::state::State) -> u64 {
+fn pc_of(state: &ports::state::State) -> u64 {
     state.pc
 }
 #[cfg(target_arch = "aarch64")]
-fn returns_to(_: &Port, state: &mach::state::State) -> Option<u64> {
+fn returns_to(_: &Port, state: &ports::state::State) -> Option<u64> {
     Some(state.lr)
 }
 #[cfg(target_arch = "x86_64")]
-fn pc_of(state: &mach::state::State) -> u64 {
+fn pc_of(state: &ports::state::State) -> u64 {
     state.rip
 }
 #[cfg(target_arch = "x86_64")]
-fn returns_to(task: &Port, state: &mach::state::State) -> Option<u64> {
+fn returns_to(task: &Port, state: &ports::state::State) -> Option<u64> {
     let mut word = [0u8; 8];
-    mach::read_memory(task, state.rsp, &mut word).ok()?;
+    ports::read_memory(task, state.rsp, &mut word).ok()?;
     Some(u64::from_le_bytes(word))
 }

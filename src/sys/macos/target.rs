@@ -29,9 +29,9 @@ impl Target {
 impl Target {
     /// Its task port, checked to still be this process (a pid may be reused meanwhile); a
     /// refusal explained (`logic::task_port_refusal`), a process gone said so.
-    pub fn task_port(&self) -> Result<super::mach::Port, UserError> {
+    pub fn task_port(&self) -> Result<super::task::ports::Port, UserError> {
         use super::logic;
-        let task = match super::mach::task_for_pid(self.pid) {
+        let task = match super::task::ports::task_for_pid(self.pid) {
             Ok(task) => task,
             Err(_) if !self.still_alive() => return Err(no_such(self.pid)),
             Err(kr) => {
@@ -50,7 +50,7 @@ impl Target {
                 return Err(UserError::failure(why));
             }
         };
-        if super::mach::pid_of(&task) != Some(self.pid) || !self.still_alive() {
+        if super::task::ports::pid_of(&task) != Some(self.pid) || !self.still_alive() {
             return Err(no_such(self.pid));
         }
         Ok(task)

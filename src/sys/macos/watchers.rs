@@ -14,13 +14,13 @@
 
 use super::arch;
 use super::logic::kern_name;
-use super::mach::{self, Port};
+use super::task::ports::{self, Port};
 use super::waits::{self, Syscall, WaitCall};
 use crate::model::MasterRow;
-use mach::state::State;
 use mach2::kern_return::KERN_TERMINATED;
 use mach2::message::MACH_SEND_INVALID_DEST;
 use mach2::port::mach_port_t;
+use ports::state::State;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(target_arch = "aarch64")]
@@ -45,7 +45,7 @@ pub fn waits(task: &Port, fds: &BTreeSet<i32>, ours: Option<mach_port_t>) -> Thr
         return out;
     };
     let below = max.saturating_add(1);
-    let threads = match mach::threads(task) {
+    let threads = match ports::threads(task) {
         Ok(t) => t,
         Err(kr) => {
             out.unreadable = Some(format!(
@@ -134,13 +134,13 @@ fn thread_waits(
     thread: &Port,
     below: i32,
 ) -> Result<Option<(WaitCall, Vec<i32>)>, String> {
-    let state = match mach::thread_state(thread) {
+    let state = match ports::thread_state(thread) {
         Ok(s) => s,
         Err(KERN_TERMINATED | MACH_SEND_INVALID_DEST) => return Ok(None),
         Err(kr) => return Err(format!("thread_get_state: {}", kern_name(kr))),
     };
     let mut read =
-        |addr: u64, buf: &mut [u8]| mach::read_memory(task, addr, buf).map_err(kern_name);
+        |addr: u64, buf: &mut [u8]| ports::read_memory(task, addr, buf).map_err(kern_name);
     let Some(call) = syscall_of(&state) else {
         just_returned(&state, &mut read)?;
         return Ok(None);
@@ -176,5 +176,5 @@ fn syscall_of(state: &State) -> Option<Syscall> {
 /// The thread's system-wide id (THREAD_IDENTIFIER_INFO, what `sample` and lldb show), else its
 /// place in the task's list.
 fn thread_name(thread: &Port, index: usize) -> String {
-    mach::thread_id(thread).map_or_else(|| format!("#{}", index + 1), |id| id.to_string())
+    ports::thread_id(thread).map_or_else(|| format!("#{}", index + 1), |id| id.to_string())
 }

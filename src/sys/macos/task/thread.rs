@@ -18,17 +18,17 @@
 //!
 //! Safety of the addresses: the dyld shared cache is mapped at one slide per boot, so libsystem's
 //! functions sit at the same address in every process that maps the same cache; the caller checks
-//! that (`mach::shared_cache`: same UUID, same slide), and `Injector::new` checks that the
+//! that (`ports::shared_cache`: same UUID, same slide), and `Injector::new` checks that the
 //! function's first bytes in the target are ours. Not its protection: the shared cache is mapped
 //! into every task as one submap entry with `cur_prot` read-only (xnu
 //! osfmk/vm/vm_shared_region.c `vm_shared_region_enter`), and `mach_vm_region`'s basic info
 //! reports that entry's protection without descending into the submap (osfmk/vm/vm_map.c,
 //! `VM_REGION_BASIC_INFO_64`), so every libsystem function would read as non-executable.
 
-use super::arch;
-use super::ffi;
-use super::logic::{self, kern_name};
-use super::mach::{self, Port, ReceivePort, RemoteThread};
+use super::super::arch;
+use super::super::ffi;
+use super::super::logic::{self, kern_name};
+use super::ports::{self, Port, ReceivePort, RemoteThread};
 use mach2::kern_return::KERN_SUCCESS;
 use mach2::message::{
     mach_msg, mach_msg_destroy, mach_msg_header_t, MACH_RCV_MSG, MACH_RCV_TIMEOUT,
@@ -38,9 +38,9 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use logic::SENTINEL;
-const STACK_SIZE: u64 = mach::OUR_STACK_SIZE;
+const STACK_SIZE: u64 = ports::OUR_STACK_SIZE;
 
-use mach::state::{State, COUNT, FLAVOR};
+use ports::state::{State, COUNT, FLAVOR};
 
 /// How a call went wrong.
 #[derive(Debug)]
@@ -148,7 +148,7 @@ impl<'t> Injector<'t> {
         timeout: Duration,
         announce: &mut dyn FnMut(u64, u64) -> Result<(), String>,
     ) -> Result<Self, String> {
-        if mach::protection_at(task, SENTINEL)
+        if ports::protection_at(task, SENTINEL)
             .is_some_and(|prot| prot & mach2::vm_prot::VM_PROT_EXECUTE != 0)
         {
             return Err(format!(
@@ -159,7 +159,7 @@ impl<'t> Injector<'t> {
         // (the functions' protection is not checked: see the module's docs)
         for f in functions {
             let mut theirs = [0u8; 16];
-            mach::read_memory(task, f.addr, &mut theirs)
+            ports::read_memory(task, f.addr, &mut theirs)
                 .map_err(|kr| format!("cannot read {} in the target: {}", f.name, kern_name(kr)))?;
             // SAFETY: our own function's first 16 bytes (code pages are readable on macOS).
             let ours = unsafe { std::slice::from_raw_parts(f.addr as *const u8, 16) };
@@ -207,7 +207,7 @@ impl<'t> Injector<'t> {
             spent: None,
         };
         // Drop terminates the thread and frees the stack if this fails
-        let id = mach::thread_id(injector.thread.port())
+        let id = ports::thread_id(injector.thread.port())
             .ok_or_else(|| "cannot identify our thread in the target".to_string())?;
         announce(id, stack)?;
         // SAFETY: our thread; a send right of ours (copied by the call).
@@ -414,7 +414,7 @@ impl Drop for Injector<'_> {
 struct AlignedBuf([u8; ffi::EXC_MSG_BUFFER]);
 
 fn get_state(thread: &RemoteThread) -> Result<State, i32> {
-    mach::thread_state(thread.port())
+    ports::thread_state(thread.port())
 }
 
 #[cfg(target_arch = "aarch64")]

@@ -3,8 +3,8 @@
 //! that resumes them on drop — so no path out of the reaper, error or panic, leaves a port leaked
 //! or a thread of the app suspended.
 
-use super::ffi;
-use super::logic::SharedCache;
+use super::super::ffi;
+use super::super::logic::SharedCache;
 use mach2::kern_return::{kern_return_t, KERN_FAILURE, KERN_SUCCESS};
 use mach2::mach_types::{task_t, thread_act_t};
 use mach2::message::mach_msg_type_number_t;
@@ -187,14 +187,14 @@ pub fn threads(task: &Port) -> Result<Vec<Port>, kern_return_t> {
 /// another architecture are refused before).
 #[cfg(target_arch = "aarch64")]
 pub mod state {
-    use super::ffi;
+    use crate::sys::macos::ffi;
     pub const FLAVOR: i32 = ffi::ARM_THREAD_STATE64;
     pub const COUNT: u32 = ffi::ARM_THREAD_STATE64_COUNT;
     pub type State = ffi::ArmThreadState64;
 }
 #[cfg(target_arch = "x86_64")]
 pub mod state {
-    use super::ffi;
+    use crate::sys::macos::ffi;
     pub const FLAVOR: i32 = ffi::X86_THREAD_STATE64;
     pub const COUNT: u32 = ffi::X86_THREAD_STATE64_COUNT;
     pub type State = ffi::X86ThreadState64;

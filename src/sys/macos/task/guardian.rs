@@ -27,7 +27,7 @@
 //! acts as soon as the pipe ends.
 
 use super::guardian_log::{Log, Record};
-use super::mach::{self, Port};
+use super::ports::{self, Port};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -268,7 +268,7 @@ fn guard(pid: i32, log_read: OwnedFd, ready: OwnedFd) -> ! {
         // SAFETY: one byte from `b`.
         unsafe { libc::write(ready.as_raw_fd(), (&b as *const u8).cast(), 1) };
     };
-    let Ok(task) = mach::task_for_pid(pid) else {
+    let Ok(task) = ports::task_for_pid(pid) else {
         say(b'E');
         std::process::exit(1)
     };
@@ -297,28 +297,28 @@ fn guard(pid: i32, log_read: OwnedFd, ready: OwnedFd) -> ! {
 /// The reaper died inside the window: put the app back. Our thread first (terminated, then
 /// its stack freed), so that no fault of ours is left for the app's handlers once it runs.
 fn repair(task: &Port, log: &Log) {
-    let Ok(threads) = mach::threads(task) else {
+    let Ok(threads) = ports::threads(task) else {
         return; // the app itself is gone
     };
     let now: Vec<(u64, i32)> = threads
         .iter()
-        .filter_map(|t| Some((mach::thread_id(t)?, mach::suspend_count(t)?)))
+        .filter_map(|t| Some((ports::thread_id(t)?, ports::suspend_count(t)?)))
         .collect();
     let repairs = log.repairs(&now);
     let with_id = |wanted: &[u64]| {
         threads
             .iter()
-            .filter(|t| mach::thread_id(t).is_some_and(|id| wanted.contains(&id)))
+            .filter(|t| ports::thread_id(t).is_some_and(|id| wanted.contains(&id)))
             .collect::<Vec<_>>()
     };
     for t in with_id(&repairs.terminate) {
         // SAFETY: our own thread in the app, created by the reaper.
-        unsafe { mach::thread_terminate(t.name()) };
+        unsafe { ports::thread_terminate(t.name()) };
     }
     for &stack in &repairs.free_stacks {
         // SAFETY: the stack the reaper allocated for a thread of ours that was still alive, so
         // never freed; that thread is terminated above and runs on it no more.
-        unsafe { mach2::vm::mach_vm_deallocate(task.name(), stack, mach::OUR_STACK_SIZE) };
+        unsafe { mach2::vm::mach_vm_deallocate(task.name(), stack, ports::OUR_STACK_SIZE) };
     }
     for t in with_id(&repairs.resume) {
         // SAFETY: a thread the reaper suspended once.

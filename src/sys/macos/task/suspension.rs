@@ -1,11 +1,11 @@
 //! The app's threads held still while ptyreap works in it, each suspension announced to the
-//! guardian first. Apart from mach.rs (raw ports) so the guardian, which uses those ports, and
+//! guardian first. Apart from ports.rs (raw ports) so the guardian, which uses those ports, and
 //! the suspension, which uses the guardian, import in one direction only.
 
+use super::super::logic;
 use super::guardian::Guardian;
 use super::guardian_log::Record;
-use super::logic;
-use super::mach::{suspend_count, thread_exited, thread_id, threads, Port};
+use super::ports::{suspend_count, thread_exited, thread_id, threads, Port};
 use mach2::kern_return::KERN_SUCCESS;
 use mach2::port::mach_port_t;
 use std::time::{Duration, Instant};
