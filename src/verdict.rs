@@ -422,4 +422,106 @@ mod tests {
         let j = judge(&orphan(-50), &policy(0), NOW);
         assert_eq!(j.idle_s, Some(0));
     }
+
+    /// The rules fed with evidence shaped like the macOS backend's: devfs is its one PTY
+    /// namespace, and it has no POLLHUP probe without the fd, nor FIONREAD.
+    mod macos_evidence {
+        use crate::model::{DevId, Evidence, Holder, PtyId, Verdict};
+        use crate::sys::macos::devices::slave_path;
+        use crate::verdict::{judge, Policy};
+        use std::time::Duration;
+
+        const NOW: i64 = 1_800_000_000;
+        /// devfs, the one "devpts instance" of a Mac.
+        const DEVFS: DevId = DevId {
+            major: 16,
+            minor: 0,
+        };
+
+        fn mac_orphan(index: u32, idle: i64) -> Evidence {
+            Evidence {
+                fd: 30 + index as i32,
+                pty: Some(PtyId {
+                    devpts: DEVFS,
+                    index,
+                }),
+                slave_path: Some(slave_path(index)),
+                last_io: Some(NOW - idle),
+                // macOS has no POLLHUP probe without the fd, nor FIONREAD
+                hung_up: None,
+                unread_bytes: None,
+                ..Evidence::default()
+            }
+        }
+
+        fn policy(min_idle: u64) -> Policy {
+            Policy {
+                min_idle: Duration::from_secs(min_idle),
+                include_stale: None,
+            }
+        }
+
+        #[test]
+        fn mac_evidence_orphaned_fresh_live_tracked() {
+            let j = judge(&mac_orphan(7, 7200), &policy(600), NOW);
+            assert_eq!(j.verdict, Verdict::Orphaned);
+            assert_eq!(j.reason, "no process holds /dev/ttys007; idle 2h");
+
+            assert_eq!(
+                judge(&mac_orphan(7, 60), &policy(600), NOW).verdict,
+                Verdict::Fresh
+            );
+
+            let mut live = mac_orphan(8, 99_999);
+            live.slave_holders = vec![Holder {
+                pid: 4000,
+                name: "zsh".into(),
+                fds: vec![0, 1, 2],
+            }];
+            let j = judge(&live, &policy(0), NOW);
+            assert_eq!(j.verdict, Verdict::Live);
+            assert!(j.reason.starts_with("/dev/ttys008 held by 4000 (zsh)"));
+
+            let mut tracked = mac_orphan(9, 7200);
+            tracked.watched_by = vec!["kqueue fd 5".into()];
+            let j = judge(&tracked, &policy(600), NOW);
+            assert_eq!(j.verdict, Verdict::Tracked);
+            assert!(j.reason.contains("kqueue fd 5"), "{}", j.reason);
+        }
+
+        #[test]
+        fn mac_guarded_and_unreadable_kqueues_are_never_reaped() {
+            let mut guarded = mac_orphan(3, 99_999);
+            guarded.guarded = true;
+            let j = judge(&guarded, &policy(0), NOW);
+            assert_eq!(j.verdict, Verdict::Unknown);
+            assert!(j.reason.contains("guarded"));
+
+            let mut unknown_watch = mac_orphan(4, 99_999);
+            unknown_watch.missing = Some("cannot read kqueue fd 5".into());
+            assert_eq!(
+                judge(&unknown_watch, &policy(0), NOW).verdict,
+                Verdict::Unknown
+            );
+        }
+
+        #[test]
+        fn mac_session_and_pairs() {
+            let mut ctty = mac_orphan(5, 99_999);
+            ctty.session = Some(812);
+            assert_eq!(judge(&ctty, &policy(0), NOW).verdict, Verdict::Live);
+
+            let mut pair = mac_orphan(6, 3600);
+            pair.target_slave_fds = vec![12];
+            let j = judge(&pair, &policy(0), NOW);
+            assert_eq!(j.verdict, Verdict::Orphaned);
+            assert!(j.reason.contains("/dev/ttys006"));
+            assert!(j.reason.contains("slave fds 12"));
+
+            // one devfs instance: the same index is the same PTY, so two fds on it are aliases
+            let mut dup = mac_orphan(6, 3600);
+            dup.aliases = vec![40];
+            assert_eq!(judge(&dup, &policy(0), NOW).verdict, Verdict::Merged);
+        }
+    }
 }

@@ -629,6 +629,40 @@ pub fn parse_exception(msg: &[u8]) -> Option<ExceptionNotice> {
     })
 }
 
+/// `kern_return_t` values the messages name (osfmk/mach/kern_return.h).
+pub const KERN_SUCCESS: i32 = 0;
+pub const KERN_INVALID_ADDRESS: i32 = 1;
+pub const KERN_PROTECTION_FAILURE: i32 = 2;
+pub const KERN_INVALID_ARGUMENT: i32 = 4;
+pub const KERN_FAILURE: i32 = 5;
+pub const KERN_NO_ACCESS: i32 = 8;
+pub const KERN_ABORTED: i32 = 14;
+pub const KERN_INVALID_NAME: i32 = 15;
+pub const KERN_INVALID_TASK: i32 = 16;
+pub const KERN_TERMINATED: i32 = 37;
+pub const KERN_OPERATION_TIMED_OUT: i32 = 49;
+
+/// A kern_return_t as `NAME (n)`.
+pub fn kern_name(kr: i32) -> String {
+    let name = match kr {
+        KERN_SUCCESS => "KERN_SUCCESS",
+        KERN_INVALID_ADDRESS => "KERN_INVALID_ADDRESS",
+        KERN_PROTECTION_FAILURE => "KERN_PROTECTION_FAILURE",
+        3 => "KERN_NO_SPACE",
+        KERN_INVALID_ARGUMENT => "KERN_INVALID_ARGUMENT",
+        KERN_FAILURE => "KERN_FAILURE",
+        6 => "KERN_RESOURCE_SHORTAGE",
+        KERN_NO_ACCESS => "KERN_NO_ACCESS",
+        KERN_ABORTED => "KERN_ABORTED",
+        KERN_INVALID_NAME => "KERN_INVALID_NAME",
+        KERN_INVALID_TASK => "KERN_INVALID_TASK",
+        KERN_TERMINATED => "KERN_TERMINATED",
+        KERN_OPERATION_TIMED_OUT => "KERN_OPERATION_TIMED_OUT",
+        _ => return format!("kern_return_t {kr}"),
+    };
+    format!("{name} ({kr})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,9 @@
 //! What macOS cannot tell from outside: the unread bytes and POLLHUP (both need the fd itself),
 //! so `unread_bytes` and `hung_up` stay unknown.
 
+use super::devices;
 use super::ffi;
 use super::libproc;
-use super::logic;
 use super::scan::Devfs;
 use super::target::{self, Target};
 use super::task::ports;
@@ -52,9 +52,9 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             Ok(v) => {
                 let st = v.pvip.vip_vi.vi_stat;
                 let kind =
-                    logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
+                    devices::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
                 match kind {
-                    logic::VnodeKind::Master { index } if Some(devfs.pty(index)) == m.pty => {}
+                    devices::VnodeKind::Master { index } if Some(devfs.pty(index)) == m.pty => {}
                     _ => {
                         ev.missing = Some(format!(
                             "fd {} is no longer the PTY master the scan saw",
@@ -76,7 +76,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
             },
         }
         if let Some(pty) = ev.pty {
-            let path = logic::slave_path(pty.index);
+            let path = devices::slave_path(pty.index);
             match slave_last_io(&path, devfs.slave_rdev(pty.index)) {
                 Some(t) => ev.last_io = Some(t),
                 None if ev.missing.is_none() => {
@@ -89,7 +89,7 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                 slave_changed(&path, devfs.slave_rdev(pty.index)),
                 &ev.missing,
             ) {
-                ev.opened_by = logic::opened_by(ctime, started, cloexec, exec);
+                ev.opened_by = devices::opened_by(ctime, started, cloexec, exec);
             }
             ev.slave_path = Some(path);
             if ev.session.is_some() {
@@ -133,7 +133,7 @@ pub fn slave_last_io(path: &str, rdev: Option<u32>) -> Option<i64> {
     Some(m.atime().max(m.mtime()).max(m.ctime()))
 }
 
-/// The slave node's change time (see `logic::opened_by`); `rdev` as for `slave_last_io`.
+/// The slave node's change time (see `devices::opened_by`); `rdev` as for `slave_last_io`.
 fn slave_changed(path: &str, rdev: Option<u32>) -> Option<i64> {
     let m = std::fs::metadata(path).ok()?;
     if rdev.is_some_and(|r| r != m.rdev() as u32) {
@@ -264,7 +264,7 @@ pub fn kqueue_watchers(pid: i32, fds: &BTreeSet<i32>) -> Watchers {
         match kq.knotes(pid) {
             Ok(knotes) => {
                 for &fd in fds {
-                    if knotes.iter().any(|kn| logic::knote_watches(kn, fd)) {
+                    if knotes.iter().any(|kn| devices::knote_watches(kn, fd)) {
                         found.entry(fd).or_default().push(kq.label());
                     }
                 }

@@ -15,21 +15,24 @@
 //! global `errno` (task/thread.rs).
 //!
 //! macOS refuses task ports for hardened-runtime apps while System Integrity Protection is on,
-//! even to root: that case is reported plainly (`logic::task_port_refusal`) with what the user
+//! even to root: that case is reported plainly (`refusals::task_port_refusal`) with what the user
 //! can do, and the census and dry runs keep working.
 //!
 //! Layout: the engine (ports, the guardian, the suspension, our thread) is the `task/` folder;
 //! `reap.rs` is the protocol that drives it, one function per step. `ffi` (kernel structures,
-//! fixed-width), `logic` (pure decisions and messages), `arch` (thread states) and the guardian's
-//! log build on every OS so their tests run on Linux; the rest is macOS only.
+//! fixed-width, and the `KERN_*` names), `devices` (what an fd is), `refusals` (whether a call
+//! can run, and the words for each refusal), `arch` (thread states), the guardian's log and
+//! `task/left_behind` (what `ptyreap resume` does) are pure and build on every OS, so their
+//! tests run on Linux; the rest is macOS only.
 
 // On other systems only the tests use the layouts and pure logic.
 #![cfg_attr(not(target_os = "macos"), allow(dead_code))]
 
 pub mod arch;
+pub mod devices;
 pub mod ffi;
-pub mod logic;
 pub mod preflight;
+pub mod refusals;
 pub mod task;
 pub mod waits;
 

@@ -16,12 +16,12 @@
 //!   (`csrutil enable --without debug`) it is releasable.
 //! - **the code's architecture**: arm64e (pointer authentication) refuses foreign thread states;
 //!   Rosetta-translated code has none ptyreap could set; a ptyreap of the other architecture
-//!   cannot call into it (`logic::arch_refusal`).
+//!   cannot call into it (`refusals::arch_refusal`).
 //!
 //! Pure, so every combination is tested on Linux.
 
 use super::ffi;
-use super::logic::{self, Arch, TargetCode};
+use super::refusals::{self, Arch, TargetCode};
 
 /// The entitlement prefixes exec turns into `TFRO_HARDENED` (bsd/kern/kern_exec.c
 /// `encode_HR_entitlement` of the four `kCSWebBrowser*Entitlement`s): the public keys and the
@@ -70,7 +70,7 @@ pub enum Refusal {
     EntitlementsUnreadable,
     /// Hardened runtime without get-task-allow, while SIP restricts debugging.
     HardenedUnderSip,
-    /// arm64e, Rosetta, another architecture: `logic::arch_refusal`'s words.
+    /// arm64e, Rosetta, another architecture: `refusals::arch_refusal`'s words.
     Code(String),
 }
 
@@ -79,7 +79,7 @@ pub enum Refusal {
 pub fn decide(facts: &Facts, ours: Arch, pid: i32, name: &str) -> Option<Refusal> {
     if let Some(code) = &facts.code {
         if code.self_translated {
-            return logic::arch_refusal(ours, code, pid, name).map(Refusal::Code);
+            return refusals::arch_refusal(ours, code, pid, name).map(Refusal::Code);
         }
     }
     if !facts.is_root {
@@ -104,7 +104,7 @@ pub fn decide(facts: &Facts, ours: Arch, pid: i32, name: &str) -> Option<Refusal
     let Some(code) = &facts.code else {
         return Some(Refusal::Unreadable);
     };
-    logic::arch_refusal(ours, code, pid, name).map(Refusal::Code)
+    refusals::arch_refusal(ours, code, pid, name).map(Refusal::Code)
 }
 
 /// This machine's numbers, for the ways out.

@@ -3,7 +3,7 @@
 //!
 //! 1. Up front (preflight.rs): platform binaries and hardened tasks are refused, since setting a
 //!    thread state in them is fatal to ptyreap; then signals that would end us are blocked.
-//! 2. The task port (`task_for_pid`; refusals explained by `logic::task_port_refusal`), checked to
+//! 2. The task port (`task_for_pid`; refusals explained by `refusals::task_port_refusal`), checked to
 //!    still be our pid with the same start time. The target must be plain arm64/x86_64 like us
 //!    (not arm64e, not Rosetta), map the same dyld shared cache at the same slide, and hold
 //!    libsystem's close/dup2 at our addresses with our bytes.
@@ -27,10 +27,11 @@
 //! A thread that was inside a system call when suspended finishes it in the kernel and is held
 //! on its way back to user space: the app runs none of its own code while we work.
 
+use super::devices;
 use super::ffi;
 use super::inspect::slave_last_io;
 use super::libproc;
-use super::logic::{self, Arch, TargetCode};
+use super::refusals::{self, Arch, TargetCode};
 use super::scan::Devfs;
 use super::target::{self, Target};
 use super::task::guardian::Guardian;
@@ -146,7 +147,7 @@ fn calls_possible(target: &Target, task: &ports::Port) -> Result<Calls, UserErro
     }
     // suspended as a task (a debugger, pid_suspend, App Nap's freezer) without SSTOP: a thread
     // created in it is held too, and the first call would only time out
-    if let Some(why) = logic::task_suspended_refusal(ports::task_suspend_count(task)) {
+    if let Some(why) = refusals::task_suspended_refusal(ports::task_suspend_count(task)) {
         return Err(nothing(target, why));
     }
     let arch = libproc::arch_info(target.pid)
@@ -157,13 +158,13 @@ fn calls_possible(target: &Target, task: &ports::Port) -> Result<Calls, UserErro
         rosetta: info.pbi_flags & ffi::PROC_FLAG_ROSETTA != 0,
         self_translated: libproc::self_translated(),
     };
-    if let Some(why) = logic::arch_refusal(Arch::ours(), &code, target.pid, &target.name) {
+    if let Some(why) = refusals::arch_refusal(Arch::ours(), &code, target.pid, &target.name) {
         return Err(UserError::failure(why));
     }
     // SAFETY: reads our own task port's name (not a right we must release).
     let ours = ports::shared_cache(unsafe { mach2::traps::mach_task_self() });
     let theirs = ports::shared_cache(task.name());
-    if let Some(why) = logic::shared_cache_mismatch(ours, theirs, target.pid, &target.name) {
+    if let Some(why) = refusals::shared_cache_mismatch(ours, theirs, target.pid, &target.name) {
         return Err(UserError::failure(why));
     }
     Ok(Calls {
@@ -510,8 +511,8 @@ fn master_index(pid: i32, fd: i32, devfs: &Devfs) -> Result<u32, String> {
         return Err(format!("fd {fd} is now guarded"));
     }
     let st = v.pvip.vip_vi.vi_stat;
-    match logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
-        logic::VnodeKind::Master { index } => Ok(index),
+    match devices::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
+        devices::VnodeKind::Master { index } => Ok(index),
         _ => Err(format!("fd {fd} is no longer a PTY master")),
     }
 }
@@ -527,7 +528,7 @@ fn verify(pid: i32, row: &MasterRow, devfs: &Devfs) -> Result<(), String> {
         return Err(format!("fd {fd} is now PTY {index}"));
     }
     if row.judgement.verdict == Verdict::Stale {
-        let now = slave_last_io(&logic::slave_path(index), devfs.slave_rdev(index));
+        let now = slave_last_io(&devices::slave_path(index), devfs.slave_rdev(index));
         if now.is_some_and(|t| Some(t) > ev.last_io) {
             return Err("its session is no longer silent".into());
         }
@@ -536,8 +537,8 @@ fn verify(pid: i32, row: &MasterRow, devfs: &Devfs) -> Result<(), String> {
         let v = libproc::vnode_path_info(pid, sfd)
             .map_err(|e| format!("slave fd {sfd} is gone ({e})"))?;
         let st = v.pvip.vip_vi.vi_stat;
-        let kind = logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
-        if kind != (logic::VnodeKind::Slave { index })
+        let kind = devices::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major);
+        if kind != (devices::VnodeKind::Slave { index })
             || v.pfi.fi_status & ffi::PROC_FP_GUARDED != 0
         {
             return Err(format!("fd {sfd} is no longer this PTY's slave"));
@@ -597,8 +598,8 @@ fn verify_after(pid: i32, rows: &mut [MasterRow], sources: &Sources, devfs: &Dev
         let now = libproc::vnode_path_info(pid, fd).ok();
         let now_index = now.as_ref().and_then(|v| {
             let st = v.pvip.vip_vi.vi_stat;
-            match logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
-                logic::VnodeKind::Master { index } => Some(index),
+            match devices::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
+                devices::VnodeKind::Master { index } => Some(index),
                 _ => None,
             }
         });

@@ -5,11 +5,12 @@
 //!
 //! Each thread of the app with a suspension loses one (`thread_resume`): the one the reaper
 //! would have dropped, leaving any other holder's (a debugger's) in place. A thread the reaper
-//! created and left behind is terminated, never resumed (`logic::resume_step`). A task
+//! created and left behind is terminated, never resumed (`left_behind::resume_step`). A task
 //! suspended as a whole is not touched: that suspension is not ptyreap's.
 
-use super::logic::{self, ResumeStep};
+use super::ffi;
 use super::target;
+use super::task::left_behind::{self, ResumeStep};
 use super::task::ports::{self, Port};
 use crate::exit_code::{ExitCode, UserError};
 
@@ -20,7 +21,7 @@ pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
         UserError::failure(format!(
             "cannot list the threads of pid {pid} ({}): {}; nothing was changed",
             target.name,
-            logic::kern_name(kr)
+            ffi::kern_name(kr)
         ))
     })?;
     let (mut resumed, mut terminated) = (0, 0);
@@ -31,7 +32,7 @@ pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
         let Ok(state) = ports::thread_state(t) else {
             continue;
         };
-        match logic::resume_step(count, pc_of(&state), returns_to(&task, &state)) {
+        match left_behind::resume_step(count, pc_of(&state), returns_to(&task, &state)) {
             ResumeStep::Terminate => {
                 // SAFETY: a thread the reaper created in the app and left behind.
                 if unsafe { ports::thread_terminate(t.name()) } == 0 {
@@ -49,7 +50,7 @@ pub fn resume(pid: i32) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{}",
-        logic::resume_summary(pid, &target.name, resumed, terminated)
+        left_behind::resume_summary(pid, &target.name, resumed, terminated)
     );
     if let Some(n @ 1..) = ports::task_suspend_count(&task) {
         println!(

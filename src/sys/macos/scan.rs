@@ -6,9 +6,9 @@
 //! threads. Without root, other users' processes are skipped (libproc says EPERM): their fds
 //! cannot be seen, which the census cannot help.
 
+use super::devices::{self, VnodeKind};
 use super::ffi;
 use super::libproc;
-use super::logic::{self, VnodeKind};
 use crate::model::{DevId, MasterRef, ProcessPtys, PtyId, SlaveRef, Snapshot, SystemUsage};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -40,11 +40,11 @@ impl Devfs {
             .unwrap_or_default();
         let slave_major = names
             .iter()
-            .filter(|n| logic::is_slave_name(n))
+            .filter(|n| devices::is_slave_name(n))
             .find_map(|n| std::fs::metadata(format!("/dev/{n}")).ok())
-            .map(|m| logic::major(m.rdev() as u32));
+            .map(|m| devices::major(m.rdev() as u32));
         Devfs {
-            in_use: logic::count_in_use(names.iter().map(String::as_str)),
+            in_use: devices::count_in_use(names.iter().map(String::as_str)),
             slave_major,
             dev,
         }
@@ -59,14 +59,14 @@ impl Devfs {
 
     /// The rdev of PTY `index`'s slave, when the slaves' major is known.
     pub fn slave_rdev(&self, index: u32) -> Option<u32> {
-        self.slave_major.map(|m| logic::makedev(m, index))
+        self.slave_major.map(|m| devices::makedev(m, index))
     }
 }
 
 pub fn dev_id(dev: u32) -> DevId {
     DevId {
-        major: logic::major(dev),
-        minor: logic::minor(dev),
+        major: devices::major(dev),
+        minor: devices::minor(dev),
     }
 }
 
@@ -190,7 +190,7 @@ fn scan_process(pid: i32, info: Option<&ffi::ProcBsdInfo>, devfs: &Devfs) -> Opt
             continue; // closed meanwhile
         };
         let st = v.pvip.vip_vi.vi_stat;
-        match logic::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
+        match devices::classify_vnode(&v.path(), st.vst_mode, st.vst_rdev, devfs.slave_major) {
             VnodeKind::Master { index } => masters.push((fd.proc_fd, index)),
             VnodeKind::Slave { index } => slaves.push((fd.proc_fd, index)),
             VnodeKind::Other => {}

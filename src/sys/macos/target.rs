@@ -3,8 +3,8 @@
 
 use super::ffi;
 use super::libproc;
-use super::logic::{Arch, TargetCode};
 use super::preflight::{self, Facts, Machine};
+use super::refusals::{Arch, TargetCode};
 use crate::exit_code::UserError;
 use crate::model::Snapshot;
 use crate::output::escaped;
@@ -28,9 +28,9 @@ impl Target {
 
 impl Target {
     /// Its task port, checked to still be this process (a pid may be reused meanwhile); a
-    /// refusal explained (`logic::task_port_refusal`), a process gone said so.
+    /// refusal explained (`refusals::task_port_refusal`), a process gone said so.
     pub fn task_port(&self) -> Result<super::task::ports::Port, UserError> {
-        use super::logic;
+        use super::{ffi, refusals};
         let task = match super::task::ports::task_for_pid(self.pid) {
             Ok(task) => task,
             Err(_) if !self.still_alive() => return Err(no_such(self.pid)),
@@ -39,14 +39,14 @@ impl Target {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| "ptyreap".into());
                 let flags = libproc::codesign_flags(self.pid).unwrap_or(0);
-                let ctx = logic::RefusalContext {
+                let ctx = refusals::RefusalContext {
                     pid: self.pid,
                     name: &self.name,
                     exe: &exe,
                     platform_binary: flags & ffi::CS_PLATFORM_BINARY != 0,
                 };
-                let why = logic::task_port_refusal(kr, is_root(), &ctx)
-                    .unwrap_or_else(|| logic::kern_name(kr));
+                let why = refusals::task_port_refusal(kr, is_root(), &ctx)
+                    .unwrap_or_else(|| ffi::kern_name(kr));
                 return Err(UserError::failure(why));
             }
         };

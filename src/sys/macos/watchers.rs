@@ -13,7 +13,7 @@
 //! process may be one) is unreadable, so the verdict becomes unknown rather than untracked.
 
 use super::arch;
-use super::logic::kern_name;
+use super::ffi::kern_name;
 use super::task::ports::{self, Port};
 use super::waits::{self, Syscall, WaitCall};
 use crate::model::MasterRow;

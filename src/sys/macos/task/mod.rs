@@ -13,6 +13,7 @@
 //! The protocol that uses them, step by step, is `reap.rs` beside this folder.
 
 pub mod guardian_log;
+pub mod left_behind;
 
 #[cfg(target_os = "macos")]
 pub(super) mod guardian;

@@ -4,7 +4,7 @@
 //! or a thread of the app suspended.
 
 use super::super::ffi;
-use super::super::logic::SharedCache;
+use super::super::refusals::SharedCache;
 use mach2::kern_return::{kern_return_t, KERN_FAILURE, KERN_SUCCESS};
 use mach2::mach_types::{task_t, thread_act_t};
 use mach2::message::mach_msg_type_number_t;

@@ -2,7 +2,7 @@
 //! guardian first. Apart from ports.rs (raw ports) so the guardian, which uses those ports, and
 //! the suspension, which uses the guardian, import in one direction only.
 
-use super::super::logic;
+use super::super::ffi;
 use super::guardian::Guardian;
 use super::guardian_log::Record;
 use super::ports::{suspend_count, thread_exited, thread_id, threads, Port};
@@ -56,7 +56,7 @@ impl Suspension {
     /// resuming.
     pub fn catch_up(&mut self, task: &Port, guardian: &mut Guardian) -> Result<usize, String> {
         let listed = threads(task)
-            .map_err(|kr| format!("cannot list the target's threads: {}", logic::kern_name(kr)))?;
+            .map_err(|kr| format!("cannot list the target's threads: {}", ffi::kern_name(kr)))?;
         let mut new = 0;
         for t in listed {
             if t.name() == self.ours || self.threads.iter().any(|h| h.name() == t.name()) {
@@ -78,7 +78,7 @@ impl Suspension {
                 kr => {
                     return Err(format!(
                         "cannot suspend a thread of the target: {}",
-                        logic::kern_name(kr)
+                        ffi::kern_name(kr)
                     ))
                 }
             }

@@ -27,7 +27,8 @@
 
 use super::super::arch;
 use super::super::ffi;
-use super::super::logic::{self, kern_name};
+use super::super::ffi::kern_name;
+use super::super::refusals;
 use super::ports::{self, Port, ReceivePort, RemoteThread};
 use mach2::kern_return::KERN_SUCCESS;
 use mach2::message::{
@@ -37,7 +38,7 @@ use mach2::port::MACH_PORT_NULL;
 use std::ffi::CStr;
 use std::time::Duration;
 
-use logic::SENTINEL;
+use super::left_behind::SENTINEL;
 const STACK_SIZE: u64 = ports::OUR_STACK_SIZE;
 
 use ports::state::{State, COUNT, FLAVOR};
@@ -249,7 +250,7 @@ impl<'t> Injector<'t> {
             )
         };
         if kr != KERN_SUCCESS {
-            return Err(CallError::Refused(logic::thread_state_refusal(
+            return Err(CallError::Refused(refusals::thread_state_refusal(
                 kr, self.pid, &self.name,
             )));
         }
