@@ -1,7 +1,7 @@
 //! The one-shot command: census, or inspect → verdicts → plan → confirmation → reap → output.
 //! `run` returns the exit code; the caller prints an error once.
 
-use crate::cli::{self, Cli};
+use crate::cli::{self, Cli, Selectors, TargetRun};
 use crate::exit_code::{ExitCode, UserError};
 use crate::model::{self, TargetReport};
 use crate::render::{self, Style};
@@ -46,9 +46,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             ))
             .into());
         }
-        return run_census(cli, &style);
+        return run_census(cli.json, &style);
     }
-    run_targets(cli, &style)
+    run_targets(&cli.target_run(), &style)
 }
 
 /// Every man page into `dir`: ptyreap.1, and ptyreap-SUB.1 for each subcommand (the pages the
@@ -78,7 +78,7 @@ fn write_man_pages(dir: &std::path::Path) -> Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
+fn run_census(json: bool, style: &Style) -> Result<ExitCode> {
     let snapshot = sys::snapshot()?;
     let mut census = census::census(&snapshot);
     let processes: Vec<(i32, &str)> = census
@@ -91,7 +91,7 @@ fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
     for (p, why) in census.processes.iter_mut().zip(refusals) {
         p.not_releasable_because = why;
     }
-    if cli.json {
+    if json {
         output::println(&render::json::census(&census).to_string());
     } else {
         output::print(&render::table::census(&census, style));
@@ -100,15 +100,15 @@ fn run_census(cli: &Cli, style: &Style) -> Result<ExitCode> {
 }
 
 /// The pids named by --pid, --name and --top, in that order, without repeats.
-fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, UserError> {
+fn select_targets(sel: &Selectors, snapshot: &model::Snapshot) -> Result<Vec<i32>, UserError> {
     let mut pids: Vec<i32> = Vec::new();
     let mut add = |pid: i32| {
         if !pids.contains(&pid) {
             pids.push(pid);
         }
     };
-    cli.pids.iter().copied().for_each(&mut add);
-    for name in &cli.names {
+    sel.pids.iter().copied().for_each(&mut add);
+    for name in &sel.names {
         let found = sys::processes_named(name);
         if found.is_empty() {
             return Err(UserError::failure(format!(
@@ -117,7 +117,7 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
         }
         found.into_iter().for_each(&mut add);
     }
-    if cli.all {
+    if sel.all {
         let own = std::process::id() as i32;
         snapshot
             .processes
@@ -125,7 +125,7 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
             .filter(|p| !p.masters.is_empty() && p.pid != own)
             .for_each(|p| add(p.pid));
     }
-    if cli.top {
+    if sel.top {
         let census = census::census(snapshot);
         match census.processes.first() {
             Some(p) => add(p.pid),
@@ -137,16 +137,16 @@ fn select_targets(cli: &Cli, snapshot: &model::Snapshot) -> Result<Vec<i32>, Use
 
 /// A run on targets, step by step: select, inspect and plan, confirm (then look again), reap,
 /// print.
-fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
-    let (targets, snapshot) = match select(cli)? {
+fn run_targets(run: &TargetRun, style: &Style) -> Result<ExitCode> {
+    let (targets, snapshot) = match select(run)? {
         Ok(selected) => selected,
         Err(unseen) => {
             nothing_holds_a_master(unseen);
             return Ok(ExitCode::Success);
         }
     };
-    let (targets, mut reports, mut ptys, kept) = inspect(cli, targets, &snapshot)?;
-    let printer = Printer { cli, style };
+    let (targets, mut reports, mut ptys, kept) = inspect(run, targets, &snapshot)?;
+    let printer = Printer { run, style };
     let planned = count_planned(&reports);
     // Processes it cannot release in: said before any prompt, one line each.
     let refusals: Vec<String> = reports
@@ -157,12 +157,12 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
     for why in &refusals {
         crate::output::message(format_args!("{why}"));
     }
-    if cli.dry_run || planned == 0 {
-        printer.plan(&reports, &snapshot.system, cli.dry_run);
-        if !cli.dry_run && !refusals.is_empty() {
+    if run.dry_run || planned == 0 {
+        printer.plan(&reports, &snapshot.system, run.dry_run);
+        if !run.dry_run && !refusals.is_empty() {
             return Ok(ExitCode::Failure);
         }
-        if !cli.json {
+        if !run.json {
             eprintln!(
                 "{}",
                 if planned == 0 {
@@ -180,10 +180,10 @@ fn run_targets(cli: &Cli, style: &Style) -> Result<ExitCode> {
         }
         return Ok(ExitCode::Success);
     }
-    let before = if cli.yes {
+    let before = if run.yes {
         snapshot
     } else {
-        let fresh = confirm_then_look_again(cli, &printer, &targets, &mut reports, &snapshot)?;
+        let fresh = confirm_then_look_again(run, &printer, &targets, &mut reports, &snapshot)?;
         // a copy may have been inherited meanwhile: count what frees a PTY again
         ptys = ptys::account(&mut reports);
         fresh
@@ -252,24 +252,24 @@ type Selection = std::result::Result<(Vec<sys::Target>, model::Snapshot), Option
 
 /// The targets of --pid, --name, --all and --top, opened, with the snapshot they were chosen
 /// from (see [`Selection`]).
-fn select(cli: &Cli) -> Result<Selection> {
-    let chosen = select_only(cli)?;
+fn select(run: &TargetRun) -> Result<Selection> {
+    let chosen = select_only(&run.select)?;
     Ok(chosen.map(|(targets, mut snapshot)| {
         // one look over time at every target's poll()/select() calls at once (observe.rs)
         let pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
-        sys::observe(&mut snapshot, &pids, cli.observe);
+        sys::observe(&mut snapshot, &pids, run.observe);
         (targets, snapshot)
     }))
 }
 
-fn select_only(cli: &Cli) -> Result<Selection> {
+fn select_only(sel: &Selectors) -> Result<Selection> {
     // Check every pid before the (machine-wide) scan, so bad input fails fast and plainly.
     let mut targets = Vec::new();
-    for &pid in &cli.pids {
+    for &pid in &sel.pids {
         targets.push(sys::open_target(pid)?);
     }
-    let snapshot = sys::snapshot_for(&cli.pids)?;
-    let pids = select_targets(cli, &snapshot)?;
+    let snapshot = sys::snapshot_for(&sel.pids)?;
+    let pids = select_targets(sel, &snapshot)?;
     if pids.is_empty() {
         return Ok(Err(snapshot.visibility.gap()));
     }
@@ -278,12 +278,12 @@ fn select_only(cli: &Cli) -> Result<Selection> {
             match sys::open_target(pid) {
                 Ok(t) => targets.push(t),
                 // --all: a process that exited, or that may not be inspected, is not a target
-                Err(_) if cli.all => {}
+                Err(_) if sel.all => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    if cli.fd.is_some() && targets.len() > 1 {
+    if sel.fds_given && targets.len() > 1 {
         return Err(UserError::failure(format!(
             "--fd names fds of one process, but {} processes were selected: give a single --pid",
             targets.len()
@@ -298,7 +298,7 @@ fn select_only(cli: &Cli) -> Result<Selection> {
 /// was kept that the user may want to know about (see [`what_was_kept`]).
 #[allow(clippy::type_complexity)]
 fn inspect(
-    cli: &Cli,
+    run: &TargetRun,
     mut targets: Vec<sys::Target>,
     snapshot: &model::Snapshot,
 ) -> Result<(
@@ -307,12 +307,12 @@ fn inspect(
     ptys::PtyCount,
     Vec<String>,
 )> {
-    let mut reports = if cli.all {
+    let mut reports = if run.select.all {
         // one by one: a process that exits while being inspected drops out
         let mut kept = Vec::new();
         let mut reports = Vec::new();
         for t in targets {
-            if let Ok(mut r) = build_reports(cli, std::slice::from_ref(&t), snapshot) {
+            if let Ok(mut r) = build_reports(run, std::slice::from_ref(&t), snapshot) {
                 reports.append(&mut r);
                 kept.push(t);
             }
@@ -320,16 +320,16 @@ fn inspect(
         targets = kept;
         reports
     } else {
-        build_reports(cli, &targets, snapshot)?
+        build_reports(run, &targets, snapshot)?
     };
-    if cli.verbose && !cli.json {
+    if run.verbose && !run.json {
         for r in reports.iter_mut() {
             r.app = crate::identity::summary(&crate::identity::of_process(r.pid));
         }
     }
     let mut ptys = ptys::account(&mut reports);
-    let kept = what_was_kept(cli, &reports, &targets, snapshot);
-    if cli.all {
+    let kept = what_was_kept(run, &reports, &targets, snapshot);
+    if run.select.all {
         (targets, reports) = targets
             .into_iter()
             .zip(reports)
@@ -348,7 +348,7 @@ fn inspect(
 /// and masters kept as `unknown` because the scan could not see every process (another pid
 /// namespace, unreadable processes).
 fn what_was_kept(
-    cli: &Cli,
+    run: &TargetRun,
     reports: &[TargetReport],
     targets: &[sys::Target],
     snapshot: &model::Snapshot,
@@ -359,12 +359,15 @@ fn what_was_kept(
         .filter(|r| r.judgement.verdict == model::Verdict::Fresh)
         .filter_map(|r| r.evidence.pty)
         .collect();
-    if !fresh.is_empty() && !cli.min_idle.is_zero() {
-        let mut policy = cli.policy();
-        policy.min_idle = std::time::Duration::ZERO;
-        let mut r = build_reports_lenient(cli, targets, snapshot, policy);
+    let min_idle = run.policy.min_idle;
+    if !fresh.is_empty() && !min_idle.is_zero() {
+        let policy = crate::verdict::Policy {
+            min_idle: std::time::Duration::ZERO,
+            ..run.policy
+        };
+        let mut r = build_reports_lenient(run, targets, snapshot, policy);
         let mut frees = ptys::account(&mut r).would_free;
-        if cli.all {
+        if run.select.all {
             for t in r.iter_mut() {
                 ptys::only_what_frees(t);
             }
@@ -378,9 +381,9 @@ fn what_was_kept(
         out.push(format!(
             "kept {n} PTY{} as fresh (idle less than {}); if {} leaked: `{}` {what}",
             if n == 1 { "" } else { "s" },
-            crate::duration::human(cli.min_idle.as_secs()),
+            crate::duration::human(min_idle.as_secs()),
             if n == 1 { "it is" } else { "they are" },
-            rerun_with(cli, "--min-idle 0"),
+            run.again_with("--min-idle 0"),
         ));
     }
     let unseen = rows()
@@ -390,7 +393,7 @@ fn what_was_kept(
         let from_host = if snapshot.visibility.hidden.is_some() {
             format!(
                 " (from the host: sudo nsenter --target 1 --mount --pid {})",
-                rerun_with(cli, "")
+                run.again
             )
         } else {
             String::new()
@@ -403,61 +406,33 @@ fn what_was_kept(
     out
 }
 
-/// This run's command line with `extra` flags, as a person would type it again.
-fn rerun_with(cli: &Cli, extra: &str) -> String {
-    let mut parts = vec!["ptyreap".to_string()];
-    if cli.all {
-        parts.push("--all".into());
-    }
-    if cli.top {
-        parts.push("--top".into());
-    }
-    parts.extend(cli.pids.iter().map(|p| format!("--pid {p}")));
-    parts.extend(
-        cli.names
-            .iter()
-            .map(|n| format!("--name '{}'", n.replace('\'', "'\\''"))),
-    );
-    if cli.yes {
-        parts.push("--yes".into());
-    }
-    if let Some(m) = cli.method {
-        parts.push(format!("--method {}", m.as_str()));
-    }
-    if !extra.is_empty() {
-        parts.push(extra.into());
-    }
-    parts.join(" ")
-}
-
 /// Like [`build_reports`] with another policy; a target that exits meanwhile drops out.
 fn build_reports_lenient(
-    cli: &Cli,
+    run: &TargetRun,
     targets: &[sys::Target],
     snapshot: &model::Snapshot,
     policy: crate::verdict::Policy,
 ) -> Vec<TargetReport> {
-    let choices = cli.choices();
     targets
         .iter()
-        .filter_map(|t| pipeline::judge_target(t, snapshot, &policy, &choices).ok())
+        .filter_map(|t| pipeline::judge_target(t, snapshot, &policy, &run.choices).ok())
         .collect()
 }
 
 /// Shows the plan and asks; then, as the prompt may have taken minutes, looks again and keeps
 /// releasing only what still holds. Returns the fresh snapshot.
 fn confirm_then_look_again(
-    cli: &Cli,
+    run: &TargetRun,
     printer: &Printer<'_>,
     targets: &[sys::Target],
     reports: &mut [TargetReport],
     snapshot: &model::Snapshot,
 ) -> Result<model::Snapshot> {
-    if !cli.json {
+    if !run.json {
         printer.plan(reports, &snapshot.system, true);
     }
     if let confirm::Answer::Declined(why) = confirm::confirm(reports) {
-        if cli.json {
+        if run.json {
             printer.plan(reports, &snapshot.system, true);
         }
         return Err(UserError::new(ExitCode::NotConfirmed, why).into());
@@ -469,7 +444,7 @@ fn confirm_then_look_again(
     // one by one: a target that exited during the prompt leaves its rows `changed`, and the
     // others go on
     for (report, target) in reports.iter_mut().zip(targets) {
-        match build_reports(cli, std::slice::from_ref(target), &fresh_snapshot) {
+        match build_reports(run, std::slice::from_ref(target), &fresh_snapshot) {
             Ok(mut fresh) if !fresh.is_empty() => refresh(report, fresh.remove(0)),
             Ok(_) => {}
             Err(e) => {
@@ -512,27 +487,39 @@ fn reap_all(targets: &[sys::Target], reports: &mut [TargetReport]) -> usize {
 
 /// The one output path of a run on targets: tables for people, JSON for scripts.
 struct Printer<'a> {
-    cli: &'a Cli,
+    run: &'a TargetRun,
     style: &'a Style,
 }
 
 impl Printer<'_> {
     /// The plan (or a dry run's findings).
     fn plan(&self, reports: &[TargetReport], system: &model::SystemUsage, dry_run: bool) {
-        let cli = self.cli;
-        if cli.json {
-            let mut doc = render::json::inspection(
-                dry_run,
-                cli.method,
-                cli.min_idle.as_secs(),
-                system,
-                reports,
-            );
-            let would_free = ptys::counted(reports).would_free;
-            doc["ptys"] = serde_json::json!({"would_free": would_free, "freed": null});
+        if self.run.json {
+            let doc = render::json::inspection(&render::json::Inspection {
+                ptys: Some((ptys::counted(reports).would_free, None)),
+                ..self.header(dry_run, system, reports)
+            });
             output::println(&doc.to_string());
         } else {
             self.tables(reports, system);
+        }
+    }
+
+    /// What every JSON document of a run says about the run itself.
+    fn header<'r>(
+        &self,
+        dry_run: bool,
+        system: &'r model::SystemUsage,
+        reports: &'r [TargetReport],
+    ) -> render::json::Inspection<'r> {
+        render::json::Inspection {
+            dry_run,
+            method: self.run.choices.method,
+            min_idle_s: self.run.policy.min_idle.as_secs(),
+            system,
+            targets: reports,
+            in_use: None,
+            ptys: None,
         }
     }
 
@@ -554,17 +541,11 @@ impl Printer<'_> {
         ptys: &ptys::PtyCount,
         summary: &ReapSummary,
     ) {
-        let cli = self.cli;
-        if cli.json {
-            let mut doc =
-                render::json::inspection(false, cli.method, cli.min_idle.as_secs(), after, reports);
-            doc["pty_in_use"] = serde_json::json!({
-                "before": before.in_use,
-                "after": after.in_use,
-            });
-            doc["ptys"] = serde_json::json!({
-                "would_free": ptys.would_free,
-                "freed": ptys::freed(reports),
+        if self.run.json {
+            let doc = render::json::inspection(&render::json::Inspection {
+                in_use: Some((before.in_use, after.in_use)),
+                ptys: Some((ptys.would_free, Some(ptys::freed(reports)))),
+                ..self.header(false, after, reports)
             });
             output::println(&doc.to_string());
         } else {
@@ -586,14 +567,13 @@ impl Printer<'_> {
 
 /// Inspect, judge and plan every target.
 fn build_reports(
-    cli: &Cli,
+    run: &TargetRun,
     targets: &[sys::Target],
     snapshot: &model::Snapshot,
 ) -> Result<Vec<TargetReport>, UserError> {
-    let (policy, choices) = (cli.policy(), cli.choices());
     targets
         .iter()
-        .map(|t| pipeline::judge_target(t, snapshot, &policy, &choices))
+        .map(|t| pipeline::judge_target(t, snapshot, &run.policy, &run.choices))
         .collect()
 }
 

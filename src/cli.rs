@@ -359,6 +359,52 @@ impl Cli {
         }
     }
 
+    /// A run on targets, lowered from the flags once.
+    pub fn target_run(&self) -> TargetRun {
+        TargetRun {
+            select: Selectors {
+                pids: self.pids.clone(),
+                names: self.names.clone(),
+                all: self.all,
+                top: self.top,
+                fds_given: self.fd.is_some(),
+            },
+            policy: self.policy(),
+            choices: self.choices(),
+            observe: self.observe,
+            dry_run: self.dry_run,
+            yes: self.yes,
+            json: self.json,
+            verbose: self.verbose,
+            again: self.again(),
+        }
+    }
+
+    /// This run's command line as a person would type it again: the selection, --yes and
+    /// --method (what a hint's extra flags go with).
+    fn again(&self) -> String {
+        let mut parts = vec!["ptyreap".to_string()];
+        if self.all {
+            parts.push("--all".into());
+        }
+        if self.top {
+            parts.push("--top".into());
+        }
+        parts.extend(self.pids.iter().map(|p| format!("--pid {p}")));
+        parts.extend(
+            self.names
+                .iter()
+                .map(|n| format!("--name '{}'", n.replace('\'', "'\\''"))),
+        );
+        if self.yes {
+            parts.push("--yes".into());
+        }
+        if let Some(m) = self.method {
+            parts.push(format!("--method {}", m.as_str()));
+        }
+        parts.join(" ")
+    }
+
     pub fn has_target(&self) -> bool {
         self.top || self.all || !self.pids.is_empty() || !self.names.is_empty()
     }
@@ -379,6 +425,47 @@ impl Cli {
             Some("--method")
         } else {
             None
+        }
+    }
+}
+
+/// A run on targets (`--pid`, `--name`, `--all`, `--top`), lowered from the command line once,
+/// as ripgrep lowers its flags into `HiArgs`: the steps of app.rs take this, never the raw
+/// [`Cli`], and the policy and choices are built here once for every target.
+pub struct TargetRun {
+    pub select: Selectors,
+    /// How the verdicts are judged (see verdict.rs).
+    pub policy: crate::verdict::Policy,
+    /// What may be released, and how (see plan.rs).
+    pub choices: crate::plan::Choices,
+    /// How long the poll look watches (`--observe`).
+    pub observe: Duration,
+    pub dry_run: bool,
+    /// `--yes`: no prompt.
+    pub yes: bool,
+    pub json: bool,
+    pub verbose: bool,
+    /// This run's command line as a person would type it again, for the hints that add a flag.
+    pub again: String,
+}
+
+/// Which processes a run is about.
+pub struct Selectors {
+    pub pids: Vec<i32>,
+    pub names: Vec<String>,
+    pub all: bool,
+    pub top: bool,
+    /// `--fd` was given: it names fds of one process.
+    pub fds_given: bool,
+}
+
+impl TargetRun {
+    /// The command line again, with `extra` flags.
+    pub fn again_with(&self, extra: &str) -> String {
+        if extra.is_empty() {
+            self.again.clone()
+        } else {
+            format!("{} {extra}", self.again)
         }
     }
 }

@@ -142,6 +142,14 @@ pub fn only_what_frees(report: &mut TargetReport) -> bool {
             r.notes.push(PlanNote::FreesNothing);
         }
     }
+    // a merge target nothing is merged onto any more says so no longer
+    let onto: BTreeSet<i32> = report.masters.iter().filter_map(|r| r.merge_onto).collect();
+    for r in report.masters.iter_mut() {
+        if !onto.contains(&r.evidence.fd) {
+            r.notes
+                .retain(|n| !matches!(n, PlanNote::MergeTarget { .. }));
+        }
+    }
     report.masters.iter().any(|r| r.action.is_close())
 }
 
@@ -245,6 +253,29 @@ mod tests {
         );
         assert!(!only_what_frees(&mut one[0]));
         assert_eq!(one[0].masters[0].action, Action::Keep);
+    }
+
+    /// `--all` keeps a merge whose PTY another process still holds: the fd it would have been
+    /// merged onto is no merge target any more, and its reason no longer says it is.
+    #[test]
+    fn a_merge_kept_by_all_leaves_no_merge_target_note() {
+        let mut merged = row(4, 7, &[(11, &[3])], true);
+        merged.action = Action::Close(Method::Merge);
+        merged.merge_onto = Some(5);
+        let mut onto = row(5, 8, &[], false);
+        onto.notes
+            .push(PlanNote::MergeTarget { kept_anyway: false });
+        let mut r = vec![target(10, vec![merged, onto])];
+        account(&mut r);
+        assert!(r[0].masters[1].is_merge_target());
+        assert!(!only_what_frees(&mut r[0]));
+        assert_eq!(r[0].masters[0].action, Action::Keep);
+        assert!(!r[0].masters[1].is_merge_target(), "{:?}", r[0].masters[1]);
+        assert!(
+            !r[0].masters[1].reason().contains("keeper"),
+            "{}",
+            r[0].masters[1].reason()
+        );
     }
 
     #[test]

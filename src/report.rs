@@ -66,8 +66,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     })
     .collect();
     let census = census::census(&snapshot);
-    let mut inspection =
-        render::json::inspection(true, None, min_idle.as_secs(), &snapshot.system, &[report]);
+    let masters = render::json::masters(&report.masters);
     let doc = json!({
         "report_version": 1,
         "generated_at": rfc3339(generated),
@@ -82,11 +81,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             "uptime_s": info.started_at.map(|s| (generated - s).max(0)),
         },
         "summary": {
-            "masters": inspection["targets"][0]["masters"].as_array().map_or(0, Vec::len),
+            "masters": masters.len(),
             "verdicts": counts,
         },
         "app": app_facts(&identity),
-        "masters": inspection["targets"][0]["masters"].take(),
+        "masters": masters,
         "min_idle_s": min_idle.as_secs(),
         "system": snapshot.system,
         "top_holders": census.processes.iter().take(10).collect::<Vec<_>>(),

@@ -25,20 +25,40 @@ pub fn census(c: &Census) -> Value {
 }
 
 /// The inspect / reap document.
-pub fn inspection(
-    dry_run: bool,
-    method: Option<Method>,
-    min_idle_s: u64,
-    system: &SystemUsage,
-    targets: &[TargetReport],
-) -> Value {
-    json!({
-        "dry_run": dry_run,
-        "method": method.map_or("default", Method::as_str),
-        "min_idle_s": min_idle_s,
-        "system": system,
-        "targets": targets.iter().map(target).collect::<Vec<_>>(),
-    })
+pub fn inspection(i: &Inspection<'_>) -> Value {
+    let mut doc = json!({
+        "dry_run": i.dry_run,
+        "method": i.method.map_or("default", Method::as_str),
+        "min_idle_s": i.min_idle_s,
+        "system": i.system,
+        "targets": i.targets.iter().map(target).collect::<Vec<_>>(),
+    });
+    if let Some((before, after)) = i.in_use {
+        doc["pty_in_use"] = json!({"before": before, "after": after});
+    }
+    if let Some((would_free, freed)) = i.ptys {
+        doc["ptys"] = json!({"would_free": would_free, "freed": freed});
+    }
+    doc
+}
+
+/// Everything a run on targets prints as JSON, in one value: the run, the rows, and the counts
+/// the stages returned (ptys.rs, the usage before and after a reap).
+pub struct Inspection<'a> {
+    pub dry_run: bool,
+    pub method: Option<Method>,
+    pub min_idle_s: u64,
+    pub system: &'a SystemUsage,
+    pub targets: &'a [TargetReport],
+    /// PTYs in use before and after a reap.
+    pub in_use: Option<(u64, u64)>,
+    /// The PTYs the plan frees, and those the reap freed (None before one).
+    pub ptys: Option<(usize, Option<usize>)>,
+}
+
+/// The rows of one target, as `inspection` writes them (a bug report carries them alone).
+pub fn masters(rows: &[MasterRow]) -> Vec<Value> {
+    rows.iter().map(master).collect()
 }
 
 fn target(t: &TargetReport) -> Value {
@@ -48,7 +68,7 @@ fn target(t: &TargetReport) -> Value {
         "stopped_us": t.stopped_us,
         "releasable": t.not_releasable_because.is_none(),
         "not_releasable_because": t.not_releasable_because,
-        "masters": t.masters.iter().map(master).collect::<Vec<_>>(),
+        "masters": masters(&t.masters),
     })
 }
 
