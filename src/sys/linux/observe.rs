@@ -277,7 +277,7 @@ fn watch(
     masters: &BTreeMap<i32, BTreeSet<i32>>,
     window: Duration,
 ) -> Result<(Seen, Duration, u64), String> {
-    let tp = tracepoint()?;
+    let (tp, mount) = tracepoint()?;
     let threads: Vec<(i32, Vec<i32>)> = pids
         .iter()
         .map(|&pid| (pid, super::procfs::list_tasks(pid).unwrap_or_default()))
@@ -290,7 +290,13 @@ fn watch(
         .into_iter()
         .chain(waits::TRACED.iter().copied())
         .collect();
-    let rings = open_rings(tp.id, &filter(&numbers, &tids))?;
+    let rings = match open_rings(tp.id, &filter(&numbers, &tids)) {
+        Ok(rings) => rings,
+        Err(why) => {
+            let _ = close_elsewhere(mount.into_iter().collect());
+            return Err(why);
+        }
+    };
     let wanted: HashSet<i32> = pids.iter().copied().collect();
     let mut calls: HashMap<(i32, i32, PollCall, u64, u64), u32> = HashMap::new();
     let mut seen: HashMap<(i32, i32, i32, PollCall), u32> = HashMap::new();
@@ -369,7 +375,7 @@ fn watch(
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     }
     let watched = deadlines.start.elapsed();
-    in_background(rings);
+    let _ = close_elsewhere(rings.into_iter().map(Ring::into_fd).chain(mount).collect());
     let mut out = Seen::new();
     let mut keys: Vec<_> = seen.into_iter().collect();
     keys.sort();
@@ -433,14 +439,23 @@ fn ranges(tids: &[i32]) -> Vec<(i32, i32)> {
 }
 
 /// `raw_syscalls:sys_enter`, from tracefs.
-fn tracepoint() -> Result<Tracepoint, String> {
+/// With the detached mount made to read it, if one was: the caller lets go of it with the events
+/// (see `close_elsewhere`).
+fn tracepoint() -> Result<(Tracepoint, Option<OwnedFd>), String> {
     let (dir, mount) = tracefs_events()?;
     let format = std::fs::read_to_string(format!("{dir}/sys_enter/format"))
         .map_err(|e| format!("the kernel has no syscall entry tracepoint ({e})"));
-    in_background(mount);
-    let format = format?;
-    parse_format(&format)
-        .ok_or_else(|| "the syscall entry tracepoint has an unknown layout".to_string())
+    let parsed = format.and_then(|f| {
+        parse_format(&f)
+            .ok_or_else(|| "the syscall entry tracepoint has an unknown layout".to_string())
+    });
+    match parsed {
+        Ok(tp) => Ok((tp, mount)),
+        Err(why) => {
+            let _ = close_elsewhere(mount.into_iter().collect());
+            Err(why)
+        }
+    }
 }
 
 /// The `events/raw_syscalls` directory of tracefs, and the detached mount that holds it open
@@ -558,9 +573,67 @@ const PERF_RECORD_LOST: u32 = 2;
 const DATA_HEAD: usize = 1024;
 const DATA_TAIL: usize = 1032;
 
-/// Drops `what` on a thread of its own, left to finish while the run goes on: the last close of
-/// a tracepoint's event and of a detached mount each wait for an RCU grace period (~25-35 ms
-/// here), which the inspection and the reap that follow can overlap.
+/// Lets go of the look's perf events and detached mount without waiting: the last close of a
+/// tracepoint's last perf event waits for RCU grace periods (`perf_trace_event_unreg` calls
+/// `tracepoint_synchronize_unregister`), as does the last close of a detached mount: ~25-35 ms
+/// here each, which a run that ends soon after (a dry run) paid at exit, and which a reap paid
+/// twice over when its tracer, forked meanwhile, inherited the fds and closed them last.
+///
+/// So a child process of ours takes the last references: forked holding copies, it closes
+/// every other fd at once, then these (the waits happen there), and exits; we close our copies,
+/// which are not the last, at once, and a thread of ours reaps the child. Where no child can be
+/// made the fds are closed on a thread of ours, left to finish as the run goes on. Returns the
+/// child's pid, if there is one.
+fn close_elsewhere(fds: Vec<OwnedFd>) -> Option<i32> {
+    if fds.is_empty() {
+        return None;
+    }
+    let mut keep: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    keep.sort_unstable();
+    // SAFETY: the child makes only async-signal-safe system calls (close_range, close, _exit):
+    // fork in a threaded process allows no more.
+    match unsafe { libc::fork() } {
+        0 => {
+            let mut next: u32 = 0;
+            for &fd in &keep {
+                if (fd as u32) > next {
+                    // SAFETY: close_range takes two fd numbers and flags.
+                    unsafe { libc::syscall(libc::SYS_close_range, next, fd as u32 - 1, 0) };
+                }
+                next = fd as u32 + 1;
+            }
+            // SAFETY: as above.
+            unsafe {
+                libc::syscall(libc::SYS_close_range, next, u32::MAX, 0);
+                for &fd in &keep {
+                    libc::close(fd);
+                }
+                libc::_exit(0)
+            }
+        }
+        -1 => {
+            in_background(fds);
+            None
+        }
+        child => {
+            drop(fds);
+            // the child exits within a few grace periods; reaped so that a watchdog's passes
+            // leave no zombies (if no thread can be had, it is reaped when we exit)
+            let _ = std::thread::Builder::new()
+                .name("ptyreap-reap".into())
+                .spawn(move || {
+                    // SAFETY: waits for our own child.
+                    while unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) } < 0
+                        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                    {
+                    }
+                });
+            Some(child)
+        }
+    }
+}
+
+/// Drops `what` on a thread of its own, left to finish while the run goes on.
 fn in_background<T: Send + 'static>(what: T) {
     // no thread to be had: the value went into the failed spawn and was dropped there, at once
     let _ = std::thread::Builder::new()
@@ -579,6 +652,17 @@ struct Ring {
 // SAFETY: the mapping belongs to the process, not to a thread; the ring is used by one thread at
 // a time (the look, then whoever drops it).
 unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Unmapped; the event's fd alone, to be closed (see `close_elsewhere`).
+    fn into_fd(self) -> OwnedFd {
+        let ring = std::mem::ManuallyDrop::new(self);
+        // SAFETY: base/len are the mapping made in open_rings, unmapped once (Drop never runs).
+        unsafe { libc::munmap(ring.base.cast(), ring.len) };
+        // SAFETY: the fd is moved out of a value that is never used or dropped again.
+        unsafe { std::ptr::read(&ring.fd) }
+    }
+}
 
 impl Drop for Ring {
     fn drop(&mut self) {
@@ -754,6 +838,36 @@ mod tests {
         \tfield:long id;\toffset:8;\tsize:8;\tsigned:1;\n\
         \tfield:unsigned long args[6];\toffset:16;\tsize:48;\tsigned:0;\n\n\
         print fmt: \"NR %ld\"\n";
+
+    /// The fds handed to the child are closed there (the pipe's only write end: its reader sees
+    /// the end), ours at once, and the child is reaped: a watchdog's passes leave no zombies.
+    #[test]
+    fn fds_closed_elsewhere_are_closed_and_the_child_reaped() {
+        let mut ends = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        assert_eq!(
+            unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
+            0
+        );
+        // SAFETY: both fds were just made and are owned here alone.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        let child = close_elsewhere(vec![write_end]).expect("a child");
+        let mut pfd = libc::pollfd {
+            fd: read_end.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(ready, 1, "the write end is still open somewhere");
+        assert_ne!(pfd.revents & libc::POLLHUP, 0, "{:#x}", pfd.revents);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&format!("/proc/{child}")).exists() {
+            assert!(Instant::now() < deadline, "child {child} was not reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn tracepoint_format() {
