@@ -47,6 +47,17 @@ pub struct SignalDeferral {
     _not_send: PhantomData<*const ()>,
 }
 
+/// Blocks [`deferred_signals`] in the calling thread for the rest of its life: for a helper
+/// thread that may live through a reap, so that a signal deferred there is never taken by it
+/// (the Linux look's, observe.rs).
+#[cfg(target_os = "linux")]
+pub fn block_in_this_thread() {
+    if let Ok(held) = SignalDeferral::new() {
+        // never dropped: the mask stays until the thread ends
+        std::mem::forget(held);
+    }
+}
+
 impl SignalDeferral {
     pub fn new() -> io::Result<SignalDeferral> {
         // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.

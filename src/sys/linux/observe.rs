@@ -588,23 +588,36 @@ fn close_elsewhere(fds: Vec<OwnedFd>) -> Option<i32> {
     if fds.is_empty() {
         return None;
     }
+    // The child waits (a second at most) until our copies are closed, so that its close is the
+    // last one whoever runs first.
+    let Ok((ours_closed, go)) = pipe() else {
+        in_background(fds);
+        return None;
+    };
     let mut keep: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    keep.push(ours_closed.as_raw_fd());
     keep.sort_unstable();
-    // SAFETY: the child makes only async-signal-safe system calls (close_range, close, _exit):
-    // fork in a threaded process allows no more.
+    // Where close_range is missing (before Linux 5.9) or refused (a seccomp filter), the child
+    // closes fd by fd up to the highest open now (allocating is done before the fork).
+    let highest = highest_open_fd().unwrap_or(1023);
+    // SAFETY: the child makes only async-signal-safe system calls (close_range, close, poll,
+    // _exit) and touches no allocation: fork in a threaded process allows no more.
     match unsafe { libc::fork() } {
         0 => {
-            let mut next: u32 = 0;
+            let mut next = 0;
             for &fd in &keep {
-                if (fd as u32) > next {
-                    // SAFETY: close_range takes two fd numbers and flags.
-                    unsafe { libc::syscall(libc::SYS_close_range, next, fd as u32 - 1, 0) };
-                }
-                next = fd as u32 + 1;
+                close_between(next, fd - 1);
+                next = fd + 1;
             }
-            // SAFETY: as above.
+            close_from(next, highest);
+            let mut pfd = libc::pollfd {
+                fd: ours_closed.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; then plain closes of fds this process holds.
             unsafe {
-                libc::syscall(libc::SYS_close_range, next, u32::MAX, 0);
+                libc::poll(&mut pfd, 1, 1000);
                 for &fd in &keep {
                     libc::close(fd);
                 }
@@ -617,28 +630,85 @@ fn close_elsewhere(fds: Vec<OwnedFd>) -> Option<i32> {
         }
         child => {
             drop(fds);
-            // the child exits within a few grace periods; reaped so that a watchdog's passes
-            // leave no zombies (if no thread can be had, it is reaped when we exit)
-            let _ = std::thread::Builder::new()
-                .name("ptyreap-reap".into())
-                .spawn(move || {
-                    // SAFETY: waits for our own child.
-                    while unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) } < 0
-                        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                    {
-                    }
-                });
+            drop(go);
+            drop(ours_closed);
+            // reaped, so that a watchdog's passes leave no zombies: on a thread of ours, the
+            // child exiting within a few grace periods; without one, here
+            let reap = move || {
+                // SAFETY: waits for our own child.
+                while unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) } < 0
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+            };
+            if spawn_helper("ptyreap-reap", reap).is_err() {
+                reap();
+            }
             Some(child)
         }
     }
 }
 
+/// In the child of `close_elsewhere`: closes fds `first..=last` (none when `last < first`).
+fn close_between(first: i32, last: i32) {
+    if last < first {
+        return;
+    }
+    // SAFETY: close_range takes two fd numbers and flags; close takes an fd.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) != 0 {
+            for fd in first..=last {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// In the child of `close_elsewhere`: closes every fd from `first` on (fd by fd up to
+/// `highest` where close_range cannot).
+fn close_from(first: i32, highest: i32) {
+    // SAFETY: close_range takes two fd numbers and flags.
+    if unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) } != 0 {
+        close_between(first, highest);
+    }
+}
+
+/// The highest fd number this process has open.
+fn highest_open_fd() -> Option<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .max()
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut ends = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just made and are owned here alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) })
+}
+
 /// Drops `what` on a thread of its own, left to finish while the run goes on.
 fn in_background<T: Send + 'static>(what: T) {
     // no thread to be had: the value went into the failed spawn and was dropped there, at once
-    let _ = std::thread::Builder::new()
-        .name("ptyreap-close".into())
-        .spawn(move || drop(what));
+    let _ = spawn_helper("ptyreap-close", move || drop(what));
+}
+
+/// A helper thread that outlives the look, with the signals a reap defers blocked for its whole
+/// life: a signal meant to wait until a target is restored must never be taken by it (it would
+/// end ptyreap inside the window, the main thread holding it off in vain).
+fn spawn_helper<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            crate::sys::deferral::block_in_this_thread();
+            f()
+        })
+        .map(drop)
 }
 
 /// One CPU's ring buffer; unmapped on drop (the event closes with its fd).
