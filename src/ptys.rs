@@ -142,13 +142,20 @@ pub fn only_what_frees(report: &mut TargetReport) -> bool {
             r.notes.push(PlanNote::FreesNothing);
         }
     }
-    // a merge target nothing is merged onto any more says so no longer
+    // A merge target nothing is merged onto any more says so no longer; one the plan kept only
+    // to be the target (it would have been merged itself) is kept as a merge with no second fd.
     let onto: BTreeSet<i32> = report.masters.iter().filter_map(|r| r.merge_onto).collect();
     for r in report.masters.iter_mut() {
-        if !onto.contains(&r.evidence.fd) {
-            r.notes
-                .retain(|n| !matches!(n, PlanNote::MergeTarget { .. }));
+        if onto.contains(&r.evidence.fd) {
+            continue;
         }
+        for note in r.notes.iter_mut() {
+            if *note == (PlanNote::MergeTarget { kept_anyway: false }) {
+                *note = PlanNote::MergeNeedsSecond;
+            }
+        }
+        r.notes
+            .retain(|n| !matches!(n, PlanNote::MergeTarget { .. }));
     }
     report.masters.iter().any(|r| r.action.is_close())
 }
@@ -256,7 +263,8 @@ mod tests {
     }
 
     /// `--all` keeps a merge whose PTY another process still holds: the fd it would have been
-    /// merged onto is no merge target any more, and its reason no longer says it is.
+    /// merged onto is no merge target any more, and its reason says why it is kept (it was
+    /// itself a merge, and merging needs a second fd), not that it is the keeper.
     #[test]
     fn a_merge_kept_by_all_leaves_no_merge_target_note() {
         let mut merged = row(4, 7, &[(11, &[3])], true);
@@ -271,10 +279,10 @@ mod tests {
         assert!(!only_what_frees(&mut r[0]));
         assert_eq!(r[0].masters[0].action, Action::Keep);
         assert!(!r[0].masters[1].is_merge_target(), "{:?}", r[0].masters[1]);
+        let reason = r[0].masters[1].reason();
         assert!(
-            !r[0].masters[1].reason().contains("keeper"),
-            "{}",
-            r[0].masters[1].reason()
+            !reason.contains("keeper") && reason.contains("merging needs a second fd"),
+            "{reason}"
         );
     }
 

@@ -30,25 +30,32 @@ pub fn zombie(pid: i32, name: &str, ppid: impl std::fmt::Display) -> UserError {
     ))
 }
 
-/// How reading one fd of a target failed, the same way on every backend.
-pub enum FdProbeError {
-    /// EBADF: closed since the scan (not an error: the fd is no longer there).
-    Closed,
-    /// ESRCH: the whole process exited.
-    Exited,
-    /// EPERM: not permitted (the backend says why).
-    Denied,
-    /// Anything else: that fd's evidence is missing.
-    Other,
+/// What a failed probe of one of a process's fds (a copy on Linux, a libproc read on macOS)
+/// means for its inspection, the same on both systems.
+pub enum FdProbe {
+    /// EBADF: closed since the scan; not an error, the fd is no longer there.
+    Gone,
+    /// ESRCH or EPERM: the whole inspection ends with this error (the process exited, or may
+    /// not be looked at: `not_permitted` is the backend's words for why).
+    Fatal(UserError),
+    /// Anything else: that fd's evidence is missing, with this line.
+    Missing(String),
 }
 
-impl FdProbeError {
-    pub fn of(e: &std::io::Error) -> FdProbeError {
+impl FdProbe {
+    /// `what`: the probe that failed, as in "cannot copy fd 4".
+    pub fn failed(
+        e: &std::io::Error,
+        (pid, name): (i32, &str),
+        fd: i32,
+        what: &str,
+        not_permitted: fn(i32, &str) -> UserError,
+    ) -> FdProbe {
         match e.raw_os_error() {
-            Some(libc::EBADF) => FdProbeError::Closed,
-            Some(libc::ESRCH) => FdProbeError::Exited,
-            Some(libc::EPERM) => FdProbeError::Denied,
-            _ => FdProbeError::Other,
+            Some(libc::EBADF) => FdProbe::Gone,
+            Some(libc::ESRCH) => FdProbe::Fatal(exited_while_inspected(pid, name)),
+            Some(libc::EPERM) => FdProbe::Fatal(not_permitted(pid, name)),
+            _ => FdProbe::Missing(format!("cannot {what} fd {fd}: {e}")),
         }
     }
 }

@@ -7,7 +7,7 @@ use super::target::{self, Target};
 use super::watchers;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, OpenedBy, Provenance, Snapshot};
-use crate::sys::checks::{self, FdProbeError};
+use crate::sys::checks::FdProbe;
 
 /// How far apart a PTY's creation and the process's start must be to say who opened it: the
 /// start is known to a clock tick (10 ms), a fork and the PTY's creation can be that close.
@@ -159,14 +159,14 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                 }
                 Err(e) => ev.missing = Some(format!("fd {} is no longer a PTY master ({e})", m.fd)),
             },
-            Err(e) => match FdProbeError::of(&e) {
-                FdProbeError::Closed => continue, // closed since the scan
-                FdProbeError::Exited => {
-                    return Err(checks::exited_while_inspected(pid, &target.name))
+            Err(e) => {
+                match FdProbe::failed(&e, (pid, &target.name), m.fd, "copy", target::not_permitted)
+                {
+                    FdProbe::Gone => continue,
+                    FdProbe::Fatal(err) => return Err(err),
+                    FdProbe::Missing(why) => ev.missing = Some(why),
                 }
-                FdProbeError::Denied => return Err(target::not_permitted(pid, &target.name)),
-                FdProbeError::Other => ev.missing = Some(format!("cannot copy fd {}: {e}", m.fd)),
-            },
+            }
         }
         snapshot.join(pid, &mut ev);
         let (shared, others) = std::mem::take(&mut ev.other_master_holders)

@@ -17,7 +17,7 @@ use super::task::ports;
 use super::watchers;
 use crate::exit_code::UserError;
 use crate::model::{Evidence, Holder, Snapshot};
-use crate::sys::checks::{self, FdProbeError};
+use crate::sys::checks::FdProbe;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 
@@ -66,14 +66,14 @@ pub fn inspect(target: &Target, snapshot: &Snapshot) -> Result<Vec<Evidence>, Us
                 shared = v.pfi.fi_status & ffi::PROC_FP_SHARED != 0;
                 cloexec = v.pfi.fi_status & ffi::PROC_FP_CLEXEC != 0;
             }
-            Err(e) => match FdProbeError::of(&e) {
-                FdProbeError::Closed => continue, // closed since the scan
-                FdProbeError::Exited => {
-                    return Err(checks::exited_while_inspected(pid, &target.name))
+            Err(e) => {
+                match FdProbe::failed(&e, (pid, &target.name), m.fd, "read", target::not_permitted)
+                {
+                    FdProbe::Gone => continue,
+                    FdProbe::Fatal(err) => return Err(err),
+                    FdProbe::Missing(why) => ev.missing = Some(why),
                 }
-                FdProbeError::Denied => return Err(target::not_permitted(pid, &target.name)),
-                FdProbeError::Other => ev.missing = Some(format!("cannot read fd {}: {e}", m.fd)),
-            },
+            }
         }
         if let Some(pty) = ev.pty {
             let path = devices::slave_path(pty.index);
