@@ -157,11 +157,11 @@ fn the_report_names_the_node_pty_an_app_ships() {
     let exe = dir.join("leaky-app");
     std::fs::copy(env!("CARGO_BIN_EXE_ptyreap-victim"), &exe).unwrap();
     let ready = dir.join("ready");
-    let mut child = std::process::Command::new(&exe)
-        .args(["--masters", "1", "--ready"])
-        .arg(&ready)
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn_copied_binary(
+        std::process::Command::new(&exe)
+            .args(["--masters", "1", "--ready"])
+            .arg(&ready),
+    );
     assert!(support::wait_for(
         std::time::Duration::from_secs(10),
         || ready.exists()

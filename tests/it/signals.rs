@@ -46,13 +46,13 @@ fn metrics_are_valid_prometheus_whatever_the_names() {
     std::fs::copy(env!("CARGO_BIN_EXE_ptyreap-fixture"), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let ready = dir.join("ready.json");
-    let mut child = Command::new(&exe)
-        .args(["--orphans", "2", "--ready"])
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn_copied_binary(
+        Command::new(&exe)
+            .args(["--orphans", "2", "--ready"])
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
     let up = support::wait_for(Duration::from_secs(20), || ready.exists());
     let out = support::ptyreap(&["metrics"]);
     let _ = child.kill();

@@ -1159,3 +1159,18 @@ fn fields(text: &str) -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Spawns a binary the test has just copied. A process another test thread forks meanwhile
+/// holds a copy of the fd that wrote the copy until it execs, and exec fails with ETXTBSY until
+/// then: tried again for up to two seconds.
+pub fn spawn_copied_binary(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.expect("spawning the copied binary"),
+        }
+    }
+}
