@@ -1,6 +1,7 @@
 //! Linux backend: procfs for the census, pidfd copies for the PTY ioctls, ptrace for reaping.
 
 pub mod arch;
+mod child;
 pub mod gadget;
 mod hangup;
 mod info;

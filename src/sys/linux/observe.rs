@@ -590,7 +590,7 @@ fn close_elsewhere(fds: Vec<OwnedFd>) -> Option<i32> {
     }
     // The child waits (a second at most) until our copies are closed, so that its close is the
     // last one whoever runs first.
-    let Ok((ours_closed, go)) = pipe() else {
+    let Ok((ours_closed, go)) = super::child::pipe() else {
         in_background(fds);
         return None;
     };
@@ -635,11 +635,7 @@ fn close_elsewhere(fds: Vec<OwnedFd>) -> Option<i32> {
             // reaped, so that a watchdog's passes leave no zombies: on a thread of ours, the
             // child exiting within a few grace periods; without one, here
             let reap = move || {
-                // SAFETY: waits for our own child.
-                while unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) } < 0
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-                {
-                }
+                super::child::reap(child);
             };
             if spawn_helper("ptyreap-reap", reap).is_err() {
                 reap();
@@ -679,17 +675,6 @@ fn highest_open_fd() -> Option<i32> {
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .max()
-}
-
-/// A pipe, both ends close-on-exec: (read, write).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut ends = [0i32; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just made and are owned here alone.
-    Ok(unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) })
 }
 
 /// Drops `what` on a thread of its own, left to finish while the run goes on.
@@ -913,15 +898,7 @@ mod tests {
     /// the end), ours at once, and the child is reaped: a watchdog's passes leave no zombies.
     #[test]
     fn fds_closed_elsewhere_are_closed_and_the_child_reaped() {
-        let mut ends = [0i32; 2];
-        // SAFETY: pipe2 writes two fds into the array.
-        assert_eq!(
-            unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) },
-            0
-        );
-        // SAFETY: both fds were just made and are owned here alone.
-        let (read_end, write_end) =
-            unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        let (read_end, write_end) = super::super::child::pipe().unwrap();
         let child = close_elsewhere(vec![write_end]).expect("a child");
         let mut pfd = libc::pollfd {
             fd: read_end.as_raw_fd(),

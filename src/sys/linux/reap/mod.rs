@@ -41,11 +41,11 @@ use super::ptrace::{in_tracer_thread, AttachError, Injector, StoppedProcess};
 use super::pty;
 use super::target::Target;
 use crate::exit_code::UserError;
-use crate::model::{Action, MasterRow, Method, Outcome, PtyId};
+use crate::model::{MasterRow, Method, Outcome, PtyId};
 use crate::reap;
 use crate::sys::deferral::SignalDeferral;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 /// How long the whole process may be held waiting for a thread that does not reach its ptrace

@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// The rows of `go` (all planned for release) that `method` releases.
+fn rows_by(rows: &[MasterRow], go: &[usize], method: Method) -> Vec<usize> {
+    go.iter()
+        .copied()
+        .filter(|&i| rows[i].action.method().unwrap_or(Method::Close) == method)
+        .collect()
+}
+
 /// Runs the releases. Each row's result is recorded as soon as its own calls have returned; the
 /// first call that fails as a whole (the thread could not be used, a deadline) ends the run and
 /// is returned: rows not reached are left unsettled, and `reconcile` then reads what the kernel
@@ -16,11 +24,7 @@ pub(super) fn release(
     pidfd: &Pidfd,
 ) -> Result<(), String> {
     // close: runs of consecutive fds, one close_range each
-    let closing: Vec<usize> = go
-        .iter()
-        .copied()
-        .filter(|&i| rows[i].action.method().unwrap_or(Method::Close) == Method::Close)
-        .collect();
+    let closing = rows_by(rows, go, Method::Close);
     let mut fds: Vec<i32> = closing.iter().flat_map(|&i| fds_of(&rows[i])).collect();
     fds.sort_unstable();
     fds.dedup();
@@ -86,11 +90,7 @@ pub(super) fn release(
     }
 
     // merge: dup3(keeper, fd)
-    let merging: Vec<usize> = go
-        .iter()
-        .copied()
-        .filter(|&i| rows[i].action == Action::Close(Method::Merge))
-        .collect();
+    let merging = rows_by(rows, go, Method::Merge);
     if !merging.is_empty() {
         let keeper = keeper.ok_or("merge without a keeper")?;
         for &i in &merging {
@@ -100,11 +100,7 @@ pub(super) fn release(
     }
 
     // devnull: dup3(a /dev/null of the target, fd)
-    let nulling: Vec<usize> = go
-        .iter()
-        .copied()
-        .filter(|&i| rows[i].action == Action::Close(Method::Devnull))
-        .collect();
+    let nulling = rows_by(rows, go, Method::Devnull);
     if !nulling.is_empty() {
         let (null_fd, opened) = match existing_devnull(pidfd) {
             Some(fd) => (fd, false),

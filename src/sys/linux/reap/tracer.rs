@@ -94,17 +94,9 @@ pub(super) fn in_tracer_process(
     rows: &mut [MasterRow],
     planned: &[usize],
 ) -> Result<Duration, UserError> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(UserError::failure(format!(
-            "cannot create a pipe: {}; nothing was changed",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: fresh fds from pipe2.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = super::super::child::pipe().map_err(|e| {
+        UserError::failure(format!("cannot create a pipe: {e}; nothing was changed"))
+    })?;
     // SAFETY: fork; the child only runs our code and leaves with _exit. Called while ptyreap is
     // single-threaded (the scan's threads have ended), so no lock is held by a vanished thread.
     match unsafe { libc::fork() } {
@@ -165,11 +157,9 @@ pub(super) fn in_tracer_process(
                     // attaching: the tracer has not begun injecting (it says so first), so no
                     // register was changed; SIGKILL ends the wait, and the kernel lets go of
                     // the tracees.
-                    // SAFETY: signalling and reaping our own child.
-                    unsafe {
-                        libc::kill(child, libc::SIGKILL);
-                        libc::waitpid(child, std::ptr::null_mut(), 0);
-                    }
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                    super::super::child::reap(child);
                     return Err(UserError::failure(format!(
                         "pid {}: the tracer did not finish attaching within {} s (as when the \
                          target execs at that moment) and was stopped before it changed anything; \
@@ -181,12 +171,7 @@ pub(super) fn in_tracer_process(
                     )));
                 }
             };
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            while unsafe { libc::waitpid(child, &mut status, 0) } < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
-            }
+            let status = super::super::child::reap(child);
             let report: TracerReport = serde_json::from_slice(&text).map_err(|_| {
                 UserError::failure(format!(
                     "pid {}: the tracer process died (wait status {status:#x}); the kernel \
